@@ -1,0 +1,169 @@
+//! `recsys`: one command for the whole platform. Every flag also reads an environment variable
+//! (`RECSYS_…`; Ballista's own scheduler and executor flags as `RECSYS_SCHEDULER_…` and
+//! `RECSYS_EXECUTOR_…`).
+
+mod bench;
+mod data;
+mod pipeline;
+mod progress;
+mod submit;
+
+use anyhow::Result;
+use clap::{ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parser, Subcommand};
+use recsys_core::{S3Options, Store};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "recsys", version, about = "Music recommendations from listening logs, end to end")]
+struct Cli {
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+/// Where the lake lives and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct LakeArgs {
+    /// The lake: a local folder, or `s3://bucket/prefix` for MinIO/S3.
+    #[arg(long = "object-store", visible_alias = "data-dir", env = "RECSYS_OBJECT_STORE", default_value = "./data", global = true)]
+    pub location: String,
+    #[command(flatten)]
+    pub s3: S3Options,
+}
+
+impl LakeArgs {
+    pub fn open(&self) -> Result<Store> {
+        Ok(Store::open(&self.location, &self.s3)?)
+    }
+}
+
+/// Where batch jobs run.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Ballista scheduler, e.g. `df://scheduler:50050`; without it jobs run on an embedded cluster.
+    #[arg(long, env = "RECSYS_SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// Task slots to plan for (embedded: executor cores; remote: the cluster's total). 0 = this machine's cores.
+    #[arg(long, env = "RECSYS_VCORES", default_value_t = 0)]
+    pub vcores: usize,
+}
+
+impl ClusterArgs {
+    pub async fn connect(&self, s3: &S3Options) -> Result<recsys_jobs::Cluster> {
+        let vcores = if self.vcores == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            self.vcores
+        };
+        Ok(recsys_jobs::Cluster::connect(self.scheduler.as_deref(), s3, vcores).await?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the whole pipeline on the embedded default and print what it did.
+    Pipeline(pipeline::PipelineArgs),
+    /// Get listening data: generate a synthetic log or fetch the real Last.fm-1K.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Submit a batch job to the cluster (embedded unless --scheduler is given).
+    #[command(subcommand)]
+    Submit(submit::SubmitCommand),
+    /// Run a Ballista scheduler with recsys functions (all standard Ballista flags).
+    Scheduler(SchedulerCommand),
+    /// Run a Ballista executor with recsys functions (all standard Ballista flags).
+    Executor(ExecutorCommand),
+    /// Measure the pipeline against its published baselines.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct SchedulerCommand {
+    #[command(flatten)]
+    ballista: recsys_scheduler::SchedulerArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExecutorCommand {
+    #[command(flatten)]
+    ballista: recsys_executor::ExecutorArgs,
+}
+
+/// Gives every flag of `sub` that has no environment variable yet one named `PREFIX_FLAG_NAME`.
+fn env_for_all_flags(sub: Command, prefix: &str) -> Command {
+    let prefix = prefix.to_string();
+    sub.mut_args(move |arg| {
+        if arg.get_env().is_some() || arg.is_positional() || arg.get_long().is_none() {
+            return arg;
+        }
+        let name = format!("{prefix}_{}", arg.get_id().as_str().to_uppercase().replace('-', "_"));
+        arg.env(name)
+    })
+}
+
+fn command() -> Command {
+    Cli::command()
+        .mut_subcommand("scheduler", |c| env_for_all_flags(c, "RECSYS_SCHEDULER"))
+        .mut_subcommand("executor", |c| env_for_all_flags(c, "RECSYS_EXECUTOR"))
+}
+
+fn parse() -> Result<Cli> {
+    let matches: ArgMatches = command().get_matches();
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("RECSYS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,ballista=warn,ballista_scheduler=warn,ballista_executor=warn,ballista_core=warn,datafusion=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = parse()?;
+    init_tracing();
+    // Ballista's planner recurses deeply on big plans: give the runtime threads room.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(16 << 20)
+        .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Commands::Pipeline(args) => pipeline::run(&cli.lake, args).await,
+        Commands::Data(cmd) => data::run(&cli.lake, cmd).await,
+        Commands::Submit(cmd) => submit::run(&cli.lake, cmd).await,
+        Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista).await?),
+        Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista).await?),
+        Commands::Bench(cmd) => bench::run(&cli.lake, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn ballista_flags_read_env() {
+        let cmd = command();
+        let exec = cmd.find_subcommand("executor").unwrap();
+        let port = exec.get_arguments().find(|a| a.get_id() == "scheduler_port").unwrap();
+        assert_eq!(port.get_env().unwrap(), "RECSYS_EXECUTOR_SCHEDULER_PORT");
+        let sched = cmd.find_subcommand("scheduler").unwrap();
+        assert!(sched.get_arguments().all(|a| a.is_positional() || a.get_long().is_none() || a.get_env().is_some()));
+    }
+}

@@ -1,0 +1,127 @@
+//! `recsys submit <job>`: batch jobs on a Ballista cluster (embedded unless `--scheduler`).
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use recsys_core::schema::RAW_DIR;
+use recsys_jobs::clean::{CleanSummary, TsvInput, run_clean};
+use recsys_jobs::sort::{SortSummary, run_sort};
+use recsys_jobs::Cluster;
+use recsys_core::Store;
+
+use crate::progress::{rate, spin};
+use crate::{ClusterArgs, LakeArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum SubmitCommand {
+    /// Parse the raw TSV log into typed Parquet, quarantining malformed lines.
+    Clean(CleanArgs),
+    /// Sort clean listens by (timestamp, user, track) into time-ranged Parquet files.
+    Sort(SortArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// TSV file or folder to clean (a path or s3:// URL); default: the lake's `raw/`.
+    #[arg(long, env = "RECSYS_INPUT")]
+    pub input: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SortArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Number of sorted files (default: one per 500 k rows, at least two).
+    #[arg(long, env = "RECSYS_SORT_FILES")]
+    pub files: Option<usize>,
+}
+
+/// Resolves the clean input: `--input`, or the lake's `raw/`.
+pub async fn clean_input(lake_args: &LakeArgs, lake: &Store, input: Option<&str>) -> Result<TsvInput> {
+    let location = match input {
+        Some(location) => location.to_string(),
+        None => lake.child(RAW_DIR).location().to_string(),
+    };
+    Ok(TsvInput::resolve(&location, &lake_args.s3).await?)
+}
+
+pub async fn clean(cluster: &Cluster, input: &TsvInput, lake: &Store) -> Result<CleanSummary> {
+    let (summary, _) = spin(&format!("clean on {}", cluster.describe()), run_clean(cluster, input, lake)).await;
+    let summary = summary?;
+    tracing::info!(
+        lines = summary.lines,
+        clean = summary.clean_rows,
+        rejected = summary.rejected_total(),
+        tasks = summary.tasks,
+        files = summary.files_written,
+        secs = format!("{:.2}", summary.elapsed.as_secs_f64()),
+        rows_per_sec = format!("{:.0}", rate(summary.lines, summary.elapsed)),
+        "cleaned"
+    );
+    Ok(summary)
+}
+
+pub async fn sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> Result<SortSummary> {
+    let (summary, _) = spin(&format!("sort on {}", cluster.describe()), run_sort(cluster, lake, files)).await;
+    let summary = summary?;
+    tracing::info!(
+        rows = summary.rows,
+        files = summary.files.len(),
+        secs = format!("{:.2}", summary.elapsed.as_secs_f64()),
+        rows_per_sec = format!("{:.0}", rate(summary.rows, summary.elapsed)),
+        "sorted"
+    );
+    Ok(summary)
+}
+
+pub fn print_clean(summary: &CleanSummary) {
+    println!(
+        "clean: {} lines in {} file(s) → {} clean rows in {} files, {} rejected ({:.3} %), {:.2} s",
+        summary.lines,
+        summary.input_files,
+        summary.clean_rows,
+        summary.files_written,
+        summary.rejected_total(),
+        100.0 * summary.rejected_total() as f64 / summary.lines.max(1) as f64,
+        summary.elapsed.as_secs_f64()
+    );
+    for (reason, n) in &summary.rejected {
+        println!("  rejected {:<24} {n}", reason.as_str());
+    }
+}
+
+pub fn print_sort(summary: &SortSummary, lake: &Store) {
+    println!(
+        "sort: {} rows → {} time-ranged files, {:.2} s",
+        summary.rows,
+        summary.files.len(),
+        summary.elapsed.as_secs_f64()
+    );
+    let mut bounds = vec!["start".to_string()];
+    bounds.extend(summary.boundaries.iter().map(|&b| recsys_core::time::date_string(b)));
+    bounds.push("end".to_string());
+    for (i, f) in summary.files.iter().enumerate() {
+        let range = match (bounds.get(i), bounds.get(i + 1)) {
+            (Some(a), Some(b)) if summary.files.len() == summary.boundaries.len() + 1 => format!("[{a} .. {b})"),
+            _ => String::new(),
+        };
+        println!("  {:<40} {:>10} rows  {range}", lake.relative(&f.path), f.rows);
+    }
+}
+
+pub async fn run(lake_args: &LakeArgs, cmd: SubmitCommand) -> Result<()> {
+    let lake = lake_args.open()?;
+    match cmd {
+        SubmitCommand::Clean(args) => {
+            let cluster = args.cluster.connect(&lake_args.s3).await?;
+            let input = clean_input(lake_args, &lake, args.input.as_deref()).await?;
+            print_clean(&clean(&cluster, &input, &lake).await?);
+        }
+        SubmitCommand::Sort(args) => {
+            let cluster = args.cluster.connect(&lake_args.s3).await?;
+            print_sort(&sort(&cluster, &lake, args.files).await?, &lake);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! End-to-end tests of generate → clean → sort: on the embedded cluster, on a cluster of real
+//! scheduler and executor processes, against an S3 server, and through the `recsys` binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
+use common::*;
+use recsys_core::Store;
+use recsys_core::schema::{REJECTS_DIR, SORTED_DIR};
+use recsys_datasets::Manifest;
+use recsys_datasets::generate::LISTENS_FILE;
+use recsys_jobs::Cluster;
+use recsys_jobs::clean::{CleanSummary, TsvInput, run_clean};
+use recsys_jobs::sort::run_sort;
+
+type Row = (String, i64, String, String, String, String);
+
+fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for b in batches {
+        let s = |i: usize| b.column(i).as_string::<i32>();
+        let ts = b.column(1).as_primitive::<TimestampMicrosecondType>();
+        for r in 0..b.num_rows() {
+            out.push((
+                s(0).value(r).to_string(),
+                ts.value(r),
+                s(2).value(r).to_string(),
+                s(3).value(r).to_string(),
+                s(4).value(r).to_string(),
+                s(5).value(r).to_string(),
+            ));
+        }
+    }
+    out
+}
+
+fn check_clean(summary: &CleanSummary, manifest: &Manifest) {
+    assert_eq!(summary.lines, manifest.lines, "every input line is accounted for");
+    assert_eq!(summary.clean_rows, manifest.expected_clean_rows);
+    let expected: BTreeMap<&str, u64> = manifest.malformed.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let got: BTreeMap<&str, u64> = summary.rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(got, expected, "rejected lines by reason");
+}
+
+/// Sorted files: globally ordered by (ts, user, track, …) across files, ranges disjoint.
+fn check_sorted(files: &[(std::path::PathBuf, Vec<RecordBatch>)], expected_rows: u64) -> Vec<Row> {
+    let mut all = Vec::new();
+    let mut last_max: Option<i64> = None;
+    for (path, batches) in files {
+        let r = rows(batches);
+        assert!(!r.is_empty(), "{} is empty", path.display());
+        assert!(r.windows(2).all(|w| w[0] <= w[1]), "{} is not sorted", path.display());
+        if let Some(prev) = last_max {
+            assert!(prev < r[0].1, "time ranges overlap at {}", path.display());
+        }
+        last_max = Some(r.last().unwrap().1);
+        all.extend(r);
+    }
+    assert_eq!(all.len() as u64, expected_rows);
+    all
+}
+
+/// Every reject names the right line of the raw file, byte for byte.
+fn check_rejects(lake: &std::path::Path, raw_file: &std::path::Path, manifest: &Manifest) {
+    let raw = std::fs::read(raw_file).unwrap();
+    let lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+    let rejects = read_parquet_dir(&lake.join(REJECTS_DIR));
+    assert_eq!(rejects.len(), 1, "one rejects file");
+    let mut n = 0;
+    for b in &rejects[0].1 {
+        let line = b.column(1).as_primitive::<UInt64Type>();
+        let bytes = b.column(3).as_binary::<i32>();
+        for r in 0..b.num_rows() {
+            assert_eq!(lines[line.value(r) as usize - 1], bytes.value(r), "line {}", line.value(r));
+            n += 1;
+        }
+    }
+    assert_eq!(n, manifest.lines - manifest.expected_clean_rows);
+}
+
+async fn clean_and_sort(cluster: &Cluster, raw: &Store, lake: &Store, files: usize) -> CleanSummary {
+    let input = TsvInput::resolve(raw.location(), &Default::default()).await.unwrap();
+    let summary = run_clean(cluster, &input, lake).await.unwrap();
+    let sorted = run_sort(cluster, lake, Some(files)).await.unwrap();
+    assert_eq!(sorted.rows, summary.clean_rows);
+    assert_eq!(sorted.files.len(), files);
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_and_process_cluster_agree() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = local_store(&dir.path().join("raw"));
+        let manifest = generate(&small_config(), &raw).await;
+
+        let embedded = Cluster::embedded(&Default::default(), 2).await.unwrap();
+        let lake_a = local_store(&dir.path().join("a"));
+        let clean_a = clean_and_sort(&embedded, &raw, &lake_a, 4).await;
+        check_clean(&clean_a, &manifest);
+        check_rejects(&dir.path().join("a"), &dir.path().join("raw").join(LISTENS_FILE), &manifest);
+
+        let processes = ProcessCluster::start(2);
+        let remote = Cluster::remote(&processes.url, &Default::default(), 2).await.unwrap();
+        let lake_b = local_store(&dir.path().join("b"));
+        let clean_b = clean_and_sort(&remote, &raw, &lake_b, 4).await;
+        check_clean(&clean_b, &manifest);
+
+        let sorted_a = check_sorted(&read_parquet_dir(&dir.path().join("a").join(SORTED_DIR)), manifest.expected_clean_rows);
+        let sorted_b = check_sorted(&read_parquet_dir(&dir.path().join("b").join(SORTED_DIR)), manifest.expected_clean_rows);
+        assert!(sorted_a == sorted_b, "cluster output differs from embedded output");
+
+        // Sorting lost and duplicated nothing: the same multiset as the clean output.
+        let mut clean_rows: Vec<Row> = read_parquet_dir(&dir.path().join("a").join("clean/listens"))
+            .iter()
+            .flat_map(|(_, b)| rows(b))
+            .collect();
+        clean_rows.sort();
+        assert!(clean_rows == sorted_a, "sorted rows are not the clean rows");
+        // Missing MBIDs got derived ids; ids are never empty.
+        assert!(sorted_a.iter().all(|r| !r.2.is_empty() && !r.4.is_empty()));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_jobs_run_against_an_s3_server() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let s3 = S3Server::start("lake").await;
+        let lake = Store::open("s3://lake/prod", &s3.options).unwrap();
+        let raw = lake.child("raw");
+        let config = recsys_datasets::GenerateConfig {
+            events: 20_000,
+            ..small_config()
+        };
+        let manifest = generate(&config, &raw).await;
+        let cluster = Cluster::embedded(&s3.options, 2).await.unwrap();
+        let input = TsvInput::resolve(raw.location(), &s3.options).await.unwrap();
+        let cleaned = run_clean(&cluster, &input, &lake).await.unwrap();
+        check_clean(&cleaned, &manifest);
+        let sorted = run_sort(&cluster, &lake, Some(3)).await.unwrap();
+        assert_eq!(sorted.rows, manifest.expected_clean_rows);
+        let store = lake.object_store();
+        let mut files = Vec::new();
+        for f in &sorted.files {
+            assert!(f.path.starts_with("prod/sorted/listens/part-"), "{}", f.path);
+            let (batches, _) = recsys_jobs::lake::read_parquet(store.as_ref(), &f.path.as_str().into()).await.unwrap();
+            files.push((std::path::PathBuf::from(&f.path), batches));
+        }
+        check_sorted(&files, manifest.expected_clean_rows);
+        let (rejects, _) = recsys_jobs::lake::read_parquet(store.as_ref(), &lake.path("rejects/rejects.parquet")).await.unwrap();
+        let n: usize = rejects.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(n as u64, manifest.lines - manifest.expected_clean_rows);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[test]
+fn pipeline_command_prints_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(RECSYS)
+        .args(["--data-dir", dir.path().to_str().unwrap(), "pipeline", "--users", "40", "--tracks", "2000", "--events", "30000"])
+        .env("RECSYS_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["clean:", "rejected field_count", "sort:", "time-ranged files", "total"] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+}
+
+#[test]
+fn unreachable_scheduler_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(RECSYS)
+        .args(["--data-dir", dir.path().to_str().unwrap(), "submit", "sort", "--scheduler", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&url), "{stderr}");
+}

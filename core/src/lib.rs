@@ -1,0 +1,8 @@
+//! Shared foundations of recsys: object storage, Arrow schemas, stable identifiers and time.
+
+pub mod ids;
+pub mod schema;
+pub mod store;
+pub mod time;
+
+pub use store::{S3Options, Store, StoreError};

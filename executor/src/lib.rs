@@ -1,0 +1,42 @@
+//! The recsys Ballista executor: Ballista's own executor process with every standard flag, and
+//! our functions, plan codecs and object-store registry installed from `recsys_jobs::registry`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::health::spawn_health_server;
+use recsys_jobs::registry;
+
+/// Every standard `ballista-executor` flag (`--scheduler-host`, `--vcores`, `--work-dir`, …).
+pub use ballista_executor::config::Config as ExecutorArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("invalid health address `{0}`: {1}")]
+    Address(String, std::net::AddrParseError),
+    #[error(transparent)]
+    Ballista(#[from] ballista_core::error::BallistaError),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+/// Runs the executor until it is stopped; `/healthz` and `/readyz` answer on the health port.
+pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
+    let health_bind = format!("{}:{}", args.bind_host, args.bind_health_port);
+    let health_addr: SocketAddr = health_bind.parse().map_err(|e| ExecutorError::Address(health_bind.clone(), e))?;
+    let mut config: ExecutorProcessConfig = args.try_into()?;
+    let work_dir = config.work_dir.clone();
+    config.override_config_producer = Some(Arc::new(registry::default_session_config));
+    config.override_runtime_producer = Some(Arc::new(move |session| registry::runtime_env(session, work_dir.as_deref())));
+    config.override_function_registry = Some(Arc::new(registry::function_registry()?));
+    config.override_logical_codec = Some(registry::logical_codec());
+    config.override_physical_codec = Some(registry::physical_codec());
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
+    let health = spawn_health_server(health_addr, config.health.clone(), health_stopped);
+    tracing::info!(scheduler = %format!("{}:{}", config.scheduler_host, config.scheduler_port), "recsys executor starting");
+    let result = start_executor_process(Arc::new(config)).await;
+    let _ = stop_health.send(());
+    let _ = health.await;
+    Ok(result?)
+}

@@ -1,0 +1,418 @@
+//! `TsvScanExec`: reads Last.fm TSV files in byte-range chunks, one chunk per partition, so a
+//! cluster parses one file in parallel. Accepted lines stream out as Arrow batches; rejected lines
+//! go, with their position and reason, to one small Parquet part per chunk that
+//! [`super::finish_rejects`] turns into the final rejects table.
+//!
+//! Chunk ownership (the Hadoop rule): a chunk `[start, end)` owns every line whose first byte lies
+//! in it. It skips the partial line it starts in and reads past `end` to finish its last line, so
+//! every line is parsed exactly once whatever the chunk boundaries.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{BinaryBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use bytes::{Bytes, BytesMut};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path;
+use recsys_core::schema::timestamp_type;
+use serde::{Deserialize, Serialize};
+
+use super::tsv::{RejectReason, lines, parse_line};
+use crate::write::write_parquet_file;
+
+/// Extra bytes read past a chunk's end to finish its last line (more is fetched if needed).
+const OVERHANG: u64 = 64 * 1024;
+
+/// Parquet key-value metadata of a rejects part: how many lines its chunk owned.
+pub(crate) const LINES_KEY: &str = "recsys.lines";
+
+/// One byte range of one input file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Index of the file in the job's input list (orders rejects parts).
+    pub file_index: usize,
+    /// Object path of the file inside the input store.
+    pub path: String,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// Index of this chunk within its file.
+    pub chunk_index: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Everything a task needs to scan its chunk: serialised as is by the plan codec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TsvScanSpec {
+    /// Store holding the input files (`file:///` or `s3://bucket`).
+    pub input_url: String,
+    pub chunks: Vec<Chunk>,
+    /// Store receiving the rejects parts.
+    pub output_url: String,
+    /// Object path of the folder receiving this run's rejects parts.
+    pub rejects_parts_dir: String,
+}
+
+/// Splits files into chunks of about `chunk_size` bytes (at least one chunk per file).
+pub fn plan_chunks(files: &[(String, u64)], chunk_size: u64) -> Vec<Chunk> {
+    let chunk_size = chunk_size.max(1);
+    let mut chunks = Vec::new();
+    for (file_index, (path, size)) in files.iter().enumerate() {
+        let n = size.div_ceil(chunk_size).max(1);
+        for i in 0..n {
+            chunks.push(Chunk {
+                file_index,
+                path: path.clone(),
+                file_size: *size,
+                chunk_index: i as usize,
+                start: i * chunk_size,
+                end: ((i + 1) * chunk_size).min(*size),
+            });
+        }
+    }
+    chunks
+}
+
+/// The output schema of the scan: parsed fields, MBIDs possibly empty.
+pub fn raw_listen_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("ts", timestamp_type(), false),
+        Field::new("artist_mbid", DataType::Utf8, false),
+        Field::new("artist_name", DataType::Utf8, false),
+        Field::new("track_mbid", DataType::Utf8, false),
+        Field::new("track_name", DataType::Utf8, false),
+    ]))
+}
+
+/// Schema of a rejects part (line numbers are still chunk-relative).
+pub(crate) fn reject_part_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("line_in_chunk", DataType::UInt64, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Binary, false),
+    ]))
+}
+
+#[derive(Debug)]
+pub struct TsvScanExec {
+    spec: TsvScanSpec,
+    properties: Arc<PlanProperties>,
+}
+
+impl TsvScanExec {
+    pub fn new(spec: TsvScanSpec) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(raw_listen_schema()),
+            Partitioning::UnknownPartitioning(spec.chunks.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        TsvScanExec {
+            spec,
+            properties: Arc::new(properties),
+        }
+    }
+
+    pub fn spec(&self) -> &TsvScanSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for TsvScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TsvScanExec: chunks={}, input={}", self.spec.chunks.len(), self.spec.input_url)
+    }
+}
+
+impl ExecutionPlan for TsvScanExec {
+    fn name(&self) -> &str {
+        "TsvScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let schema = raw_listen_schema();
+        let Some(chunk) = self.spec.chunks.get(partition).cloned() else {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
+        };
+        let input = context
+            .runtime_env()
+            .object_store(ObjectStoreUrl::parse(&self.spec.input_url)?)?;
+        let output = context
+            .runtime_env()
+            .object_store(ObjectStoreUrl::parse(&self.spec.output_url)?)?;
+        let part = Path::from(self.spec.rejects_parts_dir.as_str())
+            .join(format!("{:05}-{:06}.parquet", chunk.file_index, chunk.chunk_index));
+        let batch_size = context.session_config().batch_size().max(1024);
+        let out_schema = schema.clone();
+        // Batches are parsed lazily, one per poll; the rejects part is written when the chunk ends.
+        let stream = futures::stream::try_unfold(None::<ChunkParser>, move |parser| {
+            let (input, output, chunk, part, schema) = (input.clone(), output.clone(), chunk.clone(), part.clone(), out_schema.clone());
+            async move {
+                let mut parser = match parser {
+                    Some(parser) => parser,
+                    None => ChunkParser::new(read_owned_lines(input.as_ref(), &chunk).await?, batch_size),
+                };
+                while let Some(batch) = parser.next_batch(&schema)? {
+                    if batch.num_rows() > 0 {
+                        return Ok(Some((batch, Some(parser))));
+                    }
+                }
+                let rejects = parser.rejects_batch()?;
+                let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
+                write_parquet_file(output, &part, rejects.schema(), vec![rejects], metadata).await?;
+                Ok(None)
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Reads the bytes of the lines `chunk` owns (possibly empty), ending with the last line's `\n`
+/// unless the file ends without one.
+pub(crate) async fn read_owned_lines(store: &dyn ObjectStore, chunk: &Chunk) -> Result<Bytes> {
+    let path = Path::from(chunk.path.as_str());
+    let read_start = chunk.start.saturating_sub(1);
+    let mut read_end = (chunk.end + OVERHANG).min(chunk.file_size);
+    if chunk.start >= chunk.end {
+        return Ok(Bytes::new());
+    }
+    let fetch = |from: u64, to: u64| {
+        let path = path.clone();
+        async move {
+            store
+                .get_range(&path, from..to)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        }
+    };
+    let mut buf = fetch(read_start, read_end).await?;
+    // First owned line: the file start, or just after the first '\n' at or after start - 1.
+    let begin = if chunk.start == 0 {
+        0
+    } else {
+        match memchr::memchr(b'\n', &buf) {
+            Some(i) => i + 1,
+            None => return Ok(Bytes::new()),
+        }
+    };
+    if read_start + begin as u64 >= chunk.end {
+        return Ok(Bytes::new());
+    }
+    // The last owned line ends at the first '\n' at or after end - 1.
+    let mut search_from = (chunk.end - 1 - read_start) as usize;
+    loop {
+        if let Some(i) = memchr::memchr(b'\n', &buf[search_from..]) {
+            return Ok(buf.slice(begin..search_from + i + 1));
+        }
+        if read_end >= chunk.file_size {
+            return Ok(buf.slice(begin..));
+        }
+        let more_end = (read_end + OVERHANG.max(read_end - read_start)).min(chunk.file_size);
+        let more = fetch(read_end, more_end).await?;
+        search_from = buf.len();
+        let mut joined = BytesMut::with_capacity(buf.len() + more.len());
+        joined.extend_from_slice(&buf);
+        joined.extend_from_slice(&more);
+        buf = joined.freeze();
+        read_end = more_end;
+    }
+}
+
+/// Turns the owned bytes of one chunk into listen batches, collecting rejects on the way.
+pub(crate) struct ChunkParser {
+    bytes: Bytes,
+    pos: usize,
+    batch_size: usize,
+    line: u64,
+    reject_lines: UInt64Builder,
+    reject_reasons: StringBuilder,
+    reject_raw: BinaryBuilder,
+}
+
+impl ChunkParser {
+    pub(crate) fn new(bytes: Bytes, batch_size: usize) -> Self {
+        ChunkParser {
+            bytes,
+            pos: 0,
+            batch_size,
+            line: 0,
+            reject_lines: UInt64Builder::new(),
+            reject_reasons: StringBuilder::new(),
+            reject_raw: BinaryBuilder::new(),
+        }
+    }
+
+    /// Lines seen so far (all of them once `next_batch` returned `None`).
+    pub(crate) fn lines(&self) -> u64 {
+        self.line
+    }
+
+    fn reject(&mut self, line: &[u8], reason: RejectReason) {
+        self.reject_lines.append_value(self.line);
+        self.reject_reasons.append_value(reason.as_str());
+        self.reject_raw.append_value(line);
+    }
+
+    pub(crate) fn next_batch(&mut self, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
+        if self.pos >= self.bytes.len() {
+            return Ok(None);
+        }
+        let n = self.batch_size;
+        let mut user = StringBuilder::with_capacity(n, n * 12);
+        let mut ts = TimestampMicrosecondBuilder::with_capacity(n);
+        let mut artist_mbid = StringBuilder::with_capacity(n, n * 36);
+        let mut artist_name = StringBuilder::with_capacity(n, n * 16);
+        let mut track_mbid = StringBuilder::with_capacity(n, n * 36);
+        let mut track_name = StringBuilder::with_capacity(n, n * 24);
+        let bytes = self.bytes.clone();
+        let mut rows = 0;
+        let mut consumed = self.pos;
+        for line in lines(&bytes[self.pos..]) {
+            consumed += line.len() + 1;
+            match parse_line(line) {
+                Ok(l) => {
+                    user.append_value(l.user_id);
+                    ts.append_value(l.ts_micros);
+                    artist_mbid.append_value(l.artist_mbid);
+                    artist_name.append_value(l.artist_name);
+                    track_mbid.append_value(l.track_mbid);
+                    track_name.append_value(l.track_name);
+                    rows += 1;
+                }
+                Err(reason) => self.reject(line, reason),
+            }
+            self.line += 1;
+            if rows == n {
+                break;
+            }
+        }
+        self.pos = consumed.min(bytes.len());
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(user.finish()),
+                Arc::new(ts.finish().with_timezone("UTC")),
+                Arc::new(artist_mbid.finish()),
+                Arc::new(artist_name.finish()),
+                Arc::new(track_mbid.finish()),
+                Arc::new(track_name.finish()),
+            ],
+        )?;
+        Ok(Some(batch))
+    }
+
+    pub(crate) fn rejects_batch(&mut self) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            reject_part_schema(),
+            vec![
+                Arc::new(self.reject_lines.finish()),
+                Arc::new(self.reject_reasons.finish()),
+                Arc::new(self.reject_raw.finish()),
+            ],
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+    use proptest::prelude::*;
+
+    async fn owned(store: &InMemory, data: &[u8], chunk_size: u64) -> Vec<u8> {
+        let mut all = Vec::new();
+        for chunk in plan_chunks(&[("f.tsv".to_string(), data.len() as u64)], chunk_size) {
+            all.extend_from_slice(&read_owned_lines(store, &chunk).await.unwrap());
+        }
+        all
+    }
+
+    fn check_chunking(data: Vec<u8>, chunk_size: u64) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let store = InMemory::new();
+            store.put(&Path::from("f.tsv"), PutPayload::from(data.clone())).await.unwrap();
+            assert_eq!(owned(&store, &data, chunk_size).await, data, "chunk size {chunk_size}");
+        });
+    }
+
+    #[test]
+    fn chunks_cover_every_line_once() {
+        let data = b"a\tb\nccc\n\ndddd\ne".to_vec();
+        for size in 1..=data.len() as u64 + 1 {
+            check_chunking(data.clone(), size);
+        }
+        check_chunking(b"\n\n\n".to_vec(), 1);
+        check_chunking(Vec::new(), 4);
+    }
+
+    #[test]
+    fn long_lines_fetch_more() {
+        let mut data = vec![b'x'; 300_000];
+        data.push(b'\n');
+        data.extend_from_slice(b"tail\n");
+        check_chunking(data, 1000);
+    }
+
+    #[test]
+    fn parser_counts_every_line() {
+        let text = b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\nbroken line\nu\t2009-05-04T23:08:58Z\ta\tA\tt\tT\r\n\n";
+        let mut p = ChunkParser::new(Bytes::from_static(text), 1);
+        let schema = raw_listen_schema();
+        let mut rows = 0;
+        while let Some(b) = p.next_batch(&schema).unwrap() {
+            rows += b.num_rows();
+        }
+        let rejects = p.rejects_batch().unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(p.lines(), 4);
+        assert_eq!(rejects.num_rows(), 2);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_any_chunking(data in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\t'), Just(b'\r'), any::<u8>()], 0..300), chunk in 1u64..64) {
+            check_chunking(data.clone(), chunk);
+            // clean + rejected = lines, whatever the bytes.
+            let mut p = ChunkParser::new(Bytes::from(data.clone()), 7);
+            let schema = raw_listen_schema();
+            let mut rows = 0u64;
+            while let Some(b) = p.next_batch(&schema).unwrap() {
+                rows += b.num_rows() as u64;
+            }
+            let rejected = p.rejects_batch().unwrap().num_rows() as u64;
+            prop_assert_eq!(rows + rejected, p.lines());
+            prop_assert_eq!(p.lines(), lines(&data).count() as u64);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The Last.fm-1K line format: `user \t timestamp \t artist-mbid \t artist \t track-mbid \t track`.
+//!
+//! A line is accepted or rejected with exactly one [`RejectReason`], checked in the order the
+//! variants are declared, so every line has one well-defined reason.
+
+use recsys_core::time::{TimestampError, parse_timestamp_micros};
+
+/// Why an input line was rejected. The `as_str` names appear in the rejects table and summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Bytes that are not UTF-8.
+    InvalidUtf8,
+    /// A carriage return inside the line (a single trailing one, as in CRLF files, is fine).
+    StrayCr,
+    /// Not exactly six tab-separated fields.
+    FieldCount,
+    /// Empty user id.
+    EmptyUser,
+    /// A timestamp that does not parse as ISO-8601.
+    BadTimestamp,
+    /// A well-formed timestamp that is not a real instant (February 30, hour 24, …).
+    ImpossibleTimestamp,
+    /// A real instant outside 1990–2100.
+    TimestampOutOfRange,
+    /// Neither a track MBID nor a track name: the listen cannot be attributed to a song.
+    MissingTrack,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::InvalidUtf8,
+        RejectReason::StrayCr,
+        RejectReason::FieldCount,
+        RejectReason::EmptyUser,
+        RejectReason::BadTimestamp,
+        RejectReason::ImpossibleTimestamp,
+        RejectReason::TimestampOutOfRange,
+        RejectReason::MissingTrack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::StrayCr => "stray_cr",
+            RejectReason::FieldCount => "field_count",
+            RejectReason::EmptyUser => "empty_user",
+            RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::ImpossibleTimestamp => "impossible_timestamp",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+            RejectReason::MissingTrack => "missing_track",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RejectReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// One accepted line, borrowing from the input. MBIDs may be empty; ids are derived later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawListen<'a> {
+    pub user_id: &'a str,
+    pub ts_micros: i64,
+    pub artist_mbid: &'a str,
+    pub artist_name: &'a str,
+    pub track_mbid: &'a str,
+    pub track_name: &'a str,
+}
+
+/// Parses one line, given without its `\n` terminator (a trailing `\r` is removed here).
+pub fn parse_line(line: &[u8]) -> Result<RawListen<'_>, RejectReason> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = std::str::from_utf8(line).map_err(|_| RejectReason::InvalidUtf8)?;
+    if memchr::memchr(b'\r', line).is_some() {
+        return Err(RejectReason::StrayCr);
+    }
+    let mut fields = [""; 6];
+    let mut n = 0;
+    for field in text.split('\t') {
+        if n == 6 {
+            return Err(RejectReason::FieldCount);
+        }
+        fields[n] = field;
+        n += 1;
+    }
+    if n != 6 {
+        return Err(RejectReason::FieldCount);
+    }
+    let [user_id, ts, artist_mbid, artist_name, track_mbid, track_name] = fields;
+    if user_id.trim().is_empty() {
+        return Err(RejectReason::EmptyUser);
+    }
+    let ts_micros = parse_timestamp_micros(ts.as_bytes()).map_err(|e| match e {
+        TimestampError::Syntax => RejectReason::BadTimestamp,
+        TimestampError::Impossible => RejectReason::ImpossibleTimestamp,
+        TimestampError::OutOfRange => RejectReason::TimestampOutOfRange,
+    })?;
+    if track_mbid.is_empty() && track_name.trim().is_empty() {
+        return Err(RejectReason::MissingTrack);
+    }
+    Ok(RawListen {
+        user_id,
+        ts_micros,
+        artist_mbid,
+        artist_name,
+        track_mbid,
+        track_name,
+    })
+}
+
+/// Iterates over the lines of `buf` (without terminators); a last line without `\n` counts.
+pub fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                let line = &rest[..i];
+                rest = &rest[i + 1..];
+                Some(line)
+            }
+            None => Some(std::mem::take(&mut rest)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GOOD: &[u8] = b"user_000001\t2009-05-04T23:08:57Z\tf1b1cf71-bd35-4e99-8624-24a6e15f133a\tDeep Dish\t\tFuck Me Im Famous (Pacha Ibiza)-09-28-2007";
+
+    #[test]
+    fn accepts_a_real_line() {
+        let l = parse_line(GOOD).unwrap();
+        assert_eq!(l.user_id, "user_000001");
+        assert_eq!(l.ts_micros, 1_241_478_537_000_000);
+        assert_eq!(l.artist_name, "Deep Dish");
+        assert_eq!(l.track_mbid, "");
+        assert_eq!(l.track_name, "Fuck Me Im Famous (Pacha Ibiza)-09-28-2007");
+    }
+
+    #[test]
+    fn crlf_and_unicode() {
+        let mut crlf = GOOD.to_vec();
+        crlf.push(b'\r');
+        assert_eq!(parse_line(&crlf).unwrap().track_name, parse_line(GOOD).unwrap().track_name);
+        let uni = "user_000002\t2008-01-01T00:00:00Z\t\tБи-2\t\tМоя любовь — 東京 ✓".as_bytes();
+        let l = parse_line(uni).unwrap();
+        assert_eq!(l.artist_name, "Би-2");
+        assert_eq!(l.track_name, "Моя любовь — 東京 ✓");
+        assert_eq!(l.artist_mbid, "");
+    }
+
+    #[test]
+    fn every_reject_kind() {
+        use RejectReason::*;
+        let cases: &[(&[u8], RejectReason)] = &[
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\xff", InvalidUtf8),
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\rB\tt\tT", StrayCr),
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\r\r", StrayCr),
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\tt", FieldCount),
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\textra", FieldCount),
+            (b"", FieldCount),
+            (b"\t2009-05-04T23:08:57Z\ta\tA\tt\tT", EmptyUser),
+            (b"  \t2009-05-04T23:08:57Z\ta\tA\tt\tT", EmptyUser),
+            (b"u\tMay 4th 2009\ta\tA\tt\tT", BadTimestamp),
+            (b"u\t\ta\tA\tt\tT", BadTimestamp),
+            (b"u\t2009-02-30T12:00:00Z\ta\tA\tt\tT", ImpossibleTimestamp),
+            (b"u\t2009-04-31T12:00:00Z\ta\tA\tt\tT", ImpossibleTimestamp),
+            (b"u\t1970-01-01T00:00:00Z\ta\tA\tt\tT", TimestampOutOfRange),
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\t\t ", MissingTrack),
+        ];
+        for (line, reason) in cases {
+            assert_eq!(parse_line(line), Err(*reason), "line {:?}", String::from_utf8_lossy(line));
+        }
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn empty_mbids_are_fine() {
+        let l = parse_line(b"u\t2009-05-04T23:08:57Z\t\t\t\tUntitled").unwrap();
+        assert_eq!((l.artist_mbid, l.artist_name, l.track_mbid), ("", "", ""));
+    }
+
+    #[test]
+    fn line_splitting() {
+        let v: Vec<&[u8]> = lines(b"a\nb\r\n\nc").collect();
+        assert_eq!(v, vec![&b"a"[..], b"b\r", b"", b"c"]);
+        assert_eq!(lines(b"a\n").count(), 1);
+        assert_eq!(lines(b"").count(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_line(&bytes);
+        }
+
+        #[test]
+        fn tab_heavy_text_never_panics(s in "[a-z0-9\t:TZ+.\r-]{0,80}") {
+            let _ = parse_line(s.as_bytes());
+        }
+    }
+}

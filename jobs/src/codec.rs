@@ -1,0 +1,102 @@
+//! Serialisation of our plan nodes for the trip client → scheduler → executor. Our nodes are
+//! tagged JSON of their specs; everything else goes to Ballista's codec.
+
+use std::sync::Arc;
+
+use datafusion::common::internal_datafusion_err;
+use datafusion::error::Result;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
+use serde::{Deserialize, Serialize};
+
+use crate::clean::scan::{TsvScanExec, TsvScanSpec};
+use crate::write::{ParquetWriterExec, WriteSpec};
+
+/// Prefix that marks a node encoded by us rather than by Ballista.
+const MAGIC: &[u8] = b"recsys-plan:";
+
+#[derive(Serialize, Deserialize)]
+enum Node {
+    TsvScan(TsvScanSpec),
+    ParquetWriter(WriteSpec),
+}
+
+#[derive(Debug)]
+pub struct RecsysPhysicalCodec {
+    inner: Arc<dyn PhysicalExtensionCodec>,
+}
+
+impl RecsysPhysicalCodec {
+    pub fn new(inner: Arc<dyn PhysicalExtensionCodec>) -> Self {
+        RecsysPhysicalCodec { inner }
+    }
+}
+
+impl PhysicalExtensionCodec for RecsysPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(json) = buf.strip_prefix(MAGIC) else {
+            return self.inner.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let node: Node = serde_json::from_slice(json).map_err(|e| internal_datafusion_err!("bad recsys plan node: {e}"))?;
+        let input = |name: &str| {
+            inputs
+                .first()
+                .cloned()
+                .ok_or_else(|| internal_datafusion_err!("{name} needs one input"))
+        };
+        Ok(match node {
+            Node::TsvScan(spec) => Arc::new(TsvScanExec::new(spec)),
+            Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(input("ParquetWriterExec")?, spec)?),
+        })
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let any = node.as_ref() as &dyn std::any::Any;
+        let ours = if let Some(scan) = any.downcast_ref::<TsvScanExec>() {
+            Node::TsvScan(scan.spec().clone())
+        } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {
+            Node::ParquetWriter(writer.spec().clone())
+        } else {
+            return self.inner.try_encode(node, buf, proto_converter);
+        };
+        buf.extend_from_slice(MAGIC);
+        serde_json::to_writer(buf, &ours).map_err(|e| internal_datafusion_err!("cannot encode plan node: {e}"))
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}

@@ -1,0 +1,36 @@
+//! recsys batch jobs: DataFusion physical plans that run on a Ballista cluster (remote or
+//! embedded), plus the one registry of functions and codecs every process installs.
+
+pub mod clean;
+pub mod cluster;
+pub mod codec;
+pub mod lake;
+pub mod registry;
+pub mod sort;
+pub mod udf;
+pub mod write;
+
+pub use cluster::Cluster;
+
+/// Errors of a batch job. Every variant says what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("Ballista: {0}")]
+    Ballista(#[from] ballista_core::error::BallistaError),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error(transparent)]
+    Store(#[from] recsys_core::StoreError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{0}")]
+    Cluster(String),
+    #[error("no input: {0}")]
+    NoInput(String),
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}

@@ -1,0 +1,208 @@
+//! The one place that makes a DataFusion session "recsys-capable": our functions, our plan codec,
+//! and an object-store registry that can reach the lake. The client, the scheduler's session
+//! builder and the executor's function registry and runtime all come from here, so a plan built
+//! on one side always decodes and runs on the other.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::common::{exec_datafusion_err, extensions_options};
+use datafusion::config::ConfigExtension;
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use recsys_core::S3Options;
+use url::Url;
+
+use crate::codec::RecsysPhysicalCodec;
+
+extensions_options! {
+    /// Settings every recsys job carries to the scheduler and executors (`SET recsys.… = …`), so
+    /// a cluster reaches whichever object store the submitting client points at.
+    pub struct RecsysOptions {
+        /// S3 endpoint (MinIO: `http://minio:9000`).
+        pub s3_endpoint: Option<String>, default = None
+        /// S3 access key id.
+        pub s3_access_key_id: Option<String>, default = None
+        /// S3 secret access key.
+        pub s3_secret_access_key: Option<String>, default = None
+        /// S3 region.
+        pub s3_region: Option<String>, default = None
+        /// Allow `http://` S3 endpoints.
+        pub s3_allow_http: bool, default = false
+        /// Virtual-hosted-style bucket addressing (path style otherwise).
+        pub s3_virtual_hosted: bool, default = false
+    }
+}
+
+impl ConfigExtension for RecsysOptions {
+    const PREFIX: &'static str = "recsys";
+}
+
+impl RecsysOptions {
+    pub fn from_s3(s3: &S3Options) -> Self {
+        RecsysOptions {
+            s3_endpoint: s3.endpoint.clone(),
+            s3_access_key_id: s3.access_key_id.clone(),
+            s3_secret_access_key: s3.secret_access_key.clone(),
+            s3_region: s3.region.clone(),
+            s3_allow_http: s3.allow_http,
+            s3_virtual_hosted: s3.virtual_hosted,
+        }
+    }
+
+    pub fn s3(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            region: self.s3_region.clone(),
+            allow_http: self.s3_allow_http,
+            virtual_hosted: self.s3_virtual_hosted,
+        }
+    }
+}
+
+/// Resolves `file://` and `s3://bucket` URLs to stores, building S3 clients on first use from
+/// the job's [`RecsysOptions`].
+#[derive(Debug)]
+pub struct LakeObjectStoreRegistry {
+    s3: S3Options,
+    stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl LakeObjectStoreRegistry {
+    pub fn new(s3: S3Options) -> Self {
+        LakeObjectStoreRegistry {
+            s3,
+            stores: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn key(url: &Url) -> String {
+        format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""))
+    }
+}
+
+impl ObjectStoreRegistry for LakeObjectStoreRegistry {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.stores.write().expect("registry lock").insert(Self::key(url), store)
+    }
+
+    fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        let key = Self::key(url);
+        if let Some(store) = self.stores.read().expect("registry lock").get(&key) {
+            return Ok(store.clone());
+        }
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "" | "file" => Arc::new(LocalFileSystem::new()),
+            "s3" => {
+                let bucket = url.host_str().ok_or_else(|| exec_datafusion_err!("no bucket in `{url}`"))?;
+                recsys_core::store::build_s3(bucket, &self.s3)
+                    .map_err(|e| exec_datafusion_err!("cannot open `{key}`: {e}"))?
+            }
+            other => return Err(exec_datafusion_err!("unsupported object store scheme `{other}` in `{url}`")),
+        };
+        Ok(self.stores.write().expect("registry lock").entry(key).or_insert(store).clone())
+    }
+}
+
+/// The session configuration of every recsys session: Ballista defaults, our option namespace and
+/// our codecs.
+pub fn session_config(options: RecsysOptions) -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_option_extension(options)
+        .with_ballista_logical_extension_codec(logical_codec())
+        .with_ballista_physical_extension_codec(physical_codec())
+}
+
+/// The config producer installed on schedulers and executors (options arrive with each job).
+pub fn default_session_config() -> SessionConfig {
+    session_config(RecsysOptions::default())
+}
+
+/// A runtime whose object-store registry reaches the lake described by `config`'s options.
+pub fn runtime_env(config: &SessionConfig, work_dir: Option<&str>) -> Result<Arc<RuntimeEnv>> {
+    let s3 = config
+        .options()
+        .extensions
+        .get::<RecsysOptions>()
+        .map(RecsysOptions::s3)
+        .unwrap_or_default();
+    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(LakeObjectStoreRegistry::new(s3)));
+    if let Some(dir) = work_dir {
+        builder = builder.with_temp_file_path(dir);
+    }
+    Ok(Arc::new(builder.build()?))
+}
+
+/// A full session state: DataFusion's and Ballista's functions plus ours, the lake runtime.
+/// Installed as the scheduler's session builder and used by clients to plan jobs.
+pub fn session_state(config: SessionConfig) -> Result<SessionState> {
+    let runtime = runtime_env(&config, None)?;
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    register_functions(&mut state)?;
+    Ok(state)
+}
+
+/// Registers every project UDF on `state`.
+pub fn register_functions(state: &mut SessionState) -> Result<()> {
+    for udf in crate::udf::all() {
+        state.register_udf(udf)?;
+    }
+    Ok(())
+}
+
+/// The function registry executors resolve plan functions in.
+pub fn function_registry() -> Result<BallistaFunctionRegistry> {
+    Ok(BallistaFunctionRegistry::from(&session_state(default_session_config())?))
+}
+
+pub fn physical_codec() -> Arc<dyn PhysicalExtensionCodec> {
+    Arc::new(RecsysPhysicalCodec::new(Arc::new(BallistaPhysicalExtensionCodec::default())))
+}
+
+pub fn logical_codec() -> Arc<dyn LogicalExtensionCodec> {
+    Arc::new(BallistaLogicalExtensionCodec::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballista_core::extension::SessionConfigHelperExt;
+
+    #[test]
+    fn options_travel_as_key_values() {
+        let options = RecsysOptions::from_s3(&S3Options {
+            endpoint: Some("http://minio:9000".into()),
+            allow_http: true,
+            ..Default::default()
+        });
+        let sent = session_config(options).to_key_value_pairs();
+        let received = default_session_config().update_from_key_value_pair(&sent);
+        let got = received.options().extensions.get::<RecsysOptions>().unwrap().s3();
+        assert_eq!(got.endpoint.as_deref(), Some("http://minio:9000"));
+        assert!(got.allow_http);
+    }
+
+    #[test]
+    fn functions_are_registered() {
+        let state = session_state(default_session_config()).unwrap();
+        for name in [crate::udf::TRACK_ID, crate::udf::ARTIST_ID, crate::udf::RANGE_BUCKET] {
+            assert!(state.scalar_functions().contains_key(name), "{name}");
+        }
+    }
+}

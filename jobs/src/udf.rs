@@ -1,0 +1,228 @@
+//! The project's SQL functions. They travel to executors by name, so every process registers
+//! them through [`crate::registry`].
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use datafusion::common::{ScalarValue, exec_err, plan_err};
+use datafusion::error::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+use recsys_core::ids;
+
+/// `recsys_track_id(track_mbid, artist_name, track_name)`: the MBID, or the stable derived id when
+/// the MBID is empty or null (rule in [`recsys_core::ids`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TrackIdUdf {
+    signature: Signature,
+}
+
+/// `recsys_artist_id(artist_mbid, artist_name)`: the MBID, or the stable derived id.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ArtistIdUdf {
+    signature: Signature,
+}
+
+/// `recsys_range_bucket(ts, boundaries, keys)`: the key of the half-open range `ts` falls in.
+/// `boundaries` is an ascending `List<Int64>` of k cut points (µs); `keys` a `List<Int64>` of
+/// k + 1 values, `keys[i]` for `[boundaries[i-1], boundaries[i])`. The sort job uses it to route
+/// rows to time-ranged output partitions.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RangeBucketUdf {
+    signature: Signature,
+}
+
+pub const TRACK_ID: &str = "recsys_track_id";
+pub const ARTIST_ID: &str = "recsys_artist_id";
+pub const RANGE_BUCKET: &str = "recsys_range_bucket";
+
+/// Every project UDF, in one list for the registry.
+pub fn all() -> Vec<Arc<ScalarUDF>> {
+    vec![
+        Arc::new(ScalarUDF::from(TrackIdUdf {
+            signature: Signature::uniform(3, vec![DataType::Utf8], Volatility::Immutable),
+        })),
+        Arc::new(ScalarUDF::from(ArtistIdUdf {
+            signature: Signature::uniform(2, vec![DataType::Utf8], Volatility::Immutable),
+        })),
+        Arc::new(ScalarUDF::from(RangeBucketUdf {
+            signature: Signature::new(TypeSignature::Any(3), Volatility::Immutable),
+        })),
+    ]
+}
+
+fn string_args(args: &ScalarFunctionArgs, name: &str) -> Result<Vec<ArrayRef>> {
+    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+    for (i, a) in arrays.iter().enumerate() {
+        if a.data_type() != &DataType::Utf8 {
+            return exec_err!("{name}: argument {} must be Utf8, got {}", i + 1, a.data_type());
+        }
+    }
+    Ok(arrays)
+}
+
+fn str_at(a: &StringArray, i: usize) -> &str {
+    if a.is_null(i) { "" } else { a.value(i) }
+}
+
+impl ScalarUDFImpl for TrackIdUdf {
+    fn name(&self) -> &str {
+        TRACK_ID
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = string_args(&args, TRACK_ID)?;
+        let [mbid, artist, title] = [0, 1, 2].map(|i| arrays[i].as_string::<i32>());
+        let mut out = StringBuilder::with_capacity(mbid.len(), mbid.len() * 36);
+        for i in 0..mbid.len() {
+            let m = str_at(mbid, i);
+            if m.is_empty() {
+                out.append_value(ids::derived_track_id(str_at(artist, i), str_at(title, i)));
+            } else {
+                out.append_value(m);
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+impl ScalarUDFImpl for ArtistIdUdf {
+    fn name(&self) -> &str {
+        ARTIST_ID
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = string_args(&args, ARTIST_ID)?;
+        let [mbid, name] = [0, 1].map(|i| arrays[i].as_string::<i32>());
+        let mut out = StringBuilder::with_capacity(mbid.len(), mbid.len() * 36);
+        for i in 0..mbid.len() {
+            let m = str_at(mbid, i);
+            if m.is_empty() {
+                out.append_value(ids::derived_artist_id(str_at(name, i)));
+            } else {
+                out.append_value(m);
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+fn int64_list(value: &ColumnarValue, what: &str) -> Result<Vec<i64>> {
+    let ColumnarValue::Scalar(ScalarValue::List(list)) = value else {
+        return exec_err!("{RANGE_BUCKET}: {what} must be a constant list");
+    };
+    if list.is_empty() || list.is_null(0) {
+        return Ok(vec![]);
+    }
+    let values = list.value(0);
+    let Some(values) = values.as_primitive_opt::<Int64Type>() else {
+        return exec_err!("{RANGE_BUCKET}: {what} must be a list of Int64");
+    };
+    Ok(values.values().to_vec())
+}
+
+impl ScalarUDFImpl for RangeBucketUdf {
+    fn name(&self) -> &str {
+        RANGE_BUCKET
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match &args[0] {
+            DataType::Int64 | DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(DataType::Int64),
+            other => plan_err!("{RANGE_BUCKET}: first argument must be Int64 or a µs timestamp, got {other}"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let boundaries = int64_list(&args.args[1], "boundaries")?;
+        let keys = int64_list(&args.args[2], "keys")?;
+        if keys.len() != boundaries.len() + 1 {
+            return exec_err!(
+                "{RANGE_BUCKET}: {} boundaries need {} keys, got {}",
+                boundaries.len(),
+                boundaries.len() + 1,
+                keys.len()
+            );
+        }
+        if !boundaries.is_sorted() {
+            return exec_err!("{RANGE_BUCKET}: boundaries must ascend");
+        }
+        let values = args.args[0].to_array(args.number_rows)?;
+        let values = arrow::compute::cast(&values, &DataType::Int64)?;
+        let values = values.as_primitive::<Int64Type>();
+        let out: Int64Array = values.unary(|v| keys[boundaries.partition_point(|&b| b <= v)]);
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Field;
+    use datafusion::config::ConfigOptions;
+
+    fn invoke(udf: &ScalarUDF, args: Vec<ColumnarValue>, rows: usize) -> ArrayRef {
+        let arg_fields = args
+            .iter()
+            .map(|a| Arc::new(Field::new("a", a.data_type(), true)))
+            .collect();
+        let ret = udf.return_type(&args.iter().map(|a| a.data_type()).collect::<Vec<_>>()).unwrap();
+        udf.invoke_with_args(ScalarFunctionArgs {
+            args,
+            arg_fields,
+            number_rows: rows,
+            return_field: Arc::new(Field::new("r", ret, true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        })
+        .unwrap()
+        .to_array(rows)
+        .unwrap()
+    }
+
+    fn strings(v: &[Option<&str>]) -> ColumnarValue {
+        ColumnarValue::Array(Arc::new(StringArray::from(v.to_vec())))
+    }
+
+    #[test]
+    fn track_ids() {
+        let udfs = all();
+        let out = invoke(
+            &udfs[0],
+            vec![
+                strings(&[Some("mbid-1"), Some(""), None]),
+                strings(&[Some("A"), Some("Björk"), Some("Björk")]),
+                strings(&[Some("T"), Some("Jóga"), Some("jóga")]),
+            ],
+            3,
+        );
+        let out = out.as_string::<i32>();
+        assert_eq!(out.value(0), "mbid-1");
+        assert_eq!(out.value(1), ids::derived_track_id("Björk", "Jóga"));
+        assert_eq!(out.value(1), out.value(2));
+    }
+
+    #[test]
+    fn range_buckets() {
+        let udfs = all();
+        let list = |v: Vec<i64>| ColumnarValue::Scalar(ScalarValue::List(ScalarValue::new_list_nullable(
+            &v.into_iter().map(|x| ScalarValue::Int64(Some(x))).collect::<Vec<_>>(),
+            &DataType::Int64,
+        )));
+        let ts = ColumnarValue::Array(Arc::new(Int64Array::from(vec![-5, 10, 19, 20, 35, 1000])));
+        let out = invoke(&udfs[2], vec![ts, list(vec![10, 20, 30]), list(vec![7, 8, 9, 6])], 6);
+        assert_eq!(out.as_primitive::<Int64Type>().values().to_vec(), vec![7, 8, 8, 9, 6, 6]);
+    }
+}

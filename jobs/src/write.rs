@@ -1,0 +1,281 @@
+//! `ParquetWriterExec`: every partition of its input writes its own Parquet file(s) straight to
+//! the object store, so a write is as distributed as the plan under it (DataFusion's own sinks
+//! funnel everything through one partition). It outputs one row per file written.
+//!
+//! With a split column, a partition starts a new file whenever that column's value changes and
+//! names the file after the value; the input must be grouped by it (the sort job's partitions
+//! are sorted by time, and its split column is the time range), which the writer checks.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringBuilder, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::exec_err;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use object_store::buffered::BufWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+/// Rows per Parquet row group: small enough to bound writer memory, large enough to scan fast.
+const ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// Files named after a split column's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSpec {
+    /// An Int64 column of the input; dropped from the written files.
+    pub column: String,
+    /// File name (without folder) for every value that may occur.
+    pub names: BTreeMap<i64, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteSpec {
+    /// Store receiving the files (`file:///` or `s3://bucket`).
+    pub store_url: String,
+    /// Object path of the output folder.
+    pub dir: String,
+    /// Without a split, partition `p` writes `part-<p>.parquet`.
+    pub split: Option<SplitSpec>,
+}
+
+/// One row per file written: object path and row count.
+pub fn written_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+    ]))
+}
+
+#[derive(Debug)]
+pub struct ParquetWriterExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: WriteSpec,
+    properties: Arc<PlanProperties>,
+}
+
+impl ParquetWriterExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: WriteSpec) -> Result<Self> {
+        if let Some(split) = &spec.split {
+            let schema = input.schema();
+            let field = schema.field_with_name(&split.column)?;
+            if field.data_type() != &DataType::Int64 {
+                return exec_err!("split column `{}` must be Int64, is {}", split.column, field.data_type());
+            }
+        }
+        let partitions = input.properties().partitioning.partition_count();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(written_schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(ParquetWriterExec {
+            input,
+            spec,
+            properties: Arc::new(properties),
+        })
+    }
+
+    pub fn spec(&self) -> &WriteSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for ParquetWriterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ParquetWriterExec: dir={}", self.spec.dir)?;
+        if let Some(split) = &self.spec.split {
+            write!(f, ", split_by={}", split.column)?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ParquetWriterExec {
+    fn name(&self) -> &str {
+        "ParquetWriterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(ParquetWriterExec::try_new(children.swap_remove(0), self.spec.clone())?))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let store = context
+            .runtime_env()
+            .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
+        let input = self.input.execute(partition, context)?;
+        let spec = self.spec.clone();
+        let stream = futures::stream::once(async move { write_partition(store, spec, partition, input).await });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(written_schema(), stream)))
+    }
+}
+
+fn writer_properties(metadata: Vec<(String, String)>) -> WriterProperties {
+    let kv: Vec<KeyValue> = metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("recsys {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata((!kv.is_empty()).then_some(kv))
+        .build()
+}
+
+fn open_writer(store: &Arc<dyn ObjectStore>, path: &Path, schema: SchemaRef, metadata: Vec<(String, String)>) -> Result<AsyncArrowWriter<BufWriter>> {
+    let sink = BufWriter::new(store.clone(), path.clone());
+    Ok(AsyncArrowWriter::try_new(sink, schema, Some(writer_properties(metadata)))?)
+}
+
+/// Writes `batches` to one Parquet file at `path`, with key-value `metadata` in its footer.
+pub async fn write_parquet_file(
+    store: Arc<dyn ObjectStore>,
+    path: &Path,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    metadata: Vec<(String, String)>,
+) -> Result<()> {
+    let mut writer = open_writer(&store, path, schema, metadata)?;
+    for batch in &batches {
+        writer.write(batch).await?;
+    }
+    writer.close().await?;
+    Ok(())
+}
+
+struct OpenFile {
+    key: Option<i64>,
+    path: Path,
+    rows: u64,
+    writer: AsyncArrowWriter<BufWriter>,
+}
+
+async fn write_partition(
+    store: Arc<dyn ObjectStore>,
+    spec: WriteSpec,
+    partition: usize,
+    mut input: SendableRecordBatchStream,
+) -> Result<RecordBatch> {
+    let dir = Path::from(spec.dir.as_str());
+    let in_schema = input.schema();
+    let split_index = match &spec.split {
+        Some(split) => Some(in_schema.index_of(&split.column)?),
+        None => None,
+    };
+    let out_schema: SchemaRef = match split_index {
+        Some(i) => Arc::new(in_schema.project(&(0..in_schema.fields().len()).filter(|&c| c != i).collect::<Vec<_>>())?),
+        None => in_schema.clone(),
+    };
+    let mut files = StringBuilder::new();
+    let mut counts = UInt64Builder::new();
+    let mut seen = HashSet::new();
+    let mut open: Option<OpenFile> = None;
+
+    async fn close(file: OpenFile, files: &mut StringBuilder, counts: &mut UInt64Builder) -> Result<()> {
+        file.writer.close().await?;
+        files.append_value(file.path.as_ref());
+        counts.append_value(file.rows);
+        Ok(())
+    }
+
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        // Runs of equal split values: (key, start, len); one run without a split column.
+        let runs: Vec<(Option<i64>, usize, usize)> = match split_index {
+            None => vec![(None, 0, batch.num_rows())],
+            Some(i) => {
+                let keys = batch.column(i).as_primitive::<Int64Type>();
+                if keys.null_count() > 0 {
+                    return exec_err!("split column has nulls");
+                }
+                let mut runs = Vec::new();
+                let values = keys.values();
+                let mut start = 0;
+                for r in 1..=values.len() {
+                    if r == values.len() || values[r] != values[start] {
+                        runs.push((Some(values[start]), start, r - start));
+                        start = r;
+                    }
+                }
+                runs
+            }
+        };
+        for (key, start, len) in runs {
+            if open.as_ref().is_none_or(|f| f.key != key) {
+                if let Some(file) = open.take() {
+                    close(file, &mut files, &mut counts).await?;
+                }
+                if !seen.insert(key) {
+                    return exec_err!("input of partition {partition} is not grouped by the split column (value {key:?} came back)");
+                }
+                let name = match (&spec.split, key) {
+                    (Some(split), Some(k)) => split
+                        .names
+                        .get(&k)
+                        .cloned()
+                        .ok_or_else(|| DataFusionError::Execution(format!("no file name for split value {k}")))?,
+                    _ => format!("part-{partition:05}.parquet"),
+                };
+                let path = dir.clone().join(name);
+                let writer = open_writer(&store, &path, out_schema.clone(), vec![])?;
+                open = Some(OpenFile { key, path, rows: 0, writer });
+            }
+            let slice = batch.slice(start, len);
+            let slice = match split_index {
+                Some(i) => {
+                    let mut s = slice;
+                    s.remove_column(i);
+                    s
+                }
+                None => slice,
+            };
+            let file = open.as_mut().expect("a file is open");
+            file.writer.write(&slice).await?;
+            file.rows += len as u64;
+        }
+    }
+    if let Some(file) = open.take() {
+        close(file, &mut files, &mut counts).await?;
+    }
+    Ok(RecordBatch::try_new(written_schema(), vec![Arc::new(files.finish()), Arc::new(counts.finish())])?)
+}

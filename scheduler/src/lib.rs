@@ -1,0 +1,36 @@
+//! The recsys Ballista scheduler: Ballista's own scheduler process with every standard flag, and
+//! our functions and plan codecs installed from `recsys_jobs::registry`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+use recsys_jobs::registry;
+
+/// Every standard `ballista-scheduler` flag (`--bind-port`, `--scheduler-policy`, …).
+pub use ballista_scheduler::config::Config as SchedulerArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("invalid bind address `{0}`: {1}")]
+    Address(String, std::net::AddrParseError),
+    #[error(transparent)]
+    Ballista(#[from] ballista_core::error::BallistaError),
+}
+
+/// Runs the scheduler until it is stopped.
+pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
+    let bind = format!("{}:{}", args.bind_host, args.bind_port);
+    let addr: SocketAddr = bind.parse().map_err(|e| SchedulerError::Address(bind.clone(), e))?;
+    let mut config: SchedulerConfig = args.try_into()?;
+    config.override_config_producer = Some(Arc::new(registry::default_session_config));
+    config.override_session_builder = Some(Arc::new(registry::session_state));
+    config.override_logical_codec = Some(registry::logical_codec());
+    config.override_physical_codec = Some(registry::physical_codec());
+    let cluster = BallistaCluster::new_from_config(&config).await?;
+    tracing::info!(%addr, "recsys scheduler listening");
+    start_server(cluster, addr, Arc::new(config)).await?;
+    Ok(())
+}
