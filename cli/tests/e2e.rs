@@ -17,7 +17,8 @@ use recsys_jobs::Cluster;
 use recsys_jobs::clean::{CleanSummary, TsvInput, run_clean};
 use recsys_jobs::sort::run_sort;
 
-type Row = (String, i64, String, String, String, String);
+/// A listen in sort order: (ts, user, track id, artist id, artist name, track name).
+type Row = (i64, String, String, String, String, String);
 
 fn rows(batches: &[RecordBatch]) -> Vec<Row> {
     let mut out = Vec::new();
@@ -26,11 +27,11 @@ fn rows(batches: &[RecordBatch]) -> Vec<Row> {
         let ts = b.column(1).as_primitive::<TimestampMicrosecondType>();
         for r in 0..b.num_rows() {
             out.push((
-                s(0).value(r).to_string(),
                 ts.value(r),
+                s(0).value(r).to_string(),
+                s(4).value(r).to_string(),
                 s(2).value(r).to_string(),
                 s(3).value(r).to_string(),
-                s(4).value(r).to_string(),
                 s(5).value(r).to_string(),
             ));
         }
@@ -55,9 +56,9 @@ fn check_sorted(files: &[(std::path::PathBuf, Vec<RecordBatch>)], expected_rows:
         assert!(!r.is_empty(), "{} is empty", path.display());
         assert!(r.windows(2).all(|w| w[0] <= w[1]), "{} is not sorted", path.display());
         if let Some(prev) = last_max {
-            assert!(prev < r[0].1, "time ranges overlap at {}", path.display());
+            assert!(prev < r[0].0, "time ranges overlap at {}", path.display());
         }
-        last_max = Some(r.last().unwrap().1);
+        last_max = Some(r.last().unwrap().0);
         all.extend(r);
     }
     assert_eq!(all.len() as u64, expected_rows);
@@ -122,7 +123,7 @@ async fn embedded_and_process_cluster_agree() {
         clean_rows.sort();
         assert!(clean_rows == sorted_a, "sorted rows are not the clean rows");
         // Missing MBIDs got derived ids; ids are never empty.
-        assert!(sorted_a.iter().all(|r| !r.2.is_empty() && !r.4.is_empty()));
+        assert!(sorted_a.iter().all(|r| !r.2.is_empty() && !r.3.is_empty()));
     })
     .await
     .expect("test timed out");

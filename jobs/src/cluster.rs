@@ -12,6 +12,7 @@ use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use datafusion::execution::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use recsys_core::S3Options;
@@ -92,9 +93,12 @@ impl Cluster {
     }
 
     fn job_config(s3: &S3Options, vcores: usize) -> SessionConfig {
+        // Our plans are built stage by stage on purpose (e.g. the sort job's per-range sorts), so
+        // the static distributed planner runs them as written; the adaptive one re-plans.
         session_config(RecsysOptions::from_s3(s3))
             .with_target_partitions(vcores)
             .with_ballista_standalone_parallelism(vcores)
+            .with_ballista_adaptive_query_planner(false)
     }
 
     /// `embedded` or the scheduler URL, for logs and summaries.
@@ -118,6 +122,12 @@ impl Cluster {
 
     /// Runs `plan` on the cluster and collects its (small) output.
     pub async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
+        // The client reads one result partition: gather the output in a final one-task stage.
+        let plan: Arc<dyn ExecutionPlan> = if plan.properties().partitioning.partition_count() > 1 {
+            Arc::new(CoalescePartitionsExec::new(plan))
+        } else {
+            plan
+        };
         let codec = physical_codec();
         let stream = execute_physical_plan::<PhysicalPlanNode>(
             self.scheduler_url.clone(),

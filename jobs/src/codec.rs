@@ -53,7 +53,7 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
                 .ok_or_else(|| internal_datafusion_err!("{name} needs one input"))
         };
         Ok(match node {
-            Node::TsvScan(spec) => Arc::new(TsvScanExec::new(spec)),
+            Node::TsvScan(spec) => Arc::new(TsvScanExec::new(input("TsvScanExec")?, spec)),
             Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(input("ParquetWriterExec")?, spec)?),
         })
     }

@@ -8,6 +8,7 @@ pub mod lake;
 pub mod registry;
 pub mod sort;
 pub mod udf;
+pub mod worklist;
 pub mod write;
 
 pub use cluster::Cluster;

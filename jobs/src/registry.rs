@@ -9,9 +9,11 @@ use std::sync::{Arc, RwLock};
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
-use datafusion::common::{exec_datafusion_err, extensions_options};
-use datafusion::config::ConfigExtension;
-use datafusion::error::Result;
+use std::any::Any;
+
+use datafusion::common::exec_datafusion_err;
+use datafusion::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
@@ -25,27 +27,74 @@ use url::Url;
 
 use crate::codec::RecsysPhysicalCodec;
 
-extensions_options! {
-    /// Settings every recsys job carries to the scheduler and executors (`SET recsys.… = …`), so
-    /// a cluster reaches whichever object store the submitting client points at.
-    pub struct RecsysOptions {
-        /// S3 endpoint (MinIO: `http://minio:9000`).
-        pub s3_endpoint: Option<String>, default = None
-        /// S3 access key id.
-        pub s3_access_key_id: Option<String>, default = None
-        /// S3 secret access key.
-        pub s3_secret_access_key: Option<String>, default = None
-        /// S3 region.
-        pub s3_region: Option<String>, default = None
-        /// Allow `http://` S3 endpoints.
-        pub s3_allow_http: bool, default = false
-        /// Virtual-hosted-style bucket addressing (path style otherwise).
-        pub s3_virtual_hosted: bool, default = false
-    }
+/// Settings every recsys job carries to the scheduler and executors (`SET recsys.… = …`), so
+/// a cluster reaches whichever object store the submitting client points at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecsysOptions {
+    /// S3 endpoint (MinIO: `http://minio:9000`).
+    pub s3_endpoint: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub s3_region: Option<String>,
+    /// Allow `http://` S3 endpoints.
+    pub s3_allow_http: bool,
+    /// Virtual-hosted-style bucket addressing (path style otherwise).
+    pub s3_virtual_hosted: bool,
 }
 
 impl ConfigExtension for RecsysOptions {
     const PREFIX: &'static str = "recsys";
+}
+
+// Written out rather than with `extensions_options!`, whose entries lack the `recsys.` prefix
+// and so would not survive Ballista's key-value trip to the executors.
+impl ExtensionOptions for RecsysOptions {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let text = || Some(value.to_string()).filter(|v| !v.is_empty());
+        let flag = || {
+            value
+                .parse::<bool>()
+                .map_err(|_| DataFusionError::Configuration(format!("recsys.{key} must be true or false, got `{value}`")))
+        };
+        match key {
+            "s3_endpoint" => self.s3_endpoint = text(),
+            "s3_access_key_id" => self.s3_access_key_id = text(),
+            "s3_secret_access_key" => self.s3_secret_access_key = text(),
+            "s3_region" => self.s3_region = text(),
+            "s3_allow_http" => self.s3_allow_http = flag()?,
+            "s3_virtual_hosted" => self.s3_virtual_hosted = flag()?,
+            _ => return Err(DataFusionError::Configuration(format!("unknown option recsys.{key}"))),
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        let entry = |key: &str, value: Option<String>, description: &'static str| ConfigEntry {
+            key: format!("{}.{key}", Self::PREFIX),
+            value,
+            description,
+        };
+        vec![
+            entry("s3_endpoint", self.s3_endpoint.clone(), "S3 endpoint"),
+            entry("s3_access_key_id", self.s3_access_key_id.clone(), "S3 access key id"),
+            entry("s3_secret_access_key", self.s3_secret_access_key.clone(), "S3 secret access key"),
+            entry("s3_region", self.s3_region.clone(), "S3 region"),
+            entry("s3_allow_http", Some(self.s3_allow_http.to_string()), "allow http:// S3 endpoints"),
+            entry("s3_virtual_hosted", Some(self.s3_virtual_hosted.to_string()), "virtual-hosted-style S3 requests"),
+        ]
+    }
 }
 
 impl RecsysOptions {

@@ -20,12 +20,12 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, UInt64Type};
 use datafusion::common::ScalarValue;
 use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::{Partitioning as LogicalPartitioning, cast, col, lit};
+use datafusion::logical_expr::{cast, col, lit};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::physical_plan::metrics;
-use datafusion::physical_plan::repartition::BatchPartitioner;
+use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::prelude::{DataFrame, ParquetReadOptions};
 use recsys_core::Store;
@@ -39,6 +39,8 @@ use crate::{Cluster, JobError, udf};
 pub const DEFAULT_ROWS_PER_FILE: u64 = 500_000;
 /// Histogram resolution used to place the cut points.
 const HISTOGRAM_BINS: i64 = 1 << 16;
+/// Order of the rows: time first, then user and track, then the rest for a total order.
+const SORT_ORDER: [&str; 6] = [c::TS, c::USER_ID, c::TRACK_ID, c::ARTIST_ID, c::ARTIST_NAME, c::TRACK_NAME];
 /// Name of the routing column (dropped from the written files).
 const BUCKET: &str = "__recsys_bucket";
 
@@ -126,14 +128,14 @@ pub async fn run_sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> 
     let columns = [c::USER_ID, c::TS, c::ARTIST_ID, c::ARTIST_NAME, c::TRACK_ID, c::TRACK_NAME];
     let mut select: Vec<_> = columns.iter().map(|n| col(*n)).collect();
     select.push(bucket.alias(BUCKET));
-    let routed = clean
-        .select(select)?
-        .repartition(LogicalPartitioning::Hash(vec![col(BUCKET)], ranges))?
-        .create_physical_plan()
-        .await?;
-    let schema = routed.schema();
+    // The shuffle is added here, after DataFusion's optimiser (which drops a repartition nothing
+    // above it requires).
+    let projected = clean.select(select)?.create_physical_plan().await?;
+    let schema = projected.schema();
+    let routing = Partitioning::Hash(vec![Arc::new(Column::new_with_schema(BUCKET, &schema)?)], ranges);
+    let routed = Arc::new(RepartitionExec::try_new(projected, routing)?);
     let ordering = LexOrdering::new(
-        columns
+        SORT_ORDER
             .iter()
             .map(|n| Ok(PhysicalSortExpr::new_default(Arc::new(Column::new_with_schema(n, &schema)?))))
             .collect::<Result<Vec<_>, JobError>>()?,
@@ -147,10 +149,10 @@ pub async fn run_sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> 
         WriteSpec {
             store_url: lake.base_url().to_string(),
             dir: lake.path(SORTED_DIR).to_string(),
-            split: Some(SplitSpec {
+            split: SplitSpec {
                 column: BUCKET.to_string(),
                 names,
-            }),
+            },
         },
     )?);
     let mut written = Vec::new();

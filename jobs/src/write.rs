@@ -1,10 +1,11 @@
-//! `ParquetWriterExec`: every partition of its input writes its own Parquet file(s) straight to
-//! the object store, so a write is as distributed as the plan under it (DataFusion's own sinks
-//! funnel everything through one partition). It outputs one row per file written.
+//! `ParquetWriterExec`: every partition of its input writes its own Parquet files straight to the
+//! object store, so a write is as distributed as the plan under it (DataFusion's own sinks funnel
+//! everything through one partition). It outputs one row per file written.
 //!
-//! With a split column, a partition starts a new file whenever that column's value changes and
-//! names the file after the value; the input must be grouped by it (the sort job's partitions
-//! are sorted by time, and its split column is the time range), which the writer checks.
+//! Files are named after the values of a split column, never after partition numbers (Ballista
+//! renumbers the partitions a task sees): a partition starts a new file whenever that column's
+//! value changes, so its input must be grouped by it (a chunk of the clean job, a time range of
+//! the sort job), which the writer checks. A retried task rewrites the same names.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -49,8 +50,7 @@ pub struct WriteSpec {
     pub store_url: String,
     /// Object path of the output folder.
     pub dir: String,
-    /// Without a split, partition `p` writes `part-<p>.parquet`.
-    pub split: Option<SplitSpec>,
+    pub split: SplitSpec,
 }
 
 /// One row per file written: object path and row count.
@@ -70,12 +70,10 @@ pub struct ParquetWriterExec {
 
 impl ParquetWriterExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: WriteSpec) -> Result<Self> {
-        if let Some(split) = &spec.split {
-            let schema = input.schema();
-            let field = schema.field_with_name(&split.column)?;
-            if field.data_type() != &DataType::Int64 {
-                return exec_err!("split column `{}` must be Int64, is {}", split.column, field.data_type());
-            }
+        let schema = input.schema();
+        let field = schema.field_with_name(&spec.split.column)?;
+        if field.data_type() != &DataType::Int64 {
+            return exec_err!("split column `{}` must be Int64, is {}", spec.split.column, field.data_type());
         }
         let partitions = input.properties().partitioning.partition_count();
         let properties = PlanProperties::new(
@@ -98,11 +96,7 @@ impl ParquetWriterExec {
 
 impl DisplayAs for ParquetWriterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ParquetWriterExec: dir={}", self.spec.dir)?;
-        if let Some(split) = &self.spec.split {
-            write!(f, ", split_by={}", split.column)?;
-        }
-        Ok(())
+        write!(f, "ParquetWriterExec: dir={}, split_by={}", self.spec.dir, self.spec.split.column)
     }
 }
 
@@ -181,7 +175,7 @@ pub async fn write_parquet_file(
 }
 
 struct OpenFile {
-    key: Option<i64>,
+    key: i64,
     path: Path,
     rows: u64,
     writer: AsyncArrowWriter<BufWriter>,
@@ -195,14 +189,9 @@ async fn write_partition(
 ) -> Result<RecordBatch> {
     let dir = Path::from(spec.dir.as_str());
     let in_schema = input.schema();
-    let split_index = match &spec.split {
-        Some(split) => Some(in_schema.index_of(&split.column)?),
-        None => None,
-    };
-    let out_schema: SchemaRef = match split_index {
-        Some(i) => Arc::new(in_schema.project(&(0..in_schema.fields().len()).filter(|&c| c != i).collect::<Vec<_>>())?),
-        None => in_schema.clone(),
-    };
+    let split = in_schema.index_of(&spec.split.column)?;
+    let keep: Vec<usize> = (0..in_schema.fields().len()).filter(|&c| c != split).collect();
+    let out_schema: SchemaRef = Arc::new(in_schema.project(&keep)?);
     let mut files = StringBuilder::new();
     let mut counts = UInt64Builder::new();
     let mut seen = HashSet::new();
@@ -217,61 +206,37 @@ async fn write_partition(
 
     while let Some(batch) = input.next().await {
         let batch = batch?;
-        if batch.num_rows() == 0 {
-            continue;
+        let keys = batch.column(split).as_primitive::<Int64Type>();
+        if keys.null_count() > 0 {
+            return exec_err!("split column `{}` has nulls", spec.split.column);
         }
-        // Runs of equal split values: (key, start, len); one run without a split column.
-        let runs: Vec<(Option<i64>, usize, usize)> = match split_index {
-            None => vec![(None, 0, batch.num_rows())],
-            Some(i) => {
-                let keys = batch.column(i).as_primitive::<Int64Type>();
-                if keys.null_count() > 0 {
-                    return exec_err!("split column has nulls");
-                }
-                let mut runs = Vec::new();
-                let values = keys.values();
-                let mut start = 0;
-                for r in 1..=values.len() {
-                    if r == values.len() || values[r] != values[start] {
-                        runs.push((Some(values[start]), start, r - start));
-                        start = r;
-                    }
-                }
-                runs
-            }
-        };
-        for (key, start, len) in runs {
+        // Runs of equal split values: (key, start, len).
+        let values = keys.values();
+        let mut start = 0;
+        while start < values.len() {
+            let key = values[start];
+            let len = values[start..].iter().take_while(|&&v| v == key).count();
             if open.as_ref().is_none_or(|f| f.key != key) {
                 if let Some(file) = open.take() {
                     close(file, &mut files, &mut counts).await?;
                 }
                 if !seen.insert(key) {
-                    return exec_err!("input of partition {partition} is not grouped by the split column (value {key:?} came back)");
+                    return exec_err!("input of partition {partition} is not grouped by `{}` ({key} came back)", spec.split.column);
                 }
-                let name = match (&spec.split, key) {
-                    (Some(split), Some(k)) => split
-                        .names
-                        .get(&k)
-                        .cloned()
-                        .ok_or_else(|| DataFusionError::Execution(format!("no file name for split value {k}")))?,
-                    _ => format!("part-{partition:05}.parquet"),
-                };
-                let path = dir.clone().join(name);
+                let name = spec
+                    .split
+                    .names
+                    .get(&key)
+                    .ok_or_else(|| DataFusionError::Execution(format!("no file name for `{}` = {key}", spec.split.column)))?;
+                let path = dir.clone().join(name.as_str());
                 let writer = open_writer(&store, &path, out_schema.clone(), vec![])?;
                 open = Some(OpenFile { key, path, rows: 0, writer });
             }
-            let slice = batch.slice(start, len);
-            let slice = match split_index {
-                Some(i) => {
-                    let mut s = slice;
-                    s.remove_column(i);
-                    s
-                }
-                None => slice,
-            };
+            let slice = batch.slice(start, len).project(&keep)?;
             let file = open.as_mut().expect("a file is open");
             file.writer.write(&slice).await?;
             file.rows += len as u64;
+            start += len;
         }
     }
     if let Some(file) = open.take() {

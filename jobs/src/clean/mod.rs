@@ -22,9 +22,10 @@ use recsys_core::Store;
 use recsys_core::schema::{CLEAN_DIR, REJECTS_DIR, col as c, reject_schema};
 
 use crate::lake::{clear, list, read_parquet};
-use crate::write::{ParquetWriterExec, WriteSpec, write_parquet_file};
+use crate::worklist::work_list;
+use crate::write::{ParquetWriterExec, SplitSpec, WriteSpec, write_parquet_file};
 use crate::{Cluster, JobError, udf};
-use scan::{LINES_KEY, TsvScanExec, TsvScanSpec, plan_chunks, raw_listen_schema};
+use scan::{CHUNK_COLUMN, LINES_KEY, TsvScanExec, TsvScanSpec, plan_chunks, raw_listen_schema};
 pub use tsv::RejectReason;
 
 /// Smallest and largest chunk a task parses (the largest bounds memory per task).
@@ -95,15 +96,23 @@ impl CleanSummary {
     }
 }
 
-/// Builds the clean plan: chunked TSV scan → derived ids (our UDFs) → one Parquet file per task.
+/// Builds the clean plan: chunks (a work list) → TSV scan → derived ids (our UDFs) → one Parquet
+/// file per chunk.
 pub fn clean_plan(cluster: &Cluster, input: &TsvInput, lake: &Store, rejects_parts: &Path) -> Result<Arc<dyn ExecutionPlan>, JobError> {
     let chunk = (input.bytes() / (4 * cluster.parallelism() as u64)).clamp(MIN_CHUNK, MAX_CHUNK);
-    let scan = Arc::new(TsvScanExec::new(TsvScanSpec {
-        input_url: input.store.base_url().to_string(),
-        chunks: plan_chunks(&input.files, chunk),
-        output_url: lake.base_url().to_string(),
-        rejects_parts_dir: rejects_parts.to_string(),
-    }));
+    let chunks = plan_chunks(&input.files, chunk);
+    let names = chunks
+        .iter()
+        .map(|c| (c.ordinal as i64, format!("part-{:05}.parquet", c.ordinal)))
+        .collect();
+    let scan = Arc::new(TsvScanExec::new(
+        work_list(&chunks)?,
+        TsvScanSpec {
+            input_url: input.store.base_url().to_string(),
+            output_url: lake.base_url().to_string(),
+            rejects_parts_dir: rejects_parts.to_string(),
+        },
+    ));
     let planner = cluster.planner();
     let state = planner.state();
     let schema = DFSchema::try_from(raw_listen_schema())?;
@@ -116,6 +125,7 @@ pub fn clean_plan(cluster: &Cluster, input: &TsvInput, lake: &Store, rejects_par
         (col("artist_name"), c::ARTIST_NAME),
         (track_id.call(vec![col("track_mbid"), col("artist_name"), col("track_name")]), c::TRACK_ID),
         (col("track_name"), c::TRACK_NAME),
+        (col(CHUNK_COLUMN), CHUNK_COLUMN),
     ];
     let projection = exprs
         .into_iter()
@@ -132,7 +142,10 @@ pub fn clean_plan(cluster: &Cluster, input: &TsvInput, lake: &Store, rejects_par
         WriteSpec {
             store_url: lake.base_url().to_string(),
             dir: lake.path(CLEAN_DIR).to_string(),
-            split: None,
+            split: SplitSpec {
+                column: CHUNK_COLUMN.to_string(),
+                names,
+            },
         },
     )?))
 }

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{BinaryBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow::array::{BinaryBuilder, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::{Bytes, BytesMut};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -27,7 +27,9 @@ use recsys_core::schema::timestamp_type;
 use serde::{Deserialize, Serialize};
 
 use super::tsv::{RejectReason, lines, parse_line};
+use crate::worklist;
 use crate::write::write_parquet_file;
+use futures::TryStreamExt;
 
 /// Extra bytes read past a chunk's end to finish its last line (more is fetched if needed).
 const OVERHANG: u64 = 64 * 1024;
@@ -35,9 +37,11 @@ const OVERHANG: u64 = 64 * 1024;
 /// Parquet key-value metadata of a rejects part: how many lines its chunk owned.
 pub(crate) const LINES_KEY: &str = "recsys.lines";
 
-/// One byte range of one input file.
+/// One byte range of one input file: a unit of work of the scan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
+    /// Position of the chunk in the whole input; names its outputs.
+    pub ordinal: usize,
     /// Index of the file in the job's input list (orders rejects parts).
     pub file_index: usize,
     /// Object path of the file inside the input store.
@@ -50,12 +54,11 @@ pub struct Chunk {
     pub end: u64,
 }
 
-/// Everything a task needs to scan its chunk: serialised as is by the plan codec.
+/// Where the scan reads and writes: serialised as is by the plan codec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TsvScanSpec {
     /// Store holding the input files (`file:///` or `s3://bucket`).
     pub input_url: String,
-    pub chunks: Vec<Chunk>,
     /// Store receiving the rejects parts.
     pub output_url: String,
     /// Object path of the folder receiving this run's rejects parts.
@@ -70,6 +73,7 @@ pub fn plan_chunks(files: &[(String, u64)], chunk_size: u64) -> Vec<Chunk> {
         let n = size.div_ceil(chunk_size).max(1);
         for i in 0..n {
             chunks.push(Chunk {
+                ordinal: chunks.len(),
                 file_index,
                 path: path.clone(),
                 file_size: *size,
@@ -82,7 +86,10 @@ pub fn plan_chunks(files: &[(String, u64)], chunk_size: u64) -> Vec<Chunk> {
     chunks
 }
 
-/// The output schema of the scan: parsed fields, MBIDs possibly empty.
+/// Column carrying each row's chunk ordinal, so writers can name files after chunks.
+pub const CHUNK_COLUMN: &str = "__recsys_chunk";
+
+/// The output schema of the scan: parsed fields (MBIDs possibly empty) and the chunk ordinal.
 pub fn raw_listen_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
@@ -91,6 +98,7 @@ pub fn raw_listen_schema() -> SchemaRef {
         Field::new("artist_name", DataType::Utf8, false),
         Field::new("track_mbid", DataType::Utf8, false),
         Field::new("track_name", DataType::Utf8, false),
+        Field::new(CHUNK_COLUMN, DataType::Int64, false),
     ]))
 }
 
@@ -103,21 +111,24 @@ pub(crate) fn reject_part_schema() -> SchemaRef {
     ]))
 }
 
+/// Parses the chunks of its input work list (see [`crate::worklist`]).
 #[derive(Debug)]
 pub struct TsvScanExec {
+    input: Arc<dyn ExecutionPlan>,
     spec: TsvScanSpec,
     properties: Arc<PlanProperties>,
 }
 
 impl TsvScanExec {
-    pub fn new(spec: TsvScanSpec) -> Self {
+    pub fn new(input: Arc<dyn ExecutionPlan>, spec: TsvScanSpec) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(raw_listen_schema()),
-            Partitioning::UnknownPartitioning(spec.chunks.len().max(1)),
+            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
         TsvScanExec {
+            input,
             spec,
             properties: Arc::new(properties),
         }
@@ -130,7 +141,7 @@ impl TsvScanExec {
 
 impl DisplayAs for TsvScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "TsvScanExec: chunks={}, input={}", self.spec.chunks.len(), self.spec.input_url)
+        write!(f, "TsvScanExec: input={}", self.spec.input_url)
     }
 }
 
@@ -144,7 +155,7 @@ impl ExecutionPlan for TsvScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.input]
     }
 
     fn apply_expressions(
@@ -154,46 +165,69 @@ impl ExecutionPlan for TsvScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(TsvScanExec::new(children.swap_remove(0), self.spec.clone())))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let schema = raw_listen_schema();
-        let Some(chunk) = self.spec.chunks.get(partition).cloned() else {
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
-        };
         let input = context
             .runtime_env()
             .object_store(ObjectStoreUrl::parse(&self.spec.input_url)?)?;
         let output = context
             .runtime_env()
             .object_store(ObjectStoreUrl::parse(&self.spec.output_url)?)?;
-        let part = Path::from(self.spec.rejects_parts_dir.as_str())
-            .join(format!("{:05}-{:06}.parquet", chunk.file_index, chunk.chunk_index));
+        let parts_dir = Path::from(self.spec.rejects_parts_dir.as_str());
         let batch_size = context.session_config().batch_size().max(1024);
         let out_schema = schema.clone();
-        // Batches are parsed lazily, one per poll; the rejects part is written when the chunk ends.
-        let stream = futures::stream::try_unfold(None::<ChunkParser>, move |parser| {
-            let (input, output, chunk, part, schema) = (input.clone(), output.clone(), chunk.clone(), part.clone(), out_schema.clone());
-            async move {
-                let mut parser = match parser {
-                    Some(parser) => parser,
-                    None => ChunkParser::new(read_owned_lines(input.as_ref(), &chunk).await?, batch_size),
-                };
-                while let Some(batch) = parser.next_batch(&schema)? {
-                    if batch.num_rows() > 0 {
-                        return Ok(Some((batch, Some(parser))));
-                    }
-                }
-                let rejects = parser.rejects_batch()?;
-                let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
-                write_parquet_file(output, &part, rejects.schema(), vec![rejects], metadata).await?;
-                Ok(None)
-            }
-        });
+        let chunks = worklist::items::<Chunk>(self.input.execute(partition, context)?);
+        let stream = chunks
+            .map_ok(move |chunk| {
+                let part = parts_dir
+                    .clone()
+                    .join(format!("{:05}-{:06}.parquet", chunk.file_index, chunk.chunk_index));
+                scan_chunk(input.clone(), output.clone(), chunk, part, out_schema.clone(), batch_size)
+            })
+            .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// Parses one chunk lazily, a batch per poll; its rejects part is written when the chunk ends.
+fn scan_chunk(
+    input: Arc<dyn ObjectStore>,
+    output: Arc<dyn ObjectStore>,
+    chunk: Chunk,
+    part: Path,
+    schema: SchemaRef,
+    batch_size: usize,
+) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+    futures::stream::try_unfold(None::<ChunkParser>, move |parser| {
+        let (input, output, chunk, part, schema) = (input.clone(), output.clone(), chunk.clone(), part.clone(), schema.clone());
+        async move {
+            let mut parser = match parser {
+                Some(parser) => parser,
+                None => ChunkParser::new(read_owned_lines(input.as_ref(), &chunk).await?, batch_size, chunk.ordinal as i64),
+            };
+            while let Some(batch) = parser.next_batch(&schema)? {
+                if batch.num_rows() > 0 {
+                    return Ok(Some((batch, Some(parser))));
+                }
+            }
+            let rejects = parser.rejects_batch()?;
+            let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
+            write_parquet_file(output, &part, rejects.schema(), vec![rejects], metadata).await?;
+            Ok(None)
+        }
+    })
 }
 
 /// Reads the bytes of the lines `chunk` owns (possibly empty), ending with the last line's `\n`
@@ -250,6 +284,7 @@ pub(crate) async fn read_owned_lines(store: &dyn ObjectStore, chunk: &Chunk) -> 
 /// Turns the owned bytes of one chunk into listen batches, collecting rejects on the way.
 pub(crate) struct ChunkParser {
     bytes: Bytes,
+    ordinal: i64,
     pos: usize,
     batch_size: usize,
     line: u64,
@@ -259,9 +294,10 @@ pub(crate) struct ChunkParser {
 }
 
 impl ChunkParser {
-    pub(crate) fn new(bytes: Bytes, batch_size: usize) -> Self {
+    pub(crate) fn new(bytes: Bytes, batch_size: usize, ordinal: i64) -> Self {
         ChunkParser {
             bytes,
+            ordinal,
             pos: 0,
             batch_size,
             line: 0,
@@ -325,6 +361,7 @@ impl ChunkParser {
                 Arc::new(artist_name.finish()),
                 Arc::new(track_mbid.finish()),
                 Arc::new(track_name.finish()),
+                Arc::new(Int64Array::from_value(self.ordinal, rows)),
             ],
         )?;
         Ok(Some(batch))
@@ -387,7 +424,7 @@ mod tests {
     #[test]
     fn parser_counts_every_line() {
         let text = b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\nbroken line\nu\t2009-05-04T23:08:58Z\ta\tA\tt\tT\r\n\n";
-        let mut p = ChunkParser::new(Bytes::from_static(text), 1);
+        let mut p = ChunkParser::new(Bytes::from_static(text), 1, 0);
         let schema = raw_listen_schema();
         let mut rows = 0;
         while let Some(b) = p.next_batch(&schema).unwrap() {
@@ -404,7 +441,7 @@ mod tests {
         fn any_bytes_any_chunking(data in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\t'), Just(b'\r'), any::<u8>()], 0..300), chunk in 1u64..64) {
             check_chunking(data.clone(), chunk);
             // clean + rejected = lines, whatever the bytes.
-            let mut p = ChunkParser::new(Bytes::from(data.clone()), 7);
+            let mut p = ChunkParser::new(Bytes::from(data.clone()), 7, 3);
             let schema = raw_listen_schema();
             let mut rows = 0u64;
             while let Some(b) = p.next_batch(&schema).unwrap() {
