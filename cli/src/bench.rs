@@ -23,7 +23,12 @@ pub struct PipelineBench {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Row counts to measure (comma separated).
-    #[arg(long, env = "RECSYS_BENCH_ROWS", value_delimiter = ',', default_value = "2000000,20000000")]
+    #[arg(
+        long,
+        env = "RECSYS_BENCH_ROWS",
+        value_delimiter = ',',
+        default_value = "2000000,20000000"
+    )]
     pub rows: Vec<u64>,
     /// Also run DuckDB (Python package `duckdb`) on the same files, with as many threads.
     #[arg(long, env = "RECSYS_BENCH_DUCKDB")]
@@ -82,7 +87,11 @@ struct Measured {
     peak_mb: u64,
 }
 
-async fn measure<T, F: std::future::Future<Output = Result<T>>>(step: &'static str, rows: impl Fn(&T) -> u64, f: F) -> Result<(T, Measured)> {
+async fn measure<T, F: std::future::Future<Output = Result<T>>>(
+    step: &'static str,
+    rows: impl Fn(&T) -> u64,
+    f: F,
+) -> Result<(T, Measured)> {
     reset_peak_memory();
     let t = Instant::now();
     let out = f.await?;
@@ -97,7 +106,10 @@ async fn measure<T, F: std::future::Future<Output = Result<T>>>(step: &'static s
 }
 
 fn duckdb(tsv: &std::path::Path, scratch: &std::path::Path, threads: usize) -> Result<(f64, f64)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/duckdb_clean_sort.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/duckdb_clean_sort.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(tsv)
@@ -105,9 +117,16 @@ fn duckdb(tsv: &std::path::Path, scratch: &std::path::Path, threads: usize) -> R
         .arg(threads.to_string())
         .output()
         .context("running python3 for the DuckDB comparison")?;
-    anyhow::ensure!(out.status.success(), "DuckDB comparison failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "DuckDB comparison failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok((v["clean_s"].as_f64().unwrap_or(f64::NAN), v["sort_s"].as_f64().unwrap_or(f64::NAN)))
+    Ok((
+        v["clean_s"].as_f64().unwrap_or(f64::NAN),
+        v["sort_s"].as_f64().unwrap_or(f64::NAN),
+    ))
 }
 
 pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
@@ -131,12 +150,30 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
             groups: 20,
         }
         .config();
-        let (manifest, gen_m) = measure("generate", |m: &recsys_datasets::Manifest| m.lines, generate(&config, &raw)).await?;
+        let (manifest, gen_m) = measure(
+            "generate",
+            |m: &recsys_datasets::Manifest| m.lines,
+            generate(&config, &raw),
+        )
+        .await?;
         let input = clean_input(lake_args, &lake, Some(raw.location())).await?;
-        let (_, clean_m) = measure("clean", |s: &recsys_jobs::clean::CleanSummary| s.lines, clean(&cluster, &input, &lake)).await?;
-        let (_, sort_m) = measure("sort", |s: &recsys_jobs::sort::SortSummary| s.rows, sort(&cluster, &lake, None)).await?;
+        let (_, clean_m) = measure(
+            "clean",
+            |s: &recsys_jobs::clean::CleanSummary| s.lines,
+            clean(&cluster, &input, &lake),
+        )
+        .await?;
+        let (_, sort_m) = measure(
+            "sort",
+            |s: &recsys_jobs::sort::SortSummary| s.rows,
+            sort(&cluster, &lake, None),
+        )
+        .await?;
         println!("\n{rows} rows ({} MB of TSV):", manifest.bytes / 1_000_000);
-        println!("  {:<9} {:>8} {:>12} {:>9}", "step", "seconds", "rows/s", "peak MB");
+        println!(
+            "  {:<9} {:>8} {:>12} {:>9}",
+            "step", "seconds", "rows/s", "peak MB"
+        );
         for m in [&gen_m, &clean_m, &sort_m] {
             println!(
                 "  {:<9} {:>8.2} {:>12.0} {:>9}",

@@ -14,7 +14,11 @@ use recsys_core::{S3Options, Store};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "recsys", version, about = "Music recommendations from listening logs, end to end")]
+#[command(
+    name = "recsys",
+    version,
+    about = "Music recommendations from listening logs, end to end"
+)]
 struct Cli {
     #[command(flatten)]
     lake: LakeArgs,
@@ -26,7 +30,13 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct LakeArgs {
     /// The lake: a local folder, or `s3://bucket/prefix` for MinIO/S3.
-    #[arg(long = "object-store", visible_alias = "data-dir", env = "RECSYS_OBJECT_STORE", default_value = "./data", global = true)]
+    #[arg(
+        long = "object-store",
+        visible_alias = "data-dir",
+        env = "RECSYS_OBJECT_STORE",
+        default_value = "./data",
+        global = true
+    )]
     pub location: String,
     #[command(flatten)]
     pub s3: S3Options,
@@ -52,7 +62,9 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     pub async fn connect(&self, s3: &S3Options) -> Result<recsys_jobs::Cluster> {
         let vcores = if self.vcores == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         } else {
             self.vcores
         };
@@ -98,7 +110,10 @@ fn env_for_all_flags(sub: Command, prefix: &str) -> Command {
         if arg.get_env().is_some() || arg.is_positional() || arg.get_long().is_none() {
             return arg;
         }
-        let name = format!("{prefix}_{}", arg.get_id().as_str().to_uppercase().replace('-', "_"));
+        let name = format!(
+            "{prefix}_{}",
+            arg.get_id().as_str().to_uppercase().replace('-', "_")
+        );
         arg.env(name)
     })
 }
@@ -161,9 +176,16 @@ mod tests {
     fn ballista_flags_read_env() {
         let cmd = command();
         let exec = cmd.find_subcommand("executor").unwrap();
-        let port = exec.get_arguments().find(|a| a.get_id() == "scheduler_port").unwrap();
+        let port = exec
+            .get_arguments()
+            .find(|a| a.get_id() == "scheduler_port")
+            .unwrap();
         assert_eq!(port.get_env().unwrap(), "RECSYS_EXECUTOR_SCHEDULER_PORT");
         let sched = cmd.find_subcommand("scheduler").unwrap();
-        assert!(sched.get_arguments().all(|a| a.is_positional() || a.get_long().is_none() || a.get_env().is_some()));
+        assert!(
+            sched
+                .get_arguments()
+                .all(|a| a.is_positional() || a.get_long().is_none() || a.get_env().is_some())
+        );
     }
 }

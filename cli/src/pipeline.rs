@@ -87,7 +87,10 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     print_clean(&cleaned);
     print_sort(&sorted, &lake);
     println!();
-    println!("{:<10} {:>9} {:>12} {:>14}  what", "step", "seconds", "rows", "rows/s");
+    println!(
+        "{:<10} {:>9} {:>12} {:>14}  what",
+        "step", "seconds", "rows", "rows/s"
+    );
     for s in &steps {
         println!(
             "{:<10} {:>9.2} {:>12} {:>14.0}  {}",
@@ -98,6 +101,11 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
             s.detail
         );
     }
-    println!("{:<10} {:>9.2}  (cluster: {})", "total", started.elapsed().as_secs_f64(), cluster.describe());
+    println!(
+        "{:<10} {:>9.2}  (cluster: {})",
+        "total",
+        started.elapsed().as_secs_f64(),
+        cluster.describe()
+    );
     Ok(())
 }

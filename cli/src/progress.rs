@@ -35,7 +35,9 @@ pub fn bytes_bar(total: Option<u64>, what: &str) -> ProgressBar {
 /// Runs `job` under a spinner named `what`, returning its output and how long it took.
 pub async fn spin<T>(what: &str, job: impl Future<Output = T>) -> (T, Duration) {
     let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
     spinner.set_message(what.to_string());
     spinner.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();

@@ -2,11 +2,11 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use recsys_core::Store;
 use recsys_core::schema::RAW_DIR;
+use recsys_jobs::Cluster;
 use recsys_jobs::clean::{CleanSummary, TsvInput, run_clean};
 use recsys_jobs::sort::{SortSummary, run_sort};
-use recsys_jobs::Cluster;
-use recsys_core::Store;
 
 use crate::progress::{rate, spin};
 use crate::{ClusterArgs, LakeArgs};
@@ -38,7 +38,11 @@ pub struct SortArgs {
 }
 
 /// Resolves the clean input: `--input`, or the lake's `raw/`.
-pub async fn clean_input(lake_args: &LakeArgs, lake: &Store, input: Option<&str>) -> Result<TsvInput> {
+pub async fn clean_input(
+    lake_args: &LakeArgs,
+    lake: &Store,
+    input: Option<&str>,
+) -> Result<TsvInput> {
     let location = match input {
         Some(location) => location.to_string(),
         None => lake.child(RAW_DIR).location().to_string(),
@@ -47,7 +51,11 @@ pub async fn clean_input(lake_args: &LakeArgs, lake: &Store, input: Option<&str>
 }
 
 pub async fn clean(cluster: &Cluster, input: &TsvInput, lake: &Store) -> Result<CleanSummary> {
-    let (summary, _) = spin(&format!("clean on {}", cluster.describe()), run_clean(cluster, input, lake)).await;
+    let (summary, _) = spin(
+        &format!("clean on {}", cluster.describe()),
+        run_clean(cluster, input, lake),
+    )
+    .await;
     let summary = summary?;
     tracing::info!(
         lines = summary.lines,
@@ -63,7 +71,11 @@ pub async fn clean(cluster: &Cluster, input: &TsvInput, lake: &Store) -> Result<
 }
 
 pub async fn sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> Result<SortSummary> {
-    let (summary, _) = spin(&format!("sort on {}", cluster.describe()), run_sort(cluster, lake, files)).await;
+    let (summary, _) = spin(
+        &format!("sort on {}", cluster.describe()),
+        run_sort(cluster, lake, files),
+    )
+    .await;
     let summary = summary?;
     tracing::info!(
         rows = summary.rows,
@@ -99,14 +111,25 @@ pub fn print_sort(summary: &SortSummary, lake: &Store) {
         summary.elapsed.as_secs_f64()
     );
     let mut bounds = vec!["start".to_string()];
-    bounds.extend(summary.boundaries.iter().map(|&b| recsys_core::time::date_string(b)));
+    bounds.extend(
+        summary
+            .boundaries
+            .iter()
+            .map(|&b| recsys_core::time::date_string(b)),
+    );
     bounds.push("end".to_string());
     for (i, f) in summary.files.iter().enumerate() {
         let range = match (bounds.get(i), bounds.get(i + 1)) {
-            (Some(a), Some(b)) if summary.files.len() == summary.boundaries.len() + 1 => format!("[{a} .. {b})"),
+            (Some(a), Some(b)) if summary.files.len() == summary.boundaries.len() + 1 => {
+                format!("[{a} .. {b})")
+            }
             _ => String::new(),
         };
-        println!("  {:<40} {:>10} rows  {range}", lake.relative(&f.path), f.rows);
+        println!(
+            "  {:<40} {:>10} rows  {range}",
+            lake.relative(&f.path),
+            f.rows
+        );
     }
 }
 

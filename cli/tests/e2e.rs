@@ -40,10 +40,21 @@ fn rows(batches: &[RecordBatch]) -> Vec<Row> {
 }
 
 fn check_clean(summary: &CleanSummary, manifest: &Manifest) {
-    assert_eq!(summary.lines, manifest.lines, "every input line is accounted for");
+    assert_eq!(
+        summary.lines, manifest.lines,
+        "every input line is accounted for"
+    );
     assert_eq!(summary.clean_rows, manifest.expected_clean_rows);
-    let expected: BTreeMap<&str, u64> = manifest.malformed.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let got: BTreeMap<&str, u64> = summary.rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let expected: BTreeMap<&str, u64> = manifest
+        .malformed
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    let got: BTreeMap<&str, u64> = summary
+        .rejected
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     assert_eq!(got, expected, "rejected lines by reason");
 }
 
@@ -54,7 +65,11 @@ fn check_sorted(files: &[(std::path::PathBuf, Vec<RecordBatch>)], expected_rows:
     for (path, batches) in files {
         let r = rows(batches);
         assert!(!r.is_empty(), "{} is empty", path.display());
-        assert!(r.windows(2).all(|w| w[0] <= w[1]), "{} is not sorted", path.display());
+        assert!(
+            r.windows(2).all(|w| w[0] <= w[1]),
+            "{} is not sorted",
+            path.display()
+        );
         if let Some(prev) = last_max {
             assert!(prev < r[0].0, "time ranges overlap at {}", path.display());
         }
@@ -76,15 +91,27 @@ fn check_rejects(lake: &std::path::Path, raw_file: &std::path::Path, manifest: &
         let line = b.column(1).as_primitive::<UInt64Type>();
         let bytes = b.column(3).as_binary::<i32>();
         for r in 0..b.num_rows() {
-            assert_eq!(lines[line.value(r) as usize - 1], bytes.value(r), "line {}", line.value(r));
+            assert_eq!(
+                lines[line.value(r) as usize - 1],
+                bytes.value(r),
+                "line {}",
+                line.value(r)
+            );
             n += 1;
         }
     }
     assert_eq!(n, manifest.lines - manifest.expected_clean_rows);
 }
 
-async fn clean_and_sort(cluster: &Cluster, raw: &Store, lake: &Store, files: usize) -> CleanSummary {
-    let input = TsvInput::resolve(raw.location(), &Default::default()).await.unwrap();
+async fn clean_and_sort(
+    cluster: &Cluster,
+    raw: &Store,
+    lake: &Store,
+    files: usize,
+) -> CleanSummary {
+    let input = TsvInput::resolve(raw.location(), &Default::default())
+        .await
+        .unwrap();
     let summary = run_clean(cluster, &input, lake).await.unwrap();
     let sorted = run_sort(cluster, lake, Some(files)).await.unwrap();
     assert_eq!(sorted.rows, summary.clean_rows);
@@ -103,23 +130,39 @@ async fn embedded_and_process_cluster_agree() {
         let lake_a = local_store(&dir.path().join("a"));
         let clean_a = clean_and_sort(&embedded, &raw, &lake_a, 4).await;
         check_clean(&clean_a, &manifest);
-        check_rejects(&dir.path().join("a"), &dir.path().join("raw").join(LISTENS_FILE), &manifest);
+        check_rejects(
+            &dir.path().join("a"),
+            &dir.path().join("raw").join(LISTENS_FILE),
+            &manifest,
+        );
 
         let processes = ProcessCluster::start(2);
-        let remote = Cluster::remote(&processes.url, &Default::default(), 2).await.unwrap();
+        let remote = Cluster::remote(&processes.url, &Default::default(), 2)
+            .await
+            .unwrap();
         let lake_b = local_store(&dir.path().join("b"));
         let clean_b = clean_and_sort(&remote, &raw, &lake_b, 4).await;
         check_clean(&clean_b, &manifest);
 
-        let sorted_a = check_sorted(&read_parquet_dir(&dir.path().join("a").join(SORTED_DIR)), manifest.expected_clean_rows);
-        let sorted_b = check_sorted(&read_parquet_dir(&dir.path().join("b").join(SORTED_DIR)), manifest.expected_clean_rows);
-        assert!(sorted_a == sorted_b, "cluster output differs from embedded output");
+        let sorted_a = check_sorted(
+            &read_parquet_dir(&dir.path().join("a").join(SORTED_DIR)),
+            manifest.expected_clean_rows,
+        );
+        let sorted_b = check_sorted(
+            &read_parquet_dir(&dir.path().join("b").join(SORTED_DIR)),
+            manifest.expected_clean_rows,
+        );
+        assert!(
+            sorted_a == sorted_b,
+            "cluster output differs from embedded output"
+        );
 
         // Sorting lost and duplicated nothing: the same multiset as the clean output.
-        let mut clean_rows: Vec<Row> = read_parquet_dir(&dir.path().join("a").join("clean/listens"))
-            .iter()
-            .flat_map(|(_, b)| rows(b))
-            .collect();
+        let mut clean_rows: Vec<Row> =
+            read_parquet_dir(&dir.path().join("a").join("clean/listens"))
+                .iter()
+                .flat_map(|(_, b)| rows(b))
+                .collect();
         clean_rows.sort();
         assert!(clean_rows == sorted_a, "sorted rows are not the clean rows");
         // Missing MBIDs got derived ids; ids are never empty.
@@ -141,7 +184,9 @@ async fn the_same_jobs_run_against_an_s3_server() {
         };
         let manifest = generate(&config, &raw).await;
         let cluster = Cluster::embedded(&s3.options, 2).await.unwrap();
-        let input = TsvInput::resolve(raw.location(), &s3.options).await.unwrap();
+        let input = TsvInput::resolve(raw.location(), &s3.options)
+            .await
+            .unwrap();
         let cleaned = run_clean(&cluster, &input, &lake).await.unwrap();
         check_clean(&cleaned, &manifest);
         let sorted = run_sort(&cluster, &lake, Some(3)).await.unwrap();
@@ -149,12 +194,22 @@ async fn the_same_jobs_run_against_an_s3_server() {
         let store = lake.object_store();
         let mut files = Vec::new();
         for f in &sorted.files {
-            assert!(f.path.starts_with("prod/sorted/listens/part-"), "{}", f.path);
-            let (batches, _) = recsys_jobs::lake::read_parquet(store.as_ref(), &f.path.as_str().into()).await.unwrap();
+            assert!(
+                f.path.starts_with("prod/sorted/listens/part-"),
+                "{}",
+                f.path
+            );
+            let (batches, _) =
+                recsys_jobs::lake::read_parquet(store.as_ref(), &f.path.as_str().into())
+                    .await
+                    .unwrap();
             files.push((std::path::PathBuf::from(&f.path), batches));
         }
         check_sorted(&files, manifest.expected_clean_rows);
-        let (rejects, _) = recsys_jobs::lake::read_parquet(store.as_ref(), &lake.path("rejects/rejects.parquet")).await.unwrap();
+        let (rejects, _) =
+            recsys_jobs::lake::read_parquet(store.as_ref(), &lake.path("rejects/rejects.parquet"))
+                .await
+                .unwrap();
         let n: usize = rejects.iter().map(|b| b.num_rows()).sum();
         assert_eq!(n as u64, manifest.lines - manifest.expected_clean_rows);
     })
@@ -166,13 +221,33 @@ async fn the_same_jobs_run_against_an_s3_server() {
 fn pipeline_command_prints_its_summary() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(RECSYS)
-        .args(["--data-dir", dir.path().to_str().unwrap(), "pipeline", "--users", "40", "--tracks", "2000", "--events", "30000"])
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "pipeline",
+            "--users",
+            "40",
+            "--tracks",
+            "2000",
+            "--events",
+            "30000",
+        ])
         .env("RECSYS_LOG", "warn")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["clean:", "rejected field_count", "sort:", "time-ranged files", "total"] {
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "clean:",
+        "rejected field_count",
+        "sort:",
+        "time-ranged files",
+        "total",
+    ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
 }
@@ -182,7 +257,14 @@ fn unreachable_scheduler_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("df://127.0.0.1:{}", free_port());
     let out = std::process::Command::new(RECSYS)
-        .args(["--data-dir", dir.path().to_str().unwrap(), "submit", "sort", "--scheduler", &url])
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "submit",
+            "sort",
+            "--scheduler",
+            &url,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -13,7 +13,8 @@ use uuid::Uuid;
 /// Name space of derived track ids: UUIDv5(URL name space, "https://recsys.dev/ns/track").
 pub const RECSYS_TRACK_NAMESPACE: Uuid = Uuid::from_u128(0x07ad_5128_1ded_5b7f_bff4_af90_fba0_2a8a);
 /// Name space of derived artist ids: UUIDv5(URL name space, "https://recsys.dev/ns/artist").
-pub const RECSYS_ARTIST_NAMESPACE: Uuid = Uuid::from_u128(0x5fd7_7238_0449_5270_b7e3_d7d1_e1f9_4212);
+pub const RECSYS_ARTIST_NAMESPACE: Uuid =
+    Uuid::from_u128(0x5fd7_7238_0449_5270_b7e3_d7d1_e1f9_4212);
 
 /// Appends the normalised form of `s` to `out` (lower case, trimmed, single spaces).
 fn normalise_into(s: &str, out: &mut String) {
@@ -35,14 +36,18 @@ pub fn derived_track_id(artist_name: &str, track_name: &str) -> String {
     normalise_into(artist_name, &mut key);
     key.push('\u{1f}');
     normalise_into(track_name, &mut key);
-    Uuid::new_v5(&RECSYS_TRACK_NAMESPACE, key.as_bytes()).hyphenated().to_string()
+    Uuid::new_v5(&RECSYS_TRACK_NAMESPACE, key.as_bytes())
+        .hyphenated()
+        .to_string()
 }
 
 /// The stable id of an artist without MBID, from its name.
 pub fn derived_artist_id(artist_name: &str) -> String {
     let mut key = String::with_capacity(artist_name.len());
     normalise_into(artist_name, &mut key);
-    Uuid::new_v5(&RECSYS_ARTIST_NAMESPACE, key.as_bytes()).hyphenated().to_string()
+    Uuid::new_v5(&RECSYS_ARTIST_NAMESPACE, key.as_bytes())
+        .hyphenated()
+        .to_string()
 }
 
 /// The track id of a listen: its MBID when present, otherwise the derived id.
@@ -78,7 +83,10 @@ mod tests {
         assert_eq!(uuid.get_version_num(), 5);
         // Pinned: changing the rule silently would re-key every catalog.
         // (Python: uuid5(uuid5(NAMESPACE_URL, "https://recsys.dev/ns/track"), "portishead\x1froads")).
-        assert_eq!(derived_track_id("Portishead", "Roads"), "e9171819-bf45-59f8-b6e1-54315f4fe99d");
+        assert_eq!(
+            derived_track_id("Portishead", "Roads"),
+            "e9171819-bf45-59f8-b6e1-54315f4fe99d"
+        );
     }
 
     #[test]
@@ -87,6 +95,9 @@ mod tests {
         assert_eq!(track_id(mbid, "x", "y"), mbid);
         assert_eq!(track_id("", "x", "y"), derived_track_id("x", "y"));
         assert_eq!(artist_id("", "Nirvana"), derived_artist_id("nirvana"));
-        assert_ne!(derived_artist_id("Nirvana"), derived_track_id("Nirvana", ""));
+        assert_ne!(
+            derived_artist_id("Nirvana"),
+            derived_track_id("Nirvana", "")
+        );
     }
 }

@@ -22,10 +22,20 @@ pub struct S3Options {
     #[arg(long = "s3-endpoint", env = "RECSYS_S3_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
     /// S3 access key id.
-    #[arg(long = "s3-access-key-id", env = "AWS_ACCESS_KEY_ID", global = true, hide_env_values = true)]
+    #[arg(
+        long = "s3-access-key-id",
+        env = "AWS_ACCESS_KEY_ID",
+        global = true,
+        hide_env_values = true
+    )]
     pub access_key_id: Option<String>,
     /// S3 secret access key.
-    #[arg(long = "s3-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long = "s3-secret-access-key",
+        env = "AWS_SECRET_ACCESS_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     pub secret_access_key: Option<String>,
     /// S3 region.
     #[arg(long = "s3-region", env = "AWS_REGION", global = true)]
@@ -34,7 +44,11 @@ pub struct S3Options {
     #[arg(long = "s3-allow-http", env = "RECSYS_S3_ALLOW_HTTP", global = true)]
     pub allow_http: bool,
     /// Address buckets as `bucket.host` instead of `host/bucket` (MinIO wants path style, the default).
-    #[arg(long = "s3-virtual-hosted", env = "RECSYS_S3_VIRTUAL_HOSTED", global = true)]
+    #[arg(
+        long = "s3-virtual-hosted",
+        env = "RECSYS_S3_VIRTUAL_HOSTED",
+        global = true
+    )]
     pub virtual_hosted: bool,
 }
 
@@ -83,7 +97,8 @@ impl Store {
                         .host_str()
                         .filter(|b| !b.is_empty())
                         .ok_or_else(|| invalid("missing bucket name".into()))?;
-                    let base_url = Url::parse(&format!("s3://{bucket}/")).map_err(|e| invalid(e.to_string()))?;
+                    let base_url = Url::parse(&format!("s3://{bucket}/"))
+                        .map_err(|e| invalid(e.to_string()))?;
                     let inner = build_s3(bucket, options).map_err(|source| StoreError::Open {
                         location: location.to_string(),
                         source,
@@ -102,7 +117,9 @@ impl Store {
                         .map_err(|_| invalid("not a local path".into()))?;
                     Self::open_local(location, path, options)
                 }
-                other => Err(invalid(format!("unsupported scheme `{other}` (use a folder or s3://bucket/prefix)"))),
+                other => Err(invalid(format!(
+                    "unsupported scheme `{other}` (use a folder or s3://bucket/prefix)"
+                ))),
             }
         } else {
             Self::open_local(location, PathBuf::from(location), options)
@@ -114,7 +131,8 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let abs = std::fs::canonicalize(&path).map_err(|source| StoreError::CreateDir { path, source })?;
+        let abs = std::fs::canonicalize(&path)
+            .map_err(|source| StoreError::CreateDir { path, source })?;
         let root = Path::from_absolute_path(&abs).map_err(|e| StoreError::InvalidLocation {
             location: location.to_string(),
             reason: e.to_string(),
@@ -131,7 +149,11 @@ impl Store {
     /// The same store, rooted at `rel` below this root.
     pub fn child(&self, rel: &str) -> Store {
         Store {
-            location: format!("{}/{}", self.location.trim_end_matches('/'), rel.trim_matches('/')),
+            location: format!(
+                "{}/{}",
+                self.location.trim_end_matches('/'),
+                rel.trim_matches('/')
+            ),
             root: self.path(rel),
             ..self.clone()
         }
@@ -176,13 +198,19 @@ impl Store {
     /// Path of `full` relative to this store's root, for display.
     pub fn relative(&self, full: &str) -> String {
         let root = self.root.as_ref();
-        full.strip_prefix(root).unwrap_or(full).trim_start_matches('/').to_string()
+        full.strip_prefix(root)
+            .unwrap_or(full)
+            .trim_start_matches('/')
+            .to_string()
     }
 }
 
 /// Builds the client for one bucket (used by [`Store::open`] and by the DataFusion registry on
 /// every executor, from the same options).
-pub fn build_s3(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+pub fn build_s3(
+    bucket: &str,
+    options: &S3Options,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region(options.region.clone().unwrap_or_else(|| "us-east-1".into()))
@@ -209,9 +237,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("recsys-store-{}", std::process::id()));
         let store = Store::open(dir.to_str().unwrap(), &S3Options::default()).unwrap();
         let abs = std::fs::canonicalize(&dir).unwrap();
-        assert_eq!(store.url("clean/listens/"), format!("file://{}/clean/listens/", abs.display()));
-        assert_eq!(store.path("a/b").as_ref(), format!("{}/a/b", abs.display()).trim_start_matches('/'));
-        assert_eq!(store.relative(store.path("sorted/x.parquet").as_ref()), "sorted/x.parquet");
+        assert_eq!(
+            store.url("clean/listens/"),
+            format!("file://{}/clean/listens/", abs.display())
+        );
+        assert_eq!(
+            store.path("a/b").as_ref(),
+            format!("{}/a/b", abs.display()).trim_start_matches('/')
+        );
+        assert_eq!(
+            store.relative(store.path("sorted/x.parquet").as_ref()),
+            "sorted/x.parquet"
+        );
         let child = store.child("raw");
         assert_eq!(child.path("f.tsv"), store.path("raw/f.tsv"));
         std::fs::remove_dir_all(dir).unwrap();

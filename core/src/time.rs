@@ -77,7 +77,13 @@ fn digits(b: &[u8]) -> Option<u32> {
 /// fractional seconds and a numeric offset, into microseconds since the epoch.
 pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, TimestampError> {
     use TimestampError::*;
-    if s.len() < 20 || s[4] != b'-' || s[7] != b'-' || (s[10] != b'T' && s[10] != b' ') || s[13] != b':' || s[16] != b':' {
+    if s.len() < 20
+        || s[4] != b'-'
+        || s[7] != b'-'
+        || (s[10] != b'T' && s[10] != b' ')
+        || s[13] != b':'
+        || s[16] != b':'
+    {
         return Err(Syntax);
     }
     let year = digits(&s[0..4]).ok_or(Syntax)? as i64;
@@ -112,7 +118,13 @@ pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, TimestampError> {
         }
         _ => return Err(Syntax),
     };
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59 {
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
         return Err(Impossible);
     }
     let days = days_from_civil(year, month, day);
@@ -170,25 +182,58 @@ mod tests {
 
     #[test]
     fn parses_lastfm_timestamps() {
-        assert_eq!(parse_timestamp_micros(b"2009-05-04T23:08:57Z"), Ok(1_241_478_537_000_000));
-        assert_eq!(parse_timestamp_micros(b"2009-05-04T23:08:57.25Z"), Ok(1_241_478_537_250_000));
-        assert_eq!(parse_timestamp_micros(b"2009-05-05T01:08:57+02:00"), Ok(1_241_478_537_000_000));
-        assert_eq!(parse_timestamp_micros(b"2008-02-29T00:00:00Z").is_ok(), true);
+        assert_eq!(
+            parse_timestamp_micros(b"2009-05-04T23:08:57Z"),
+            Ok(1_241_478_537_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-05-04T23:08:57.25Z"),
+            Ok(1_241_478_537_250_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-05-05T01:08:57+02:00"),
+            Ok(1_241_478_537_000_000)
+        );
+        assert!(parse_timestamp_micros(b"2008-02-29T00:00:00Z").is_ok());
     }
 
     #[test]
     fn rejects_bad_and_impossible() {
         use TimestampError::*;
-        assert_eq!(parse_timestamp_micros(b"2009-02-30T10:00:00Z"), Err(Impossible));
-        assert_eq!(parse_timestamp_micros(b"2009-02-29T10:00:00Z"), Err(Impossible));
-        assert_eq!(parse_timestamp_micros(b"2009-13-01T10:00:00Z"), Err(Impossible));
-        assert_eq!(parse_timestamp_micros(b"2009-01-01T24:00:00Z"), Err(Impossible));
-        assert_eq!(parse_timestamp_micros(b"2009-01-01T23:60:00Z"), Err(Impossible));
+        assert_eq!(
+            parse_timestamp_micros(b"2009-02-30T10:00:00Z"),
+            Err(Impossible)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-02-29T10:00:00Z"),
+            Err(Impossible)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-13-01T10:00:00Z"),
+            Err(Impossible)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-01-01T24:00:00Z"),
+            Err(Impossible)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-01-01T23:60:00Z"),
+            Err(Impossible)
+        );
         assert_eq!(parse_timestamp_micros(b"2009-01-01 23:00:00"), Err(Syntax));
-        assert_eq!(parse_timestamp_micros(b"yesterday at noon, roughly"), Err(Syntax));
-        assert_eq!(parse_timestamp_micros(b"2009-01-01T23:00:00ZZ"), Err(Syntax));
+        assert_eq!(
+            parse_timestamp_micros(b"yesterday at noon, roughly"),
+            Err(Syntax)
+        );
+        assert_eq!(
+            parse_timestamp_micros(b"2009-01-01T23:00:00ZZ"),
+            Err(Syntax)
+        );
         assert_eq!(parse_timestamp_micros(b"20O9-01-01T23:00:00Z"), Err(Syntax));
-        assert_eq!(parse_timestamp_micros(b"1969-12-31T23:59:59Z"), Err(OutOfRange));
+        assert_eq!(
+            parse_timestamp_micros(b"1969-12-31T23:59:59Z"),
+            Err(OutOfRange)
+        );
         assert_eq!(parse_timestamp_micros(b""), Err(Syntax));
     }
 

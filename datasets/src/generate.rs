@@ -168,13 +168,21 @@ impl World {
                 tracks.push(Track {
                     artist: artist_index,
                     title,
-                    mbid: if rng.chance(NO_TRACK_MBID) { String::new() } else { names::mbid(&mut rng) },
+                    mbid: if rng.chance(NO_TRACK_MBID) {
+                        String::new()
+                    } else {
+                        names::mbid(&mut rng)
+                    },
                     duration_s: 120 + rng.below(300) as u32,
                 });
             }
             artists.push(Artist {
                 name: names::artist_name(&mut rng),
-                mbid: if rng.chance(NO_ARTIST_MBID) { String::new() } else { names::mbid(&mut rng) },
+                mbid: if rng.chance(NO_ARTIST_MBID) {
+                    String::new()
+                } else {
+                    names::mbid(&mut rng)
+                },
                 group,
                 first_track: tracks.len() as u32 - size,
                 tracks: size,
@@ -211,7 +219,9 @@ impl World {
             })
             .collect();
         // Heavy-tailed activity: log-normal shares of the events, summing exactly.
-        let shares: Vec<f64> = (0..config.users).map(|_| (1.1 * rng.normal()).exp()).collect();
+        let shares: Vec<f64> = (0..config.users)
+            .map(|_| (1.1 * rng.normal()).exp())
+            .collect();
         let total: f64 = shares.iter().sum();
         let mut user_events: Vec<u64> = shares
             .iter()
@@ -253,7 +263,8 @@ impl World {
             .collect();
         let span = (self.end_micros - self.start_micros) as f64;
         let start = self.start_micros + (rng.f64() * 0.7 * span) as i64;
-        let end = (self.end_micros - (rng.f64() * 0.1 * span) as i64).max(start + 86_400 * MICROS_PER_SEC);
+        let end = (self.end_micros - (rng.f64() * 0.1 * span) as i64)
+            .max(start + 86_400 * MICROS_PER_SEC);
         let mut plays: Vec<(i64, u32)> = Vec::with_capacity(n);
         while plays.len() < n {
             let mut t = start + rng.below((end - start) as u64) as i64;
@@ -282,7 +293,11 @@ impl World {
                     }
                 };
                 plays.push((t, track));
-                let listened = if rng.chance(0.2) { 10 + rng.below(50) } else { self.tracks[track as usize].duration_s as u64 };
+                let listened = if rng.chance(0.2) {
+                    10 + rng.below(50)
+                } else {
+                    self.tracks[track as usize].duration_s as u64
+                };
                 t += (listened + rng.below(5)) as i64 * MICROS_PER_SEC;
                 prev = Some(track);
             }
@@ -333,11 +348,23 @@ fn plant(kind: MalformedKind, good: &[u8], rng: &mut Rng, out: &mut Vec<u8>) {
         }
         MalformedKind::EmptyUser => fields[0].clear(),
         MalformedKind::BadTimestamp => {
-            fields[1] = rng.pick(&[&b"2009/05/04 23:08:57"[..], b"NaN", b"1241478537", b"2009-05-04T23:08Z"]).to_vec()
+            fields[1] = rng
+                .pick(&[
+                    &b"2009/05/04 23:08:57"[..],
+                    b"NaN",
+                    b"1241478537",
+                    b"2009-05-04T23:08Z",
+                ])
+                .to_vec()
         }
         MalformedKind::ImpossibleTimestamp => {
             fields[1] = rng
-                .pick(&[&b"2009-02-30T12:00:00Z"[..], b"2007-04-31T08:15:00Z", b"2008-06-10T25:10:00Z", b"2006-13-02T10:00:00Z"])
+                .pick(&[
+                    &b"2009-02-30T12:00:00Z"[..],
+                    b"2007-04-31T08:15:00Z",
+                    b"2008-06-10T25:10:00Z",
+                    b"2006-13-02T10:00:00Z",
+                ])
                 .to_vec()
         }
         MalformedKind::InvalidUtf8 => fields[5].extend_from_slice(b" \xC3\x28"),
@@ -349,10 +376,16 @@ fn plant(kind: MalformedKind, good: &[u8], rng: &mut Rng, out: &mut Vec<u8>) {
 
 /// Generates the log into `out` (a folder) and returns its manifest. `progress` is called with
 /// the number of good lines written so far.
-pub async fn generate(config: &GenerateConfig, out: &Store, progress: impl Fn(u64)) -> Result<Manifest, DatasetError> {
+pub async fn generate(
+    config: &GenerateConfig,
+    out: &Store,
+    progress: impl Fn(u64),
+) -> Result<Manifest, DatasetError> {
     let world = Arc::new(World::build(config));
     let users = world.user_events.len();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let next = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>, [u64; 6], u64)>(threads * 2);
     let workers: Vec<_> = (0..threads)
@@ -367,7 +400,10 @@ pub async fn generate(config: &GenerateConfig, out: &Store, progress: impl Fn(u6
                     let mut buf = Vec::with_capacity(world.user_events[u] as usize * 110);
                     let mut malformed = [0u64; 6];
                     world.user_lines(u, &mut buf, &mut malformed);
-                    if tx.blocking_send((u, buf, malformed, world.user_events[u])).is_err() {
+                    if tx
+                        .blocking_send((u, buf, malformed, world.user_events[u]))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -378,7 +414,10 @@ pub async fn generate(config: &GenerateConfig, out: &Store, progress: impl Fn(u6
 
     let store = out.object_store();
     let path: Path = out.path(LISTENS_FILE);
-    let upload = store.put_multipart(&path).await.map_err(|e| DatasetError::store(out, e))?;
+    let upload = store
+        .put_multipart(&path)
+        .await
+        .map_err(|e| DatasetError::store(out, e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
     let mut pending: BTreeMap<usize, (Vec<u8>, [u64; 6], u64)> = BTreeMap::new();
     let mut next_to_write = 0;
@@ -387,7 +426,10 @@ pub async fn generate(config: &GenerateConfig, out: &Store, progress: impl Fn(u6
     while let Some((u, buf, m, events)) = rx.recv().await {
         pending.insert(u, (buf, m, events));
         while let Some((buf, m, events)) = pending.remove(&next_to_write) {
-            writer.wait_for_capacity(4).await.map_err(|e| DatasetError::store(out, e))?;
+            writer
+                .wait_for_capacity(4)
+                .await
+                .map_err(|e| DatasetError::store(out, e))?;
             writer.write(&buf);
             bytes += buf.len() as u64;
             let planted: u64 = m.iter().sum();
@@ -401,12 +443,18 @@ pub async fn generate(config: &GenerateConfig, out: &Store, progress: impl Fn(u6
         }
     }
     for w in workers {
-        w.join().map_err(|_| DatasetError::Generator("a generator thread panicked".into()))?;
+        w.join()
+            .map_err(|_| DatasetError::Generator("a generator thread panicked".into()))?;
     }
     if next_to_write != users {
-        return Err(DatasetError::Generator(format!("generated {next_to_write} of {users} users")));
+        return Err(DatasetError::Generator(format!(
+            "generated {next_to_write} of {users} users"
+        )));
     }
-    writer.finish().await.map_err(|e| DatasetError::store(out, e))?;
+    writer
+        .finish()
+        .await
+        .map_err(|e| DatasetError::store(out, e))?;
 
     let (first_day, last_day) = (
         recsys_core::time::date_string(world.start_micros),
@@ -418,14 +466,18 @@ pub async fn generate(config: &GenerateConfig, out: &Store, progress: impl Fn(u6
         bytes,
         lines,
         expected_clean_rows: good,
-        malformed: MalformedKind::ALL.iter().map(|k| (*k, malformed[*k as usize])).collect(),
+        malformed: MalformedKind::ALL
+            .iter()
+            .map(|k| (*k, malformed[*k as usize]))
+            .collect(),
         artists: world.artists.len() as u32,
         tracks_without_mbid: world.tracks.iter().filter(|t| t.mbid.is_empty()).count() as u32,
         artists_without_mbid: world.artists.iter().filter(|a| a.mbid.is_empty()).count() as u32,
         first_day,
         last_day,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| DatasetError::Generator(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| DatasetError::Generator(e.to_string()))?;
     store
         .put(&out.path(MANIFEST_FILE), PutPayload::from(json))
         .await
@@ -443,7 +495,8 @@ pub async fn read_manifest(dir: &Store) -> Result<Manifest, DatasetError> {
         .bytes()
         .await
         .map_err(|e| DatasetError::store(dir, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| DatasetError::Generator(format!("bad manifest: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| DatasetError::Generator(format!("bad manifest: {e}")))
 }
 
 #[cfg(test)]

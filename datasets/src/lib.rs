@@ -18,7 +18,9 @@ pub enum DatasetError {
     },
     #[error("generator: {0}")]
     Generator(String),
-    #[error("cannot download {url}: {reason}. Without internet access, run `recsys data generate` instead.")]
+    #[error(
+        "cannot download {url}: {reason}. Without internet access, run `recsys data generate` instead."
+    )]
     Download { url: String, reason: String },
     #[error("the archive from {url} is not a valid Last.fm-1K archive: {reason}")]
     Verify { url: String, reason: String },

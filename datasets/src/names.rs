@@ -5,43 +5,287 @@ use crate::rng::Rng;
 
 /// Words of each theme. A taste group uses theme `group % THEMES.len()`.
 pub const THEMES: &[(&str, &[&str])] = &[
-    ("ocean", &["wave", "tide", "salt", "harbor", "shore", "sailor", "anchor", "deep", "current", "lighthouse", "coral", "storm"]),
-    ("city", &["neon", "subway", "street", "tower", "traffic", "siren", "concrete", "rooftop", "taxi", "skyline", "alley", "crowd"]),
-    ("desert", &["sand", "mirage", "cactus", "dune", "thirst", "sun", "canyon", "dust", "nomad", "oasis", "scorpion", "heat"]),
-    ("forest", &["pine", "moss", "fern", "owl", "timber", "root", "clearing", "deer", "bark", "mushroom", "canopy", "trail"]),
-    ("space", &["orbit", "comet", "galaxy", "rocket", "nebula", "gravity", "astronaut", "planet", "void", "satellite", "eclipse", "star"]),
-    ("winter", &["snow", "frost", "ice", "blizzard", "fireplace", "sled", "cold", "december", "glacier", "scarf", "breath", "pale"]),
-    ("summer", &["beach", "sunset", "lemonade", "festival", "heatwave", "barefoot", "july", "pool", "tan", "breeze", "holiday", "golden"]),
-    ("heartbreak", &["tears", "goodbye", "broken", "letter", "alone", "memory", "ring", "empty", "regret", "rain", "silence", "promise"]),
-    ("party", &["dance", "bass", "club", "midnight", "drink", "lights", "dj", "floor", "crazy", "weekend", "loud", "shake"]),
-    ("rebellion", &["riot", "fire", "chains", "fist", "anthem", "barricade", "freedom", "scream", "war", "flag", "revolt", "noise"]),
-    ("faith", &["prayer", "grace", "angel", "heaven", "choir", "altar", "soul", "light", "mercy", "hymn", "spirit", "glory"]),
-    ("road", &["highway", "engine", "mile", "diesel", "motel", "wheel", "freeway", "horizon", "truck", "gasoline", "border", "drive"]),
-    ("night", &["moon", "shadow", "dream", "owl", "dark", "candle", "whisper", "insomnia", "velvet", "lantern", "ghost", "hush"]),
-    ("machine", &["circuit", "wire", "robot", "signal", "binary", "chrome", "laser", "static", "pulse", "motor", "code", "voltage"]),
-    ("home", &["kitchen", "mother", "porch", "garden", "family", "table", "window", "village", "bread", "childhood", "doorstep", "warm"]),
-    ("money", &["gold", "cash", "diamond", "bank", "hustle", "rich", "deal", "chain", "empire", "dollar", "vault", "boss"]),
-    ("mountain", &["peak", "summit", "stone", "eagle", "valley", "cliff", "echo", "climb", "river", "wolf", "ridge", "thunder"]),
-    ("love", &["kiss", "honey", "darling", "heart", "forever", "embrace", "sweet", "lover", "rose", "tender", "together", "baby"]),
-    ("time", &["clock", "yesterday", "hour", "forever", "season", "calendar", "minute", "future", "past", "sand", "tick", "age"]),
-    ("war", &["soldier", "battle", "trench", "cannon", "march", "medal", "enemy", "bullet", "general", "ruins", "front", "siege"]),
-    ("carnival", &["circus", "clown", "carousel", "ticket", "juggler", "candy", "ferris", "tent", "magic", "parade", "mask", "drum"]),
-    ("garden", &["bloom", "petal", "bee", "seed", "rain", "tulip", "vine", "orchard", "sprout", "harvest", "butterfly", "meadow"]),
-    ("ice", &["crystal", "mirror", "glass", "shard", "polar", "silver", "freeze", "clear", "thin", "sharp", "north", "white"]),
-    ("fire", &["flame", "ember", "smoke", "ash", "spark", "blaze", "burn", "furnace", "red", "torch", "inferno", "coal"]),
+    (
+        "ocean",
+        &[
+            "wave",
+            "tide",
+            "salt",
+            "harbor",
+            "shore",
+            "sailor",
+            "anchor",
+            "deep",
+            "current",
+            "lighthouse",
+            "coral",
+            "storm",
+        ],
+    ),
+    (
+        "city",
+        &[
+            "neon", "subway", "street", "tower", "traffic", "siren", "concrete", "rooftop", "taxi",
+            "skyline", "alley", "crowd",
+        ],
+    ),
+    (
+        "desert",
+        &[
+            "sand", "mirage", "cactus", "dune", "thirst", "sun", "canyon", "dust", "nomad",
+            "oasis", "scorpion", "heat",
+        ],
+    ),
+    (
+        "forest",
+        &[
+            "pine", "moss", "fern", "owl", "timber", "root", "clearing", "deer", "bark",
+            "mushroom", "canopy", "trail",
+        ],
+    ),
+    (
+        "space",
+        &[
+            "orbit",
+            "comet",
+            "galaxy",
+            "rocket",
+            "nebula",
+            "gravity",
+            "astronaut",
+            "planet",
+            "void",
+            "satellite",
+            "eclipse",
+            "star",
+        ],
+    ),
+    (
+        "winter",
+        &[
+            "snow",
+            "frost",
+            "ice",
+            "blizzard",
+            "fireplace",
+            "sled",
+            "cold",
+            "december",
+            "glacier",
+            "scarf",
+            "breath",
+            "pale",
+        ],
+    ),
+    (
+        "summer",
+        &[
+            "beach", "sunset", "lemonade", "festival", "heatwave", "barefoot", "july", "pool",
+            "tan", "breeze", "holiday", "golden",
+        ],
+    ),
+    (
+        "heartbreak",
+        &[
+            "tears", "goodbye", "broken", "letter", "alone", "memory", "ring", "empty", "regret",
+            "rain", "silence", "promise",
+        ],
+    ),
+    (
+        "party",
+        &[
+            "dance", "bass", "club", "midnight", "drink", "lights", "dj", "floor", "crazy",
+            "weekend", "loud", "shake",
+        ],
+    ),
+    (
+        "rebellion",
+        &[
+            "riot",
+            "fire",
+            "chains",
+            "fist",
+            "anthem",
+            "barricade",
+            "freedom",
+            "scream",
+            "war",
+            "flag",
+            "revolt",
+            "noise",
+        ],
+    ),
+    (
+        "faith",
+        &[
+            "prayer", "grace", "angel", "heaven", "choir", "altar", "soul", "light", "mercy",
+            "hymn", "spirit", "glory",
+        ],
+    ),
+    (
+        "road",
+        &[
+            "highway", "engine", "mile", "diesel", "motel", "wheel", "freeway", "horizon", "truck",
+            "gasoline", "border", "drive",
+        ],
+    ),
+    (
+        "night",
+        &[
+            "moon", "shadow", "dream", "owl", "dark", "candle", "whisper", "insomnia", "velvet",
+            "lantern", "ghost", "hush",
+        ],
+    ),
+    (
+        "machine",
+        &[
+            "circuit", "wire", "robot", "signal", "binary", "chrome", "laser", "static", "pulse",
+            "motor", "code", "voltage",
+        ],
+    ),
+    (
+        "home",
+        &[
+            "kitchen",
+            "mother",
+            "porch",
+            "garden",
+            "family",
+            "table",
+            "window",
+            "village",
+            "bread",
+            "childhood",
+            "doorstep",
+            "warm",
+        ],
+    ),
+    (
+        "money",
+        &[
+            "gold", "cash", "diamond", "bank", "hustle", "rich", "deal", "chain", "empire",
+            "dollar", "vault", "boss",
+        ],
+    ),
+    (
+        "mountain",
+        &[
+            "peak", "summit", "stone", "eagle", "valley", "cliff", "echo", "climb", "river",
+            "wolf", "ridge", "thunder",
+        ],
+    ),
+    (
+        "love",
+        &[
+            "kiss", "honey", "darling", "heart", "forever", "embrace", "sweet", "lover", "rose",
+            "tender", "together", "baby",
+        ],
+    ),
+    (
+        "time",
+        &[
+            "clock",
+            "yesterday",
+            "hour",
+            "forever",
+            "season",
+            "calendar",
+            "minute",
+            "future",
+            "past",
+            "sand",
+            "tick",
+            "age",
+        ],
+    ),
+    (
+        "war",
+        &[
+            "soldier", "battle", "trench", "cannon", "march", "medal", "enemy", "bullet",
+            "general", "ruins", "front", "siege",
+        ],
+    ),
+    (
+        "carnival",
+        &[
+            "circus", "clown", "carousel", "ticket", "juggler", "candy", "ferris", "tent", "magic",
+            "parade", "mask", "drum",
+        ],
+    ),
+    (
+        "garden",
+        &[
+            "bloom",
+            "petal",
+            "bee",
+            "seed",
+            "rain",
+            "tulip",
+            "vine",
+            "orchard",
+            "sprout",
+            "harvest",
+            "butterfly",
+            "meadow",
+        ],
+    ),
+    (
+        "ice",
+        &[
+            "crystal", "mirror", "glass", "shard", "polar", "silver", "freeze", "clear", "thin",
+            "sharp", "north", "white",
+        ],
+    ),
+    (
+        "fire",
+        &[
+            "flame", "ember", "smoke", "ash", "spark", "blaze", "burn", "furnace", "red", "torch",
+            "inferno", "coal",
+        ],
+    ),
 ];
 
 const GENERAL: &[&str] = &[
-    "the", "my", "your", "little", "last", "first", "blue", "new", "old", "wild", "lost", "young", "secret", "slow",
-    "electric", "sweet", "cold", "high", "silent", "holy", "easy", "lonely", "strange", "bright", "hollow", "golden",
+    "the", "my", "your", "little", "last", "first", "blue", "new", "old", "wild", "lost", "young",
+    "secret", "slow", "electric", "sweet", "cold", "high", "silent", "holy", "easy", "lonely",
+    "strange", "bright", "hollow", "golden",
 ];
 
-const ONSETS: &[&str] = &["b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pr", "r", "s", "sh", "st", "t", "tr", "v", "w", "z"];
+const ONSETS: &[&str] = &[
+    "b", "br", "c", "ch", "d", "dr", "f", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pr", "r",
+    "s", "sh", "st", "t", "tr", "v", "w", "z",
+];
 const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ou", "ea", "y"];
 const CODAS: &[&str] = &["", "", "n", "r", "s", "x", "th", "ck", "l", "m"];
 /// Words that give some artist names non-ASCII letters, as in the real logs.
-const UNICODE_WORDS: &[&str] = &["Björk", "Sigur", "Мумий", "Тролль", "Røyksopp", "Mötley", "Céline", "Niño", "東京", "事変", "Ólafur", "Zoë", "Ærø", "Crüe"];
-const SUFFIXES: &[&str] = &["", "", "", " Band", " Orchestra", " Collective", " Trio", " & The Wolves", " Sound System", " Project"];
+const UNICODE_WORDS: &[&str] = &[
+    "Björk",
+    "Sigur",
+    "Мумий",
+    "Тролль",
+    "Røyksopp",
+    "Mötley",
+    "Céline",
+    "Niño",
+    "東京",
+    "事変",
+    "Ólafur",
+    "Zoë",
+    "Ærø",
+    "Crüe",
+];
+const SUFFIXES: &[&str] = &[
+    "",
+    "",
+    "",
+    " Band",
+    " Orchestra",
+    " Collective",
+    " Trio",
+    " & The Wolves",
+    " Sound System",
+    " Project",
+];
 
 fn capitalise(word: &str) -> String {
     let mut chars = word.chars();
@@ -104,7 +348,14 @@ pub fn mbid(rng: &mut Rng) -> String {
     let v = (v & !(0xF000u128 << 64)) | (0x4000u128 << 64); // version 4
     let v = (v & !(0xC000_0000_0000_0000u128)) | 0x8000_0000_0000_0000u128; // RFC variant
     let h = format!("{v:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]

@@ -19,13 +19,20 @@ impl Rng {
     pub fn new(seed: u64, stream: u64) -> Rng {
         let mut state = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
         Rng {
-            s: [splitmix(&mut state), splitmix(&mut state), splitmix(&mut state), splitmix(&mut state)],
+            s: [
+                splitmix(&mut state),
+                splitmix(&mut state),
+                splitmix(&mut state),
+                splitmix(&mut state),
+            ],
         }
     }
 
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
-        let result = (self.s[0].wrapping_add(self.s[3])).rotate_left(23).wrapping_add(self.s[0]);
+        let result = (self.s[0].wrapping_add(self.s[3]))
+            .rotate_left(23)
+            .wrapping_add(self.s[0]);
         let t = self.s[1] << 17;
         self.s[2] ^= self.s[0];
         self.s[3] ^= self.s[1];
@@ -102,7 +109,11 @@ impl Alias {
     #[inline]
     pub fn sample(&self, rng: &mut Rng) -> usize {
         let i = rng.below(self.prob.len() as u64) as usize;
-        if rng.f64() < self.prob[i] { i } else { self.alias[i] as usize }
+        if rng.f64() < self.prob[i] {
+            i
+        } else {
+            self.alias[i] as usize
+        }
     }
 }
 
@@ -112,11 +123,12 @@ mod tests {
 
     #[test]
     fn deterministic_streams() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(42, 7);
-            move |_| r.next_u64()
-        })
-        .collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(42, 7);
+                move |_| r.next_u64()
+            })
+            .collect();
         let mut r = Rng::new(42, 7);
         assert_eq!(a, (0..5).map(|_| r.next_u64()).collect::<Vec<_>>());
         assert_ne!(Rng::new(42, 8).next_u64(), a[0]);
@@ -133,6 +145,9 @@ mod tests {
         }
         assert_eq!(counts[3], 0);
         let share = |i: usize| counts[i] as f64 / 200_000.0;
-        assert!((share(0) - 0.1).abs() < 0.01 && (share(2) - 0.7).abs() < 0.01, "{counts:?}");
+        assert!(
+            (share(0) - 0.1).abs() < 0.01 && (share(2) - 0.7).abs() < 0.01,
+            "{counts:?}"
+        );
     }
 }

@@ -24,11 +24,15 @@ pub enum ExecutorError {
 /// Runs the executor until it is stopped; `/healthz` and `/readyz` answer on the health port.
 pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
     let health_bind = format!("{}:{}", args.bind_host, args.bind_health_port);
-    let health_addr: SocketAddr = health_bind.parse().map_err(|e| ExecutorError::Address(health_bind.clone(), e))?;
+    let health_addr: SocketAddr = health_bind
+        .parse()
+        .map_err(|e| ExecutorError::Address(health_bind.clone(), e))?;
     let mut config: ExecutorProcessConfig = args.try_into()?;
     let work_dir = config.work_dir.clone();
     config.override_config_producer = Some(Arc::new(registry::default_session_config));
-    config.override_runtime_producer = Some(Arc::new(move |session| registry::runtime_env(session, work_dir.as_deref())));
+    config.override_runtime_producer = Some(Arc::new(move |session| {
+        registry::runtime_env(session, work_dir.as_deref())
+    }));
     config.override_function_registry = Some(Arc::new(registry::function_registry()?));
     config.override_logical_codec = Some(registry::logical_codec());
     config.override_physical_codec = Some(registry::physical_codec());

@@ -36,7 +36,11 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to `scheduler` (`df://host:port`), or starts an embedded cluster with `vcores`
     /// task slots when it is `None`.
-    pub async fn connect(scheduler: Option<&str>, s3: &S3Options, vcores: usize) -> Result<Cluster, JobError> {
+    pub async fn connect(
+        scheduler: Option<&str>,
+        s3: &S3Options,
+        vcores: usize,
+    ) -> Result<Cluster, JobError> {
         match scheduler {
             Some(url) => Cluster::remote(url, s3, vcores).await,
             None => Cluster::embedded(s3, vcores).await,
@@ -61,7 +65,8 @@ impl Cluster {
 
     /// A running cluster. `vcores` is the total task slots to plan for (partition counts).
     pub async fn remote(url: &str, s3: &S3Options, vcores: usize) -> Result<Cluster, JobError> {
-        let parsed = url::Url::parse(url).map_err(|e| JobError::Cluster(format!("invalid scheduler URL `{url}`: {e}")))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| JobError::Cluster(format!("invalid scheduler URL `{url}`: {e}")))?;
         let host = parsed
             .host_str()
             .ok_or_else(|| JobError::Cluster(format!("scheduler URL `{url}` has no host")))?;
@@ -70,10 +75,22 @@ impl Cluster {
         connect(&grpc_url, url).await?;
         let config = Self::job_config(s3, vcores.max(1));
         let state = session_state(config.clone())?;
-        Ok(Cluster::new(grpc_url, url.to_string(), config, state, false))
+        Ok(Cluster::new(
+            grpc_url,
+            url.to_string(),
+            config,
+            state,
+            false,
+        ))
     }
 
-    fn new(scheduler_url: String, display_url: String, config: SessionConfig, state: SessionState, embedded: bool) -> Cluster {
+    fn new(
+        scheduler_url: String,
+        display_url: String,
+        config: SessionConfig,
+        state: SessionState,
+        embedded: bool,
+    ) -> Cluster {
         let session_id = format!(
             "recsys-{}-{}",
             std::process::id(),
@@ -142,16 +159,28 @@ impl Cluster {
     }
 }
 
-async fn connect(grpc_url: &str, shown: &str) -> Result<SchedulerGrpcClient<tonic::transport::Channel>, JobError> {
+async fn connect(
+    grpc_url: &str,
+    shown: &str,
+) -> Result<SchedulerGrpcClient<tonic::transport::Channel>, JobError> {
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), SchedulerGrpcClient::connect(grpc_url.to_string())).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            SchedulerGrpcClient::connect(grpc_url.to_string()),
+        )
+        .await
+        {
             Ok(Ok(client)) => return Ok(client),
             Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
-                return Err(JobError::Cluster(format!("cannot reach the Ballista scheduler at {shown}: {e}")));
+                return Err(JobError::Cluster(format!(
+                    "cannot reach the Ballista scheduler at {shown}: {e}"
+                )));
             }
             Err(_) if tokio::time::Instant::now() >= deadline => {
-                return Err(JobError::Cluster(format!("no answer from the Ballista scheduler at {shown} within {CONNECT_TIMEOUT:?}")));
+                return Err(JobError::Cluster(format!(
+                    "no answer from the Ballista scheduler at {shown} within {CONNECT_TIMEOUT:?}"
+                )));
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }

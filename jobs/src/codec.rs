@@ -6,9 +6,9 @@ use std::sync::Arc;
 use datafusion::common::internal_datafusion_err;
 use datafusion::error::Result;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use serde::{Deserialize, Serialize};
 
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
@@ -45,7 +45,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
         let Some(json) = buf.strip_prefix(MAGIC) else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
-        let node: Node = serde_json::from_slice(json).map_err(|e| internal_datafusion_err!("bad recsys plan node: {e}"))?;
+        let node: Node = serde_json::from_slice(json)
+            .map_err(|e| internal_datafusion_err!("bad recsys plan node: {e}"))?;
         let input = |name: &str| {
             inputs
                 .first()
@@ -54,7 +55,10 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
         };
         Ok(match node {
             Node::TsvScan(spec) => Arc::new(TsvScanExec::new(input("TsvScanExec")?, spec)),
-            Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(input("ParquetWriterExec")?, spec)?),
+            Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(
+                input("ParquetWriterExec")?,
+                spec,
+            )?),
         })
     }
 
@@ -73,7 +77,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             return self.inner.try_encode(node, buf, proto_converter);
         };
         buf.extend_from_slice(MAGIC);
-        serde_json::to_writer(buf, &ours).map_err(|e| internal_datafusion_err!("cannot encode plan node: {e}"))
+        serde_json::to_writer(buf, &ours)
+            .map_err(|e| internal_datafusion_err!("cannot encode plan node: {e}"))
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {

@@ -1,11 +1,11 @@
 //! Small object-store chores shared by the jobs: listing, clearing and reading folders.
 
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use arrow::array::RecordBatch;
 
 use crate::JobError;
 
@@ -26,14 +26,21 @@ pub async fn clear(store: &dyn ObjectStore, dir: &Path) -> Result<usize, JobErro
 }
 
 /// Reads a whole (small) Parquet object: its batches and its key-value metadata.
-pub async fn read_parquet(store: &dyn ObjectStore, path: &Path) -> Result<(Vec<RecordBatch>, Vec<(String, String)>), JobError> {
+pub async fn read_parquet(
+    store: &dyn ObjectStore,
+    path: &Path,
+) -> Result<(Vec<RecordBatch>, Vec<(String, String)>), JobError> {
     let bytes: Bytes = store.get(path).await?.bytes().await?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     let metadata = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .map(|kv| kv.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
+        .map(|kv| {
+            kv.iter()
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     let batches = builder.build()?.collect::<Result<Vec<_>, _>>()?;
     Ok((batches, metadata))

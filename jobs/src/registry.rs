@@ -64,9 +64,11 @@ impl ExtensionOptions for RecsysOptions {
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let text = || Some(value.to_string()).filter(|v| !v.is_empty());
         let flag = || {
-            value
-                .parse::<bool>()
-                .map_err(|_| DataFusionError::Configuration(format!("recsys.{key} must be true or false, got `{value}`")))
+            value.parse::<bool>().map_err(|_| {
+                DataFusionError::Configuration(format!(
+                    "recsys.{key} must be true or false, got `{value}`"
+                ))
+            })
         };
         match key {
             "s3_endpoint" => self.s3_endpoint = text(),
@@ -75,7 +77,11 @@ impl ExtensionOptions for RecsysOptions {
             "s3_region" => self.s3_region = text(),
             "s3_allow_http" => self.s3_allow_http = flag()?,
             "s3_virtual_hosted" => self.s3_virtual_hosted = flag()?,
-            _ => return Err(DataFusionError::Configuration(format!("unknown option recsys.{key}"))),
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "unknown option recsys.{key}"
+                )));
+            }
         }
         Ok(())
     }
@@ -88,11 +94,27 @@ impl ExtensionOptions for RecsysOptions {
         };
         vec![
             entry("s3_endpoint", self.s3_endpoint.clone(), "S3 endpoint"),
-            entry("s3_access_key_id", self.s3_access_key_id.clone(), "S3 access key id"),
-            entry("s3_secret_access_key", self.s3_secret_access_key.clone(), "S3 secret access key"),
+            entry(
+                "s3_access_key_id",
+                self.s3_access_key_id.clone(),
+                "S3 access key id",
+            ),
+            entry(
+                "s3_secret_access_key",
+                self.s3_secret_access_key.clone(),
+                "S3 secret access key",
+            ),
             entry("s3_region", self.s3_region.clone(), "S3 region"),
-            entry("s3_allow_http", Some(self.s3_allow_http.to_string()), "allow http:// S3 endpoints"),
-            entry("s3_virtual_hosted", Some(self.s3_virtual_hosted.to_string()), "virtual-hosted-style S3 requests"),
+            entry(
+                "s3_allow_http",
+                Some(self.s3_allow_http.to_string()),
+                "allow http:// S3 endpoints",
+            ),
+            entry(
+                "s3_virtual_hosted",
+                Some(self.s3_virtual_hosted.to_string()),
+                "virtual-hosted-style S3 requests",
+            ),
         ]
     }
 }
@@ -143,8 +165,15 @@ impl LakeObjectStoreRegistry {
 }
 
 impl ObjectStoreRegistry for LakeObjectStoreRegistry {
-    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
-        self.stores.write().expect("registry lock").insert(Self::key(url), store)
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.stores
+            .write()
+            .expect("registry lock")
+            .insert(Self::key(url), store)
     }
 
     fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
@@ -155,13 +184,25 @@ impl ObjectStoreRegistry for LakeObjectStoreRegistry {
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "" | "file" => Arc::new(LocalFileSystem::new()),
             "s3" => {
-                let bucket = url.host_str().ok_or_else(|| exec_datafusion_err!("no bucket in `{url}`"))?;
+                let bucket = url
+                    .host_str()
+                    .ok_or_else(|| exec_datafusion_err!("no bucket in `{url}`"))?;
                 recsys_core::store::build_s3(bucket, &self.s3)
                     .map_err(|e| exec_datafusion_err!("cannot open `{key}`: {e}"))?
             }
-            other => return Err(exec_datafusion_err!("unsupported object store scheme `{other}` in `{url}`")),
+            other => {
+                return Err(exec_datafusion_err!(
+                    "unsupported object store scheme `{other}` in `{url}`"
+                ));
+            }
         };
-        Ok(self.stores.write().expect("registry lock").entry(key).or_insert(store).clone())
+        Ok(self
+            .stores
+            .write()
+            .expect("registry lock")
+            .entry(key)
+            .or_insert(store)
+            .clone())
     }
 }
 
@@ -187,7 +228,8 @@ pub fn runtime_env(config: &SessionConfig, work_dir: Option<&str>) -> Result<Arc
         .get::<RecsysOptions>()
         .map(RecsysOptions::s3)
         .unwrap_or_default();
-    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(LakeObjectStoreRegistry::new(s3)));
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(LakeObjectStoreRegistry::new(s3)));
     if let Some(dir) = work_dir {
         builder = builder.with_temp_file_path(dir);
     }
@@ -217,11 +259,15 @@ pub fn register_functions(state: &mut SessionState) -> Result<()> {
 
 /// The function registry executors resolve plan functions in.
 pub fn function_registry() -> Result<BallistaFunctionRegistry> {
-    Ok(BallistaFunctionRegistry::from(&session_state(default_session_config())?))
+    Ok(BallistaFunctionRegistry::from(&session_state(
+        default_session_config(),
+    )?))
 }
 
 pub fn physical_codec() -> Arc<dyn PhysicalExtensionCodec> {
-    Arc::new(RecsysPhysicalCodec::new(Arc::new(BallistaPhysicalExtensionCodec::default())))
+    Arc::new(RecsysPhysicalCodec::new(Arc::new(
+        BallistaPhysicalExtensionCodec::default(),
+    )))
 }
 
 pub fn logical_codec() -> Arc<dyn LogicalExtensionCodec> {
@@ -242,7 +288,12 @@ mod tests {
         });
         let sent = session_config(options).to_key_value_pairs();
         let received = default_session_config().update_from_key_value_pair(&sent);
-        let got = received.options().extensions.get::<RecsysOptions>().unwrap().s3();
+        let got = received
+            .options()
+            .extensions
+            .get::<RecsysOptions>()
+            .unwrap()
+            .s3();
         assert_eq!(got.endpoint.as_deref(), Some("http://minio:9000"));
         assert!(got.allow_http);
     }
@@ -250,7 +301,11 @@ mod tests {
     #[test]
     fn functions_are_registered() {
         let state = session_state(default_session_config()).unwrap();
-        for name in [crate::udf::TRACK_ID, crate::udf::ARTIST_ID, crate::udf::RANGE_BUCKET] {
+        for name in [
+            crate::udf::TRACK_ID,
+            crate::udf::ARTIST_ID,
+            crate::udf::RANGE_BUCKET,
+        ] {
             assert!(state.scalar_functions().contains_key(name), "{name}");
         }
     }

@@ -23,10 +23,10 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{cast, col, lit};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::physical_plan::metrics;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{DataFrame, ParquetReadOptions};
 use recsys_core::Store;
 use recsys_core::schema::{CLEAN_DIR, SORTED_DIR, col as c};
@@ -40,7 +40,14 @@ pub const DEFAULT_ROWS_PER_FILE: u64 = 500_000;
 /// Histogram resolution used to place the cut points.
 const HISTOGRAM_BINS: i64 = 1 << 16;
 /// Order of the rows: time first, then user and track, then the rest for a total order.
-const SORT_ORDER: [&str; 6] = [c::TS, c::USER_ID, c::TRACK_ID, c::ARTIST_ID, c::ARTIST_NAME, c::TRACK_NAME];
+const SORT_ORDER: [&str; 6] = [
+    c::TS,
+    c::USER_ID,
+    c::TRACK_ID,
+    c::ARTIST_ID,
+    c::ARTIST_NAME,
+    c::TRACK_NAME,
+];
 /// Name of the routing column (dropped from the written files).
 const BUCKET: &str = "__recsys_bucket";
 
@@ -61,11 +68,18 @@ pub struct SortSummary {
 
 /// Runs the sort job on `cluster`, replacing `sorted/listens/` in `lake`. `files` fixes the number
 /// of output files; by default one per [`DEFAULT_ROWS_PER_FILE`] rows, at least two.
-pub async fn run_sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> Result<SortSummary, JobError> {
+pub async fn run_sort(
+    cluster: &Cluster,
+    lake: &Store,
+    files: Option<usize>,
+) -> Result<SortSummary, JobError> {
     let started = Instant::now();
     let ctx = cluster.planner();
     let clean = ctx
-        .read_parquet(lake.url(&format!("{CLEAN_DIR}/")), ParquetReadOptions::default())
+        .read_parquet(
+            lake.url(&format!("{CLEAN_DIR}/")),
+            ParquetReadOptions::default(),
+        )
         .await?;
     let ts = || cast(col(c::TS), DataType::Int64);
 
@@ -119,25 +133,43 @@ pub async fn run_sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> 
         .collect();
     let as_list = |v: &[i64]| {
         let scalars: Vec<ScalarValue> = v.iter().map(|x| ScalarValue::Int64(Some(*x))).collect();
-        lit(ScalarValue::List(ScalarValue::new_list_nullable(&scalars, &DataType::Int64)))
+        lit(ScalarValue::List(ScalarValue::new_list_nullable(
+            &scalars,
+            &DataType::Int64,
+        )))
     };
-    let bucket = ctx
-        .state()
-        .udf(udf::RANGE_BUCKET)?
-        .call(vec![col(c::TS), as_list(&boundaries), as_list(&keys)]);
-    let columns = [c::USER_ID, c::TS, c::ARTIST_ID, c::ARTIST_NAME, c::TRACK_ID, c::TRACK_NAME];
+    let bucket = ctx.state().udf(udf::RANGE_BUCKET)?.call(vec![
+        col(c::TS),
+        as_list(&boundaries),
+        as_list(&keys),
+    ]);
+    let columns = [
+        c::USER_ID,
+        c::TS,
+        c::ARTIST_ID,
+        c::ARTIST_NAME,
+        c::TRACK_ID,
+        c::TRACK_NAME,
+    ];
     let mut select: Vec<_> = columns.iter().map(|n| col(*n)).collect();
     select.push(bucket.alias(BUCKET));
     // The shuffle is added here, after DataFusion's optimiser (which drops a repartition nothing
     // above it requires).
     let projected = clean.select(select)?.create_physical_plan().await?;
     let schema = projected.schema();
-    let routing = Partitioning::Hash(vec![Arc::new(Column::new_with_schema(BUCKET, &schema)?)], ranges);
+    let routing = Partitioning::Hash(
+        vec![Arc::new(Column::new_with_schema(BUCKET, &schema)?)],
+        ranges,
+    );
     let routed = Arc::new(RepartitionExec::try_new(projected, routing)?);
     let ordering = LexOrdering::new(
         SORT_ORDER
             .iter()
-            .map(|n| Ok(PhysicalSortExpr::new_default(Arc::new(Column::new_with_schema(n, &schema)?))))
+            .map(|n| {
+                Ok(PhysicalSortExpr::new_default(Arc::new(
+                    Column::new_with_schema(n, &schema)?,
+                )))
+            })
             .collect::<Result<Vec<_>, JobError>>()?,
     )
     .ok_or_else(|| JobError::Invariant("empty sort order".into()))?;
@@ -169,7 +201,9 @@ pub async fn run_sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> 
     written.sort_by(|a, b| a.path.cmp(&b.path));
     let total: u64 = written.iter().map(|f| f.rows).sum();
     if total != rows {
-        return Err(JobError::Invariant(format!("sorted {total} rows out of {rows} clean rows")));
+        return Err(JobError::Invariant(format!(
+            "sorted {total} rows out of {rows} clean rows"
+        )));
     }
     Ok(SortSummary {
         rows,
@@ -220,7 +254,10 @@ fn cut_points(bins: &BTreeMap<i64, u64>, rows: u64, files: usize, lo: i64, width
 fn partition_keys(n: usize) -> Result<Vec<i64>, JobError> {
     let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
     let candidates = (n as i64 * 256).max(4096);
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..candidates))])?;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from_iter_values(0..candidates))],
+    )?;
     let mut partitioner = BatchPartitioner::new_hash_partitioner(
         vec![Arc::new(Column::new("k", 0))],
         n,
@@ -258,8 +295,15 @@ mod tests {
             let keys = partition_keys(n).unwrap();
             assert_eq!(keys.len(), n);
             let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-            let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(keys.clone()))]).unwrap();
-            let mut p = BatchPartitioner::new_hash_partitioner(vec![Arc::new(Column::new("k", 0))], n, metrics::Time::new()).unwrap();
+            let batch =
+                RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(keys.clone()))])
+                    .unwrap();
+            let mut p = BatchPartitioner::new_hash_partitioner(
+                vec![Arc::new(Column::new("k", 0))],
+                n,
+                metrics::Time::new(),
+            )
+            .unwrap();
             p.partition(batch, |partition, part| {
                 let got = part.column(0).as_primitive::<Int64Type>().values().to_vec();
                 assert_eq!(got, vec![keys[partition]], "n={n}");

@@ -8,7 +8,8 @@ use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 use recsys_core::ids;
 
@@ -57,7 +58,11 @@ fn string_args(args: &ScalarFunctionArgs, name: &str) -> Result<Vec<ArrayRef>> {
     let arrays = ColumnarValue::values_to_arrays(&args.args)?;
     for (i, a) in arrays.iter().enumerate() {
         if a.data_type() != &DataType::Utf8 {
-            return exec_err!("{name}: argument {} must be Utf8, got {}", i + 1, a.data_type());
+            return exec_err!(
+                "{name}: argument {} must be Utf8, got {}",
+                i + 1,
+                a.data_type()
+            );
         }
     }
     Ok(arrays)
@@ -143,7 +148,9 @@ impl ScalarUDFImpl for RangeBucketUdf {
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match &args[0] {
             DataType::Int64 | DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(DataType::Int64),
-            other => plan_err!("{RANGE_BUCKET}: first argument must be Int64 or a µs timestamp, got {other}"),
+            other => plan_err!(
+                "{RANGE_BUCKET}: first argument must be Int64 or a µs timestamp, got {other}"
+            ),
         }
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -179,7 +186,9 @@ mod tests {
             .iter()
             .map(|a| Arc::new(Field::new("a", a.data_type(), true)))
             .collect();
-        let ret = udf.return_type(&args.iter().map(|a| a.data_type()).collect::<Vec<_>>()).unwrap();
+        let ret = udf
+            .return_type(&args.iter().map(|a| a.data_type()).collect::<Vec<_>>())
+            .unwrap();
         udf.invoke_with_args(ScalarFunctionArgs {
             args,
             arg_fields,
@@ -217,12 +226,23 @@ mod tests {
     #[test]
     fn range_buckets() {
         let udfs = all();
-        let list = |v: Vec<i64>| ColumnarValue::Scalar(ScalarValue::List(ScalarValue::new_list_nullable(
-            &v.into_iter().map(|x| ScalarValue::Int64(Some(x))).collect::<Vec<_>>(),
-            &DataType::Int64,
-        )));
+        let list = |v: Vec<i64>| {
+            ColumnarValue::Scalar(ScalarValue::List(ScalarValue::new_list_nullable(
+                &v.into_iter()
+                    .map(|x| ScalarValue::Int64(Some(x)))
+                    .collect::<Vec<_>>(),
+                &DataType::Int64,
+            )))
+        };
         let ts = ColumnarValue::Array(Arc::new(Int64Array::from(vec![-5, 10, 19, 20, 35, 1000])));
-        let out = invoke(&udfs[2], vec![ts, list(vec![10, 20, 30]), list(vec![7, 8, 9, 6])], 6);
-        assert_eq!(out.as_primitive::<Int64Type>().values().to_vec(), vec![7, 8, 8, 9, 6, 6]);
+        let out = invoke(
+            &udfs[2],
+            vec![ts, list(vec![10, 20, 30]), list(vec![7, 8, 9, 6])],
+            6,
+        );
+        assert_eq!(
+            out.as_primitive::<Int64Type>().values().to_vec(),
+            vec![7, 8, 8, 9, 6, 6]
+        );
     }
 }

@@ -27,16 +27,23 @@ pub fn work_list<T: Serialize>(items: &[T]) -> Result<Arc<dyn ExecutionPlan>> {
     let partitions = items
         .iter()
         .map(|item| {
-            let json = serde_json::to_string(item).map_err(|e| exec_datafusion_err!("cannot encode work item: {e}"))?;
-            Ok(vec![RecordBatch::try_new(schema(), vec![Arc::new(StringArray::from(vec![json]))])?])
+            let json = serde_json::to_string(item)
+                .map_err(|e| exec_datafusion_err!("cannot encode work item: {e}"))?;
+            Ok(vec![RecordBatch::try_new(
+                schema(),
+                vec![Arc::new(StringArray::from(vec![json]))],
+            )?])
         })
         .collect::<Result<Vec<_>>>()?;
-    let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&partitions, schema(), None)?;
+    let exec: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&partitions, schema(), None)?;
     Ok(exec)
 }
 
 /// The items of one partition of a work list, decoded.
-pub fn items<T: DeserializeOwned + Send + 'static>(input: SendableRecordBatchStream) -> impl Stream<Item = Result<T>> + Send {
+pub fn items<T: DeserializeOwned + Send + 'static>(
+    input: SendableRecordBatchStream,
+) -> impl Stream<Item = Result<T>> + Send {
     input
         .map_ok(|batch| {
             let values: Vec<Result<T>> = batch
@@ -44,7 +51,8 @@ pub fn items<T: DeserializeOwned + Send + 'static>(input: SendableRecordBatchStr
                 .as_string::<i32>()
                 .iter()
                 .map(|v| {
-                    serde_json::from_str(v.unwrap_or_default()).map_err(|e| exec_datafusion_err!("bad work item: {e}"))
+                    serde_json::from_str(v.unwrap_or_default())
+                        .map_err(|e| exec_datafusion_err!("bad work item: {e}"))
                 })
                 .collect();
             futures::stream::iter(values)

@@ -21,12 +21,15 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
 use futures::StreamExt;
 use object_store::ObjectStore;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
-use object_store::buffered::BufWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -73,7 +76,11 @@ impl ParquetWriterExec {
         let schema = input.schema();
         let field = schema.field_with_name(&spec.split.column)?;
         if field.data_type() != &DataType::Int64 {
-            return exec_err!("split column `{}` must be Int64, is {}", spec.split.column, field.data_type());
+            return exec_err!(
+                "split column `{}` must be Int64, is {}",
+                spec.split.column,
+                field.data_type()
+            );
         }
         let partitions = input.properties().partitioning.partition_count();
         let properties = PlanProperties::new(
@@ -96,7 +103,11 @@ impl ParquetWriterExec {
 
 impl DisplayAs for ParquetWriterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ParquetWriterExec: dir={}, split_by={}", self.spec.dir, self.spec.split.column)
+        write!(
+            f,
+            "ParquetWriterExec: dir={}, split_by={}",
+            self.spec.dir, self.spec.split.column
+        )
     }
 }
 
@@ -128,34 +139,64 @@ impl ExecutionPlan for ParquetWriterExec {
         vec![false]
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(ParquetWriterExec::try_new(children.swap_remove(0), self.spec.clone())?))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(ParquetWriterExec::try_new(
+            children.swap_remove(0),
+            self.spec.clone(),
+        )?))
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let store = context
             .runtime_env()
             .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
         let input = self.input.execute(partition, context)?;
         let spec = self.spec.clone();
-        let stream = futures::stream::once(async move { write_partition(store, spec, partition, input).await });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(written_schema(), stream)))
+        let stream =
+            futures::stream::once(
+                async move { write_partition(store, spec, partition, input).await },
+            );
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            written_schema(),
+            stream,
+        )))
     }
 }
 
 fn writer_properties(metadata: Vec<(String, String)>) -> WriterProperties {
-    let kv: Vec<KeyValue> = metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+    let kv: Vec<KeyValue> = metadata
+        .into_iter()
+        .map(|(k, v)| KeyValue::new(k, v))
+        .collect();
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid zstd level"),
+        ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("recsys {}", env!("CARGO_PKG_VERSION")))
         .set_key_value_metadata((!kv.is_empty()).then_some(kv))
         .build()
 }
 
-fn open_writer(store: &Arc<dyn ObjectStore>, path: &Path, schema: SchemaRef, metadata: Vec<(String, String)>) -> Result<AsyncArrowWriter<BufWriter>> {
+fn open_writer(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    schema: SchemaRef,
+    metadata: Vec<(String, String)>,
+) -> Result<AsyncArrowWriter<BufWriter>> {
     let sink = BufWriter::new(store.clone(), path.clone());
-    Ok(AsyncArrowWriter::try_new(sink, schema, Some(writer_properties(metadata)))?)
+    Ok(AsyncArrowWriter::try_new(
+        sink,
+        schema,
+        Some(writer_properties(metadata)),
+    )?)
 }
 
 /// Writes `batches` to one Parquet file at `path`, with key-value `metadata` in its footer.
@@ -190,14 +231,20 @@ async fn write_partition(
     let dir = Path::from(spec.dir.as_str());
     let in_schema = input.schema();
     let split = in_schema.index_of(&spec.split.column)?;
-    let keep: Vec<usize> = (0..in_schema.fields().len()).filter(|&c| c != split).collect();
+    let keep: Vec<usize> = (0..in_schema.fields().len())
+        .filter(|&c| c != split)
+        .collect();
     let out_schema: SchemaRef = Arc::new(in_schema.project(&keep)?);
     let mut files = StringBuilder::new();
     let mut counts = UInt64Builder::new();
     let mut seen = HashSet::new();
     let mut open: Option<OpenFile> = None;
 
-    async fn close(file: OpenFile, files: &mut StringBuilder, counts: &mut UInt64Builder) -> Result<()> {
+    async fn close(
+        file: OpenFile,
+        files: &mut StringBuilder,
+        counts: &mut UInt64Builder,
+    ) -> Result<()> {
         file.writer.close().await?;
         files.append_value(file.path.as_ref());
         counts.append_value(file.rows);
@@ -221,16 +268,25 @@ async fn write_partition(
                     close(file, &mut files, &mut counts).await?;
                 }
                 if !seen.insert(key) {
-                    return exec_err!("input of partition {partition} is not grouped by `{}` ({key} came back)", spec.split.column);
+                    return exec_err!(
+                        "input of partition {partition} is not grouped by `{}` ({key} came back)",
+                        spec.split.column
+                    );
                 }
-                let name = spec
-                    .split
-                    .names
-                    .get(&key)
-                    .ok_or_else(|| DataFusionError::Execution(format!("no file name for `{}` = {key}", spec.split.column)))?;
+                let name = spec.split.names.get(&key).ok_or_else(|| {
+                    DataFusionError::Execution(format!(
+                        "no file name for `{}` = {key}",
+                        spec.split.column
+                    ))
+                })?;
                 let path = dir.clone().join(name.as_str());
                 let writer = open_writer(&store, &path, out_schema.clone(), vec![])?;
-                open = Some(OpenFile { key, path, rows: 0, writer });
+                open = Some(OpenFile {
+                    key,
+                    path,
+                    rows: 0,
+                    writer,
+                });
             }
             let slice = batch.slice(start, len).project(&keep)?;
             let file = open.as_mut().expect("a file is open");
@@ -242,5 +298,8 @@ async fn write_partition(
     if let Some(file) = open.take() {
         close(file, &mut files, &mut counts).await?;
     }
-    Ok(RecordBatch::try_new(written_schema(), vec![Arc::new(files.finish()), Arc::new(counts.finish())])?)
+    Ok(RecordBatch::try_new(
+        written_schema(),
+        vec![Arc::new(files.finish()), Arc::new(counts.finish())],
+    )?)
 }

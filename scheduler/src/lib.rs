@@ -23,7 +23,9 @@ pub enum SchedulerError {
 /// Runs the scheduler until it is stopped.
 pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     let bind = format!("{}:{}", args.bind_host, args.bind_port);
-    let addr: SocketAddr = bind.parse().map_err(|e| SchedulerError::Address(bind.clone(), e))?;
+    let addr: SocketAddr = bind
+        .parse()
+        .map_err(|e| SchedulerError::Address(bind.clone(), e))?;
     let mut config: SchedulerConfig = args.try_into()?;
     config.override_config_producer = Some(Arc::new(registry::default_session_config));
     config.override_session_builder = Some(Arc::new(registry::session_state));

@@ -17,7 +17,11 @@ pub const RECSYS: &str = env!("CARGO_BIN_EXE_recsys");
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Child processes killed when the test ends, however it ends.
@@ -64,7 +68,10 @@ fn wait_http_ok(host_port: &str, path: &str, timeout: Duration) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{host_port}{path} not ready within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{host_port}{path} not ready within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -120,7 +127,11 @@ impl ProcessCluster {
         }
         let processes = Processes(processes);
         for port in health {
-            wait_http_ok(&format!("127.0.0.1:{port}"), "/readyz", Duration::from_secs(60));
+            wait_http_ok(
+                &format!("127.0.0.1:{port}"),
+                "/readyz",
+                Duration::from_secs(60),
+            );
         }
         ProcessCluster {
             url: format!("df://127.0.0.1:{port}"),
@@ -142,7 +153,9 @@ pub fn small_config() -> GenerateConfig {
 }
 
 pub async fn generate(config: &GenerateConfig, raw: &Store) -> Manifest {
-    recsys_datasets::generate(config, raw, |_| {}).await.unwrap()
+    recsys_datasets::generate(config, raw, |_| {})
+        .await
+        .unwrap()
 }
 
 pub fn local_store(dir: &Path) -> Store {
@@ -194,13 +207,18 @@ impl S3Server {
         std::fs::create_dir_all(root.path().join(bucket)).unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single("recsys-test", "recsys-test-secret"));
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            "recsys-test",
+            "recsys-test-secret",
+        ));
         let service = builder.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
                 let service = service.clone();
                 tokio::spawn(async move {
                     let _ = Builder::new(TokioExecutor::new())

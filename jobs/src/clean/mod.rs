@@ -43,10 +43,16 @@ pub struct TsvInput {
 impl TsvInput {
     /// Finds the listening-log TSV files at `location`: one file, or every `.tsv` below a folder
     /// (the real archive's `userid-profile.tsv` is not a log and is skipped).
-    pub async fn resolve(location: &str, s3: &recsys_core::S3Options) -> Result<TsvInput, JobError> {
+    pub async fn resolve(
+        location: &str,
+        s3: &recsys_core::S3Options,
+    ) -> Result<TsvInput, JobError> {
         let local = std::path::Path::new(location);
         let (store, only) = if !location.contains("://") && local.is_file() {
-            let parent = local.parent().map(|p| p.to_string_lossy().into_owned()).filter(|p| !p.is_empty());
+            let parent = local
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .filter(|p| !p.is_empty());
             let name = local.file_name().map(|n| n.to_string_lossy().into_owned());
             (Store::open(parent.as_deref().unwrap_or("."), s3)?, name)
         } else {
@@ -98,7 +104,12 @@ impl CleanSummary {
 
 /// Builds the clean plan: chunks (a work list) → TSV scan → derived ids (our UDFs) → one Parquet
 /// file per chunk.
-pub fn clean_plan(cluster: &Cluster, input: &TsvInput, lake: &Store, rejects_parts: &Path) -> Result<Arc<dyn ExecutionPlan>, JobError> {
+pub fn clean_plan(
+    cluster: &Cluster,
+    input: &TsvInput,
+    lake: &Store,
+    rejects_parts: &Path,
+) -> Result<Arc<dyn ExecutionPlan>, JobError> {
     let chunk = (input.bytes() / (4 * cluster.parallelism() as u64)).clamp(MIN_CHUNK, MAX_CHUNK);
     let chunks = plan_chunks(&input.files, chunk);
     let names = chunks
@@ -121,9 +132,19 @@ pub fn clean_plan(cluster: &Cluster, input: &TsvInput, lake: &Store, rejects_par
     let exprs = [
         (col("user_id"), c::USER_ID),
         (col("ts"), c::TS),
-        (artist_id.call(vec![col("artist_mbid"), col("artist_name")]), c::ARTIST_ID),
+        (
+            artist_id.call(vec![col("artist_mbid"), col("artist_name")]),
+            c::ARTIST_ID,
+        ),
         (col("artist_name"), c::ARTIST_NAME),
-        (track_id.call(vec![col("track_mbid"), col("artist_name"), col("track_name")]), c::TRACK_ID),
+        (
+            track_id.call(vec![
+                col("track_mbid"),
+                col("artist_name"),
+                col("track_name"),
+            ]),
+            c::TRACK_ID,
+        ),
         (col("track_name"), c::TRACK_NAME),
         (col(CHUNK_COLUMN), CHUNK_COLUMN),
     ];
@@ -151,7 +172,11 @@ pub fn clean_plan(cluster: &Cluster, input: &TsvInput, lake: &Store, rejects_par
 }
 
 /// Runs the clean job on `cluster`, replacing `clean/listens/` and `rejects/` in `lake`.
-pub async fn run_clean(cluster: &Cluster, input: &TsvInput, lake: &Store) -> Result<CleanSummary, JobError> {
+pub async fn run_clean(
+    cluster: &Cluster,
+    input: &TsvInput,
+    lake: &Store,
+) -> Result<CleanSummary, JobError> {
     let started = Instant::now();
     let store = lake.object_store();
     clear(store.as_ref(), &lake.path(CLEAN_DIR)).await?;
@@ -164,7 +189,12 @@ pub async fn run_clean(cluster: &Cluster, input: &TsvInput, lake: &Store) -> Res
     let mut clean_rows = 0;
     for batch in &written {
         files_written += batch.num_rows();
-        clean_rows += batch.column(1).as_primitive::<UInt64Type>().values().iter().sum::<u64>();
+        clean_rows += batch
+            .column(1)
+            .as_primitive::<UInt64Type>()
+            .values()
+            .iter()
+            .sum::<u64>();
     }
     let (lines, rejected) = finish_rejects(lake, &parts, input, tasks).await?;
     let rejected_total: u64 = rejected.values().sum();
@@ -196,7 +226,10 @@ async fn finish_rejects(
     let store = lake.object_store();
     let parts = list(store.as_ref(), parts_dir).await?;
     if parts.len() != chunks {
-        return Err(JobError::Invariant(format!("{chunks} chunks were scanned but {} rejects parts exist", parts.len())));
+        return Err(JobError::Invariant(format!(
+            "{chunks} chunks were scanned but {} rejects parts exist",
+            parts.len()
+        )));
     }
     let mut file_col = StringBuilder::new();
     let mut line_col = UInt64Builder::new();
@@ -213,7 +246,9 @@ async fn finish_rejects(
             .split('-')
             .next()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| JobError::Invariant(format!("unexpected rejects part `{}`", part.location)))?;
+            .ok_or_else(|| {
+                JobError::Invariant(format!("unexpected rejects part `{}`", part.location))
+            })?;
         if file_index != current_file {
             current_file = file_index;
             base = 0;
@@ -223,8 +258,17 @@ async fn finish_rejects(
             .iter()
             .find(|(k, _)| k == LINES_KEY)
             .and_then(|(_, v)| v.parse().ok())
-            .ok_or_else(|| JobError::Invariant(format!("rejects part `{}` has no line count", part.location)))?;
-        let file_name = input.files.get(file_index).map(|(p, _)| p.as_str()).unwrap_or("?");
+            .ok_or_else(|| {
+                JobError::Invariant(format!(
+                    "rejects part `{}` has no line count",
+                    part.location
+                ))
+            })?;
+        let file_name = input
+            .files
+            .get(file_index)
+            .map(|(p, _)| p.as_str())
+            .unwrap_or("?");
         for batch in &batches {
             let line = batch.column(0).as_primitive::<UInt64Type>();
             let reason = batch.column(1).as_string::<i32>();
@@ -235,8 +279,9 @@ async fn finish_rejects(
                 reason_col.append_value(reason.value(i));
                 raw_col.append_value(raw.value(i));
                 text_col.append_value(String::from_utf8_lossy(raw.value(i)));
-                let r = RejectReason::parse(reason.value(i))
-                    .ok_or_else(|| JobError::Invariant(format!("unknown reject reason `{}`", reason.value(i))))?;
+                let r = RejectReason::parse(reason.value(i)).ok_or_else(|| {
+                    JobError::Invariant(format!("unknown reject reason `{}`", reason.value(i)))
+                })?;
                 *counts.entry(r).or_insert(0) += 1;
             }
         }
@@ -253,7 +298,14 @@ async fn finish_rejects(
             Arc::new(text_col.finish()),
         ],
     )?;
-    write_parquet_file(store.clone(), &lake.path(&format!("{REJECTS_DIR}/rejects.parquet")), reject_schema(), vec![batch], vec![]).await?;
+    write_parquet_file(
+        store.clone(),
+        &lake.path(&format!("{REJECTS_DIR}/rejects.parquet")),
+        reject_schema(),
+        vec![batch],
+        vec![],
+    )
+    .await?;
     clear(store.as_ref(), parts_dir).await?;
     Ok((total_lines, counts))
 }

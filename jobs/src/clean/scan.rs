@@ -10,7 +10,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{BinaryBuilder, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow::array::{
+    BinaryBuilder, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::{Bytes, BytesMut};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -20,9 +23,12 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
-use object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use recsys_core::schema::timestamp_type;
 use serde::{Deserialize, Serialize};
 
@@ -173,11 +179,21 @@ impl ExecutionPlan for TsvScanExec {
         vec![false]
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(TsvScanExec::new(children.swap_remove(0), self.spec.clone())))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(TsvScanExec::new(
+            children.swap_remove(0),
+            self.spec.clone(),
+        )))
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let schema = raw_listen_schema();
         let input = context
             .runtime_env()
@@ -191,10 +207,18 @@ impl ExecutionPlan for TsvScanExec {
         let chunks = worklist::items::<Chunk>(self.input.execute(partition, context)?);
         let stream = chunks
             .map_ok(move |chunk| {
-                let part = parts_dir
-                    .clone()
-                    .join(format!("{:05}-{:06}.parquet", chunk.file_index, chunk.chunk_index));
-                scan_chunk(input.clone(), output.clone(), chunk, part, out_schema.clone(), batch_size)
+                let part = parts_dir.clone().join(format!(
+                    "{:05}-{:06}.parquet",
+                    chunk.file_index, chunk.chunk_index
+                ));
+                scan_chunk(
+                    input.clone(),
+                    output.clone(),
+                    chunk,
+                    part,
+                    out_schema.clone(),
+                    batch_size,
+                )
             })
             .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
@@ -211,11 +235,21 @@ fn scan_chunk(
     batch_size: usize,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
     futures::stream::try_unfold(None::<ChunkParser>, move |parser| {
-        let (input, output, chunk, part, schema) = (input.clone(), output.clone(), chunk.clone(), part.clone(), schema.clone());
+        let (input, output, chunk, part, schema) = (
+            input.clone(),
+            output.clone(),
+            chunk.clone(),
+            part.clone(),
+            schema.clone(),
+        );
         async move {
             let mut parser = match parser {
                 Some(parser) => parser,
-                None => ChunkParser::new(read_owned_lines(input.as_ref(), &chunk).await?, batch_size, chunk.ordinal as i64),
+                None => ChunkParser::new(
+                    read_owned_lines(input.as_ref(), &chunk).await?,
+                    batch_size,
+                    chunk.ordinal as i64,
+                ),
             };
             while let Some(batch) = parser.next_batch(&schema)? {
                 if batch.num_rows() > 0 {
@@ -395,11 +429,20 @@ mod tests {
     }
 
     fn check_chunking(data: Vec<u8>, chunk_size: u64) {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let store = InMemory::new();
-            store.put(&Path::from("f.tsv"), PutPayload::from(data.clone())).await.unwrap();
-            assert_eq!(owned(&store, &data, chunk_size).await, data, "chunk size {chunk_size}");
+            store
+                .put(&Path::from("f.tsv"), PutPayload::from(data.clone()))
+                .await
+                .unwrap();
+            assert_eq!(
+                owned(&store, &data, chunk_size).await,
+                data,
+                "chunk size {chunk_size}"
+            );
         });
     }
 

@@ -86,7 +86,14 @@ pub fn parse_line(line: &[u8]) -> Result<RawListen<'_>, RejectReason> {
     if n != 6 {
         return Err(RejectReason::FieldCount);
     }
-    let [user_id, ts, artist_mbid, artist_name, track_mbid, track_name] = fields;
+    let [
+        user_id,
+        ts,
+        artist_mbid,
+        artist_name,
+        track_mbid,
+        track_name,
+    ] = fields;
     if user_id.trim().is_empty() {
         return Err(RejectReason::EmptyUser);
     }
@@ -147,7 +154,10 @@ mod tests {
     fn crlf_and_unicode() {
         let mut crlf = GOOD.to_vec();
         crlf.push(b'\r');
-        assert_eq!(parse_line(&crlf).unwrap().track_name, parse_line(GOOD).unwrap().track_name);
+        assert_eq!(
+            parse_line(&crlf).unwrap().track_name,
+            parse_line(GOOD).unwrap().track_name
+        );
         let uni = "user_000002\t2008-01-01T00:00:00Z\t\tБи-2\t\tМоя любовь — 東京 ✓".as_bytes();
         let l = parse_line(uni).unwrap();
         assert_eq!(l.artist_name, "Би-2");
@@ -175,7 +185,12 @@ mod tests {
             (b"u\t2009-05-04T23:08:57Z\ta\tA\t\t ", MissingTrack),
         ];
         for (line, reason) in cases {
-            assert_eq!(parse_line(line), Err(*reason), "line {:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse_line(line),
+                Err(*reason),
+                "line {:?}",
+                String::from_utf8_lossy(line)
+            );
         }
         for r in RejectReason::ALL {
             assert_eq!(RejectReason::parse(r.as_str()), Some(r));
