@@ -25,7 +25,7 @@ COPY (
          column2 AS artist_id, column3 AS artist_name,
          column4 AS track_id, column5 AS track_name
   FROM read_csv('{tsv}', delim='\t', header=false, quote='', escape='', all_varchar=true,
-                null_padding=false, ignore_errors=true, auto_detect=false,
+                null_padding=false, ignore_errors=true, auto_detect=false, strict_mode=false,
                 columns={{'column0':'VARCHAR','column1':'VARCHAR','column2':'VARCHAR',
                           'column3':'VARCHAR','column4':'VARCHAR','column5':'VARCHAR'}})
   WHERE column0 <> '' AND TRY_CAST(column1 AS TIMESTAMPTZ) IS NOT NULL

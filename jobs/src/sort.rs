@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, UInt64Type};
 use datafusion::common::ScalarValue;
 use datafusion::execution::FunctionRegistry;
@@ -37,8 +37,9 @@ use crate::{Cluster, JobError, udf};
 
 /// Rows per sorted file the job aims for when the caller does not choose.
 pub const DEFAULT_ROWS_PER_FILE: u64 = 500_000;
-/// Histogram resolution used to place the cut points.
-const HISTOGRAM_BINS: i64 = 1 << 16;
+/// Histogram resolution used to place the cut points: one hour of data time. Ranges start on a
+/// whole hour, so data spanning less than an hour per intended file gets fewer files.
+const HISTOGRAM_BIN_MICROS: i64 = 3_600 * 1_000_000;
 /// Order of the rows: time first, then user and track, then the rest for a total order.
 const SORT_ORDER: [&str; 6] = [
     c::TS,
@@ -83,45 +84,25 @@ pub async fn run_sort(
         .await?;
     let ts = || cast(col(c::TS), DataType::Int64);
 
-    // 1. Size and time span, then a histogram of time.
-    let stats = clean.clone().aggregate(
-        vec![],
-        vec![
-            datafusion::functions_aggregate::count::count(lit(1)).alias("n"),
-            datafusion::functions_aggregate::min_max::min(ts()).alias("lo"),
-            datafusion::functions_aggregate::min_max::max(ts()).alias("hi"),
-        ],
+    // 1. One aggregate job: rows per hour of data time, from which the cut points follow.
+    let hist = clean.clone().aggregate(
+        vec![(ts() / lit(HISTOGRAM_BIN_MICROS)).alias("bin")],
+        vec![datafusion::functions_aggregate::count::count(lit(1)).alias("n")],
     )?;
-    let stats = run_df(cluster, stats).await?;
-    let (rows, lo, hi) = match stats.first().filter(|b| b.num_rows() == 1) {
-        Some(b) => (
-            b.column(0).as_primitive::<Int64Type>().value(0) as u64,
-            int_or_zero(b.column(1)),
-            int_or_zero(b.column(2)),
-        ),
-        None => (0, 0, 0),
-    };
+    let mut bins: BTreeMap<i64, u64> = BTreeMap::new();
+    for b in run_df(cluster, hist).await? {
+        let bin = b.column(0).as_primitive::<Int64Type>();
+        let n = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            *bins.entry(bin.value(i)).or_default() += n.value(i) as u64;
+        }
+    }
+    let rows: u64 = bins.values().sum();
     let n_files = files
         .unwrap_or_else(|| rows.div_ceil(DEFAULT_ROWS_PER_FILE).max(2) as usize)
         .clamp(1, 4096);
-    let boundaries = if rows == 0 || n_files == 1 || lo == hi {
-        vec![]
-    } else {
-        let width = ((hi - lo) / HISTOGRAM_BINS).max(1);
-        let hist = clean.clone().aggregate(
-            vec![((ts() - lit(lo)) / lit(width)).alias("bin")],
-            vec![datafusion::functions_aggregate::count::count(lit(1)).alias("n")],
-        )?;
-        let mut bins: BTreeMap<i64, u64> = BTreeMap::new();
-        for b in run_df(cluster, hist).await? {
-            let bin = b.column(0).as_primitive::<Int64Type>();
-            let n = b.column(1).as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                *bins.entry(bin.value(i)).or_default() += n.value(i) as u64;
-            }
-        }
-        cut_points(&bins, rows, n_files, lo, width)
-    };
+    let boundaries = cut_points(&bins, rows, n_files, 0, HISTOGRAM_BIN_MICROS);
+    tracing::debug!(elapsed = ?started.elapsed(), cuts = boundaries.len(), "sort: placed cut points");
 
     // 2. Route, sort per range, write.
     let ranges = boundaries.len() + 1;
@@ -211,11 +192,6 @@ pub async fn run_sort(
         boundaries,
         elapsed: started.elapsed(),
     })
-}
-
-fn int_or_zero(a: &ArrayRef) -> i64 {
-    let a = a.as_primitive::<Int64Type>();
-    if a.is_null(0) { 0 } else { a.value(0) }
 }
 
 async fn run_df(cluster: &Cluster, df: DataFrame) -> Result<Vec<RecordBatch>, JobError> {

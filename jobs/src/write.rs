@@ -170,6 +170,8 @@ impl ExecutionPlan for ParquetWriterExec {
     }
 }
 
+/// Dictionaries and zstd for every file: on local disks here writing a byte costs more than
+/// compressing it (measured: dictionary + zstd beat LZ4 and uncompressed for the clean job).
 fn writer_properties(metadata: Vec<(String, String)>) -> WriterProperties {
     let kv: Vec<KeyValue> = metadata
         .into_iter()
