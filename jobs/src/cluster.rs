@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use ballista_core::config::BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK;
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
@@ -116,6 +117,13 @@ impl Cluster {
             .with_target_partitions(vcores)
             .with_ballista_standalone_parallelism(vcores)
             .with_ballista_adaptive_query_planner(false)
+            // One task per partition: our partitions are units of work of similar size, and
+            // packing several into one task leaves cores idle at the end of a stage.
+            .set_usize(BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK, 1)
+            .set_usize(
+                "datafusion.execution.sort_in_place_threshold_bytes",
+                512 << 20,
+            )
     }
 
     /// `embedded` or the scheduler URL, for logs and summaries.

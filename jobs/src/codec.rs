@@ -12,6 +12,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
+use crate::sort::{MergeRangeExec, MergeRangeSpec};
 use crate::write::{ParquetWriterExec, WriteSpec};
 
 /// Prefix that marks a node encoded by us rather than by Ballista.
@@ -20,6 +21,7 @@ const MAGIC: &[u8] = b"recsys-plan:";
 #[derive(Serialize, Deserialize)]
 enum Node {
     TsvScan(TsvScanSpec),
+    MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
 }
 
@@ -55,6 +57,7 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
         };
         Ok(match node {
             Node::TsvScan(spec) => Arc::new(TsvScanExec::new(input("TsvScanExec")?, spec)),
+            Node::MergeRange(spec) => Arc::new(MergeRangeExec::new(input("MergeRangeExec")?, spec)),
             Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(
                 input("ParquetWriterExec")?,
                 spec,
@@ -71,6 +74,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
         let any = node.as_ref() as &dyn std::any::Any;
         let ours = if let Some(scan) = any.downcast_ref::<TsvScanExec>() {
             Node::TsvScan(scan.spec().clone())
+        } else if let Some(merge) = any.downcast_ref::<MergeRangeExec>() {
+            Node::MergeRange(merge.spec().clone())
         } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {
             Node::ParquetWriter(writer.spec().clone())
         } else {

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod codec;
 pub mod lake;
 pub mod registry;
+pub mod runs;
 pub mod sort;
 pub mod udf;
 pub mod worklist;

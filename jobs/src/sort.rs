@@ -1,56 +1,59 @@
 //! The sort job: clean listens → `sorted/listens/part-NNNNN.parquet`, each file ordered by
-//! (timestamp, user, track) and covering its own time range, the ranges increasing with N. No
-//! single task ever merges everything:
+//! (timestamp, user, track, …) and covering its own time range, the ranges increasing with N.
 //!
-//! 1. two small aggregate jobs measure the data (count, min/max time, then a fine histogram of
-//!    time) and choose `N - 1` cut points that give every file about the same number of rows;
-//! 2. one job routes each row to its range (`recsys_range_bucket`) through Ballista's hash
-//!    shuffle, sorts every range in its own task and writes it as one file.
+//! It is the merge phase of a distributed external sort. The clean job already wrote every chunk
+//! as a sorted run with a sparse index of its timestamps in the footer ([`crate::runs`]). Here:
 //!
-//! Ballista shuffles by hash only. Range `i` is therefore encoded as a key that DataFusion's own
-//! partitioner sends to output partition `i` (found at plan time by asking that partitioner), so
-//! ranges and tasks line up one to one. Correctness never depends on it: a task that received
-//! two ranges still writes them as two files, in order.
+//! 1. the client reads only the runs' footers and places `N - 1` cut points so that every range
+//!    holds about the same number of rows (no data is scanned);
+//! 2. one job runs one task per range: it reads from every run just the rows the index says may
+//!    fall in the range, trims them exactly, merges the runs and writes one file.
+//!
+//! No shuffle, and no task ever merges everything: each row is read once (plus at most one index
+//! stride per run at each range edge) and written once.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, UInt64Type};
-use datafusion::common::ScalarValue;
-use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::{cast, col, lit};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::metrics;
-use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
-use datafusion::prelude::{DataFrame, ParquetReadOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType, UInt64Type};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{exec_datafusion_err, exec_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::file::metadata::PageIndexPolicy;
 use recsys_core::Store;
-use recsys_core::schema::{CLEAN_DIR, SORTED_DIR, col as c};
+use recsys_core::schema::{CLEAN_DIR, SORTED_DIR, listen_schema};
+use serde::{Deserialize, Serialize};
 
-use crate::lake::clear;
+use crate::lake::{LakeFileReader, clear, list};
+use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndex, sort_ordering};
+use crate::worklist::{self, work_list};
 use crate::write::{ParquetWriterExec, SplitSpec, WriteSpec};
-use crate::{Cluster, JobError, udf};
+use crate::{Cluster, JobError};
 
 /// Rows per sorted file the job aims for when the caller does not choose.
 pub const DEFAULT_ROWS_PER_FILE: u64 = 500_000;
-/// Histogram resolution used to place the cut points: one hour of data time. Ranges start on a
-/// whole hour, so data spanning less than an hour per intended file gets fewer files.
-const HISTOGRAM_BIN_MICROS: i64 = 3_600 * 1_000_000;
-/// Order of the rows: time first, then user and track, then the rest for a total order.
-const SORT_ORDER: [&str; 6] = [
-    c::TS,
-    c::USER_ID,
-    c::TRACK_ID,
-    c::ARTIST_ID,
-    c::ARTIST_NAME,
-    c::TRACK_NAME,
-];
-/// Name of the routing column (dropped from the written files).
-const BUCKET: &str = "__recsys_bucket";
+/// Name of the range column (dropped from the written files).
+const RANGE: &str = "__recsys_range";
 
 #[derive(Debug, Clone)]
 pub struct SortedFile {
@@ -67,6 +70,39 @@ pub struct SortSummary {
     pub elapsed: Duration,
 }
 
+/// A sorted run of the clean output, known from its footer.
+#[derive(Debug, Clone)]
+struct Run {
+    path: String,
+    size: u64,
+    index: SparseIndex,
+}
+
+/// The rows `[start, end)` of one run that one range needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSlice {
+    pub path: String,
+    pub size: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One unit of work: a time range `[lo, hi)` and where its rows are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeTask {
+    pub index: usize,
+    pub lo: Option<i64>,
+    pub hi: Option<i64>,
+    pub slices: Vec<RunSlice>,
+}
+
+/// Runs `[lo, hi)` through a k-way merge: serialised by the plan codec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRangeSpec {
+    /// Store holding the runs (`file:///` or `s3://bucket`).
+    pub store_url: String,
+}
+
 /// Runs the sort job on `cluster`, replacing `sorted/listens/` in `lake`. `files` fixes the number
 /// of output files; by default one per [`DEFAULT_ROWS_PER_FILE`] rows, at least two.
 pub async fn run_sort(
@@ -75,97 +111,37 @@ pub async fn run_sort(
     files: Option<usize>,
 ) -> Result<SortSummary, JobError> {
     let started = Instant::now();
-    let ctx = cluster.planner();
-    let clean = ctx
-        .read_parquet(
-            lake.url(&format!("{CLEAN_DIR}/")),
-            ParquetReadOptions::default(),
-        )
-        .await?;
-    let ts = || cast(col(c::TS), DataType::Int64);
-
-    // 1. One aggregate job: rows per hour of data time, from which the cut points follow.
-    let hist = clean.clone().aggregate(
-        vec![(ts() / lit(HISTOGRAM_BIN_MICROS)).alias("bin")],
-        vec![datafusion::functions_aggregate::count::count(lit(1)).alias("n")],
-    )?;
-    let mut bins: BTreeMap<i64, u64> = BTreeMap::new();
-    for b in run_df(cluster, hist).await? {
-        let bin = b.column(0).as_primitive::<Int64Type>();
-        let n = b.column(1).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            *bins.entry(bin.value(i)).or_default() += n.value(i) as u64;
-        }
-    }
-    let rows: u64 = bins.values().sum();
+    let runs = read_runs(lake).await?;
+    let rows: u64 = runs.iter().map(|r| r.index.rows).sum();
     let n_files = files
         .unwrap_or_else(|| rows.div_ceil(DEFAULT_ROWS_PER_FILE).max(2) as usize)
         .clamp(1, 4096);
-    let boundaries = cut_points(&bins, rows, n_files, 0, HISTOGRAM_BIN_MICROS);
-    tracing::debug!(elapsed = ?started.elapsed(), cuts = boundaries.len(), "sort: placed cut points");
+    let boundaries = cut_points(&runs, rows, n_files);
+    let tasks = range_tasks(&runs, &boundaries);
+    tracing::debug!(elapsed = ?started.elapsed(), runs = runs.len(), ranges = tasks.len(), "sort: planned from footers");
 
-    // 2. Route, sort per range, write.
-    let ranges = boundaries.len() + 1;
-    let keys = partition_keys(ranges)?;
-    let names: BTreeMap<i64, String> = keys
+    let names: BTreeMap<i64, String> = tasks
         .iter()
-        .enumerate()
-        .map(|(i, k)| (*k, format!("part-{i:05}.parquet")))
+        .map(|t| (t.index as i64, format!("part-{:05}.parquet", t.index)))
         .collect();
-    let as_list = |v: &[i64]| {
-        let scalars: Vec<ScalarValue> = v.iter().map(|x| ScalarValue::Int64(Some(*x))).collect();
-        lit(ScalarValue::List(ScalarValue::new_list_nullable(
-            &scalars,
-            &DataType::Int64,
-        )))
-    };
-    let bucket = ctx.state().udf(udf::RANGE_BUCKET)?.call(vec![
-        col(c::TS),
-        as_list(&boundaries),
-        as_list(&keys),
-    ]);
-    let columns = [
-        c::USER_ID,
-        c::TS,
-        c::ARTIST_ID,
-        c::ARTIST_NAME,
-        c::TRACK_ID,
-        c::TRACK_NAME,
-    ];
-    let mut select: Vec<_> = columns.iter().map(|n| col(*n)).collect();
-    select.push(bucket.alias(BUCKET));
-    // The shuffle is added here, after DataFusion's optimiser (which drops a repartition nothing
-    // above it requires).
-    let projected = clean.select(select)?.create_physical_plan().await?;
-    let schema = projected.schema();
-    let routing = Partitioning::Hash(
-        vec![Arc::new(Column::new_with_schema(BUCKET, &schema)?)],
-        ranges,
-    );
-    let routed = Arc::new(RepartitionExec::try_new(projected, routing)?);
-    let ordering = LexOrdering::new(
-        SORT_ORDER
-            .iter()
-            .map(|n| {
-                Ok(PhysicalSortExpr::new_default(Arc::new(
-                    Column::new_with_schema(n, &schema)?,
-                )))
-            })
-            .collect::<Result<Vec<_>, JobError>>()?,
-    )
-    .ok_or_else(|| JobError::Invariant("empty sort order".into()))?;
-    let sorted = Arc::new(SortExec::new(ordering, routed).with_preserve_partitioning(true));
+    let merge = Arc::new(MergeRangeExec::new(
+        work_list(&tasks)?,
+        MergeRangeSpec {
+            store_url: lake.base_url().to_string(),
+        },
+    ));
     let store = lake.object_store();
     clear(store.as_ref(), &lake.path(SORTED_DIR)).await?;
     let plan: Arc<dyn ExecutionPlan> = Arc::new(ParquetWriterExec::try_new(
-        sorted,
+        merge,
         WriteSpec {
             store_url: lake.base_url().to_string(),
             dir: lake.path(SORTED_DIR).to_string(),
             split: SplitSpec {
-                column: BUCKET.to_string(),
+                column: RANGE.to_string(),
                 names,
             },
+            sorted_runs: true,
         },
     )?);
     let mut written = Vec::new();
@@ -194,110 +170,340 @@ pub async fn run_sort(
     })
 }
 
-async fn run_df(cluster: &Cluster, df: DataFrame) -> Result<Vec<RecordBatch>, JobError> {
-    cluster.run(df.create_physical_plan().await?).await
+/// The clean output's runs, from their footers only.
+async fn read_runs(lake: &Store) -> Result<Vec<Run>, JobError> {
+    let store = lake.object_store();
+    let mut runs = Vec::new();
+    for object in list(store.as_ref(), &lake.path(CLEAN_DIR)).await? {
+        if !object.location.as_ref().ends_with(".parquet") {
+            continue;
+        }
+        let reader = LakeFileReader::new(store.clone(), object.location.clone(), object.size);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+        let kv = builder.metadata().file_metadata().key_value_metadata();
+        let value = |key: &str| {
+            kv.and_then(|kv| kv.iter().find(|e| e.key == key))
+                .and_then(|e| e.value.clone())
+        };
+        if value(SORTED_BY_KEY).as_deref() != Some(SORT_ORDER.join(",").as_str()) {
+            return Err(JobError::Invariant(format!(
+                "`{}` is not a sorted run (written by an older clean?): run `recsys submit clean` again",
+                object.location
+            )));
+        }
+        let index: SparseIndex = value(SPARSE_INDEX_KEY)
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .ok_or_else(|| {
+                JobError::Invariant(format!("`{}` has no sparse index", object.location))
+            })?;
+        if index.rows > 0 {
+            runs.push(Run {
+                path: object.location.to_string(),
+                size: object.size,
+                index,
+            });
+        }
+    }
+    Ok(runs)
 }
 
-/// Cut points giving `files` ranges of about equal row counts, from a histogram of
-/// `bin -> rows` where bin `b` covers `[lo + b·width, lo + (b+1)·width)`. Empty ranges are
-/// dropped, so fewer cuts may come back for very skewed data.
-fn cut_points(bins: &BTreeMap<i64, u64>, rows: u64, files: usize, lo: i64, width: i64) -> Vec<i64> {
-    let mut cuts = Vec::with_capacity(files.saturating_sub(1));
-    let mut seen = 0u64;
-    let mut next = 1;
-    for (&bin, &n) in bins {
-        if next >= files {
-            break;
-        }
-        // Cut before this bin once the rows so far reach the next target.
-        let target = rows * next as u64 / files as u64;
-        if seen >= target && seen > 0 {
-            let cut = lo + bin * width;
-            if cuts.last().is_none_or(|&last| cut > last) {
-                cuts.push(cut);
+/// Cut points giving `files` ranges of about `rows / files` rows each, estimated from the runs'
+/// indexes. Cuts are strictly increasing; data with fewer distinct instants gives fewer ranges.
+fn cut_points(runs: &[Run], rows: u64, files: usize) -> Vec<i64> {
+    if runs.is_empty() || files < 2 {
+        return vec![];
+    }
+    let lo = runs.iter().map(|r| r.index.marks[0]).min().unwrap_or(0);
+    let hi = runs.iter().map(|r| r.index.last).max().unwrap_or(0);
+    let below = |x: i64| runs.iter().map(|r| r.index.estimate_below(x)).sum::<f64>();
+    let mut cuts: Vec<i64> = Vec::with_capacity(files - 1);
+    for k in 1..files {
+        let target = rows as f64 * k as f64 / files as f64;
+        // Smallest x in (lo, hi] with at least `target` rows below it.
+        let (mut a, mut b) = (lo + 1, hi);
+        while a < b {
+            let mid = a + (b - a) / 2;
+            if below(mid) >= target {
+                b = mid
+            } else {
+                a = mid + 1
             }
-            while next < files && seen >= rows * next as u64 / files as u64 {
-                next += 1;
-            }
         }
-        seen += n;
+        if a > lo && a <= hi && cuts.last().is_none_or(|&last| a > last) {
+            cuts.push(a);
+        }
     }
     cuts
 }
 
-/// For each of `n` output partitions, an Int64 key that DataFusion's hash partitioner (the one
-/// Ballista's shuffle uses) sends to exactly that partition.
-fn partition_keys(n: usize) -> Result<Vec<i64>, JobError> {
-    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-    let candidates = (n as i64 * 256).max(4096);
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(Int64Array::from_iter_values(0..candidates))],
-    )?;
-    let mut partitioner = BatchPartitioner::new_hash_partitioner(
-        vec![Arc::new(Column::new("k", 0))],
-        n,
-        metrics::Time::new(),
-    )?;
-    let mut keys: Vec<Option<i64>> = vec![None; n];
-    partitioner.partition(batch, |partition, part| {
-        let values = part.column(0).as_primitive::<Int64Type>();
-        if let Some(first) = values.values().first() {
-            keys[partition].get_or_insert(*first);
-        }
-        Ok(())
-    })?;
-    // A partition no candidate reaches (never seen in practice) gets an unused key: its range
-    // then shares a task with another one, which only costs balance.
-    let mut spare = candidates;
-    Ok(keys
-        .into_iter()
-        .map(|k| {
-            k.unwrap_or_else(|| {
-                spare += 1;
-                spare
-            })
+/// One task per range between consecutive cut points, with the run slices it must read.
+fn range_tasks(runs: &[Run], cuts: &[i64]) -> Vec<RangeTask> {
+    (0..=cuts.len())
+        .map(|i| {
+            let lo = i.checked_sub(1).map(|j| cuts[j]);
+            let hi = cuts.get(i).copied();
+            let slices = runs
+                .iter()
+                .filter_map(|run| {
+                    let (start, end) = run.index.rows_between(lo, hi);
+                    (end > start).then(|| RunSlice {
+                        path: run.path.clone(),
+                        size: run.size,
+                        start,
+                        end,
+                    })
+                })
+                .collect();
+            RangeTask {
+                index: i,
+                lo,
+                hi,
+                slices,
+            }
         })
-        .collect())
+        .collect()
+}
+
+fn output_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = listen_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(RANGE, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Merges, for each range of its work list, the run slices of that range into one sorted stream,
+/// tagged with the range's index.
+#[derive(Debug)]
+pub struct MergeRangeExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: MergeRangeSpec,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl MergeRangeExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, spec: MergeRangeSpec) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(output_schema()),
+            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        MergeRangeExec {
+            input,
+            spec,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    pub fn spec(&self) -> &MergeRangeSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for MergeRangeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "MergeRangeExec: runs in {}", self.spec.store_url)
+    }
+}
+
+impl ExecutionPlan for MergeRangeExec {
+    fn name(&self) -> &str {
+        "MergeRangeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(MergeRangeExec::new(
+            children.swap_remove(0),
+            self.spec.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let store = context
+            .runtime_env()
+            .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let tasks = worklist::items::<RangeTask>(self.input.execute(partition, context.clone())?);
+        let stream = tasks
+            .and_then(move |task| {
+                let (store, context, metrics) = (store.clone(), context.clone(), metrics.clone());
+                async move { merge_range(store, task, &context, metrics).await }
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            output_schema(),
+            stream,
+        )))
+    }
+}
+
+/// The rows of `task`'s range, merged from its run slices, with the range column appended.
+async fn merge_range(
+    store: Arc<dyn ObjectStore>,
+    task: RangeTask,
+    context: &TaskContext,
+    metrics: BaselineMetrics,
+) -> Result<SendableRecordBatchStream> {
+    let schema = listen_schema();
+    let batch_size = context.session_config().batch_size();
+    let mut streams = Vec::with_capacity(task.slices.len());
+    for slice in &task.slices {
+        streams.push(read_slice(store.clone(), slice, task.lo, task.hi, batch_size).await?);
+    }
+    let index = task.index as i64;
+    let tag = move |batch: RecordBatch| -> Result<RecordBatch> {
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from_value(index, batch.num_rows())));
+        Ok(RecordBatch::try_new(output_schema(), columns)?)
+    };
+    if streams.is_empty() {
+        return Ok(Box::pin(RecordBatchStreamAdapter::new(
+            output_schema(),
+            futures::stream::empty(),
+        )));
+    }
+    let ordering = sort_ordering(&schema)?;
+    let reservation = MemoryConsumer::new(format!("MergeRangeExec[{}]", task.index))
+        .register(context.memory_pool());
+    let merged = StreamingMergeBuilder::new()
+        .with_streams(streams)
+        .with_schema(schema)
+        .with_expressions(&ordering)
+        .with_metrics(metrics)
+        .with_batch_size(batch_size)
+        .with_reservation(reservation)
+        .build()?;
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        output_schema(),
+        merged.map(move |b| b.and_then(&tag)),
+    )))
+}
+
+/// Reads rows `[start, end)` of one run and keeps those with a timestamp in `[lo, hi)` (the run
+/// is sorted, so they are contiguous).
+async fn read_slice(
+    store: Arc<dyn ObjectStore>,
+    slice: &RunSlice,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    batch_size: usize,
+) -> Result<SendableRecordBatchStream> {
+    let reader = LakeFileReader::new(store, Path::from(slice.path.as_str()), slice.size);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_options(
+        reader,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .await
+    .map_err(|e| exec_datafusion_err!("cannot open run `{}`: {e}", slice.path))?;
+    let selection = RowSelection::from(vec![
+        RowSelector::skip(slice.start as usize),
+        RowSelector::select((slice.end - slice.start) as usize),
+    ]);
+    let stream = builder
+        .with_row_selection(selection)
+        .with_batch_size(batch_size)
+        .build()?;
+    let schema = listen_schema();
+    let ts_index = schema.index_of(SORT_ORDER[0])?;
+    let out_schema = schema.clone();
+    let trimmed = stream
+        .map_err(|e| DataFusionError::External(Box::new(e)))
+        .and_then(move |batch| {
+            let schema = out_schema.clone();
+            async move {
+                let ts = batch
+                    .column(ts_index)
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .values();
+                let start = lo.map_or(0, |lo| ts.partition_point(|&v| v < lo));
+                let end = hi.map_or(ts.len(), |hi| ts.partition_point(|&v| v < hi));
+                let batch = batch.slice(start, end.saturating_sub(start));
+                // The lake's own schema: ids and names are never null.
+                Ok(RecordBatch::try_new(schema, batch.columns().to_vec())?)
+            }
+        })
+        .try_filter(|b| futures::future::ready(b.num_rows() > 0));
+    if slice.end < slice.start {
+        return exec_err!("bad slice of `{}`", slice.path);
+    }
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, trimmed)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_hit_their_partition() {
-        for n in [1, 2, 3, 7, 16, 64] {
-            let keys = partition_keys(n).unwrap();
-            assert_eq!(keys.len(), n);
-            let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-            let batch =
-                RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(keys.clone()))])
-                    .unwrap();
-            let mut p = BatchPartitioner::new_hash_partitioner(
-                vec![Arc::new(Column::new("k", 0))],
-                n,
-                metrics::Time::new(),
-            )
-            .unwrap();
-            p.partition(batch, |partition, part| {
-                let got = part.column(0).as_primitive::<Int64Type>().values().to_vec();
-                assert_eq!(got, vec![keys[partition]], "n={n}");
-                Ok(())
-            })
-            .unwrap();
+    fn run(values: &[i64]) -> Run {
+        Run {
+            path: "r".into(),
+            size: 0,
+            index: SparseIndex {
+                every: 10,
+                rows: values.len() as u64,
+                marks: values.iter().step_by(10).copied().collect(),
+                last: *values.last().unwrap(),
+            },
         }
     }
 
     #[test]
-    fn cuts_balance_rows() {
-        let bins: BTreeMap<i64, u64> = (0..100).map(|b| (b, 10)).collect();
-        let cuts = cut_points(&bins, 1000, 4, 1000, 10);
-        assert_eq!(cuts, vec![1000 + 25 * 10, 1000 + 50 * 10, 1000 + 75 * 10]);
-        // Heavy single bin: cuts never repeat.
-        let bins: BTreeMap<i64, u64> = [(0, 5), (1, 990), (2, 5)].into();
-        let cuts = cut_points(&bins, 1000, 4, 0, 1);
-        assert!(cuts.windows(2).all(|w| w[0] < w[1]));
-        assert!(cuts.len() <= 3);
+    fn cuts_balance_rows_across_runs() {
+        let a: Vec<i64> = (0..1000).collect();
+        let b: Vec<i64> = (500..1500).collect();
+        let runs = [run(&a), run(&b)];
+        let cuts = cut_points(&runs, 2000, 4);
+        assert_eq!(cuts.len(), 3);
+        // True rows below each cut, counted exactly.
+        for (k, &cut) in cuts.iter().enumerate() {
+            let below = a.iter().chain(&b).filter(|&&v| v < cut).count() as i64;
+            assert!(
+                (below - 500 * (k as i64 + 1)).abs() <= 20,
+                "cut {cut}: {below} rows below"
+            );
+        }
+        let tasks = range_tasks(&runs, &cuts);
+        assert_eq!(tasks.len(), 4);
+        assert!(tasks[0].lo.is_none() && tasks[3].hi.is_none());
+        // The first range needs nothing from the second run beyond its first index stride.
+        assert!(tasks[0].slices.iter().all(|s| s.end > s.start));
+    }
+
+    #[test]
+    fn degenerate_inputs() {
+        assert!(cut_points(&[], 0, 4).is_empty());
+        let same = run(&[7; 100]);
+        assert!(cut_points(std::slice::from_ref(&same), 100, 4).is_empty());
+        assert_eq!(range_tasks(&[same], &[]).len(), 1);
     }
 }

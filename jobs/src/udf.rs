@@ -1,6 +1,7 @@
 //! The project's SQL functions. They travel to executors by name, so every process registers
 //! them through [`crate::registry`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray, StringBuilder};
@@ -86,10 +87,17 @@ impl ScalarUDFImpl for TrackIdUdf {
         let arrays = string_args(&args, TRACK_ID)?;
         let [mbid, artist, title] = [0, 1, 2].map(|i| arrays[i].as_string::<i32>());
         let mut out = StringBuilder::with_capacity(mbid.len(), mbid.len() * 36);
+        // Popular songs repeat within a batch: derive each id once.
+        let mut derived: HashMap<(&str, &str), String> = HashMap::new();
         for i in 0..mbid.len() {
             let m = str_at(mbid, i);
             if m.is_empty() {
-                out.append_value(ids::derived_track_id(str_at(artist, i), str_at(title, i)));
+                let key = (str_at(artist, i), str_at(title, i));
+                out.append_value(
+                    derived
+                        .entry(key)
+                        .or_insert_with(|| ids::derived_track_id(key.0, key.1)),
+                );
             } else {
                 out.append_value(m);
             }
@@ -112,10 +120,16 @@ impl ScalarUDFImpl for ArtistIdUdf {
         let arrays = string_args(&args, ARTIST_ID)?;
         let [mbid, name] = [0, 1].map(|i| arrays[i].as_string::<i32>());
         let mut out = StringBuilder::with_capacity(mbid.len(), mbid.len() * 36);
+        let mut derived: HashMap<&str, String> = HashMap::new();
         for i in 0..mbid.len() {
             let m = str_at(mbid, i);
             if m.is_empty() {
-                out.append_value(ids::derived_artist_id(str_at(name, i)));
+                let name = str_at(name, i);
+                out.append_value(
+                    derived
+                        .entry(name)
+                        .or_insert_with(|| ids::derived_artist_id(name)),
+                );
             } else {
                 out.append_value(m);
             }

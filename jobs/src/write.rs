@@ -35,6 +35,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndexBuilder};
+
 /// Rows per Parquet row group: small enough to bound writer memory, large enough to scan fast.
 const ROW_GROUP_ROWS: usize = 256 * 1024;
 
@@ -54,6 +56,8 @@ pub struct WriteSpec {
     /// Object path of the output folder.
     pub dir: String,
     pub split: SplitSpec,
+    /// Rows arrive in [`crate::runs::SORT_ORDER`]: index every file as a sorted run.
+    pub sorted_runs: bool,
 }
 
 /// One row per file written: object path and row count.
@@ -222,6 +226,7 @@ struct OpenFile {
     path: Path,
     rows: u64,
     writer: AsyncArrowWriter<BufWriter>,
+    index: Option<SparseIndexBuilder>,
 }
 
 async fn write_partition(
@@ -243,10 +248,20 @@ async fn write_partition(
     let mut open: Option<OpenFile> = None;
 
     async fn close(
-        file: OpenFile,
+        mut file: OpenFile,
         files: &mut StringBuilder,
         counts: &mut UInt64Builder,
     ) -> Result<()> {
+        if let Some(index) = file.index.take() {
+            let json = serde_json::to_string(&index.finish())
+                .map_err(|e| DataFusionError::Execution(format!("sparse index: {e}")))?;
+            file.writer
+                .append_key_value_metadata(KeyValue::new(SPARSE_INDEX_KEY.to_string(), json));
+            file.writer.append_key_value_metadata(KeyValue::new(
+                SORTED_BY_KEY.to_string(),
+                SORT_ORDER.join(","),
+            ));
+        }
         file.writer.close().await?;
         files.append_value(file.path.as_ref());
         counts.append_value(file.rows);
@@ -283,15 +298,23 @@ async fn write_partition(
                 })?;
                 let path = dir.clone().join(name.as_str());
                 let writer = open_writer(&store, &path, out_schema.clone(), vec![])?;
+                let index = match spec.sorted_runs {
+                    true => Some(SparseIndexBuilder::new(out_schema.index_of(SORT_ORDER[0])?)),
+                    false => None,
+                };
                 open = Some(OpenFile {
                     key,
                     path,
                     rows: 0,
                     writer,
+                    index,
                 });
             }
             let slice = batch.slice(start, len).project(&keep)?;
             let file = open.as_mut().expect("a file is open");
+            if let Some(index) = file.index.as_mut() {
+                index.push(&slice)?;
+            }
             file.writer.write(&slice).await?;
             file.rows += len as u64;
             start += len;

@@ -17,11 +17,13 @@ use datafusion::logical_expr::col;
 use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use object_store::path::Path;
 use recsys_core::Store;
 use recsys_core::schema::{CLEAN_DIR, REJECTS_DIR, col as c, reject_schema};
 
 use crate::lake::{clear, list, read_parquet};
+use crate::runs::sort_ordering;
 use crate::worklist::work_list;
 use crate::write::{ParquetWriterExec, SplitSpec, WriteSpec, write_parquet_file};
 use crate::{Cluster, JobError, udf};
@@ -102,8 +104,8 @@ impl CleanSummary {
     }
 }
 
-/// Builds the clean plan: chunks (a work list) → TSV scan → derived ids (our UDFs) → one Parquet
-/// file per chunk.
+/// Builds the clean plan: chunks (a work list) → TSV scan → derived ids (our UDFs) → sorted →
+/// one Parquet file (a sorted run) per chunk.
 pub fn clean_plan(
     cluster: &Cluster,
     input: &TsvInput,
@@ -157,9 +159,12 @@ pub fn clean_plan(
             })
         })
         .collect::<Result<Vec<_>, JobError>>()?;
-    let projected = Arc::new(ProjectionExec::try_new(projection, scan)?);
+    let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(projection, scan)?);
+    // Each chunk leaves as a sorted run, so the sort job only has to merge.
+    let ordering = sort_ordering(&projected.schema())?;
+    let sorted = Arc::new(SortExec::new(ordering, projected).with_preserve_partitioning(true));
     Ok(Arc::new(ParquetWriterExec::try_new(
-        projected,
+        sorted,
         WriteSpec {
             store_url: lake.base_url().to_string(),
             dir: lake.path(CLEAN_DIR).to_string(),
@@ -167,6 +172,7 @@ pub fn clean_plan(
                 column: CHUNK_COLUMN.to_string(),
                 names,
             },
+            sorted_runs: true,
         },
     )?))
 }

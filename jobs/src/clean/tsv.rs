@@ -71,45 +71,45 @@ pub struct RawListen<'a> {
 pub fn parse_line(line: &[u8]) -> Result<RawListen<'_>, RejectReason> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = std::str::from_utf8(line).map_err(|_| RejectReason::InvalidUtf8)?;
-    if memchr::memchr(b'\r', line).is_some() {
-        return Err(RejectReason::StrayCr);
-    }
-    let mut fields = [""; 6];
+    // One pass finds the five tabs and any carriage return (which outranks a bad field count).
+    let mut tabs = [0usize; 5];
     let mut n = 0;
-    for field in text.split('\t') {
-        if n == 6 {
-            return Err(RejectReason::FieldCount);
+    for pos in memchr::memchr2_iter(b'\t', b'\r', line) {
+        if line[pos] == b'\r' {
+            return Err(RejectReason::StrayCr);
         }
-        fields[n] = field;
+        if n < 5 {
+            tabs[n] = pos;
+        }
         n += 1;
     }
-    if n != 6 {
+    if n != 5 {
         return Err(RejectReason::FieldCount);
     }
-    let [
-        user_id,
-        ts,
-        artist_mbid,
-        artist_name,
-        track_mbid,
-        track_name,
-    ] = fields;
+    // Tabs are ASCII, so these are char boundaries.
+    let field = |i: usize| {
+        let start = if i == 0 { 0 } else { tabs[i - 1] + 1 };
+        let end = if i == 5 { text.len() } else { tabs[i] };
+        &text[start..end]
+    };
+    let user_id = field(0);
     if user_id.trim().is_empty() {
         return Err(RejectReason::EmptyUser);
     }
-    let ts_micros = parse_timestamp_micros(ts.as_bytes()).map_err(|e| match e {
+    let ts_micros = parse_timestamp_micros(field(1).as_bytes()).map_err(|e| match e {
         TimestampError::Syntax => RejectReason::BadTimestamp,
         TimestampError::Impossible => RejectReason::ImpossibleTimestamp,
         TimestampError::OutOfRange => RejectReason::TimestampOutOfRange,
     })?;
+    let (track_mbid, track_name) = (field(4), field(5));
     if track_mbid.is_empty() && track_name.trim().is_empty() {
         return Err(RejectReason::MissingTrack);
     }
     Ok(RawListen {
         user_id,
         ts_micros,
-        artist_mbid,
-        artist_name,
+        artist_mbid: field(2),
+        artist_name: field(3),
         track_mbid,
         track_name,
     })
