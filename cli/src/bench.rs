@@ -156,6 +156,8 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
             generate(&config, &raw),
         )
         .await?;
+        // Let the kernel write the generated file back before timing the next step.
+        let _ = std::process::Command::new("sync").status();
         let input = clean_input(lake_args, &lake, Some(raw.location())).await?;
         let (_, clean_m) = measure(
             "clean",

@@ -15,8 +15,8 @@
 //! per-user random streams and written in user order.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
@@ -374,6 +374,52 @@ fn plant(kind: MalformedKind, good: &[u8], rng: &mut Rng, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// Keeps generator threads at most `size` users ahead of the writer, so memory stays bounded
+/// whatever the order in which users finish.
+struct Window {
+    state: Mutex<(usize, bool)>,
+    moved: Condvar,
+    size: usize,
+}
+
+impl Window {
+    fn new(size: usize) -> Self {
+        Window {
+            state: Mutex::new((0, false)),
+            moved: Condvar::new(),
+            size,
+        }
+    }
+
+    /// Blocks until user `u` may be generated; false once the writer has stopped.
+    fn wait_until_writable(&self, u: usize) -> bool {
+        let mut state = self.state.lock().expect("window lock");
+        while !state.1 && u >= state.0 + self.size {
+            state = self.moved.wait(state).expect("window lock");
+        }
+        !state.1
+    }
+
+    fn advance(&self) {
+        self.state.lock().expect("window lock").0 += 1;
+        self.moved.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("window lock").1 = true;
+        self.moved.notify_all();
+    }
+}
+
+/// Releases waiting generator threads when the writer returns, also on error.
+struct CloseOnDrop(Arc<Window>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Generates the log into `out` (a folder) and returns its manifest. `progress` is called with
 /// the number of good lines written so far.
 pub async fn generate(
@@ -387,14 +433,16 @@ pub async fn generate(
         .map(|n| n.get())
         .unwrap_or(2);
     let next = Arc::new(AtomicUsize::new(0));
+    let window = Arc::new(Window::new(threads * 4));
+    let _close_window = CloseOnDrop(window.clone());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>, [u64; 6], u64)>(threads * 2);
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (world, next, tx) = (world.clone(), next.clone(), tx.clone());
+            let (world, next, tx, window) = (world.clone(), next.clone(), tx.clone(), window.clone());
             std::thread::spawn(move || {
                 loop {
                     let u = next.fetch_add(1, Ordering::Relaxed);
-                    if u >= users {
+                    if u >= users || !window.wait_until_writable(u) {
                         break;
                     }
                     let mut buf = Vec::with_capacity(world.user_events[u] as usize * 110);
@@ -439,6 +487,7 @@ pub async fn generate(
                 *total += add;
             }
             next_to_write += 1;
+            window.advance();
             progress(good);
         }
     }
