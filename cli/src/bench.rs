@@ -84,6 +84,7 @@ struct Measured {
     step: &'static str,
     secs: f64,
     rows: u64,
+    start_mb: u64,
     peak_mb: u64,
 }
 
@@ -93,6 +94,7 @@ async fn measure<T, F: std::future::Future<Output = Result<T>>>(
     f: F,
 ) -> Result<(T, Measured)> {
     reset_peak_memory();
+    let start_mb = peak_memory_mb();
     let t = Instant::now();
     let out = f.await?;
     let secs = t.elapsed().as_secs_f64();
@@ -100,6 +102,7 @@ async fn measure<T, F: std::future::Future<Output = Result<T>>>(
         step,
         secs,
         rows: rows(&out),
+        start_mb,
         peak_mb: peak_memory_mb(),
     };
     Ok((out, m))
@@ -173,15 +176,16 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         .await?;
         println!("\n{rows} rows ({} MB of TSV):", manifest.bytes / 1_000_000);
         println!(
-            "  {:<9} {:>8} {:>12} {:>9}",
-            "step", "seconds", "rows/s", "peak MB"
+            "  {:<9} {:>8} {:>12} {:>9} {:>9}",
+            "step", "seconds", "rows/s", "start MB", "peak MB"
         );
         for m in [&gen_m, &clean_m, &sort_m] {
             println!(
-                "  {:<9} {:>8.2} {:>12.0} {:>9}",
+                "  {:<9} {:>8.2} {:>12.0} {:>9} {:>9}",
                 m.step,
                 m.secs,
                 m.rows as f64 / m.secs.max(1e-9),
+                m.start_mb,
                 m.peak_mb
             );
         }

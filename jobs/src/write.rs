@@ -39,6 +39,8 @@ use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndexBuilde
 
 /// Rows per Parquet row group: small enough to bound writer memory, large enough to scan fast.
 const ROW_GROUP_ROWS: usize = 256 * 1024;
+/// Rows per data page (an upper bound; pages also end at 1 MB).
+const PAGE_ROWS: usize = crate::runs::INDEX_EVERY as usize;
 
 /// Files named after a split column's values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +188,9 @@ fn writer_properties(metadata: Vec<(String, String)>) -> WriterProperties {
             ZstdLevel::try_new(1).expect("valid zstd level"),
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Small pages: a reader of a slice of a sorted run (the sort job) fetches and decodes
+        // little more than the slice, so memory per merged run stays small.
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_created_by(format!("recsys {}", env!("CARGO_PKG_VERSION")))
         .set_key_value_metadata((!kv.is_empty()).then_some(kv))
         .build()
