@@ -438,7 +438,8 @@ pub async fn generate(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>, [u64; 6], u64)>(threads * 2);
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (world, next, tx, window) = (world.clone(), next.clone(), tx.clone(), window.clone());
+            let (world, next, tx, window) =
+                (world.clone(), next.clone(), tx.clone(), window.clone());
             std::thread::spawn(move || {
                 loop {
                     let u = next.fetch_add(1, Ordering::Relaxed);

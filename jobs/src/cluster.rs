@@ -147,12 +147,6 @@ impl Cluster {
 
     /// Runs `plan` on the cluster and collects its (small) output.
     pub async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
-        // The client reads one result partition: gather the output in a final one-task stage.
-        let plan: Arc<dyn ExecutionPlan> = if plan.properties().partitioning.partition_count() > 1 {
-            Arc::new(CoalescePartitionsExec::new(plan))
-        } else {
-            plan
-        };
         let codec = physical_codec();
         let stream = execute_physical_plan::<PhysicalPlanNode>(
             self.scheduler_url.clone(),
