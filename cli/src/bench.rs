@@ -16,6 +16,28 @@ use crate::{ClusterArgs, LakeArgs};
 pub enum BenchCommand {
     /// generate → clean → sort at several sizes: rows/s and peak memory per step.
     Pipeline(PipelineBench),
+    /// Implicit ALS: seconds per iteration, GFLOP/s and NDCG@10, embedded and on a local
+    /// cluster of executor processes, against the `implicit` library.
+    Als(AlsBench),
+}
+
+#[derive(Debug, Args)]
+pub struct AlsBench {
+    /// Rows of the generated log to train on (generated, cleaned and sorted when missing).
+    #[arg(long, env = "RECSYS_BENCH_ROWS", default_value_t = 2_000_000)]
+    pub rows: u64,
+    #[arg(long, env = "RECSYS_BENCH_RANK", default_value_t = 64)]
+    pub rank: usize,
+    #[arg(long, env = "RECSYS_BENCH_ITERATIONS", default_value_t = 10)]
+    pub iterations: usize,
+    /// Executor processes of the local cluster run (0: embedded only).
+    #[arg(long, env = "RECSYS_BENCH_EXECUTORS", default_value_t = 2)]
+    pub executors: usize,
+    /// Also run the `implicit` library (Python package) on the same split.
+    #[arg(long, env = "RECSYS_BENCH_IMPLICIT")]
+    pub implicit: bool,
+    #[command(flatten)]
+    pub als: crate::als::AlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -133,7 +155,116 @@ fn duckdb(tsv: &std::path::Path, scratch: &std::path::Path, threads: usize) -> R
 }
 
 pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Pipeline(args) = cmd;
+    match cmd {
+        BenchCommand::Pipeline(args) => pipeline(lake_args, args).await,
+        BenchCommand::Als(args) => als(lake_args, args).await,
+    }
+}
+
+async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
+    use recsys_jobs::als::flops_per_iteration;
+    let root = lake_args.open()?;
+    let lake = root.child(&format!("bench/{}", args.rows));
+    let embedded = ClusterArgs {
+        scheduler: None,
+        vcores: 0,
+    }
+    .connect(&lake_args.s3)
+    .await?;
+    if recsys_jobs::lake::list(lake.object_store().as_ref(), &lake.path(recsys_core::schema::SORTED_DIR))
+        .await?
+        .is_empty()
+    {
+        let raw = lake.child(RAW_DIR);
+        let config = GenerateArgs {
+            users: 1000,
+            tracks: 50_000,
+            events: args.rows,
+            seed: 42,
+            groups: 20,
+        }
+        .config();
+        generate(&config, &raw).await?;
+        let input = clean_input(lake_args, &lake, Some(raw.location())).await?;
+        clean(&embedded, &input, &lake).await?;
+        sort(&embedded, &lake, None).await?;
+    }
+    let mut als_args = args.als.clone();
+    als_args.rank = args.rank;
+    als_args.iterations = args.iterations;
+    println!(
+        "bench als: {} rows, rank {}, {} iterations, {:?}",
+        args.rows,
+        args.rank,
+        args.iterations,
+        als_args.params().solver
+    );
+    let mut runs = vec![("embedded", crate::als::train(&embedded, &lake, &als_args).await?)];
+    let processes;
+    if args.executors > 0 {
+        processes = recsys_jobs::ProcessCluster::start(&std::env::current_exe()?, args.executors)?;
+        let remote = ClusterArgs {
+            scheduler: Some(processes.url().to_string()),
+            vcores: args.executors,
+        }
+        .connect(&lake_args.s3)
+        .await?;
+        runs.push(("cluster", crate::als::train(&remote, &lake, &als_args).await?));
+    }
+    println!(
+        "  {:<26} {:>9} {:>9} {:>9} {:>9}",
+        "run", "s/iter", "median", "GFLOP/s", "NDCG@10"
+    );
+    let mut embedded_secs = f64::NAN;
+    for (name, s) in &runs {
+        let mut secs: Vec<f64> = s.iterations.iter().map(|i| i.seconds).collect();
+        let mean = secs.iter().sum::<f64>() / secs.len().max(1) as f64;
+        secs.sort_by(f64::total_cmp);
+        let median = secs.get(secs.len() / 2).copied().unwrap_or(f64::NAN);
+        let flops = flops_per_iteration(&s.params, s.model.user_ids.len() as u64, s.model.item_ids.len() as u64, s.nnz);
+        let ndcg = s.evaluation.map_or(f64::NAN, |e| e.model.ndcg_at_10);
+        let label = match *name {
+            "cluster" => format!("cluster, {} executors", args.executors),
+            _ => format!("embedded, {} slots", embedded.parallelism()),
+        };
+        println!("  {label:<26} {mean:>9.3} {median:>9.3} {:>9.2} {ndcg:>9.4}", flops / mean / 1e9);
+        if *name == "embedded" {
+            embedded_secs = mean;
+            if let Some(e) = s.evaluation {
+                println!("  {:<26} {:>9} {:>9} {:>9} {:>9.4}", "popularity", "", "", "", e.popularity.ndcg_at_10);
+            }
+        } else {
+            println!("  cluster / embedded time: {:.2}x", mean / embedded_secs);
+        }
+    }
+    if args.implicit {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/implicit_als.py");
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .arg(lake.location())
+            .arg(args.rank.to_string())
+            .arg(args.iterations.to_string())
+            .arg(als_args.reg.to_string())
+            .arg(als_args.alpha.to_string())
+            .arg(embedded.parallelism().to_string())
+            .output()
+            .context("running python3 for the implicit comparison")?;
+        anyhow::ensure!(out.status.success(), "implicit comparison failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let secs = v["seconds_per_iteration"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "  {:<26} {secs:>9.3} {:>9} {:>9} {:>9.4}",
+            "implicit (same split)",
+            "",
+            "",
+            v["ndcg_at_10"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!("  implicit / embedded time: {:.2}x (>1 = recsys faster)", secs / embedded_secs);
+    }
+    Ok(())
+}
+
+async fn pipeline(lake_args: &LakeArgs, args: PipelineBench) -> Result<()> {
     let root = lake_args.open()?;
     let cluster = args.cluster.connect(&lake_args.s3).await?;
     println!(

@@ -2,6 +2,7 @@
 //! (`RECSYS_…`; Ballista's own scheduler and executor flags as `RECSYS_SCHEDULER_…` and
 //! `RECSYS_EXECUTOR_…`).
 
+mod als;
 mod bench;
 mod data;
 mod pipeline;
@@ -132,7 +133,7 @@ fn parse() -> Result<Cli> {
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("RECSYS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,ballista=warn,ballista_scheduler=warn,ballista_executor=warn,ballista_core=warn,datafusion=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,ballista=warn,ballista_scheduler=warn,ballista_executor=warn,ballista_core=error,datafusion=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -23,6 +23,8 @@ pub struct PipelineArgs {
     /// Number of sorted files (default: one per 500 k rows).
     #[arg(long, env = "RECSYS_SORT_FILES")]
     pub sort_files: Option<usize>,
+    #[command(flatten)]
+    pub als: crate::als::AlsArgs,
 }
 
 struct Step {
@@ -83,6 +85,19 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         detail: format!("{} time-ranged files", sorted.files.len()),
     });
 
+    let trained = crate::als::train(&cluster, &lake, &args.als).await?;
+    steps.push(Step {
+        name: "als",
+        elapsed: trained.prepare + trained.train + trained.evaluate,
+        rows: trained.listens,
+        detail: format!(
+            "{} iterations, rank {}, model {}",
+            trained.iterations.len(),
+            trained.params.rank,
+            trained.version
+        ),
+    });
+
     println!();
     print_clean(&cleaned);
     print_sort(&sorted, &lake);
@@ -107,5 +122,8 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         cluster.describe()
     );
+    println!();
+    crate::als::print_summary(&trained, &lake);
+    crate::als::print_recommendations(&cluster, &lake, &trained, 3).await?;
     Ok(())
 }

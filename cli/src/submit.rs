@@ -17,6 +17,16 @@ pub enum SubmitCommand {
     Clean(CleanArgs),
     /// Sort clean listens by (timestamp, user, track) into time-ranged Parquet files.
     Sort(SortArgs),
+    /// Train implicit ALS on the sorted listens, evaluate it and store it as a model version.
+    Als(AlsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct AlsCommand {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub als: crate::als::AlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +154,11 @@ pub async fn run(lake_args: &LakeArgs, cmd: SubmitCommand) -> Result<()> {
         SubmitCommand::Sort(args) => {
             let cluster = args.cluster.connect(&lake_args.s3).await?;
             print_sort(&sort(&cluster, &lake, args.files).await?, &lake);
+        }
+        SubmitCommand::Als(args) => {
+            let cluster = args.cluster.connect(&lake_args.s3).await?;
+            let summary = crate::als::train(&cluster, &lake, &args.als).await?;
+            crate::als::print_summary(&summary, &lake);
         }
     }
     Ok(())

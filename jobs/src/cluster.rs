@@ -147,6 +147,14 @@ impl Cluster {
 
     /// Runs `plan` on the cluster and collects its (small) output.
     pub async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
+        // The client fetches every result partition over its own new Flight connection, one
+        // after the other (~40 ms each here): a last one-task stage that gathers the (small)
+        // output costs one executor poll instead.
+        let plan: Arc<dyn ExecutionPlan> = if plan.properties().partitioning.partition_count() > 1 {
+            Arc::new(CoalescePartitionsExec::new(plan))
+        } else {
+            plan
+        };
         let codec = physical_codec();
         let stream = execute_physical_plan::<PhysicalPlanNode>(
             self.scheduler_url.clone(),
@@ -186,5 +194,119 @@ async fn connect(
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+/// A Ballista cluster of separate processes on 127.0.0.1: one scheduler and `executors`
+/// executors of a recsys binary (`recsys scheduler` / `recsys executor`), each executor with
+/// one task slot and its own work folder. Used by the tests and the benchmarks; the processes
+/// are killed when this is dropped.
+pub struct ProcessCluster {
+    url: String,
+    children: Vec<std::process::Child>,
+    _work: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    pub fn start(binary: &std::path::Path, executors: usize) -> Result<ProcessCluster, JobError> {
+        let io = |e: std::io::Error| JobError::Cluster(format!("cannot start a local cluster: {e}"));
+        let work = tempfile::tempdir().map_err(io)?;
+        let port = free_port().map_err(io)?;
+        let spawn = |args: Vec<String>, log: &std::path::Path| -> Result<std::process::Child, JobError> {
+            std::process::Command::new(binary)
+                .args(args)
+                .env("RECSYS_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(log).map_err(io)?)
+                .spawn()
+                .map_err(io)
+        };
+        let mut cluster = ProcessCluster {
+            url: format!("df://127.0.0.1:{port}"),
+            children: Vec::new(),
+            _work: work,
+        };
+        let dir = cluster._work.path().to_path_buf();
+        let s = |v: &str| v.to_string();
+        cluster.children.push(spawn(
+            vec![s("scheduler"), s("--bind-host"), s("127.0.0.1"), s("--external-host"), s("127.0.0.1"), s("--bind-port"), port.to_string()],
+            &dir.join("scheduler.log"),
+        )?);
+        let mut health = Vec::new();
+        for i in 0..executors {
+            let work_dir = dir.join(format!("executor-{i}"));
+            std::fs::create_dir_all(&work_dir).map_err(io)?;
+            let health_port = free_port().map_err(io)?;
+            cluster.children.push(spawn(
+                vec![
+                    s("executor"),
+                    s("--scheduler-host"),
+                    s("127.0.0.1"),
+                    s("--scheduler-port"),
+                    port.to_string(),
+                    s("--scheduler-connect-timeout-seconds"),
+                    s("30"),
+                    s("--bind-host"),
+                    s("127.0.0.1"),
+                    s("--external-host"),
+                    s("127.0.0.1"),
+                    s("--bind-port"),
+                    free_port().map_err(io)?.to_string(),
+                    s("--bind-grpc-port"),
+                    free_port().map_err(io)?.to_string(),
+                    s("--bind-health-port"),
+                    health_port.to_string(),
+                    s("--vcores"),
+                    s("1"),
+                    s("--work-dir"),
+                    work_dir.to_string_lossy().into_owned(),
+                ],
+                &dir.join(format!("executor-{i}.log")),
+            )?);
+            health.push(health_port);
+        }
+        for port in health {
+            wait_ready(port, Duration::from_secs(60))?;
+        }
+        Ok(cluster)
+    }
+
+    /// `df://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until an executor's `/readyz` answers 200 (it has registered with the scheduler).
+fn wait_ready(port: u16, timeout: Duration) -> Result<(), JobError> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(s, "GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(JobError::Cluster(format!("executor on port {port} not ready within {timeout:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -11,6 +11,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::als::evaluate::{AlsEvalExec, EvalSpec};
+use crate::als::solve::{AlsSolveExec, SolveSpec};
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
 use crate::sort::{MergeRangeExec, MergeRangeSpec};
 use crate::write::{ParquetWriterExec, WriteSpec};
@@ -21,6 +23,8 @@ const MAGIC: &[u8] = b"recsys-plan:";
 #[derive(Serialize, Deserialize)]
 enum Node {
     TsvScan(TsvScanSpec),
+    AlsSolve(SolveSpec),
+    AlsEval(EvalSpec),
     MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
 }
@@ -57,6 +61,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
         };
         Ok(match node {
             Node::TsvScan(spec) => Arc::new(TsvScanExec::new(input("TsvScanExec")?, spec)),
+            Node::AlsSolve(spec) => Arc::new(AlsSolveExec::new(input("AlsSolveExec")?, spec)),
+            Node::AlsEval(spec) => Arc::new(AlsEvalExec::new(input("AlsEvalExec")?, spec)),
             Node::MergeRange(spec) => Arc::new(MergeRangeExec::new(input("MergeRangeExec")?, spec)),
             Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(
                 input("ParquetWriterExec")?,
@@ -74,6 +80,10 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
         let any = node.as_ref() as &dyn std::any::Any;
         let ours = if let Some(scan) = any.downcast_ref::<TsvScanExec>() {
             Node::TsvScan(scan.spec().clone())
+        } else if let Some(solve) = any.downcast_ref::<AlsSolveExec>() {
+            Node::AlsSolve(solve.spec().clone())
+        } else if let Some(eval) = any.downcast_ref::<AlsEvalExec>() {
+            Node::AlsEval(eval.spec().clone())
         } else if let Some(merge) = any.downcast_ref::<MergeRangeExec>() {
             Node::MergeRange(merge.spec().clone())
         } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {

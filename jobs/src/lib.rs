@@ -1,6 +1,7 @@
 //! recsys batch jobs: DataFusion physical plans that run on a Ballista cluster (remote or
 //! embedded), plus the one registry of functions and codecs every process installs.
 
+pub mod als;
 pub mod clean;
 pub mod cluster;
 pub mod codec;
@@ -12,7 +13,7 @@ pub mod udf;
 pub mod worklist;
 pub mod write;
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ProcessCluster};
 
 /// Errors of a batch job. Every variant says what failed and where.
 #[derive(Debug, thiserror::Error)]

@@ -178,15 +178,30 @@ impl ExecutionPlan for ParquetWriterExec {
 
 /// Dictionaries and zstd for every file: on local disks here writing a byte costs more than
 /// compressing it (measured: dictionary + zstd beat LZ4 and uncompressed for the clean job).
-fn writer_properties(metadata: Vec<(String, String)>) -> WriterProperties {
+/// What a file mostly holds, which decides its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Ids, names, times: dictionaries and zstd.
+    Records,
+    /// Dense float vectors (factors): plain and uncompressed, as dictionaries and compression
+    /// only cost time on random floats.
+    Vectors,
+}
+
+fn writer_properties(payload: Payload, metadata: Vec<(String, String)>) -> WriterProperties {
     let kv: Vec<KeyValue> = metadata
         .into_iter()
         .map(|(k, v)| KeyValue::new(k, v))
         .collect();
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
+    let builder = match payload {
+        Payload::Records => WriterProperties::builder().set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid zstd level"),
-        ))
+        )),
+        Payload::Vectors => WriterProperties::builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false),
+    };
+    builder
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // Small pages: a reader of a slice of a sorted run (the sort job) fetches and decodes
         // little more than the slice, so memory per merged run stays small.
@@ -200,13 +215,14 @@ fn open_writer(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     schema: SchemaRef,
+    payload: Payload,
     metadata: Vec<(String, String)>,
 ) -> Result<AsyncArrowWriter<BufWriter>> {
     let sink = BufWriter::new(store.clone(), path.clone());
     Ok(AsyncArrowWriter::try_new(
         sink,
         schema,
-        Some(writer_properties(metadata)),
+        Some(writer_properties(payload, metadata)),
     )?)
 }
 
@@ -216,9 +232,10 @@ pub async fn write_parquet_file(
     path: &Path,
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
+    payload: Payload,
     metadata: Vec<(String, String)>,
 ) -> Result<()> {
-    let mut writer = open_writer(&store, path, schema, metadata)?;
+    let mut writer = open_writer(&store, path, schema, payload, metadata)?;
     for batch in &batches {
         writer.write(batch).await?;
     }
@@ -302,7 +319,7 @@ async fn write_partition(
                     ))
                 })?;
                 let path = dir.clone().join(name.as_str());
-                let writer = open_writer(&store, &path, out_schema.clone(), vec![])?;
+                let writer = open_writer(&store, &path, out_schema.clone(), Payload::Records, vec![])?;
                 let index = match spec.sorted_runs {
                     true => Some(SparseIndexBuilder::new(out_schema.index_of(SORT_ORDER[0])?)),
                     false => None,

@@ -5,8 +5,6 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -24,121 +22,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Child processes killed when the test ends, however it ends.
-pub struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A scheduler and `executors` executor processes of our own binary, on loopback.
-pub struct ProcessCluster {
-    pub url: String,
-    _processes: Processes,
-    _work: tempfile::TempDir,
-}
-
-fn spawn(args: &[String], log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(RECSYS)
-        .args(args)
-        .env("RECSYS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start recsys")
-}
-
-/// Waits until `url` answers HTTP 200 (executor readiness), or panics after `timeout`.
-fn wait_http_ok(host_port: &str, path: &str, timeout: Duration) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(host_port) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-            let mut body = String::new();
-            let _ = s.read_to_string(&mut body);
-            if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host_port}{path} not ready within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-impl ProcessCluster {
-    pub fn start(executors: usize) -> ProcessCluster {
-        let work = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut processes = vec![spawn(
-            &[
-                "scheduler".into(),
-                "--bind-host".into(),
-                "127.0.0.1".into(),
-                "--external-host".into(),
-                "127.0.0.1".into(),
-                "--bind-port".into(),
-                port.to_string(),
-            ],
-            &work.path().join("scheduler.log"),
-        )];
-        let mut health = Vec::new();
-        for i in 0..executors {
-            let dir = work.path().join(format!("executor-{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let health_port = free_port();
-            processes.push(spawn(
-                &[
-                    "executor".into(),
-                    "--scheduler-host".into(),
-                    "127.0.0.1".into(),
-                    "--scheduler-port".into(),
-                    port.to_string(),
-                    "--scheduler-connect-timeout-seconds".into(),
-                    "30".into(),
-                    "--bind-host".into(),
-                    "127.0.0.1".into(),
-                    "--external-host".into(),
-                    "127.0.0.1".into(),
-                    "--bind-port".into(),
-                    free_port().to_string(),
-                    "--bind-grpc-port".into(),
-                    free_port().to_string(),
-                    "--bind-health-port".into(),
-                    health_port.to_string(),
-                    "--vcores".into(),
-                    "1".into(),
-                    "--work-dir".into(),
-                    dir.to_string_lossy().into_owned(),
-                ],
-                &work.path().join(format!("executor-{i}.log")),
-            ));
-            health.push(health_port);
-        }
-        let processes = Processes(processes);
-        for port in health {
-            wait_http_ok(
-                &format!("127.0.0.1:{port}"),
-                "/readyz",
-                Duration::from_secs(60),
-            );
-        }
-        ProcessCluster {
-            url: format!("df://127.0.0.1:{port}"),
-            _processes: processes,
-            _work: work,
-        }
-    }
+/// A scheduler and `executors` executor processes of our binary on 127.0.0.1.
+pub fn process_cluster(executors: usize) -> recsys_jobs::ProcessCluster {
+    recsys_jobs::ProcessCluster::start(std::path::Path::new(RECSYS), executors).expect("local cluster")
 }
 
 /// A small generated log: enough structure for every code path, fast to process.

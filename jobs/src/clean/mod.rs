@@ -25,7 +25,7 @@ use recsys_core::schema::{CLEAN_DIR, REJECTS_DIR, col as c, reject_schema};
 use crate::lake::{clear, list, read_parquet};
 use crate::runs::sort_ordering;
 use crate::worklist::work_list;
-use crate::write::{ParquetWriterExec, SplitSpec, WriteSpec, write_parquet_file};
+use crate::write::{ParquetWriterExec, Payload, SplitSpec, WriteSpec, write_parquet_file};
 use crate::{Cluster, JobError, udf};
 use scan::{CHUNK_COLUMN, LINES_KEY, TsvScanExec, TsvScanSpec, plan_chunks, raw_listen_schema};
 pub use tsv::RejectReason;
@@ -304,13 +304,7 @@ async fn finish_rejects(
             Arc::new(text_col.finish()),
         ],
     )?;
-    write_parquet_file(
-        store.clone(),
-        &lake.path(&format!("{REJECTS_DIR}/rejects.parquet")),
-        reject_schema(),
-        vec![batch],
-        vec![],
-    )
+    write_parquet_file(store.clone(), &lake.path(&format!("{REJECTS_DIR}/rejects.parquet")), reject_schema(), vec![batch], Payload::Records, vec![])
     .await?;
     clear(store.as_ref(), parts_dir).await?;
     Ok((total_lines, counts))

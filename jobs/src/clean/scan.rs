@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tsv::{RejectReason, lines, parse_line};
 use crate::worklist;
-use crate::write::write_parquet_file;
+use crate::write::{Payload, write_parquet_file};
 use futures::TryStreamExt;
 
 /// Extra bytes read past a chunk's end to finish its last line (more is fetched if needed).
@@ -258,7 +258,7 @@ fn scan_chunk(
             }
             let rejects = parser.rejects_batch()?;
             let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
-            write_parquet_file(output, &part, rejects.schema(), vec![rejects], metadata).await?;
+            write_parquet_file(output, &part, rejects.schema(), vec![rejects], Payload::Records, metadata).await?;
             Ok(None)
         }
     })

@@ -1,0 +1,161 @@
+//! `recsys submit als`: implicit ALS on the cluster, evaluated, stored as a model version.
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use recsys_core::Store;
+use recsys_jobs::Cluster;
+use recsys_jobs::als::{AlsParams, AlsSummary, Solver, TrainOptions, track_names};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Confidence {
+    /// c = 1 + α·r (the seed's and Spark's form).
+    Linear,
+    /// c = 1 + α·ln(1 + r/ε).
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RegScaling {
+    /// λ for every row (as the `implicit` library).
+    Fixed,
+    /// λ times the row's number of ratings (as Spark MLlib).
+    Count,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SolverKind {
+    /// A few warm-started conjugate-gradient steps per row.
+    Cg,
+    /// Exact Cholesky solve per row.
+    Cholesky,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AlsArgs {
+    /// Latent factors per user and item.
+    #[arg(long, env = "RECSYS_ALS_RANK", default_value_t = 64)]
+    pub rank: usize,
+    #[arg(long, env = "RECSYS_ALS_ITERATIONS", default_value_t = 15)]
+    pub iterations: usize,
+    /// Regularisation λ.
+    #[arg(long, env = "RECSYS_ALS_REG", default_value_t = 0.1)]
+    pub reg: f32,
+    #[arg(long, env = "RECSYS_ALS_REG_SCALING", value_enum, default_value_t = RegScaling::Fixed)]
+    pub reg_scaling: RegScaling,
+    /// Confidence scale α.
+    #[arg(long, env = "RECSYS_ALS_ALPHA", default_value_t = 40.0)]
+    pub alpha: f32,
+    #[arg(long, env = "RECSYS_ALS_CONFIDENCE", value_enum, default_value_t = Confidence::Linear)]
+    pub confidence: Confidence,
+    /// ε of the log confidence.
+    #[arg(long, env = "RECSYS_ALS_EPSILON", default_value_t = 1.0)]
+    pub epsilon: f32,
+    #[arg(long, env = "RECSYS_ALS_SOLVER", value_enum, default_value_t = SolverKind::Cg)]
+    pub solver: SolverKind,
+    /// Conjugate-gradient steps per row per iteration.
+    #[arg(long, env = "RECSYS_ALS_CG_STEPS", default_value_t = 3)]
+    pub cg_steps: usize,
+    /// Seed of the initial factors: the same seed gives the same model anywhere.
+    #[arg(long, env = "RECSYS_ALS_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Skip the evaluation (the model is then fit on all listens).
+    #[arg(long, env = "RECSYS_ALS_NO_EVAL")]
+    pub no_eval: bool,
+    /// Share of each user's listens (the earliest) used for training when evaluating.
+    #[arg(long, env = "RECSYS_ALS_TRAIN_FRACTION", default_value_t = 0.8)]
+    pub train_fraction: f64,
+    /// Blocks per side (default: two per task slot).
+    #[arg(long, env = "RECSYS_ALS_BLOCKS")]
+    pub blocks: Option<usize>,
+}
+
+impl AlsArgs {
+    pub fn params(&self) -> AlsParams {
+        AlsParams {
+            rank: self.rank,
+            iterations: self.iterations,
+            reg: self.reg,
+            reg_scaled_by_count: self.reg_scaling == RegScaling::Count,
+            alpha: self.alpha,
+            log_epsilon: (self.confidence == Confidence::Log).then_some(self.epsilon),
+            solver: match self.solver {
+                SolverKind::Cg => Solver::Cg { steps: self.cg_steps },
+                SolverKind::Cholesky => Solver::Cholesky,
+            },
+            seed: self.seed,
+        }
+    }
+
+    pub fn options(&self) -> TrainOptions {
+        TrainOptions {
+            evaluate: !self.no_eval,
+            train_fraction: self.train_fraction,
+            blocks: self.blocks,
+        }
+    }
+}
+
+/// Trains with per-iteration progress lines.
+pub async fn train(cluster: &Cluster, lake: &Store, args: &AlsArgs) -> Result<AlsSummary> {
+    let params = args.params();
+    let total = params.iterations;
+    let summary = recsys_jobs::als::train(cluster, lake, &params, &args.options(), |s| {
+        tracing::info!(
+            iteration = format!("{}/{total}", s.iteration),
+            loss = format!("{:.6e}", s.loss),
+            secs = format!("{:.3}", s.seconds),
+            "als"
+        );
+    })
+    .await?;
+    Ok(summary)
+}
+
+pub fn print_summary(summary: &AlsSummary, lake: &Store) {
+    let per_iter: f64 = summary.iterations.iter().map(|s| s.seconds).sum::<f64>() / summary.iterations.len().max(1) as f64;
+    println!(
+        "als: rank {}, {} iterations on {} users × {} items ({} training pairs): {:.3} s per iteration; model {}/models/als/{}",
+        summary.params.rank,
+        summary.iterations.len(),
+        summary.model.user_ids.len(),
+        summary.model.item_ids.len(),
+        summary.nnz,
+        per_iter,
+        lake.location(),
+        summary.version
+    );
+    if let Some(e) = &summary.evaluation {
+        println!("  {:<12} {:>10} {:>10} {:>10} {:>10}   users", "@10", "precision", "recall", "NDCG", "MAP");
+        for (name, m) in [("ALS", e.model), ("popularity", e.popularity)] {
+            println!(
+                "  {:<12} {:>10.4} {:>10.4} {:>10.4} {:>10.4}   {}",
+                name, m.precision_at_10, m.recall_at_10, m.ndcg_at_10, m.map_at_10, m.users
+            );
+        }
+        println!(
+            "  NDCG@10: ALS is {:.2}× popularity",
+            e.model.ndcg_at_10 / e.popularity.ndcg_at_10.max(1e-12)
+        );
+    }
+}
+
+/// Prints the top-10 tracks, with titles and artists, for the first `users` users.
+pub async fn print_recommendations(cluster: &Cluster, lake: &Store, summary: &AlsSummary, users: usize) -> Result<()> {
+    let m = &summary.model;
+    let picks: Vec<usize> = (0..m.user_ids.len()).step_by((m.user_ids.len() / users.max(1)).max(1)).take(users).collect();
+    let recs: Vec<(usize, Vec<(u32, f32)>)> = picks.iter().map(|&u| (u, m.recommend(u, 10, &[]))).collect();
+    let ids: Vec<String> = recs
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|(i, _)| m.item_ids[*i as usize].clone()))
+        .collect();
+    let names = track_names(cluster, lake, &ids).await?;
+    for (u, list) in recs {
+        println!("\ntop 10 for {}:", m.user_ids[u]);
+        for (rank, (i, score)) in list.iter().enumerate() {
+            let id = &m.item_ids[*i as usize];
+            let (title, artist) = names.get(id).cloned().unwrap_or_default();
+            println!("  {:>2}. {:<40} {:<28} {score:.3}", rank + 1, title, artist);
+        }
+    }
+    Ok(())
+}
