@@ -40,12 +40,14 @@ pub struct AlsArgs {
     /// Regularisation λ.
     #[arg(long, env = "RECSYS_ALS_REG", default_value_t = 0.1)]
     pub reg: f32,
-    #[arg(long, env = "RECSYS_ALS_REG_SCALING", value_enum, default_value_t = RegScaling::Fixed)]
+    /// Defaults (log confidence, α = 1, λ scaled by count) won NDCG@10 on the generated 2 M set;
+    /// the seed's settings are `--confidence linear --alpha 40 --reg-scaling count`.
+    #[arg(long, env = "RECSYS_ALS_REG_SCALING", value_enum, default_value_t = RegScaling::Count)]
     pub reg_scaling: RegScaling,
     /// Confidence scale α.
-    #[arg(long, env = "RECSYS_ALS_ALPHA", default_value_t = 40.0)]
+    #[arg(long, env = "RECSYS_ALS_ALPHA", default_value_t = 1.0)]
     pub alpha: f32,
-    #[arg(long, env = "RECSYS_ALS_CONFIDENCE", value_enum, default_value_t = Confidence::Linear)]
+    #[arg(long, env = "RECSYS_ALS_CONFIDENCE", value_enum, default_value_t = Confidence::Log)]
     pub confidence: Confidence,
     /// ε of the log confidence.
     #[arg(long, env = "RECSYS_ALS_EPSILON", default_value_t = 1.0)]
@@ -56,7 +58,12 @@ pub struct AlsArgs {
     #[arg(long, env = "RECSYS_ALS_CG_STEPS", default_value_t = 3)]
     pub cg_steps: usize,
     /// Seed of the initial factors: the same seed gives the same model anywhere.
-    #[arg(long, env = "RECSYS_ALS_SEED", default_value_t = 42)]
+    #[arg(
+        long = "als-seed",
+        id = "als_seed",
+        env = "RECSYS_ALS_SEED",
+        default_value_t = 42
+    )]
     pub seed: u64,
     /// Skip the evaluation (the model is then fit on all listens).
     #[arg(long, env = "RECSYS_ALS_NO_EVAL")]
@@ -79,7 +86,9 @@ impl AlsArgs {
             alpha: self.alpha,
             log_epsilon: (self.confidence == Confidence::Log).then_some(self.epsilon),
             solver: match self.solver {
-                SolverKind::Cg => Solver::Cg { steps: self.cg_steps },
+                SolverKind::Cg => Solver::Cg {
+                    steps: self.cg_steps,
+                },
                 SolverKind::Cholesky => Solver::Cholesky,
             },
             seed: self.seed,
@@ -112,7 +121,8 @@ pub async fn train(cluster: &Cluster, lake: &Store, args: &AlsArgs) -> Result<Al
 }
 
 pub fn print_summary(summary: &AlsSummary, lake: &Store) {
-    let per_iter: f64 = summary.iterations.iter().map(|s| s.seconds).sum::<f64>() / summary.iterations.len().max(1) as f64;
+    let per_iter: f64 = summary.iterations.iter().map(|s| s.seconds).sum::<f64>()
+        / summary.iterations.len().max(1) as f64;
     println!(
         "als: rank {}, {} iterations on {} users × {} items ({} training pairs): {:.3} s per iteration; model {}/models/als/{}",
         summary.params.rank,
@@ -125,7 +135,10 @@ pub fn print_summary(summary: &AlsSummary, lake: &Store) {
         summary.version
     );
     if let Some(e) = &summary.evaluation {
-        println!("  {:<12} {:>10} {:>10} {:>10} {:>10}   users", "@10", "precision", "recall", "NDCG", "MAP");
+        println!(
+            "  {:<12} {:>10} {:>10} {:>10} {:>10}   users",
+            "@10", "precision", "recall", "NDCG", "MAP"
+        );
         for (name, m) in [("ALS", e.model), ("popularity", e.popularity)] {
             println!(
                 "  {:<12} {:>10.4} {:>10.4} {:>10.4} {:>10.4}   {}",
@@ -140,10 +153,21 @@ pub fn print_summary(summary: &AlsSummary, lake: &Store) {
 }
 
 /// Prints the top-10 tracks, with titles and artists, for the first `users` users.
-pub async fn print_recommendations(cluster: &Cluster, lake: &Store, summary: &AlsSummary, users: usize) -> Result<()> {
+pub async fn print_recommendations(
+    cluster: &Cluster,
+    lake: &Store,
+    summary: &AlsSummary,
+    users: usize,
+) -> Result<()> {
     let m = &summary.model;
-    let picks: Vec<usize> = (0..m.user_ids.len()).step_by((m.user_ids.len() / users.max(1)).max(1)).take(users).collect();
-    let recs: Vec<(usize, Vec<(u32, f32)>)> = picks.iter().map(|&u| (u, m.recommend(u, 10, &[]))).collect();
+    let picks: Vec<usize> = (0..m.user_ids.len())
+        .step_by((m.user_ids.len() / users.max(1)).max(1))
+        .take(users)
+        .collect();
+    let recs: Vec<(usize, Vec<(u32, f32)>)> = picks
+        .iter()
+        .map(|&u| (u, m.recommend(u, 10, &[])))
+        .collect();
     let ids: Vec<String> = recs
         .iter()
         .flat_map(|(_, r)| r.iter().map(|(i, _)| m.item_ids[*i as usize].clone()))

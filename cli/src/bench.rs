@@ -171,9 +171,12 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
     }
     .connect(&lake_args.s3)
     .await?;
-    if recsys_jobs::lake::list(lake.object_store().as_ref(), &lake.path(recsys_core::schema::SORTED_DIR))
-        .await?
-        .is_empty()
+    if recsys_jobs::lake::list(
+        lake.object_store().as_ref(),
+        &lake.path(recsys_core::schema::SORTED_DIR),
+    )
+    .await?
+    .is_empty()
     {
         let raw = lake.child(RAW_DIR);
         let config = GenerateArgs {
@@ -199,7 +202,10 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         args.iterations,
         als_args.params().solver
     );
-    let mut runs = vec![("embedded", crate::als::train(&embedded, &lake, &als_args).await?)];
+    let mut runs = vec![(
+        "embedded",
+        crate::als::train(&embedded, &lake, &als_args).await?,
+    )];
     let processes;
     if args.executors > 0 {
         processes = recsys_jobs::ProcessCluster::start(&std::env::current_exe()?, args.executors)?;
@@ -209,7 +215,10 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         }
         .connect(&lake_args.s3)
         .await?;
-        runs.push(("cluster", crate::als::train(&remote, &lake, &als_args).await?));
+        runs.push((
+            "cluster",
+            crate::als::train(&remote, &lake, &als_args).await?,
+        ));
     }
     println!(
         "  {:<26} {:>9} {:>9} {:>9} {:>9}",
@@ -221,17 +230,28 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         let mean = secs.iter().sum::<f64>() / secs.len().max(1) as f64;
         secs.sort_by(f64::total_cmp);
         let median = secs.get(secs.len() / 2).copied().unwrap_or(f64::NAN);
-        let flops = flops_per_iteration(&s.params, s.model.user_ids.len() as u64, s.model.item_ids.len() as u64, s.nnz);
+        let flops = flops_per_iteration(
+            &s.params,
+            s.model.user_ids.len() as u64,
+            s.model.item_ids.len() as u64,
+            s.nnz,
+        );
         let ndcg = s.evaluation.map_or(f64::NAN, |e| e.model.ndcg_at_10);
         let label = match *name {
             "cluster" => format!("cluster, {} executors", args.executors),
             _ => format!("embedded, {} slots", embedded.parallelism()),
         };
-        println!("  {label:<26} {mean:>9.3} {median:>9.3} {:>9.2} {ndcg:>9.4}", flops / mean / 1e9);
+        println!(
+            "  {label:<26} {mean:>9.3} {median:>9.3} {:>9.2} {ndcg:>9.4}",
+            flops / mean / 1e9
+        );
         if *name == "embedded" {
             embedded_secs = mean;
             if let Some(e) = s.evaluation {
-                println!("  {:<26} {:>9} {:>9} {:>9} {:>9.4}", "popularity", "", "", "", e.popularity.ndcg_at_10);
+                println!(
+                    "  {:<26} {:>9} {:>9} {:>9} {:>9.4}",
+                    "popularity", "", "", "", e.popularity.ndcg_at_10
+                );
             }
         } else {
             println!("  cluster / embedded time: {:.2}x", mean / embedded_secs);
@@ -249,7 +269,11 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
             .arg(embedded.parallelism().to_string())
             .output()
             .context("running python3 for the implicit comparison")?;
-        anyhow::ensure!(out.status.success(), "implicit comparison failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "implicit comparison failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let secs = v["seconds_per_iteration"].as_f64().unwrap_or(f64::NAN);
         println!(
@@ -259,7 +283,10 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
             "",
             v["ndcg_at_10"].as_f64().unwrap_or(f64::NAN)
         );
-        println!("  implicit / embedded time: {:.2}x (>1 = recsys faster)", secs / embedded_secs);
+        println!(
+            "  implicit / embedded time: {:.2}x (>1 = recsys faster)",
+            secs / embedded_secs
+        );
     }
     Ok(())
 }

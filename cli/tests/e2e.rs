@@ -273,14 +273,32 @@ fn unreachable_scheduler_is_named() {
 }
 
 /// Generates, cleans and sorts a small log into `dir`, on `cluster`.
-async fn sorted_lake(cluster: &Cluster, dir: &std::path::Path, config: &recsys_datasets::GenerateConfig) -> Store {
+async fn sorted_lake(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    config: &recsys_datasets::GenerateConfig,
+) -> Store {
     let raw = local_store(&dir.join("raw"));
     generate(config, &raw).await;
     let lake = local_store(dir);
-    let input = TsvInput::resolve(raw.location(), &Default::default()).await.unwrap();
+    let input = TsvInput::resolve(raw.location(), &Default::default())
+        .await
+        .unwrap();
     run_clean(cluster, &input, &lake).await.unwrap();
     run_sort(cluster, &lake, None).await.unwrap();
     lake
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }
 
 fn als_config() -> recsys_datasets::GenerateConfig {
@@ -307,13 +325,28 @@ async fn als_learns_the_planted_tastes_and_exact_solves_never_raise_the_loss() {
             solver: Solver::Cholesky,
             ..AlsParams::default()
         };
-        let exact = train(&cluster, &lake, &params, &TrainOptions::default(), |_| {}).await.unwrap();
-        let losses: Vec<f64> = exact.iterations.iter().map(|s| s.loss).collect();
-        assert!(losses.windows(2).all(|w| w[1] <= w[0] * (1.0 + 1e-6)), "loss went up: {losses:?}");
-
-        let cg = train(&cluster, &lake, &AlsParams { rank: 16, iterations: 10, ..AlsParams::default() }, &TrainOptions::default(), |_| {})
+        let exact = train(&cluster, &lake, &params, &TrainOptions::default(), |_| {})
             .await
             .unwrap();
+        let losses: Vec<f64> = exact.iterations.iter().map(|s| s.loss).collect();
+        assert!(
+            losses.windows(2).all(|w| w[1] <= w[0] * (1.0 + 1e-6)),
+            "loss went up: {losses:?}"
+        );
+
+        let cg = train(
+            &cluster,
+            &lake,
+            &AlsParams {
+                rank: 16,
+                iterations: 10,
+                ..AlsParams::default()
+            },
+            &TrainOptions::default(),
+            |_| {},
+        )
+        .await
+        .unwrap();
         let e = cg.evaluation.unwrap();
         assert!(e.model.users > 250, "{e:?}");
         assert!(
@@ -324,18 +357,41 @@ async fn als_learns_the_planted_tastes_and_exact_solves_never_raise_the_loss() {
         );
 
         // The model store: files, metrics and CURRENT naming the newest version.
-        let version = recsys_jobs::als::model::current(&lake).await.unwrap().unwrap();
+        let version = recsys_jobs::als::model::current(&lake)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(version, cg.version);
         let model_dir = dir.path().join("models/als").join(&version);
         for f in ["users.parquet", "items.parquet", "metrics.json", "loss.svg"] {
             assert!(model_dir.join(f).exists(), "{f} missing");
         }
-        let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(model_dir.join("metrics.json")).unwrap()).unwrap();
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(model_dir.join("metrics.json")).unwrap())
+                .unwrap();
         assert_eq!(metrics["iterations"].as_array().unwrap().len(), 10);
-        assert!(metrics["evaluation"]["model"]["ndcg_at_10"].as_f64().unwrap() > 0.0);
-        let users = read_parquet_dir(&model_dir).into_iter().find(|(p, _)| p.ends_with("users.parquet")).unwrap().1;
-        assert_eq!(users.iter().map(|b| b.num_rows()).sum::<usize>(), cg.model.user_ids.len());
-        assert!(!dir.path().join("models/als").join(&version).join("work").exists(), "work files left behind");
+        assert!(
+            metrics["evaluation"]["model"]["ndcg_at_10"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        let users = read_parquet_dir(&model_dir)
+            .into_iter()
+            .find(|(p, _)| p.ends_with("users.parquet"))
+            .unwrap()
+            .1;
+        assert_eq!(
+            users.iter().map(|b| b.num_rows()).sum::<usize>(),
+            cg.model.user_ids.len()
+        );
+        // Intermediate files are removed (an object store has no folders; empty ones may stay).
+        let work = model_dir.join("work");
+        let leftovers: Vec<_> = walk(&work).into_iter().filter(|p| p.is_file()).collect();
+        assert!(
+            leftovers.is_empty(),
+            "work files left behind: {leftovers:?}"
+        );
     })
     .await
     .expect("test timed out");
@@ -347,7 +403,10 @@ async fn als_on_a_process_cluster_matches_the_embedded_model() {
     tokio::time::timeout(Duration::from_secs(600), async {
         let dir = tempfile::tempdir().unwrap();
         let embedded = Cluster::embedded(&Default::default(), 2).await.unwrap();
-        let config = recsys_datasets::GenerateConfig { events: 40_000, ..als_config() };
+        let config = recsys_datasets::GenerateConfig {
+            events: 40_000,
+            ..als_config()
+        };
         let lake = sorted_lake(&embedded, dir.path(), &config).await;
         let params = AlsParams {
             rank: 8,
@@ -355,16 +414,30 @@ async fn als_on_a_process_cluster_matches_the_embedded_model() {
             ..AlsParams::default()
         };
         let options = TrainOptions::default();
-        let a = train(&embedded, &lake, &params, &options, |_| {}).await.unwrap();
+        let a = train(&embedded, &lake, &params, &options, |_| {})
+            .await
+            .unwrap();
         let processes = process_cluster(2);
-        let remote = Cluster::remote(processes.url(), &Default::default(), 2).await.unwrap();
-        let b = train(&remote, &lake, &params, &options, |_| {}).await.unwrap();
+        let remote = Cluster::remote(processes.url(), &Default::default(), 2)
+            .await
+            .unwrap();
+        let b = train(&remote, &lake, &params, &options, |_| {})
+            .await
+            .unwrap();
         assert_eq!(a.model.user_ids, b.model.user_ids);
         assert_eq!(a.model.item_ids, b.model.item_ids);
-        let max_diff = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let max_diff = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        };
         assert!(max_diff(&a.model.users.values, &b.model.users.values) <= 1e-4);
         assert!(max_diff(&a.model.items.values, &b.model.items.values) <= 1e-4);
-        assert_eq!(a.evaluation.unwrap().model.users, b.evaluation.unwrap().model.users);
+        assert_eq!(
+            a.evaluation.unwrap().model.users,
+            b.evaluation.unwrap().model.users
+        );
     })
     .await
     .expect("test timed out");

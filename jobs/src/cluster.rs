@@ -11,7 +11,6 @@ use ballista_core::config::BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK;
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-use datafusion::execution::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -29,9 +28,7 @@ pub struct Cluster {
     scheduler_url: String,
     display_url: String,
     config: SessionConfig,
-    state: SessionState,
     session_id: String,
-    embedded: bool,
 }
 
 impl Cluster {
@@ -48,20 +45,76 @@ impl Cluster {
         }
     }
 
-    /// An in-process scheduler and executor; nothing to install, nothing left behind.
+    /// A scheduler and an executor running inside this process, exactly as the standalone
+    /// processes do (same configuration, loopback gRPC, push-based scheduling), with `vcores`
+    /// task slots; nothing to install, nothing left behind.
     pub async fn embedded(s3: &S3Options, vcores: usize) -> Result<Cluster, JobError> {
+        use ballista_core::config::TaskSchedulingPolicy::PushStaged;
+        use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+        use ballista_scheduler::config::SchedulerConfig;
         let vcores = vcores.max(1);
-        let config = Self::job_config(s3, vcores);
-        let state = session_state(config.clone())?;
-        let addr = ballista_scheduler::standalone::new_standalone_scheduler_from_state(&state)
+        let io = |e: std::io::Error| {
+            JobError::Cluster(format!("cannot start the embedded cluster: {e}"))
+        };
+        let scheduler_port = free_port().map_err(io)?;
+        let mut scheduler = SchedulerConfig::default().with_scheduler_policy(PushStaged);
+        scheduler.bind_host = "127.0.0.1".into();
+        scheduler.external_host = "127.0.0.1".into();
+        scheduler.bind_port = scheduler_port;
+        crate::registry::configure_scheduler(&mut scheduler);
+        let cluster =
+            ballista_scheduler::cluster::BallistaCluster::new_from_config(&scheduler).await?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], scheduler_port));
+        tokio::spawn(async move {
+            if let Err(e) = ballista_scheduler::scheduler_process::start_server(
+                cluster,
+                addr,
+                Arc::new(scheduler),
+            )
             .await
-            .map_err(|e| JobError::Cluster(format!("cannot start the embedded scheduler: {e}")))?;
-        let url = format!("http://localhost:{}", addr.port());
-        let client = connect(&url, "embedded scheduler").await?;
-        ballista_executor::new_standalone_executor_from_state(client, vcores, &state)
-            .await
-            .map_err(|e| JobError::Cluster(format!("cannot start the embedded executor: {e}")))?;
-        Ok(Cluster::new(url, "embedded".into(), config, state, true))
+            {
+                tracing::error!("embedded scheduler stopped: {e}");
+            }
+        });
+        let url = format!("http://127.0.0.1:{scheduler_port}");
+        connect(&url, "embedded scheduler").await?;
+
+        let work = tempfile::tempdir().map_err(io)?;
+        let mut executor = ExecutorProcessConfig {
+            bind_host: "127.0.0.1".into(),
+            external_host: Some("127.0.0.1".into()),
+            port: free_port().map_err(io)?,
+            grpc_port: free_port().map_err(io)?,
+            scheduler_host: "127.0.0.1".into(),
+            scheduler_port,
+            scheduler_connect_timeout_seconds: 15,
+            vcores,
+            task_scheduling_policy: PushStaged,
+            work_dir: Some(work.path().to_string_lossy().into_owned()),
+            ..ExecutorProcessConfig::default()
+        };
+        crate::registry::configure_executor(&mut executor)?;
+        let health = executor.health.clone();
+        tokio::spawn(async move {
+            let _work = work;
+            if let Err(e) = start_executor_process(Arc::new(executor)).await {
+                tracing::error!("embedded executor stopped: {e}");
+            }
+        });
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        while !health.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JobError::Cluster(
+                    "the embedded executor did not register in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Cluster::new(
+            url,
+            "embedded".into(),
+            Self::job_config(s3, vcores),
+        ))
     }
 
     /// A running cluster. `vcores` is the total task slots to plan for (partition counts).
@@ -74,24 +127,14 @@ impl Cluster {
         let port = parsed.port().unwrap_or(50050);
         let grpc_url = format!("http://{host}:{port}");
         connect(&grpc_url, url).await?;
-        let config = Self::job_config(s3, vcores.max(1));
-        let state = session_state(config.clone())?;
         Ok(Cluster::new(
             grpc_url,
             url.to_string(),
-            config,
-            state,
-            false,
+            Self::job_config(s3, vcores.max(1)),
         ))
     }
 
-    fn new(
-        scheduler_url: String,
-        display_url: String,
-        config: SessionConfig,
-        state: SessionState,
-        embedded: bool,
-    ) -> Cluster {
+    fn new(scheduler_url: String, display_url: String, config: SessionConfig) -> Cluster {
         let session_id = format!(
             "recsys-{}-{}",
             std::process::id(),
@@ -104,9 +147,7 @@ impl Cluster {
             scheduler_url,
             display_url,
             config,
-            state,
             session_id,
-            embedded,
         }
     }
 
@@ -131,18 +172,17 @@ impl Cluster {
         &self.display_url
     }
 
-    pub fn is_embedded(&self) -> bool {
-        self.embedded
-    }
-
     /// Task slots plans are sized for.
     pub fn parallelism(&self) -> usize {
         self.config.target_partitions()
     }
 
-    /// A local context with our functions and the lake's stores, for planning jobs.
-    pub fn planner(&self) -> SessionContext {
-        SessionContext::new_with_state(self.state.clone())
+    /// A fresh local context (its own catalog) with our functions and the lake's stores, for
+    /// planning jobs.
+    pub fn planner(&self) -> Result<SessionContext, JobError> {
+        Ok(SessionContext::new_with_state(session_state(
+            self.config.clone(),
+        )?))
     }
 
     /// Runs `plan` on the cluster and collects its (small) output.
@@ -209,18 +249,20 @@ pub struct ProcessCluster {
 
 impl ProcessCluster {
     pub fn start(binary: &std::path::Path, executors: usize) -> Result<ProcessCluster, JobError> {
-        let io = |e: std::io::Error| JobError::Cluster(format!("cannot start a local cluster: {e}"));
+        let io =
+            |e: std::io::Error| JobError::Cluster(format!("cannot start a local cluster: {e}"));
         let work = tempfile::tempdir().map_err(io)?;
         let port = free_port().map_err(io)?;
-        let spawn = |args: Vec<String>, log: &std::path::Path| -> Result<std::process::Child, JobError> {
-            std::process::Command::new(binary)
-                .args(args)
-                .env("RECSYS_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(log).map_err(io)?)
-                .spawn()
-                .map_err(io)
-        };
+        let spawn =
+            |args: Vec<String>, log: &std::path::Path| -> Result<std::process::Child, JobError> {
+                std::process::Command::new(binary)
+                    .args(args)
+                    .env("RECSYS_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::fs::File::create(log).map_err(io)?)
+                    .spawn()
+                    .map_err(io)
+            };
         let mut cluster = ProcessCluster {
             url: format!("df://127.0.0.1:{port}"),
             children: Vec::new(),
@@ -229,7 +271,17 @@ impl ProcessCluster {
         let dir = cluster._work.path().to_path_buf();
         let s = |v: &str| v.to_string();
         cluster.children.push(spawn(
-            vec![s("scheduler"), s("--bind-host"), s("127.0.0.1"), s("--external-host"), s("127.0.0.1"), s("--bind-port"), port.to_string()],
+            vec![
+                s("scheduler"),
+                s("--bind-host"),
+                s("127.0.0.1"),
+                s("--external-host"),
+                s("127.0.0.1"),
+                s("--bind-port"),
+                port.to_string(),
+                s("--scheduler-policy"),
+                s("push-staged"),
+            ],
             &dir.join("scheduler.log"),
         )?);
         let mut health = Vec::new();
@@ -260,6 +312,8 @@ impl ProcessCluster {
                     s("1"),
                     s("--work-dir"),
                     work_dir.to_string_lossy().into_owned(),
+                    s("--task-scheduling-policy"),
+                    s("push-staged"),
                 ],
                 &dir.join(format!("executor-{i}.log")),
             )?);
@@ -287,7 +341,9 @@ impl Drop for ProcessCluster {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until an executor's `/readyz` answers 200 (it has registered with the scheduler).
@@ -305,7 +361,9 @@ fn wait_ready(port: u16, timeout: Duration) -> Result<(), JobError> {
             }
         }
         if std::time::Instant::now() >= deadline {
-            return Err(JobError::Cluster(format!("executor on port {port} not ready within {timeout:?}")));
+            return Err(JobError::Cluster(format!(
+                "executor on port {port} not ready within {timeout:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(200));
     }

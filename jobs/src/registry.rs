@@ -274,6 +274,29 @@ pub fn logical_codec() -> Arc<dyn LogicalExtensionCodec> {
     Arc::new(BallistaLogicalExtensionCodec::default())
 }
 
+/// Installs our session builder, config producer and codecs on a scheduler.
+pub fn configure_scheduler(config: &mut ballista_scheduler::config::SchedulerConfig) {
+    config.override_config_producer = Some(Arc::new(default_session_config));
+    config.override_session_builder = Some(Arc::new(session_state));
+    config.override_logical_codec = Some(logical_codec());
+    config.override_physical_codec = Some(physical_codec());
+}
+
+/// Installs our functions, codecs and lake runtime on an executor.
+pub fn configure_executor(
+    config: &mut ballista_executor::executor_process::ExecutorProcessConfig,
+) -> Result<()> {
+    let work_dir = config.work_dir.clone();
+    config.override_config_producer = Some(Arc::new(default_session_config));
+    config.override_runtime_producer = Some(Arc::new(move |session| {
+        runtime_env(session, work_dir.as_deref())
+    }));
+    config.override_function_registry = Some(Arc::new(function_registry()?));
+    config.override_logical_codec = Some(logical_codec());
+    config.override_physical_codec = Some(physical_codec());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

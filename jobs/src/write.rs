@@ -319,7 +319,8 @@ async fn write_partition(
                     ))
                 })?;
                 let path = dir.clone().join(name.as_str());
-                let writer = open_writer(&store, &path, out_schema.clone(), Payload::Records, vec![])?;
+                let writer =
+                    open_writer(&store, &path, out_schema.clone(), Payload::Records, vec![])?;
                 let index = match spec.sorted_runs {
                     true => Some(SparseIndexBuilder::new(out_schema.index_of(SORT_ORDER[0])?)),
                     false => None,

@@ -27,10 +27,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         .parse()
         .map_err(|e| SchedulerError::Address(bind.clone(), e))?;
     let mut config: SchedulerConfig = args.try_into()?;
-    config.override_config_producer = Some(Arc::new(registry::default_session_config));
-    config.override_session_builder = Some(Arc::new(registry::session_state));
-    config.override_logical_codec = Some(registry::logical_codec());
-    config.override_physical_codec = Some(registry::physical_codec());
+    registry::configure_scheduler(&mut config);
     let cluster = BallistaCluster::new_from_config(&config).await?;
     tracing::info!(%addr, "recsys scheduler listening");
     start_server(cluster, addr, Arc::new(config)).await?;

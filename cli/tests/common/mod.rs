@@ -24,7 +24,8 @@ pub fn free_port() -> u16 {
 
 /// A scheduler and `executors` executor processes of our binary on 127.0.0.1.
 pub fn process_cluster(executors: usize) -> recsys_jobs::ProcessCluster {
-    recsys_jobs::ProcessCluster::start(std::path::Path::new(RECSYS), executors).expect("local cluster")
+    recsys_jobs::ProcessCluster::start(std::path::Path::new(RECSYS), executors)
+        .expect("local cluster")
 }
 
 /// A small generated log: enough structure for every code path, fast to process.

@@ -17,7 +17,8 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
 };
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -72,7 +73,12 @@ pub fn sums_from_row(batch: &RecordBatch, row: usize) -> (MetricSums, MetricSums
 }
 
 /// Metric sums of one block of users.
-pub(crate) fn evaluate_block(ratings: &BlockRatings, users: &Factors, items: &Factors, popularity: &[u32]) -> (MetricSums, MetricSums) {
+pub(crate) fn evaluate_block(
+    ratings: &BlockRatings,
+    users: &Factors,
+    items: &Factors,
+    popularity: &[u32],
+) -> (MetricSums, MetricSums) {
     let (mut model, mut popular) = (MetricSums::default(), MetricSums::default());
     let mut tests: Vec<Vec<i32>> = vec![Vec::new(); users.rows()];
     for &(local, col) in &ratings.test {
@@ -85,14 +91,23 @@ pub(crate) fn evaluate_block(ratings: &BlockRatings, users: &Factors, items: &Fa
             continue;
         }
         let train: HashSet<u32> = train.iter().copied().collect();
-        let relevant: HashSet<u32> = test.iter().filter(|&&c| c >= 0).map(|&c| c as u32).collect();
+        let relevant: HashSet<u32> = test
+            .iter()
+            .filter(|&&c| c >= 0)
+            .map(|&c| c as u32)
+            .collect();
         let x = users.row(users.start + local);
         for (i, s) in scores.iter_mut().enumerate() {
             *s = dot(x, items.row(i));
         }
         let ranked = top_k(&scores, CUTOFF, |i| train.contains(&i));
         model.add(&ranked, |i| relevant.contains(&i), test.len(), CUTOFF);
-        let baseline: Vec<u32> = popularity.iter().copied().filter(|i| !train.contains(i)).take(CUTOFF).collect();
+        let baseline: Vec<u32> = popularity
+            .iter()
+            .copied()
+            .filter(|i| !train.contains(i))
+            .take(CUTOFF)
+            .collect();
         popular.add(&baseline, |i| relevant.contains(&i), test.len(), CUTOFF);
     }
     (model, popular)
@@ -155,11 +170,21 @@ impl ExecutionPlan for AlsEvalExec {
         vec![false]
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(AlsEvalExec::new(children.swap_remove(0), self.spec.clone())))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(AlsEvalExec::new(
+            children.swap_remove(0),
+            self.spec.clone(),
+        )))
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let store = context
             .runtime_env()
             .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
@@ -169,22 +194,55 @@ impl ExecutionPlan for AlsEvalExec {
             let (store, spec) = (store.clone(), spec.clone());
             async move { eval_block(&store, &spec, task).await }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(eval_schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            eval_schema(),
+            stream,
+        )))
     }
 }
 
-async fn eval_block(store: &Arc<dyn ObjectStore>, spec: &EvalSpec, task: BlockTask) -> Result<RecordBatch> {
-    let ratings = read_ratings(store, &Path::from(format!("{}/{}", spec.ratings_dir, block_file(task.block))), &task).await?;
-    let users = read_block(store, &Path::from(format!("{}/{}", spec.users_dir, block_file(task.block))), spec.rank, task.start, task.rows).await?;
-    let items = read_matrix(store, &Path::from(spec.items_dir.as_str()), spec.rank, spec.items).await?;
+async fn eval_block(
+    store: &Arc<dyn ObjectStore>,
+    spec: &EvalSpec,
+    task: BlockTask,
+) -> Result<RecordBatch> {
+    let ratings = read_ratings(
+        store,
+        &Path::from(format!("{}/{}", spec.ratings_dir, block_file(task.block))),
+        &task,
+    )
+    .await?;
+    let users = read_block(
+        store,
+        &Path::from(format!("{}/{}", spec.users_dir, block_file(task.block))),
+        spec.rank,
+        task.start,
+        task.rows,
+    )
+    .await?;
+    let items = read_matrix(
+        store,
+        &Path::from(spec.items_dir.as_str()),
+        spec.rank,
+        spec.items,
+    )
+    .await?;
     let popularity = spec.popularity.clone();
-    let (model, popular) = tokio::task::spawn_blocking(move || evaluate_block(&ratings, &users, &items, &popularity))
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("evaluation task failed: {e}")))?;
+    let (model, popular) =
+        tokio::task::spawn_blocking(move || evaluate_block(&ratings, &users, &items, &popularity))
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("evaluation task failed: {e}")))?;
     let col = |v: f64| Arc::new(Float64Array::from(vec![v])) as arrow::array::ArrayRef;
-    let mut columns: Vec<arrow::array::ArrayRef> = vec![Arc::new(Int64Array::from(vec![task.block as i64]))];
+    let mut columns: Vec<arrow::array::ArrayRef> =
+        vec![Arc::new(Int64Array::from(vec![task.block as i64]))];
     for s in [model, popular] {
-        columns.extend([col(s.users as f64), col(s.precision), col(s.recall), col(s.ndcg), col(s.map)]);
+        columns.extend([
+            col(s.users as f64),
+            col(s.precision),
+            col(s.recall),
+            col(s.ndcg),
+            col(s.map),
+        ]);
     }
     Ok(RecordBatch::try_new(eval_schema(), columns)?)
 }

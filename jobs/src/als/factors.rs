@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, AsArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray,
+};
 use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Schema, SchemaRef};
 use datafusion::common::exec_err;
 use datafusion::error::{DataFusionError, Result};
 use object_store::ObjectStore;
 use object_store::path::Path;
 
+use super::cache;
 use crate::lake::{list, read_parquet};
 use crate::write::{Payload, write_parquet_file};
 
@@ -37,22 +40,40 @@ impl Side {
 }
 
 pub fn factor_field(k: usize) -> Field {
-    Field::new("factors", DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), k as i32), false)
+    Field::new(
+        "factors",
+        DataType::FixedSizeList(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            k as i32,
+        ),
+        false,
+    )
 }
 
 /// Schema of a factor block: dense index and factors.
 pub fn block_schema(k: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("idx", DataType::Int32, false), factor_field(k)]))
+    Arc::new(Schema::new(vec![
+        Field::new("idx", DataType::Int32, false),
+        factor_field(k),
+    ]))
 }
 
 /// Schema of a model file: id and factors (`users.parquet`, `items.parquet`).
 pub fn model_schema(id: &str, k: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new(id, DataType::Utf8, false), factor_field(k)]))
+    Arc::new(Schema::new(vec![
+        Field::new(id, DataType::Utf8, false),
+        factor_field(k),
+    ]))
 }
 
 pub fn factors_array(values: Vec<f32>, k: usize) -> Result<FixedSizeListArray> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Ok(FixedSizeListArray::try_new(item, k as i32, Arc::new(Float32Array::from(values)), None)?)
+    Ok(FixedSizeListArray::try_new(
+        item,
+        k as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )?)
 }
 
 /// Rows `[start, start + rows)` of a factor matrix.
@@ -77,7 +98,9 @@ impl Factors {
     pub fn init(k: usize, start: usize, rows: usize, seed: u64, side: Side) -> Self {
         let mut values = Vec::with_capacity(k * rows);
         for idx in start..start + rows {
-            let mut rng = SplitMix((seed ^ ((side as u64) << 62)) ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = SplitMix(
+                (seed ^ ((side as u64) << 62)) ^ (idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             for _ in 0..k {
                 values.push(rng.normal() * 0.01);
             }
@@ -87,6 +110,10 @@ impl Factors {
 
     pub fn rows(&self) -> usize {
         self.values.len() / self.k
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.values.len() * 4
     }
 
     pub fn row(&self, idx: usize) -> &[f32] {
@@ -100,10 +127,14 @@ impl Factors {
     }
 
     pub fn to_batch(&self) -> Result<RecordBatch> {
-        let idx = Int32Array::from_iter_values((self.start..self.start + self.rows()).map(|i| i as i32));
+        let idx =
+            Int32Array::from_iter_values((self.start..self.start + self.rows()).map(|i| i as i32));
         Ok(RecordBatch::try_new(
             block_schema(self.k),
-            vec![Arc::new(idx), Arc::new(factors_array(self.values.clone(), self.k)?)],
+            vec![
+                Arc::new(idx),
+                Arc::new(factors_array(self.values.clone(), self.k)?),
+            ],
         )?)
     }
 
@@ -114,14 +145,22 @@ impl Factors {
             let idx = batch.column(0).as_primitive::<Int32Type>();
             let list = batch.column(1).as_fixed_size_list();
             if list.value_length() as usize != self.k {
-                return exec_err!("factor rank {} where {} was expected", list.value_length(), self.k);
+                return exec_err!(
+                    "factor rank {} where {} was expected",
+                    list.value_length(),
+                    self.k
+                );
             }
             let values = list.values().as_primitive::<Float32Type>().values();
             let offset = list.offset() * self.k;
             for (r, i) in idx.values().iter().enumerate() {
                 let i = *i as usize;
                 if i < self.start || i >= self.start + self.rows() {
-                    return exec_err!("factor row {i} outside {}..{}", self.start, self.start + self.rows());
+                    return exec_err!(
+                        "factor row {i} outside {}..{}",
+                        self.start,
+                        self.start + self.rows()
+                    );
                 }
                 let src = &values[offset + r * self.k..offset + (r + 1) * self.k];
                 self.row_mut(i).copy_from_slice(src);
@@ -151,15 +190,33 @@ impl SplitMix {
     }
 }
 
-/// Reads every factor block in `dir` into one matrix of `rows` rows.
-pub async fn read_matrix(store: &Arc<dyn ObjectStore>, dir: &Path, k: usize, rows: usize) -> Result<Factors> {
-    let mut factors = Factors::zeros(k, 0, rows);
-    let mut filled = 0;
-    for object in list(store.as_ref(), dir).await.map_err(|e| DataFusionError::External(Box::new(e)))? {
-        let (batches, _) = read_parquet(store.as_ref(), &object.location)
+/// The batches of one factor block file, through the executor's cache (blocks are written
+/// once, and [`write_block`] primes the cache with what it wrote).
+async fn block_batches(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Arc<Vec<RecordBatch>>> {
+    let batches_bytes = |b: &Vec<RecordBatch>| b.iter().map(|b| b.get_array_memory_size()).sum();
+    cache::get_or_load(path.as_ref(), batches_bytes, async {
+        let (batches, _) = read_parquet(store.as_ref(), path)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        filled += factors.fill_from(&batches)?;
+        Ok(batches)
+    })
+    .await
+}
+
+/// Reads every factor block in `dir` into one matrix of `rows` rows.
+pub async fn read_matrix(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+    k: usize,
+    rows: usize,
+) -> Result<Factors> {
+    let mut factors = Factors::zeros(k, 0, rows);
+    let mut filled = 0;
+    for object in list(store.as_ref(), dir)
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+    {
+        filled += factors.fill_from(&block_batches(store, &object.location).await?)?;
     }
     if filled != rows {
         return exec_err!("{dir} holds {filled} factor rows, expected {rows}");
@@ -168,17 +225,41 @@ pub async fn read_matrix(store: &Arc<dyn ObjectStore>, dir: &Path, k: usize, row
 }
 
 /// Reads one factor block file into rows `[start, start + rows)`.
-pub async fn read_block(store: &Arc<dyn ObjectStore>, path: &Path, k: usize, start: usize, rows: usize) -> Result<Factors> {
-    let (batches, _) = read_parquet(store.as_ref(), path)
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+pub async fn read_block(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    k: usize,
+    start: usize,
+    rows: usize,
+) -> Result<Factors> {
     let mut factors = Factors::zeros(k, start, rows);
-    factors.fill_from(&batches)?;
+    factors.fill_from(&block_batches(store, path).await?)?;
     Ok(factors)
 }
 
-pub async fn write_block(store: &Arc<dyn ObjectStore>, path: &Path, factors: &Factors) -> Result<()> {
-    write_parquet_file(store.clone(), path, block_schema(factors.k), vec![factors.to_batch()?], Payload::Vectors, vec![]).await
+pub async fn write_block(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    factors: &Factors,
+) -> Result<()> {
+    let batch = factors.to_batch()?;
+    write_parquet_file(
+        store.clone(),
+        path,
+        block_schema(factors.k),
+        vec![batch.clone()],
+        Payload::Vectors,
+        vec![],
+    )
+    .await?;
+    let written = vec![batch];
+    cache::get_or_load(
+        path.as_ref(),
+        |b: &Vec<RecordBatch>| b[0].get_array_memory_size(),
+        async { Ok(written) },
+    )
+    .await?;
+    Ok(())
 }
 
 /// A model file: one row per id, in index order.
@@ -213,7 +294,12 @@ mod tests {
         let mut g = Factors::zeros(4, 10, 5);
         assert_eq!(g.fill_from(&[f.to_batch().unwrap()]).unwrap(), 5);
         assert_eq!(f, g);
-        let batch = model_batch("user_id", &(0..5).map(|i| format!("u{i}")).collect::<Vec<_>>(), &f).unwrap();
+        let batch = model_batch(
+            "user_id",
+            &(0..5).map(|i| format!("u{i}")).collect::<Vec<_>>(),
+            &f,
+        )
+        .unwrap();
         assert_eq!(batch.num_rows(), 5);
         assert_eq!(batch.column(1).len(), 5);
     }

@@ -1,46 +1,78 @@
 //! Dense f32 kernels of implicit ALS, written so the compiler vectorises them: contiguous
 //! factor rows, several independent accumulators, no bounds checks in inner loops.
 
+/// Whether the AVX2 + FMA kernels can run here (checked once).
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SIMD.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// a · b.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA are available (checked by `simd`); lengths are equal.
+        return unsafe { avx::dot(a, b) };
+    }
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
-        for l in 0..16 {
+        for l in 0..8 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
+    acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// y += alpha · x.
 #[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA are available (checked by `simd`); lengths are equal.
+        return unsafe { avx::axpy(alpha, x, y) };
+    }
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
     }
 }
 
-/// out = G · v for a k×k row-major matrix G.
+/// out = G · v for a symmetric k×k row-major matrix G (computed as Σ_l v_l · G[l, :]).
 #[inline]
 pub fn matvec(g: &[f32], v: &[f32], out: &mut [f32]) {
     let k = v.len();
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = dot(&g[j * k..(j + 1) * k], v);
+    assert_eq!(g.len(), k * k);
+    assert_eq!(out.len(), k);
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA are available (checked by `simd`); sizes are checked above.
+        return unsafe { avx::matvec(g, v, out) };
+    }
+    out.fill(0.0);
+    for (l, &vl) in v.iter().enumerate() {
+        for (o, gl) in out.iter_mut().zip(&g[l * k..(l + 1) * k]) {
+            *o += vl * gl;
+        }
     }
 }
 
 /// Adds Fᵀ F of the row-major `rows × k` matrix `f` into the k×k matrix `gram`.
 pub fn add_gram(f: &[f32], k: usize, gram: &mut [f32]) {
-    debug_assert_eq!(gram.len(), k * k);
+    assert_eq!(gram.len(), k * k);
     for row in f.chunks_exact(k) {
         for (j, &rj) in row.iter().enumerate() {
             if rj != 0.0 {
@@ -50,10 +82,121 @@ pub fn add_gram(f: &[f32], k: usize, gram: &mut [f32]) {
     }
 }
 
+/// AVX2 + FMA versions of the kernels: 8 lanes per register, several accumulators.
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `a` and `b` of equal length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n (or i + 8 <= n) keeps them inside both slices.
+        unsafe {
+            while i + 32 <= n {
+                for (j, a_j) in acc.iter_mut().enumerate() {
+                    let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+                    let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+                    *a_j = _mm256_fmadd_ps(x, y, *a_j);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i)),
+                    _mm256_loadu_ps(pb.add(i)),
+                    acc[0],
+                );
+                i += 8;
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut s = hsum(sum);
+            while i < n {
+                s += *pa.add(i) * *pb.add(i);
+                i += 1;
+            }
+            s
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `x` and `y` of equal length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let a = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        // SAFETY: i + 8 <= n keeps every access inside both slices.
+        unsafe {
+            while i + 8 <= n {
+                let v = _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+                _mm256_storeu_ps(py.add(i), v);
+                i += 8;
+            }
+            while i < n {
+                *py.add(i) += alpha * *px.add(i);
+                i += 1;
+            }
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `g` is k×k, `v` and `out` have length k.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn matvec(g: &[f32], v: &[f32], out: &mut [f32]) {
+        let k = v.len();
+        let pg = g.as_ptr();
+        let po = out.as_mut_ptr();
+        let mut col = 0;
+        // Panels of 32 output columns stay in four registers while all k rows stream by.
+        // SAFETY (all accesses): col + 32 <= k, l < k, so every load is inside row l of g and
+        // every store inside out.
+        unsafe {
+            while col + 32 <= k {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (l, &vl) in v.iter().enumerate() {
+                    let b = _mm256_set1_ps(vl);
+                    let row = pg.add(l * k + col);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(b, _mm256_loadu_ps(row.add(8 * j)), *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(po.add(col + 8 * j), *a);
+                }
+                col += 32;
+            }
+            for c in col..k {
+                let mut s = 0.0;
+                for (l, &vl) in v.iter().enumerate() {
+                    s += vl * *pg.add(l * k + c);
+                }
+                *po.add(c) = s;
+            }
+        }
+    }
+}
+
 /// The normal equations of one row of implicit ALS with the other side's factors `y` (rows of
 /// length k): A = G + Σ (c_i − 1) y_i y_iᵀ + λ I and b = Σ c_i y_i, over the row's observed items
 /// `items` with confidences `conf`.
 pub struct Row<'a> {
+    pub k: usize,
     pub gram: &'a [f32],
     pub y: &'a [f32],
     pub items: &'a [u32],
@@ -62,12 +205,9 @@ pub struct Row<'a> {
 }
 
 impl Row<'_> {
-    fn k(&self) -> usize {
-        (self.gram.len() as f64).sqrt() as usize
-    }
-
+    #[inline]
     fn item(&self, i: u32) -> &[f32] {
-        let k = self.k();
+        let k = self.k;
         &self.y[i as usize * k..(i as usize + 1) * k]
     }
 
@@ -118,7 +258,7 @@ impl Row<'_> {
 
     /// The exact solution by Cholesky factorisation of A (k³/3 flops).
     pub fn solve_exact(&self, x: &mut [f32], a: &mut Vec<f32>) {
-        let k = self.k();
+        let k = self.k;
         a.clear();
         a.extend_from_slice(self.gram);
         for j in 0..k {
@@ -192,16 +332,42 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
     #[test]
     fn kernels() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32).collect();
-        let b: Vec<f32> = (0..37).map(|i| (37 - i) as f32).collect();
-        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert_eq!(dot(&a, &b), want);
+        for n in [0, 1, 7, 8, 31, 32, 37, 64, 100] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let b: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert_eq!(dot(&a, &b), want, "n={n}");
+            let mut y = b.clone();
+            axpy(2.0, &a, &mut y);
+            assert!(
+                y.iter()
+                    .zip(&a)
+                    .zip(&b)
+                    .all(|((y, a), b)| *y == b + 2.0 * a)
+            );
+        }
+        let g = [1.0, 2.0, 2.0, 5.0];
+        let mut out = [0.0; 2];
+        matvec(&g, &[1.0, 1.0], &mut out);
+        assert_eq!(out, [3.0, 7.0]);
+        // A symmetric 40×40 matrix exercises the 32-column panels and the tail.
+        let k = 40;
+        let g: Vec<f32> = (0..k * k).map(|i| ((i / k) + (i % k)) as f32).collect();
+        let v: Vec<f32> = (0..k).map(|i| i as f32 * 0.5).collect();
+        let mut out = vec![0.0; k];
+        matvec(&g, &v, &mut out);
+        for (j, o) in out.iter().enumerate() {
+            let want: f32 = (0..k).map(|l| g[l * k + j] * v[l]).sum();
+            assert!((o - want).abs() < 1e-3, "{j}: {o} vs {want}");
+        }
         let f = [1.0, 2.0, 3.0, 4.0]; // 2 rows, k = 2
         let mut g = vec![0.0; 4];
         add_gram(&f, 2, &mut g);
@@ -216,8 +382,12 @@ mod tests {
         let mut gram = vec![0.0; k * k];
         add_gram(&y, k, &mut gram);
         let items: Vec<u32> = (0..n as u32).step_by(3).collect();
-        let conf: Vec<f32> = items.iter().map(|&i| 1.0 + 40.0 * (1 + i % 4) as f32).collect();
+        let conf: Vec<f32> = items
+            .iter()
+            .map(|&i| 1.0 + 40.0 * (1 + i % 4) as f32)
+            .collect();
         let row = Row {
+            k,
             gram: &gram,
             y: &y,
             items: &items,

@@ -25,7 +25,13 @@ pub struct Metrics {
 impl MetricSums {
     /// Adds one user: `ranked` is the top-k list (best first), `relevant` tells whether an item is
     /// in the user's test set, `n_relevant` the test set's size (> 0).
-    pub fn add(&mut self, ranked: &[u32], relevant: impl Fn(u32) -> bool, n_relevant: usize, k: usize) {
+    pub fn add(
+        &mut self,
+        ranked: &[u32],
+        relevant: impl Fn(u32) -> bool,
+        n_relevant: usize,
+        k: usize,
+    ) {
         let (mut hits, mut dcg, mut ap) = (0usize, 0.0f64, 0.0f64);
         for (pos, &item) in ranked.iter().take(k).enumerate() {
             if relevant(item) {

@@ -16,6 +16,7 @@
 //! p = 1 for played pairs, c = 1 + α·r (or 1 + α·ln(1 + r/ε)), r = plays, and λ fixed (as in
 //! `implicit`) or λ·(ratings of the row) (as in Spark).
 
+mod cache;
 pub mod evaluate;
 pub mod factors;
 pub mod linalg;
@@ -70,9 +71,9 @@ impl Default for AlsParams {
             rank: 64,
             iterations: 15,
             reg: 0.1,
-            reg_scaled_by_count: false,
-            alpha: 40.0,
-            log_epsilon: None,
+            reg_scaled_by_count: true,
+            alpha: 1.0,
+            log_epsilon: Some(1.0),
             solver: Solver::Cg { steps: 3 },
             seed: 42,
         }
@@ -125,7 +126,9 @@ impl TrainedModel {
     /// The `n` best items for user `u` that are not in `exclude`.
     pub fn recommend(&self, u: usize, n: usize, exclude: &[u32]) -> Vec<(u32, f32)> {
         let x = self.users.row(u);
-        let scores: Vec<f32> = (0..self.items.rows()).map(|i| linalg::dot(x, self.items.row(i))).collect();
+        let scores: Vec<f32> = (0..self.items.rows())
+            .map(|i| linalg::dot(x, self.items.row(i)))
+            .collect();
         metrics::top_k(&scores, n, |i| exclude.contains(&i))
             .into_iter()
             .map(|i| (i, scores[i as usize]))
@@ -160,7 +163,12 @@ fn summaries(batches: &[RecordBatch], k: usize) -> Result<(Vec<f32>, f64, f64), 
         let loss = b.column(2).as_primitive::<Float64Type>();
         let reg = b.column(3).as_primitive::<Float64Type>();
         for r in 0..b.num_rows() {
-            rows.push((block.value(r), gram_from_bytes(gram.value(r)), loss.value(r), reg.value(r)));
+            rows.push((
+                block.value(r),
+                gram_from_bytes(gram.value(r)),
+                loss.value(r),
+                reg.value(r),
+            ));
         }
     }
     // Block order: the same sums in the same order wherever the blocks ran.
@@ -189,7 +197,11 @@ pub async fn train(
     let version = model::new_version(lake).await?;
     let work = format!("{MODELS_DIR}/{version}/work");
     let started = Instant::now();
-    let fraction = if options.evaluate { options.train_fraction } else { 1.0 };
+    let fraction = if options.evaluate {
+        options.train_fraction
+    } else {
+        1.0
+    };
     let block_count = options.blocks.unwrap_or(2 * cluster.parallelism()).max(1);
     let prepared = prep::prepare(cluster, lake, &work, fraction, block_count).await?;
     let prepare = started.elapsed();
@@ -203,41 +215,58 @@ pub async fn train(
 
     let k = params.rank;
     let url = lake.base_url().to_string();
-    let dir = |side: Side, it: usize| lake.path(&format!("{work}/factors/{}/it-{it:03}", side.name())).to_string();
+    let dir = |side: Side, it: usize| {
+        lake.path(&format!("{work}/factors/{}/it-{it:03}", side.name()))
+            .to_string()
+    };
     let mut item_gram: Option<Vec<f32>> = None;
     let mut stats = Vec::new();
     let train_started = Instant::now();
     for it in 1..=params.iterations {
         let t = Instant::now();
-        let step = |side: Side, other_gram: Option<Vec<f32>>, with_loss: bool, blocks: &[BlockTask]| {
-            let spec = SolveSpec {
-                store_url: url.clone(),
-                side,
-                params: params.clone(),
-                ratings_dir: lake
-                    .path(&format!("{work}/{}", if side == Side::Users { "by_user" } else { "by_item" }))
-                    .to_string(),
-                other_dir: match side {
-                    Side::Users => (it > 1).then(|| dir(Side::Items, it - 1)),
-                    Side::Items => Some(dir(Side::Users, it)),
-                },
-                other_rows: match side {
-                    Side::Users => prepared.items.len(),
-                    Side::Items => prepared.users.len(),
-                },
-                previous_dir: (it > 1).then(|| dir(side, it - 1)),
-                out_dir: dir(side, it),
-                other_gram,
-                with_loss,
+        let step =
+            |side: Side, other_gram: Option<Vec<f32>>, with_loss: bool, blocks: &[BlockTask]| {
+                let spec = SolveSpec {
+                    store_url: url.clone(),
+                    side,
+                    params: params.clone(),
+                    ratings_dir: lake
+                        .path(&format!(
+                            "{work}/{}",
+                            if side == Side::Users {
+                                "by_user"
+                            } else {
+                                "by_item"
+                            }
+                        ))
+                        .to_string(),
+                    other_dir: match side {
+                        Side::Users => (it > 1).then(|| dir(Side::Items, it - 1)),
+                        Side::Items => Some(dir(Side::Users, it)),
+                    },
+                    other_rows: match side {
+                        Side::Users => prepared.items.len(),
+                        Side::Items => prepared.users.len(),
+                    },
+                    previous_dir: (it > 1).then(|| dir(side, it - 1)),
+                    out_dir: dir(side, it),
+                    other_gram,
+                    with_loss,
+                };
+                let blocks = blocks.to_vec();
+                async move {
+                    let plan = std::sync::Arc::new(AlsSolveExec::new(work_list(&blocks)?, spec));
+                    cluster.run(plan).await
+                }
             };
-            let blocks = blocks.to_vec();
-            async move {
-                let plan = std::sync::Arc::new(AlsSolveExec::new(work_list(&blocks)?, spec));
-                cluster.run(plan).await
-            }
-        };
-        let (user_gram, _, user_reg) = summaries(&step(Side::Users, item_gram.take(), false, &prepared.user_blocks).await?, k)?;
-        let (gram, loss, item_reg) = summaries(&step(Side::Items, Some(user_gram), true, &prepared.item_blocks).await?, k)?;
+        let (user_gram, _, user_reg) = summaries(
+            &step(Side::Users, item_gram.take(), false, &prepared.user_blocks).await?,
+            k,
+        )?;
+        let (gram, loss, item_reg) = summaries(
+            &step(Side::Items, Some(user_gram), true, &prepared.item_blocks).await?,
+            k,
+        )?;
         item_gram = Some(gram);
         let stat = IterationStat {
             iteration: it,
@@ -270,7 +299,10 @@ pub async fn train(
         let mut rows = Vec::new();
         for b in cluster.run(plan).await? {
             for r in 0..b.num_rows() {
-                rows.push((b.column(0).as_primitive::<Int64Type>().value(r), sums_from_row(&b, r)));
+                rows.push((
+                    b.column(0).as_primitive::<Int64Type>().value(r),
+                    sums_from_row(&b, r),
+                ));
             }
         }
         rows.sort_by_key(|r| r.0);
@@ -290,12 +322,24 @@ pub async fn train(
     let store = lake.object_store();
     let trained = TrainedModel {
         users: if params.iterations > 0 {
-            read_matrix(&store, &dir(Side::Users, last).as_str().into(), k, prepared.users.len()).await?
+            read_matrix(
+                &store,
+                &dir(Side::Users, last).as_str().into(),
+                k,
+                prepared.users.len(),
+            )
+            .await?
         } else {
             Factors::init(k, 0, prepared.users.len(), params.seed, Side::Users)
         },
         items: if params.iterations > 0 {
-            read_matrix(&store, &dir(Side::Items, last).as_str().into(), k, prepared.items.len()).await?
+            read_matrix(
+                &store,
+                &dir(Side::Items, last).as_str().into(),
+                k,
+                prepared.items.len(),
+            )
+            .await?
         } else {
             Factors::init(k, 0, prepared.items.len(), params.seed, Side::Items)
         },
@@ -326,23 +370,31 @@ pub async fn track_names(
     track_ids: &[String],
 ) -> Result<std::collections::HashMap<String, (String, String)>, JobError> {
     use datafusion::prelude::{ParquetReadOptions, col, lit};
-    let ctx = cluster.planner();
+    let ctx = cluster.planner()?;
     let listens = ctx
-        .read_parquet(lake.url(&format!("{}/", recsys_core::schema::SORTED_DIR)), ParquetReadOptions::default())
+        .read_parquet(
+            lake.url(&format!("{}/", recsys_core::schema::SORTED_DIR)),
+            ParquetReadOptions::default(),
+        )
         .await?;
     let wanted: Vec<_> = track_ids.iter().map(|id| lit(id.clone())).collect();
-    let df = listens.filter(col("track_id").in_list(wanted, false))?.aggregate(
-        vec![col("track_id")],
-        vec![
-            datafusion::functions_aggregate::min_max::min(col("track_name")).alias("title"),
-            datafusion::functions_aggregate::min_max::min(col("artist_name")).alias("artist"),
-        ],
-    )?;
+    let df = listens
+        .filter(col("track_id").in_list(wanted, false))?
+        .aggregate(
+            vec![col("track_id")],
+            vec![
+                datafusion::functions_aggregate::min_max::min(col("track_name")).alias("title"),
+                datafusion::functions_aggregate::min_max::min(col("artist_name")).alias("artist"),
+            ],
+        )?;
     let mut names = std::collections::HashMap::new();
     for b in cluster.run(df.create_physical_plan().await?).await? {
         let [id, title, artist] = [0, 1, 2].map(|c| b.column(c).as_string::<i32>());
         for r in 0..b.num_rows() {
-            names.insert(id.value(r).to_string(), (title.value(r).to_string(), artist.value(r).to_string()));
+            names.insert(
+                id.value(r).to_string(),
+                (title.value(r).to_string(), artist.value(r).to_string()),
+            );
         }
     }
     Ok(names)
@@ -361,6 +413,8 @@ pub fn flops_per_iteration(params: &AlsParams, users: u64, items: u64, nnz: u64)
     };
     let rows = (users + items) as f64;
     let ratings = 2.0 * nnz as f64;
-    let per_side = 2.0 * k * ratings + (steps + 1.0) * (2.0 * k * k * rows + 4.0 * k * ratings) + 2.0 * k * k * rows;
+    let per_side = 2.0 * k * ratings
+        + (steps + 1.0) * (2.0 * k * k * rows + 4.0 * k * ratings)
+        + 2.0 * k * k * rows;
     per_side + 2.0 * k * k * items as f64 + 2.0 * k * nnz as f64
 }

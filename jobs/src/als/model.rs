@@ -21,11 +21,22 @@ pub async fn new_version(lake: &Store) -> Result<String, JobError> {
         .unwrap_or_default();
     let mut stamp = Vec::new();
     recsys_core::time::format_timestamp_secs(now * recsys_core::time::MICROS_PER_SEC, &mut stamp);
-    let base: String = String::from_utf8_lossy(&stamp).chars().filter(|c| *c != '-' && *c != ':').collect();
+    let base: String = String::from_utf8_lossy(&stamp)
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
     let store = lake.object_store();
     for n in 0.. {
-        let version = if n == 0 { base.clone() } else { format!("{base}-{n}") };
-        let listed = crate::lake::list(store.as_ref(), &lake.path(&format!("{MODELS_DIR}/{version}"))).await?;
+        let version = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let listed = crate::lake::list(
+            store.as_ref(),
+            &lake.path(&format!("{MODELS_DIR}/{version}")),
+        )
+        .await?;
         if listed.is_empty() {
             return Ok(version);
         }
@@ -37,14 +48,22 @@ pub async fn new_version(lake: &Store) -> Result<String, JobError> {
 pub async fn current(lake: &Store) -> Result<Option<String>, JobError> {
     let path = lake.path(&format!("{MODELS_DIR}/CURRENT"));
     match lake.object_store().get(&path).await {
-        Ok(got) => Ok(Some(String::from_utf8_lossy(&got.bytes().await?).trim().to_string())),
+        Ok(got) => Ok(Some(
+            String::from_utf8_lossy(&got.bytes().await?)
+                .trim()
+                .to_string(),
+        )),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Writes the model files, verifies them, then points CURRENT at the new version.
-pub async fn store(lake: &Store, summary: &AlsSummary, train_fraction: f64) -> Result<(), JobError> {
+pub async fn store(
+    lake: &Store,
+    summary: &AlsSummary,
+    train_fraction: f64,
+) -> Result<(), JobError> {
     let dir = format!("{MODELS_DIR}/{}", summary.version);
     let store = lake.object_store();
     let m = &summary.model;
@@ -53,11 +72,21 @@ pub async fn store(lake: &Store, summary: &AlsSummary, train_fraction: f64) -> R
     for (name, batch) in [("users.parquet", users), ("items.parquet", items)] {
         let path = lake.path(&format!("{dir}/{name}"));
         let rows = batch.num_rows();
-        write_parquet_file(store.clone(), &path, batch.schema(), vec![batch], Payload::Vectors, vec![]).await?;
+        write_parquet_file(
+            store.clone(),
+            &path,
+            batch.schema(),
+            vec![batch],
+            Payload::Vectors,
+            vec![],
+        )
+        .await?;
         let (back, _) = read_parquet(store.as_ref(), &path).await?;
         let got: usize = back.iter().map(|b| b.num_rows()).sum();
         if got != rows {
-            return Err(JobError::Invariant(format!("{path} holds {got} rows after writing {rows}")));
+            return Err(JobError::Invariant(format!(
+                "{path} holds {got} rows after writing {rows}"
+            )));
         }
     }
     let metrics = json!({
@@ -78,13 +107,25 @@ pub async fn store(lake: &Store, summary: &AlsSummary, train_fraction: f64) -> R
             "evaluate": summary.evaluate.as_secs_f64(),
         },
     });
-    let json = serde_json::to_vec_pretty(&metrics).map_err(|e| JobError::Invariant(e.to_string()))?;
-    store.put(&lake.path(&format!("{dir}/metrics.json")), PutPayload::from(json)).await?;
+    let json =
+        serde_json::to_vec_pretty(&metrics).map_err(|e| JobError::Invariant(e.to_string()))?;
     store
-        .put(&lake.path(&format!("{dir}/loss.svg")), PutPayload::from(chart(&summary.iterations)))
+        .put(
+            &lake.path(&format!("{dir}/metrics.json")),
+            PutPayload::from(json),
+        )
         .await?;
     store
-        .put(&lake.path(&format!("{MODELS_DIR}/CURRENT")), PutPayload::from(format!("{}\n", summary.version)))
+        .put(
+            &lake.path(&format!("{dir}/loss.svg")),
+            PutPayload::from(chart(&summary.iterations)),
+        )
+        .await?;
+    store
+        .put(
+            &lake.path(&format!("{MODELS_DIR}/CURRENT")),
+            PutPayload::from(format!("{}\n", summary.version)),
+        )
         .await?;
     Ok(())
 }
@@ -93,9 +134,21 @@ pub async fn store(lake: &Store, summary: &AlsSummary, train_fraction: f64) -> R
 pub fn chart(stats: &[IterationStat]) -> String {
     let (w, h, pad) = (640.0, 320.0, 48.0);
     let n = stats.len().max(1) as f64;
-    let max_loss = stats.iter().map(|s| s.loss).fold(f64::MIN, f64::max).max(1e-9);
-    let min_loss = stats.iter().map(|s| s.loss).fold(f64::MAX, f64::min).min(max_loss);
-    let max_secs = stats.iter().map(|s| s.seconds).fold(0.0, f64::max).max(1e-9);
+    let max_loss = stats
+        .iter()
+        .map(|s| s.loss)
+        .fold(f64::MIN, f64::max)
+        .max(1e-9);
+    let min_loss = stats
+        .iter()
+        .map(|s| s.loss)
+        .fold(f64::MAX, f64::min)
+        .min(max_loss);
+    let max_secs = stats
+        .iter()
+        .map(|s| s.seconds)
+        .fold(0.0, f64::max)
+        .max(1e-9);
     let x = |i: usize| pad + (w - 2.0 * pad) * (i as f64 + 0.5) / n;
     let y_loss = |l: f64| {
         let span = (max_loss - min_loss).max(max_loss * 1e-9);
@@ -117,8 +170,15 @@ pub fn chart(stats: &[IterationStat]) -> String {
             s.seconds
         ));
     }
-    let points: Vec<String> = stats.iter().enumerate().map(|(i, s)| format!("{:.1},{:.1}", x(i), y_loss(s.loss))).collect();
-    svg.push_str(&format!("<polyline fill=\"none\" stroke=\"#c33\" stroke-width=\"2\" points=\"{}\"/>\n", points.join(" ")));
+    let points: Vec<String> = stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{:.1},{:.1}", x(i), y_loss(s.loss)))
+        .collect();
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#c33\" stroke-width=\"2\" points=\"{}\"/>\n",
+        points.join(" ")
+    ));
     svg.push_str(&format!(
         "<text x=\"{pad}\" y=\"{:.0}\">iterations 1–{}; loss {:.4e} → {:.4e}; max {:.2} s</text>\n</svg>\n",
         h - 16.0,

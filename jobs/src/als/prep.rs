@@ -58,16 +58,29 @@ async fn collect(cluster: &Cluster, df: DataFrame) -> Result<Vec<RecordBatch>, J
 
 /// Shuffles `df` into one file per block: column `block` picks the file, rows sorted by
 /// `order` inside it; `block` is dropped from the files.
-async fn write_blocks(cluster: &Cluster, lake: &Store, df: DataFrame, order: &[&str], dir: &str, count: usize) -> Result<(), JobError> {
+async fn write_blocks(
+    cluster: &Cluster,
+    lake: &Store,
+    df: DataFrame,
+    order: &[&str],
+    dir: &str,
+    count: usize,
+) -> Result<(), JobError> {
     let plan = df.create_physical_plan().await?;
     let schema = plan.schema();
     let key = Arc::new(Column::new_with_schema("block", &schema)?);
-    let shuffled = Arc::new(RepartitionExec::try_new(plan, Partitioning::Hash(vec![key.clone()], count))?);
+    let shuffled = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(vec![key.clone()], count),
+    )?);
     let mut sort = vec![PhysicalSortExpr::new_default(key)];
     for name in order {
-        sort.push(PhysicalSortExpr::new_default(Arc::new(Column::new_with_schema(name, &schema)?)));
+        sort.push(PhysicalSortExpr::new_default(Arc::new(
+            Column::new_with_schema(name, &schema)?,
+        )));
     }
-    let ordering = LexOrdering::new(sort).ok_or_else(|| JobError::Invariant("empty ordering".into()))?;
+    let ordering =
+        LexOrdering::new(sort).ok_or_else(|| JobError::Invariant("empty ordering".into()))?;
     let sorted = Arc::new(SortExec::new(ordering, shuffled).with_preserve_partitioning(true));
     let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
     let plan: Arc<dyn ExecutionPlan> = Arc::new(ParquetWriterExec::try_new(
@@ -87,32 +100,65 @@ async fn write_blocks(cluster: &Cluster, lake: &Store, df: DataFrame, order: &[&
 }
 
 /// Runs the preparation jobs, writing under `work` (a folder of the lake).
-pub async fn prepare(cluster: &Cluster, lake: &Store, work: &str, train_fraction: f64, block_count: usize) -> Result<Prepared, JobError> {
-    let ctx: SessionContext = cluster.planner();
-    ctx.register_parquet("listens", lake.url(&format!("{SORTED_DIR}/")), ParquetReadOptions::default())
-        .await?;
+pub async fn prepare(
+    cluster: &Cluster,
+    lake: &Store,
+    work: &str,
+    train_fraction: f64,
+    block_count: usize,
+) -> Result<Prepared, JobError> {
+    let ctx: SessionContext = cluster.planner()?;
+    ctx.register_parquet(
+        "listens",
+        lake.url(&format!("{SORTED_DIR}/")),
+        ParquetReadOptions::default(),
+    )
+    .await?;
 
     // 1. Users, by sorted id.
     let mut users: Vec<(String, i64)> = Vec::new();
-    for b in collect(cluster, ctx.sql("SELECT user_id, count(*) AS n FROM listens GROUP BY user_id").await?).await? {
+    for b in collect(
+        cluster,
+        ctx.sql("SELECT user_id, count(*) AS n FROM listens GROUP BY user_id")
+            .await?,
+    )
+    .await?
+    {
         let ids = b.column(0).as_string::<i32>();
         let n = b.column(1).as_primitive::<Int64Type>();
         users.extend((0..b.num_rows()).map(|i| (ids.value(i).to_string(), n.value(i))));
     }
     users.sort();
     let listens: u64 = users.iter().map(|u| u.1 as u64).sum();
-    let user_schema = Arc::new(Schema::new(vec![Field::new("user_id", DataType::Utf8, false), Field::new("u", DataType::Int32, false)]));
+    let user_schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("u", DataType::Int32, false),
+    ]));
     let user_batch = RecordBatch::try_new(
         user_schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(users.iter().map(|u| u.0.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                users.iter().map(|u| u.0.as_str()),
+            )),
             Arc::new(Int32Array::from_iter_values(0..users.len() as i32)),
         ],
     )?;
     let store = lake.object_store();
-    write_parquet_file(store.clone(), &lake.path(&format!("{work}/users.parquet")), user_schema, vec![user_batch], Payload::Records, vec![]).await?;
-    ctx.register_parquet("users", lake.url(&format!("{work}/users.parquet")), ParquetReadOptions::default())
-        .await?;
+    write_parquet_file(
+        store.clone(),
+        &lake.path(&format!("{work}/users.parquet")),
+        user_schema,
+        vec![user_batch],
+        Payload::Records,
+        vec![],
+    )
+    .await?;
+    ctx.register_parquet(
+        "users",
+        lake.url(&format!("{work}/users.parquet")),
+        ParquetReadOptions::default(),
+    )
+    .await?;
     let user_blocks = blocks(users.len(), block_count);
     let user_block_size = user_blocks.first().map_or(1, |b| b.rows.max(1));
 
@@ -130,30 +176,65 @@ pub async fn prepare(cluster: &Cluster, lake: &Store, work: &str, train_fraction
          JOIN users us ON l.user_id = us.user_id \
          GROUP BY us.u, l.track_id"
     );
-    write_blocks(cluster, lake, ctx.sql(&pairs_sql).await?, &["u", "track_id"], &format!("{work}/pairs"), user_blocks.len()).await?;
-    ctx.register_parquet("pairs", lake.url(&format!("{work}/pairs/")), ParquetReadOptions::default())
-        .await?;
+    write_blocks(
+        cluster,
+        lake,
+        ctx.sql(&pairs_sql).await?,
+        &["u", "track_id"],
+        &format!("{work}/pairs"),
+        user_blocks.len(),
+    )
+    .await?;
+    ctx.register_parquet(
+        "pairs",
+        lake.url(&format!("{work}/pairs/")),
+        ParquetReadOptions::default(),
+    )
+    .await?;
 
     // 3. Items: tracks with training plays, by sorted id, with their distinct listeners.
     let mut items: Vec<(String, i64)> = Vec::new();
-    for b in collect(cluster, ctx.sql("SELECT track_id, count(*) AS n FROM pairs WHERE r > 0 GROUP BY track_id").await?).await? {
+    for b in collect(
+        cluster,
+        ctx.sql("SELECT track_id, count(*) AS n FROM pairs WHERE r > 0 GROUP BY track_id")
+            .await?,
+    )
+    .await?
+    {
         let ids = b.column(0).as_string::<i32>();
         let n = b.column(1).as_primitive::<Int64Type>();
         items.extend((0..b.num_rows()).map(|i| (ids.value(i).to_string(), n.value(i))));
     }
     items.sort();
     let nnz: u64 = items.iter().map(|i| i.1 as u64).sum();
-    let item_schema = Arc::new(Schema::new(vec![Field::new("track_id", DataType::Utf8, false), Field::new("i", DataType::Int32, false)]));
+    let item_schema = Arc::new(Schema::new(vec![
+        Field::new("track_id", DataType::Utf8, false),
+        Field::new("i", DataType::Int32, false),
+    ]));
     let item_batch = RecordBatch::try_new(
         item_schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(items.iter().map(|i| i.0.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                items.iter().map(|i| i.0.as_str()),
+            )),
             Arc::new(Int32Array::from_iter_values(0..items.len() as i32)),
         ],
     )?;
-    write_parquet_file(store.clone(), &lake.path(&format!("{work}/items.parquet")), item_schema, vec![item_batch], Payload::Records, vec![]).await?;
-    ctx.register_parquet("items", lake.url(&format!("{work}/items.parquet")), ParquetReadOptions::default())
-        .await?;
+    write_parquet_file(
+        store.clone(),
+        &lake.path(&format!("{work}/items.parquet")),
+        item_schema,
+        vec![item_batch],
+        Payload::Records,
+        vec![],
+    )
+    .await?;
+    ctx.register_parquet(
+        "items",
+        lake.url(&format!("{work}/items.parquet")),
+        ParquetReadOptions::default(),
+    )
+    .await?;
     let item_blocks = blocks(items.len(), block_count);
     let item_block_size = item_blocks.first().map_or(1, |b| b.rows.max(1));
     let mut popularity: Vec<u32> = (0..items.len() as u32).collect();
@@ -164,12 +245,28 @@ pub async fn prepare(cluster: &Cluster, lake: &Store, work: &str, train_fraction
         "SELECT p.u AS row, CAST(COALESCE(it.i, -1) AS INT) AS col, p.r, p.t, p.u / {user_block_size} AS block \
          FROM pairs p LEFT JOIN items it ON p.track_id = it.track_id"
     );
-    write_blocks(cluster, lake, ctx.sql(&by_user).await?, &["row", "col"], &format!("{work}/by_user"), user_blocks.len()).await?;
+    write_blocks(
+        cluster,
+        lake,
+        ctx.sql(&by_user).await?,
+        &["row", "col"],
+        &format!("{work}/by_user"),
+        user_blocks.len(),
+    )
+    .await?;
     let by_item = format!(
         "SELECT it.i AS row, p.u AS col, p.r, p.t, it.i / {item_block_size} AS block \
          FROM pairs p JOIN items it ON p.track_id = it.track_id WHERE p.r > 0"
     );
-    write_blocks(cluster, lake, ctx.sql(&by_item).await?, &["row", "col"], &format!("{work}/by_item"), item_blocks.len()).await?;
+    write_blocks(
+        cluster,
+        lake,
+        ctx.sql(&by_item).await?,
+        &["row", "col"],
+        &format!("{work}/by_item"),
+        item_blocks.len(),
+    )
+    .await?;
 
     Ok(Prepared {
         users: users.into_iter().map(|u| u.0).collect(),
@@ -196,7 +293,10 @@ mod tests {
     fn blocks_cover_rows() {
         let b = blocks(10, 4);
         assert_eq!(b.iter().map(|t| t.rows).sum::<usize>(), 10);
-        assert_eq!(b.iter().map(|t| (t.start, t.rows)).collect::<Vec<_>>(), vec![(0, 3), (3, 3), (6, 3), (9, 1)]);
+        assert_eq!(
+            b.iter().map(|t| (t.start, t.rows)).collect::<Vec<_>>(),
+            vec![(0, 3), (3, 3), (6, 3), (9, 1)]
+        );
         assert_eq!(blocks(2, 8).len(), 2);
         assert_eq!(blocks(0, 4).len(), 1);
     }

@@ -19,7 +19,8 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
 };
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::factors::{Factors, Side, read_block, read_matrix, write_block};
 use super::linalg::{CgScratch, Row, add_gram, dot};
-use super::{AlsParams, Solver, block_file};
+use super::{AlsParams, Solver, block_file, cache};
 use crate::lake::read_parquet;
 use crate::worklist;
 
@@ -82,8 +83,18 @@ pub(crate) struct BlockRatings {
     pub test: Vec<(usize, i32)>,
 }
 
+impl BlockRatings {
+    pub fn bytes(&self) -> usize {
+        self.offsets.len() * 8 + self.cols.len() * 8 + self.test.len() * 16
+    }
+}
+
 /// Reads a ratings block; `train` rows are those with `r > 0`, `test` pairs have `r = 0, t > 0`.
-pub(crate) async fn read_ratings(store: &Arc<dyn ObjectStore>, path: &Path, task: &BlockTask) -> Result<BlockRatings> {
+pub(crate) async fn read_ratings(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    task: &BlockTask,
+) -> Result<BlockRatings> {
     let (batches, _) = read_parquet(store.as_ref(), path)
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -93,12 +104,21 @@ pub(crate) async fn read_ratings(store: &Arc<dyn ObjectStore>, path: &Path, task
     for b in &batches {
         let typed = |c: usize, t: &DataType| match b.column(c).data_type() == t {
             true => Ok(b.column(c).clone()),
-            false => exec_err!("ratings column {c} is {}, expected {t}", b.column(c).data_type()),
+            false => exec_err!(
+                "ratings column {c} is {}, expected {t}",
+                b.column(c).data_type()
+            ),
         };
         let (row, col) = (typed(0, &DataType::Int32)?, typed(1, &DataType::Int32)?);
         let (r, t) = (typed(2, &DataType::Float32)?, typed(3, &DataType::Float32)?);
-        let (row, col) = (row.as_primitive::<Int32Type>(), col.as_primitive::<Int32Type>());
-        let (r, t) = (r.as_primitive::<Float32Type>(), t.as_primitive::<Float32Type>());
+        let (row, col) = (
+            row.as_primitive::<Int32Type>(),
+            col.as_primitive::<Int32Type>(),
+        );
+        let (r, t) = (
+            r.as_primitive::<Float32Type>(),
+            t.as_primitive::<Float32Type>(),
+        );
         for j in 0..b.num_rows() {
             let local = row.value(j) as usize;
             if local < task.start || local >= task.start + task.rows {
@@ -187,6 +207,7 @@ pub(crate) fn solve_block(
         conf.extend(ratings.values[a..b].iter().map(|&r| params.confidence(r)));
         let reg = params.row_reg(items.len());
         let row = Row {
+            k,
             gram: other_gram,
             y: &other.values,
             items,
@@ -247,7 +268,12 @@ impl AlsSolveExec {
 
 impl DisplayAs for AlsSolveExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "AlsSolveExec: {} → {}", self.spec.side.name(), self.spec.out_dir)
+        write!(
+            f,
+            "AlsSolveExec: {} → {}",
+            self.spec.side.name(),
+            self.spec.out_dir
+        )
     }
 }
 
@@ -275,11 +301,21 @@ impl ExecutionPlan for AlsSolveExec {
         vec![false]
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(AlsSolveExec::new(children.swap_remove(0), self.spec.clone())))
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(AlsSolveExec::new(
+            children.swap_remove(0),
+            self.spec.clone(),
+        )))
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let store = context
             .runtime_env()
             .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
@@ -289,20 +325,56 @@ impl ExecutionPlan for AlsSolveExec {
             let (store, spec) = (store.clone(), spec.clone());
             async move { run_block(&store, &spec, task).await }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(summary_schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            summary_schema(),
+            stream,
+        )))
     }
 }
 
-async fn run_block(store: &Arc<dyn ObjectStore>, spec: &SolveSpec, task: BlockTask) -> Result<RecordBatch> {
+async fn run_block(
+    store: &Arc<dyn ObjectStore>,
+    spec: &SolveSpec,
+    task: BlockTask,
+) -> Result<RecordBatch> {
     let started = Instant::now();
     let k = spec.params.rank;
-    let ratings = read_ratings(store, &Path::from(format!("{}/{}", spec.ratings_dir, block_file(task.block))), &task).await?;
+    let ratings_path = format!("{}/{}", spec.ratings_dir, block_file(task.block));
+    let ratings = cache::get_or_load(
+        &ratings_path,
+        BlockRatings::bytes,
+        read_ratings(store, &Path::from(ratings_path.as_str()), &task),
+    )
+    .await?;
     let other = match &spec.other_dir {
-        Some(dir) => read_matrix(store, &Path::from(dir.as_str()), k, spec.other_rows).await?,
-        None => Factors::init(k, 0, spec.other_rows, spec.params.seed, spec.side.other()),
+        Some(dir) => {
+            cache::get_or_load(
+                dir,
+                Factors::bytes,
+                read_matrix(store, &Path::from(dir.as_str()), k, spec.other_rows),
+            )
+            .await?
+        }
+        None => {
+            let (seed, side, rows) = (spec.params.seed, spec.side.other(), spec.other_rows);
+            let key = format!("init:{seed}:{}:{rows}:{k}", side.name());
+            cache::get_or_load(&key, Factors::bytes, async move {
+                Ok(Factors::init(k, 0, rows, seed, side))
+            })
+            .await?
+        }
     };
     let own = match &spec.previous_dir {
-        Some(dir) => read_block(store, &Path::from(format!("{dir}/{}", block_file(task.block))), k, task.start, task.rows).await?,
+        Some(dir) => {
+            read_block(
+                store,
+                &Path::from(format!("{dir}/{}", block_file(task.block))),
+                k,
+                task.start,
+                task.rows,
+            )
+            .await?
+        }
         None => Factors::init(k, task.start, task.rows, spec.params.seed, spec.side),
     };
     let other_gram = match &spec.other_gram {
@@ -313,13 +385,30 @@ async fn run_block(store: &Arc<dyn ObjectStore>, spec: &SolveSpec, task: BlockTa
             g
         }
     };
+    let loaded = started.elapsed();
     let params = spec.params.clone();
     let with_loss = spec.with_loss;
     // The solve is pure CPU work: keep it off the async workers that serve the executor.
-    let solved = tokio::task::spawn_blocking(move || solve_block(&params, &ratings, &other, &other_gram, own, with_loss))
-        .await
-        .map_err(|e| DataFusionError::Execution(format!("solver task failed: {e}")))?;
-    write_block(store, &Path::from(format!("{}/{}", spec.out_dir, block_file(task.block))), &solved.factors).await?;
+    let solved = tokio::task::spawn_blocking(move || {
+        solve_block(&params, &ratings, &other, &other_gram, own, with_loss)
+    })
+    .await
+    .map_err(|e| DataFusionError::Execution(format!("solver task failed: {e}")))?;
+    let solved_at = started.elapsed();
+    write_block(
+        store,
+        &Path::from(format!("{}/{}", spec.out_dir, block_file(task.block))),
+        &solved.factors,
+    )
+    .await?;
+    tracing::debug!(
+        side = spec.side.name(),
+        block = task.block,
+        load_ms = loaded.as_millis() as u64,
+        solve_ms = (solved_at - loaded).as_millis() as u64,
+        write_ms = (started.elapsed() - solved_at).as_millis() as u64,
+        "als block"
+    );
     let gram_bytes: Vec<u8> = solved.gram.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok(RecordBatch::try_new(
         summary_schema(),
@@ -377,8 +466,12 @@ mod tests {
 
     #[test]
     fn confidence_forms() {
-        let lin = AlsParams::default();
-        assert_eq!(lin.confidence(2.0), 1.0 + lin.alpha * 2.0);
+        let lin = AlsParams {
+            log_epsilon: None,
+            alpha: 40.0,
+            ..AlsParams::default()
+        };
+        assert_eq!(lin.confidence(2.0), 81.0);
         let log = AlsParams {
             log_epsilon: Some(1.0),
             ..AlsParams::default()

@@ -126,7 +126,7 @@ pub fn clean_plan(
             rejects_parts_dir: rejects_parts.to_string(),
         },
     ));
-    let planner = cluster.planner();
+    let planner = cluster.planner()?;
     let state = planner.state();
     let schema = DFSchema::try_from(raw_listen_schema())?;
     let track_id = state.udf(udf::TRACK_ID)?;
@@ -304,7 +304,14 @@ async fn finish_rejects(
             Arc::new(text_col.finish()),
         ],
     )?;
-    write_parquet_file(store.clone(), &lake.path(&format!("{REJECTS_DIR}/rejects.parquet")), reject_schema(), vec![batch], Payload::Records, vec![])
+    write_parquet_file(
+        store.clone(),
+        &lake.path(&format!("{REJECTS_DIR}/rejects.parquet")),
+        reject_schema(),
+        vec![batch],
+        Payload::Records,
+        vec![],
+    )
     .await?;
     clear(store.as_ref(), parts_dir).await?;
     Ok((total_lines, counts))

@@ -258,7 +258,15 @@ fn scan_chunk(
             }
             let rejects = parser.rejects_batch()?;
             let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
-            write_parquet_file(output, &part, rejects.schema(), vec![rejects], Payload::Records, metadata).await?;
+            write_parquet_file(
+                output,
+                &part,
+                rejects.schema(),
+                vec![rejects],
+                Payload::Records,
+                metadata,
+            )
+            .await?;
             Ok(None)
         }
     })
