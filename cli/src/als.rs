@@ -71,7 +71,7 @@ pub struct AlsArgs {
     /// Share of each user's listens (the earliest) used for training when evaluating.
     #[arg(long, env = "RECSYS_ALS_TRAIN_FRACTION", default_value_t = 0.8)]
     pub train_fraction: f64,
-    /// Blocks per side (default: two per task slot).
+    /// Blocks per side (default: one per task slot).
     #[arg(long, env = "RECSYS_ALS_BLOCKS")]
     pub blocks: Option<usize>,
 }

@@ -26,10 +26,6 @@ pub struct AlsBench {
     /// Rows of the generated log to train on (generated, cleaned and sorted when missing).
     #[arg(long, env = "RECSYS_BENCH_ROWS", default_value_t = 2_000_000)]
     pub rows: u64,
-    #[arg(long, env = "RECSYS_BENCH_RANK", default_value_t = 64)]
-    pub rank: usize,
-    #[arg(long, env = "RECSYS_BENCH_ITERATIONS", default_value_t = 10)]
-    pub iterations: usize,
     /// Executor processes of the local cluster run (0: embedded only).
     #[arg(long, env = "RECSYS_BENCH_EXECUTORS", default_value_t = 2)]
     pub executors: usize,
@@ -192,14 +188,12 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         clean(&embedded, &input, &lake).await?;
         sort(&embedded, &lake, None).await?;
     }
-    let mut als_args = args.als.clone();
-    als_args.rank = args.rank;
-    als_args.iterations = args.iterations;
+    let als_args = args.als.clone();
     println!(
         "bench als: {} rows, rank {}, {} iterations, {:?}",
         args.rows,
-        args.rank,
-        args.iterations,
+        als_args.rank,
+        als_args.iterations,
         als_args.params().solver
     );
     let mut runs = vec![(
@@ -262,8 +256,8 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         let out = std::process::Command::new("python3")
             .arg(script)
             .arg(lake.location())
-            .arg(args.rank.to_string())
-            .arg(args.iterations.to_string())
+            .arg(als_args.rank.to_string())
+            .arg(als_args.iterations.to_string())
             .arg(als_args.reg.to_string())
             .arg(als_args.alpha.to_string())
             .arg(embedded.parallelism().to_string())

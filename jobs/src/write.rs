@@ -32,7 +32,7 @@ use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndexBuilder};
@@ -199,7 +199,8 @@ fn writer_properties(payload: Payload, metadata: Vec<(String, String)>) -> Write
         )),
         Payload::Vectors => WriterProperties::builder()
             .set_compression(Compression::UNCOMPRESSED)
-            .set_dictionary_enabled(false),
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::None),
     };
     builder
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))

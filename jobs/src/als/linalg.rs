@@ -1,19 +1,26 @@
-//! Dense f32 kernels of implicit ALS, written so the compiler vectorises them: contiguous
-//! factor rows, several independent accumulators, no bounds checks in inner loops.
+//! Dense f32 kernels of implicit ALS: contiguous factor rows, several independent accumulators,
+//! and AVX2 + FMA or AVX-512 versions chosen at run time (the portable build targets plain
+//! x86-64), so one binary runs everywhere and uses the widest vectors it finds.
 
-/// Whether the AVX2 + FMA kernels can run here (checked once).
-fn simd() -> bool {
+/// The widest kernels this CPU runs (checked once): 0 portable, 1 AVX2 + FMA, 2 AVX-512.
+fn level() -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
-        static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SIMD.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
+        static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                2
+            } else if has!("avx2") && has!("fma") {
+                1
+            } else {
+                0
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        0
     }
 }
 
@@ -22,9 +29,11 @@ fn simd() -> bool {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: AVX2 and FMA are available (checked by `simd`); lengths are equal.
-        return unsafe { avx::dot(a, b) };
+    match level() {
+        // SAFETY: the CPU has the features (checked by `level`); lengths are equal.
+        2 => return unsafe { avx512::dot(a, b) },
+        1 => return unsafe { avx::dot(a, b) },
+        _ => {}
     }
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -42,9 +51,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: AVX2 and FMA are available (checked by `simd`); lengths are equal.
-        return unsafe { avx::axpy(alpha, x, y) };
+    match level() {
+        // SAFETY: the CPU has the features (checked by `level`); lengths are equal.
+        2 => return unsafe { avx512::axpy(alpha, x, y) },
+        1 => return unsafe { avx::axpy(alpha, x, y) },
+        _ => {}
     }
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -58,15 +69,53 @@ pub fn matvec(g: &[f32], v: &[f32], out: &mut [f32]) {
     assert_eq!(g.len(), k * k);
     assert_eq!(out.len(), k);
     #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: AVX2 and FMA are available (checked by `simd`); sizes are checked above.
-        return unsafe { avx::matvec(g, v, out) };
+    match level() {
+        // SAFETY: the CPU has the features (checked by `level`); sizes are checked above.
+        2 => return unsafe { avx512::matvec(g, v, out) },
+        1 => return unsafe { avx::matvec(g, v, out) },
+        _ => {}
     }
     out.fill(0.0);
     for (l, &vl) in v.iter().enumerate() {
         for (o, gl) in out.iter_mut().zip(&g[l * k..(l + 1) * k]) {
             *o += vl * gl;
         }
+    }
+}
+
+/// out += Σ_i (a(c_i) + b(c_i) · y_i·v) · y_i over the rows `items` of `y` (row length k), with
+/// confidences `conf`: the per-rating part of both A·v (a = 0, b = c − 1) and of the initial
+/// CG residual b − A·x (a = c, b = −(c − 1)).
+#[inline]
+pub fn accumulate_ratings(
+    y: &[f32],
+    k: usize,
+    items: &[u32],
+    conf: &[f32],
+    residual: bool,
+    v: &[f32],
+    out: &mut [f32],
+) {
+    assert_eq!(v.len(), k);
+    assert_eq!(out.len(), k);
+    assert_eq!(items.len(), conf.len());
+    assert!(items.iter().all(|&i| (i as usize + 1) * k <= y.len()));
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: the CPU has the features (checked by `level`); every row index is inside y.
+        2 => return unsafe { avx512::accumulate_ratings(y, k, items, conf, residual, v, out) },
+        1 => return unsafe { avx::accumulate_ratings(y, k, items, conf, residual, v, out) },
+        _ => {}
+    }
+    for (&i, &c) in items.iter().zip(conf) {
+        let yi = &y[i as usize * k..(i as usize + 1) * k];
+        let s = dot(yi, v);
+        let w = if residual {
+            c - (c - 1.0) * s
+        } else {
+            (c - 1.0) * s
+        };
+        axpy(w, yi, out);
     }
 }
 
@@ -156,6 +205,33 @@ mod avx {
     }
 
     /// # Safety
+    /// Needs AVX2 and FMA; `v` and `out` have length k; every `(i + 1)·k <= y.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate_ratings(
+        y: &[f32],
+        k: usize,
+        items: &[u32],
+        conf: &[f32],
+        residual: bool,
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        for (&i, &c) in items.iter().zip(conf) {
+            let yi = &y[i as usize * k..(i as usize + 1) * k];
+            // SAFETY: yi, v and out all have length k.
+            unsafe {
+                let s = dot(yi, v);
+                let w = if residual {
+                    c - (c - 1.0) * s
+                } else {
+                    (c - 1.0) * s
+                };
+                axpy(w, yi, out);
+            }
+        }
+    }
+
+    /// # Safety
     /// Needs AVX2 and FMA; `g` is k×k, `v` and `out` have length k.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matvec(g: &[f32], v: &[f32], out: &mut [f32]) {
@@ -192,6 +268,142 @@ mod avx {
     }
 }
 
+/// AVX-512 versions: 16 lanes per register (a rank-64 row is four registers).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// Needs AVX-512F; `a` and `b` of equal length.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n (or i + 16 <= n) keeps them inside both slices.
+        unsafe {
+            while i + 32 <= n {
+                acc0 =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                    acc1,
+                );
+                i += 32;
+            }
+            while i + 16 <= n {
+                acc0 =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                i += 16;
+            }
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+            while i < n {
+                s += *pa.add(i) * *pb.add(i);
+                i += 1;
+            }
+            s
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX-512F; `x` and `y` of equal length.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let a = _mm512_set1_ps(alpha);
+        let mut i = 0;
+        // SAFETY: i + 16 <= n keeps every access inside both slices.
+        unsafe {
+            while i + 16 <= n {
+                let v = _mm512_fmadd_ps(a, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i)));
+                _mm512_storeu_ps(py.add(i), v);
+                i += 16;
+            }
+            while i < n {
+                *py.add(i) += alpha * *px.add(i);
+                i += 1;
+            }
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX-512F; `g` is k×k, `v` and `out` have length k.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn matvec(g: &[f32], v: &[f32], out: &mut [f32]) {
+        let k = v.len();
+        let pg = g.as_ptr();
+        let po = out.as_mut_ptr();
+        let mut col = 0;
+        // Panels of 64 output columns stay in four registers while all k rows stream by.
+        // SAFETY (all accesses): col + 64 <= k (or + 16), l < k: inside row l of g and out.
+        unsafe {
+            while col + 64 <= k {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for (l, &vl) in v.iter().enumerate() {
+                    let b = _mm512_set1_ps(vl);
+                    let row = pg.add(l * k + col);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(b, _mm512_loadu_ps(row.add(16 * j)), *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(po.add(col + 16 * j), *a);
+                }
+                col += 64;
+            }
+            while col + 16 <= k {
+                let mut acc = _mm512_setzero_ps();
+                for (l, &vl) in v.iter().enumerate() {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_set1_ps(vl),
+                        _mm512_loadu_ps(pg.add(l * k + col)),
+                        acc,
+                    );
+                }
+                _mm512_storeu_ps(po.add(col), acc);
+                col += 16;
+            }
+            for c in col..k {
+                let mut s = 0.0;
+                for (l, &vl) in v.iter().enumerate() {
+                    s += vl * *pg.add(l * k + c);
+                }
+                *po.add(c) = s;
+            }
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX-512F; `v` and `out` have length k; every `(i + 1)·k <= y.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn accumulate_ratings(
+        y: &[f32],
+        k: usize,
+        items: &[u32],
+        conf: &[f32],
+        residual: bool,
+        v: &[f32],
+        out: &mut [f32],
+    ) {
+        for (&i, &c) in items.iter().zip(conf) {
+            let yi = &y[i as usize * k..(i as usize + 1) * k];
+            // SAFETY: yi, v and out all have length k.
+            unsafe {
+                let s = dot(yi, v);
+                let w = if residual {
+                    c - (c - 1.0) * s
+                } else {
+                    (c - 1.0) * s
+                };
+                axpy(w, yi, out);
+            }
+        }
+    }
+}
+
 /// The normal equations of one row of implicit ALS with the other side's factors `y` (rows of
 /// length k): A = G + Σ (c_i − 1) y_i y_iᵀ + λ I and b = Σ c_i y_i, over the row's observed items
 /// `items` with confidences `conf`.
@@ -215,10 +427,7 @@ impl Row<'_> {
     pub fn apply(&self, v: &[f32], out: &mut [f32]) {
         matvec(self.gram, v, out);
         axpy(self.reg, v, out);
-        for (&i, &c) in self.items.iter().zip(self.conf) {
-            let yi = self.item(i);
-            axpy((c - 1.0) * dot(yi, v), yi, out);
-        }
+        accumulate_ratings(self.y, self.k, self.items, self.conf, false, v, out);
     }
 
     /// b = Σ c_i y_i.
@@ -231,12 +440,41 @@ impl Row<'_> {
 
     /// `steps` conjugate-gradient steps on A x = b, warm-started from `x`.
     pub fn solve_cg(&self, x: &mut [f32], steps: usize, scratch: &mut CgScratch) {
-        let CgScratch { r, p, ap } = scratch;
-        self.rhs(r);
-        self.apply(x, ap);
-        for (ri, api) in r.iter_mut().zip(ap.iter()) {
-            *ri -= api;
+        // Rows with many ratings gather their item factors once into a contiguous buffer (which
+        // stays in cache) instead of reading scattered rows of a large matrix 1 + steps times.
+        if self.items.len() >= GATHER_FROM && self.y.len() > GATHER_MATRIX_FLOATS {
+            let CgScratch {
+                gathered, index, ..
+            } = scratch;
+            gathered.clear();
+            for &i in self.items {
+                gathered.extend_from_slice(self.item(i));
+            }
+            index.clear();
+            index.extend(0..self.items.len() as u32);
+            let (gathered, index) = (std::mem::take(gathered), std::mem::take(index));
+            let local = Row {
+                y: &gathered,
+                items: &index,
+                ..*self
+            };
+            local.solve_cg_inner(x, steps, scratch);
+            scratch.gathered = gathered;
+            scratch.index = index;
+        } else {
+            self.solve_cg_inner(x, steps, scratch);
         }
+    }
+
+    fn solve_cg_inner(&self, x: &mut [f32], steps: usize, scratch: &mut CgScratch) {
+        let CgScratch { r, p, ap, .. } = scratch;
+        // r = b − A x in one pass over the ratings:
+        // −(G + λI) x + Σ_i (c_i − (c_i − 1) y_i·x) y_i.
+        matvec(self.gram, x, r);
+        for (ri, xi) in r.iter_mut().zip(x.iter()) {
+            *ri = -*ri - self.reg * xi;
+        }
+        accumulate_ratings(self.y, self.k, self.items, self.conf, true, x, r);
         p.copy_from_slice(r);
         let mut rs_old = dot(r, r);
         for _ in 0..steps {
@@ -275,11 +513,18 @@ impl Row<'_> {
     }
 }
 
+/// Rows with at least this many ratings gather their factors (see [`Row::solve_cg`]).
+const GATHER_FROM: usize = 32;
+/// ... when the other side's matrix is larger than this (floats; ~1 MB, beyond L2 reach).
+const GATHER_MATRIX_FLOATS: usize = 256 * 1024;
+
 /// Work vectors of [`Row::solve_cg`], reused across rows.
 pub struct CgScratch {
     r: Vec<f32>,
     p: Vec<f32>,
     ap: Vec<f32>,
+    gathered: Vec<f32>,
+    index: Vec<u32>,
 }
 
 impl CgScratch {
@@ -288,6 +533,8 @@ impl CgScratch {
             r: vec![0.0; k],
             p: vec![0.0; k],
             ap: vec![0.0; k],
+            gathered: Vec::new(),
+            index: Vec::new(),
         }
     }
 }

@@ -86,7 +86,7 @@ pub struct TrainOptions {
     /// Evaluate on a time split (the model is then fit on the earliest `train_fraction`).
     pub evaluate: bool,
     pub train_fraction: f64,
-    /// Blocks per side (default: two per task slot).
+    /// Blocks per side (default: one per task slot: fewer, larger tasks measured faster).
     pub blocks: Option<usize>,
 }
 
@@ -202,7 +202,7 @@ pub async fn train(
     } else {
         1.0
     };
-    let block_count = options.blocks.unwrap_or(2 * cluster.parallelism()).max(1);
+    let block_count = options.blocks.unwrap_or(cluster.parallelism()).max(1);
     let prepared = prep::prepare(cluster, lake, &work, fraction, block_count).await?;
     let prepare = started.elapsed();
     tracing::info!(
@@ -263,14 +263,26 @@ pub async fn train(
             &step(Side::Users, item_gram.take(), false, &prepared.user_blocks).await?,
             k,
         )?;
-        let (gram, loss, item_reg) = summaries(
-            &step(Side::Items, Some(user_gram), true, &prepared.item_blocks).await?,
+        let (gram, observed, item_reg) = summaries(
+            &step(
+                Side::Items,
+                Some(user_gram.clone()),
+                true,
+                &prepared.item_blocks,
+            )
+            .await?,
             k,
         )?;
+        // Loss = observed terms + Σ_u x_uᵀ(YᵀY)x_u (= trace(XᵀX·YᵀY)) + regularisation.
+        let unobserved: f64 = user_gram
+            .iter()
+            .zip(&gram)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
         item_gram = Some(gram);
         let stat = IterationStat {
             iteration: it,
-            loss: loss + item_reg + user_reg,
+            loss: observed + unobserved + item_reg + user_reg,
             seconds: t.elapsed().as_secs_f64(),
         };
         progress(&stat);

@@ -190,10 +190,14 @@ pub(crate) fn solve_block(
     let k = params.rank;
     let mut scratch = CgScratch::new(k);
     let mut dense = Vec::new();
-    let mut conf = Vec::new();
+    // Confidences of the whole block at once (the log form is costly per rating).
+    let confidence: Vec<f32> = ratings
+        .values
+        .iter()
+        .map(|&r| params.confidence(r))
+        .collect();
     let mut gram = vec![0f32; k * k];
     let (mut loss, mut reg_total) = (0f64, 0f64);
-    let mut gx = vec![0f32; k];
     for local in 0..own.rows() {
         let (a, b) = (ratings.offsets[local], ratings.offsets[local + 1]);
         let items = &ratings.cols[a..b];
@@ -203,15 +207,14 @@ pub(crate) fn solve_block(
             x.fill(0.0);
             continue;
         }
-        conf.clear();
-        conf.extend(ratings.values[a..b].iter().map(|&r| params.confidence(r)));
+        let conf = &confidence[a..b];
         let reg = params.row_reg(items.len());
         let row = Row {
             k,
             gram: other_gram,
             y: &other.values,
             items,
-            conf: &conf,
+            conf,
             reg,
         };
         match params.solver {
@@ -221,13 +224,12 @@ pub(crate) fn solve_block(
         add_gram(x, k, &mut gram);
         reg_total += (reg * dot(x, x)) as f64;
         if with_loss {
-            super::linalg::matvec(other_gram, x, &mut gx);
-            let mut l = dot(x, &gx) as f64;
-            for (&i, &c) in items.iter().zip(&conf) {
+            // The observed part of the loss; the rest, Σ x_uᵀ (YᵀY) x_u over every row, is
+            // trace(XᵀX · YᵀY), which the client adds from the two Gram matrices.
+            for (&i, &c) in items.iter().zip(conf) {
                 let s = dot(x, other.row(i as usize)) as f64;
-                l += c as f64 * (1.0 - s) * (1.0 - s) - s * s;
+                loss += c as f64 * (1.0 - s) * (1.0 - s) - s * s;
             }
-            loss += l;
         }
     }
     Solved {
