@@ -12,28 +12,22 @@
 //! No shuffle, and no task ever merges everything: each row is read once (plus at most one index
 //! stride per run at each range edge) and written once.
 
+use futures::stream::BoxStream;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType, UInt64Type};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, exec_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+use datafusion::physical_plan::metrics::BaselineMetrics;
 use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
-};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -46,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lake::{LakeFileReader, clear, list};
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndex, sort_ordering};
-use crate::worklist::{self, work_list};
+use crate::worklist::{Work, WorkExec, work_list};
 use crate::write::{ParquetWriterExec, SplitSpec, WriteSpec};
 use crate::{Cluster, JobError};
 
@@ -276,95 +270,30 @@ fn output_schema() -> SchemaRef {
 
 /// Merges, for each range of its work list, the run slices of that range into one sorted stream,
 /// tagged with the range's index.
-#[derive(Debug)]
-pub struct MergeRangeExec {
-    input: Arc<dyn ExecutionPlan>,
-    spec: MergeRangeSpec,
-    properties: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
-}
+pub type MergeRangeExec = WorkExec<MergeRangeSpec>;
 
-impl MergeRangeExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, spec: MergeRangeSpec) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(output_schema()),
-            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        MergeRangeExec {
-            input,
-            spec,
-            properties: Arc::new(properties),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
+impl Work for MergeRangeSpec {
+    type Unit = RangeTask;
+    const NAME: &'static str = "MergeRangeExec";
+
+    fn schema(&self) -> SchemaRef {
+        output_schema()
     }
 
-    pub fn spec(&self) -> &MergeRangeSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for MergeRangeExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "MergeRangeExec: runs in {}", self.spec.store_url)
-    }
-}
-
-impl ExecutionPlan for MergeRangeExec {
-    fn name(&self) -> &str {
-        "MergeRangeExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(MergeRangeExec::new(
-            children.swap_remove(0),
-            self.spec.clone(),
-        )))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        task: RangeTask,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+        metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let store = context
             .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
-        let tasks = worklist::items::<RangeTask>(self.input.execute(partition, context.clone())?);
-        let stream = tasks
-            .and_then(move |task| {
-                let (store, context, metrics) = (store.clone(), context.clone(), metrics.clone());
-                async move { merge_range(store, task, &context, metrics).await }
-            })
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            output_schema(),
-            stream,
-        )))
+            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        Ok(
+            futures::stream::once(async move { merge_range(store, task, &context, metrics).await })
+                .try_flatten()
+                .boxed(),
+        )
     }
 }
 

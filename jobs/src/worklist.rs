@@ -6,14 +6,25 @@
 //! from its own fields by partition number: it reads it from a work-list leaf, which Ballista
 //! slices correctly, and it names its outputs after the units, never after partition numbers.
 
+use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::exec_datafusion_err;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::stream::BoxStream;
 use futures::{Stream, TryStreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -58,4 +69,120 @@ pub fn items<T: DeserializeOwned + Send + 'static>(
             futures::stream::iter(values)
         })
         .try_flatten()
+}
+
+/// What an operator over a work list does with each of its units.
+pub trait Work: fmt::Debug + Clone + Send + Sync + 'static {
+    /// A unit of work, as the work list carries it.
+    type Unit: DeserializeOwned + Send + 'static;
+    /// The operator's name in plans.
+    const NAME: &'static str;
+    /// Schema of the batches [`Work::run`] produces.
+    fn schema(&self) -> SchemaRef;
+    /// The batches of one unit.
+    fn run(
+        self: Arc<Self>,
+        unit: Self::Unit,
+        context: Arc<TaskContext>,
+        metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>>;
+}
+
+/// The one operator type over work lists: partition p runs the units of work-list partition p.
+#[derive(Debug)]
+pub struct WorkExec<W: Work> {
+    input: Arc<dyn ExecutionPlan>,
+    work: Arc<W>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl<W: Work> WorkExec<W> {
+    pub fn new(input: Arc<dyn ExecutionPlan>, work: W) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(work.schema()),
+            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        WorkExec {
+            input,
+            work: Arc::new(work),
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// What this operator does (serialised by the plan codec).
+    pub fn spec(&self) -> &W {
+        &self.work
+    }
+}
+
+impl<W: Work> DisplayAs for WorkExec<W> {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", W::NAME)
+    }
+}
+
+impl<W: Work> ExecutionPlan for WorkExec<W> {
+    fn name(&self) -> &str {
+        W::NAME
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(WorkExec::new(
+            children.swap_remove(0),
+            (*self.work).clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let units = items::<W::Unit>(self.input.execute(partition, context.clone())?);
+        let work = self.work.clone();
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let stream = units
+            .and_then(move |unit| {
+                futures::future::ready(work.clone().run(unit, context.clone(), metrics.clone()))
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.work.schema(),
+            stream,
+        )))
+    }
 }

@@ -3,24 +3,17 @@
 //! x_u · y_i (training items excluded), and the same for the popularity baseline (items by
 //! distinct training listeners), and adds both users' metrics at 10 to the block's sums.
 
+use datafusion::physical_plan::metrics::BaselineMetrics;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
-};
-use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -30,7 +23,7 @@ use super::factors::{Factors, read_block, read_matrix};
 use super::linalg::dot;
 use super::metrics::{MetricSums, top_k};
 use super::solve::{BlockRatings, BlockTask, read_ratings};
-use crate::worklist;
+use crate::worklist::{Work, WorkExec};
 
 /// The cut-off of every metric.
 pub const CUTOFF: usize = 10;
@@ -113,91 +106,27 @@ pub(crate) fn evaluate_block(
     (model, popular)
 }
 
-#[derive(Debug)]
-pub struct AlsEvalExec {
-    input: Arc<dyn ExecutionPlan>,
-    spec: EvalSpec,
-    properties: Arc<PlanProperties>,
-}
+/// Evaluates the user blocks of its work list.
+pub type AlsEvalExec = WorkExec<EvalSpec>;
 
-impl AlsEvalExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, spec: EvalSpec) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(eval_schema()),
-            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
-        AlsEvalExec {
-            input,
-            spec,
-            properties: Arc::new(properties),
-        }
+impl Work for EvalSpec {
+    type Unit = BlockTask;
+    const NAME: &'static str = "AlsEvalExec";
+
+    fn schema(&self) -> SchemaRef {
+        eval_schema()
     }
 
-    pub fn spec(&self) -> &EvalSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for AlsEvalExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "AlsEvalExec: {}", self.spec.users_dir)
-    }
-}
-
-impl ExecutionPlan for AlsEvalExec {
-    fn name(&self) -> &str {
-        "AlsEvalExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(AlsEvalExec::new(
-            children.swap_remove(0),
-            self.spec.clone(),
-        )))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        task: BlockTask,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+        _metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let store = context
             .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
-        let spec = Arc::new(self.spec.clone());
-        let tasks = worklist::items::<BlockTask>(self.input.execute(partition, context)?);
-        let stream = tasks.and_then(move |task| {
-            let (store, spec) = (store.clone(), spec.clone());
-            async move { eval_block(&store, &spec, task).await }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            eval_schema(),
-            stream,
-        )))
+            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        Ok(futures::stream::once(async move { eval_block(&store, &self, task).await }).boxed())
     }
 }
 

@@ -131,6 +131,40 @@ pub fn add_gram(f: &[f32], k: usize, gram: &mut [f32]) {
     }
 }
 
+/// `accumulate_ratings` for a SIMD module, built on that module's `dot` and `axpy`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! accumulate_ratings_with {
+    ($features:literal) => {
+        /// # Safety
+        /// Needs the module's CPU features; `v` and `out` have length k; every
+        /// `(i + 1)·k <= y.len()`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn accumulate_ratings(
+            y: &[f32],
+            k: usize,
+            items: &[u32],
+            conf: &[f32],
+            residual: bool,
+            v: &[f32],
+            out: &mut [f32],
+        ) {
+            for (&i, &c) in items.iter().zip(conf) {
+                let yi = &y[i as usize * k..(i as usize + 1) * k];
+                // SAFETY: yi, v and out all have length k; the features are enabled here.
+                unsafe {
+                    let s = dot(yi, v);
+                    let w = if residual {
+                        c - (c - 1.0) * s
+                    } else {
+                        (c - 1.0) * s
+                    };
+                    axpy(w, yi, out);
+                }
+            }
+        }
+    };
+}
+
 /// AVX2 + FMA versions of the kernels: 8 lanes per register, several accumulators.
 #[cfg(target_arch = "x86_64")]
 mod avx {
@@ -204,32 +238,7 @@ mod avx {
         }
     }
 
-    /// # Safety
-    /// Needs AVX2 and FMA; `v` and `out` have length k; every `(i + 1)·k <= y.len()`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn accumulate_ratings(
-        y: &[f32],
-        k: usize,
-        items: &[u32],
-        conf: &[f32],
-        residual: bool,
-        v: &[f32],
-        out: &mut [f32],
-    ) {
-        for (&i, &c) in items.iter().zip(conf) {
-            let yi = &y[i as usize * k..(i as usize + 1) * k];
-            // SAFETY: yi, v and out all have length k.
-            unsafe {
-                let s = dot(yi, v);
-                let w = if residual {
-                    c - (c - 1.0) * s
-                } else {
-                    (c - 1.0) * s
-                };
-                axpy(w, yi, out);
-            }
-        }
-    }
+    accumulate_ratings_with!("avx2,fma");
 
     /// # Safety
     /// Needs AVX2 and FMA; `g` is k×k, `v` and `out` have length k.
@@ -376,32 +385,7 @@ mod avx512 {
         }
     }
 
-    /// # Safety
-    /// Needs AVX-512F; `v` and `out` have length k; every `(i + 1)·k <= y.len()`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn accumulate_ratings(
-        y: &[f32],
-        k: usize,
-        items: &[u32],
-        conf: &[f32],
-        residual: bool,
-        v: &[f32],
-        out: &mut [f32],
-    ) {
-        for (&i, &c) in items.iter().zip(conf) {
-            let yi = &y[i as usize * k..(i as usize + 1) * k];
-            // SAFETY: yi, v and out all have length k.
-            unsafe {
-                let s = dot(yi, v);
-                let w = if residual {
-                    c - (c - 1.0) * s
-                } else {
-                    (c - 1.0) * s
-                };
-                axpy(w, yi, out);
-            }
-        }
-    }
+    accumulate_ratings_with!("avx512f");
 }
 
 /// The normal equations of one row of implicit ALS with the other side's factors `y` (rows of

@@ -4,25 +4,18 @@
 //! (warm start), solves every row against the shared Gram matrix, writes the block's new
 //! factors and reports the block's share of the next Gram matrix and of the loss.
 
-use std::fmt;
+use datafusion::physical_plan::metrics::BaselineMetrics;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{AsArray, BinaryArray, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Schema, SchemaRef};
 use datafusion::common::exec_err;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
-};
-use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -31,7 +24,7 @@ use super::factors::{Factors, Side, read_block, read_matrix, write_block};
 use super::linalg::{CgScratch, Row, add_gram, dot};
 use super::{AlsParams, Solver, block_file, cache};
 use crate::lake::read_parquet;
-use crate::worklist;
+use crate::worklist::{Work, WorkExec};
 
 /// A block of rows of one side: rows `[start, start + rows)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,96 +234,27 @@ pub(crate) fn solve_block(
     }
 }
 
-#[derive(Debug)]
-pub struct AlsSolveExec {
-    input: Arc<dyn ExecutionPlan>,
-    spec: SolveSpec,
-    properties: Arc<PlanProperties>,
-}
+/// Solves the blocks of its work list (one half-iteration).
+pub type AlsSolveExec = WorkExec<SolveSpec>;
 
-impl AlsSolveExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, spec: SolveSpec) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(summary_schema()),
-            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
-        AlsSolveExec {
-            input,
-            spec,
-            properties: Arc::new(properties),
-        }
+impl Work for SolveSpec {
+    type Unit = BlockTask;
+    const NAME: &'static str = "AlsSolveExec";
+
+    fn schema(&self) -> SchemaRef {
+        summary_schema()
     }
 
-    pub fn spec(&self) -> &SolveSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for AlsSolveExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "AlsSolveExec: {} → {}",
-            self.spec.side.name(),
-            self.spec.out_dir
-        )
-    }
-}
-
-impl ExecutionPlan for AlsSolveExec {
-    fn name(&self) -> &str {
-        "AlsSolveExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(AlsSolveExec::new(
-            children.swap_remove(0),
-            self.spec.clone(),
-        )))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        task: BlockTask,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+        _metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let store = context
             .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.spec.store_url)?)?;
-        let spec = Arc::new(self.spec.clone());
-        let tasks = worklist::items::<BlockTask>(self.input.execute(partition, context)?);
-        let stream = tasks.and_then(move |task| {
-            let (store, spec) = (store.clone(), spec.clone());
-            async move { run_block(&store, &spec, task).await }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            summary_schema(),
-            stream,
-        )))
+            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        Ok(futures::stream::once(async move { run_block(&store, &self, task).await }).boxed())
     }
 }
 

@@ -7,7 +7,9 @@
 //! in it. It skips the partial line it starts in and reads past `end` to finish its last line, so
 //! every line is parsed exactly once whatever the chunk boundaries.
 
-use std::fmt;
+use datafusion::physical_plan::metrics::BaselineMetrics;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -16,26 +18,17 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::{Bytes, BytesMut};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
-};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use recsys_core::schema::timestamp_type;
 use serde::{Deserialize, Serialize};
 
 use super::tsv::{RejectReason, lines, parse_line};
-use crate::worklist;
+use crate::worklist::{Work, WorkExec};
 use crate::write::{Payload, write_parquet_file};
-use futures::TryStreamExt;
 
 /// Extra bytes read past a chunk's end to finish its last line (more is fetched if needed).
 const OVERHANG: u64 = 64 * 1024;
@@ -118,110 +111,34 @@ pub(crate) fn reject_part_schema() -> SchemaRef {
 }
 
 /// Parses the chunks of its input work list (see [`crate::worklist`]).
-#[derive(Debug)]
-pub struct TsvScanExec {
-    input: Arc<dyn ExecutionPlan>,
-    spec: TsvScanSpec,
-    properties: Arc<PlanProperties>,
-}
+pub type TsvScanExec = WorkExec<TsvScanSpec>;
 
-impl TsvScanExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, spec: TsvScanSpec) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(raw_listen_schema()),
-            Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        TsvScanExec {
-            input,
-            spec,
-            properties: Arc::new(properties),
-        }
+impl Work for TsvScanSpec {
+    type Unit = Chunk;
+    const NAME: &'static str = "TsvScanExec";
+
+    fn schema(&self) -> SchemaRef {
+        raw_listen_schema()
     }
 
-    pub fn spec(&self) -> &TsvScanSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for TsvScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "TsvScanExec: input={}", self.spec.input_url)
-    }
-}
-
-impl ExecutionPlan for TsvScanExec {
-    fn name(&self) -> &str {
-        "TsvScanExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn with_new_children(
+    fn run(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(TsvScanExec::new(
-            children.swap_remove(0),
-            self.spec.clone(),
-        )))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+        chunk: Chunk,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let schema = raw_listen_schema();
+        _metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let input = context
             .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.spec.input_url)?)?;
+            .object_store(ObjectStoreUrl::parse(&self.input_url)?)?;
         let output = context
             .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.spec.output_url)?)?;
-        let parts_dir = Path::from(self.spec.rejects_parts_dir.as_str());
+            .object_store(ObjectStoreUrl::parse(&self.output_url)?)?;
+        let part = Path::from(self.rejects_parts_dir.as_str()).join(format!(
+            "{:05}-{:06}.parquet",
+            chunk.file_index, chunk.chunk_index
+        ));
         let batch_size = context.session_config().batch_size().max(1024);
-        let out_schema = schema.clone();
-        let chunks = worklist::items::<Chunk>(self.input.execute(partition, context)?);
-        let stream = chunks
-            .map_ok(move |chunk| {
-                let part = parts_dir.clone().join(format!(
-                    "{:05}-{:06}.parquet",
-                    chunk.file_index, chunk.chunk_index
-                ));
-                scan_chunk(
-                    input.clone(),
-                    output.clone(),
-                    chunk,
-                    part,
-                    out_schema.clone(),
-                    batch_size,
-                )
-            })
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        Ok(scan_chunk(input, output, chunk, part, raw_listen_schema(), batch_size).boxed())
     }
 }
 
