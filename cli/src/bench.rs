@@ -19,6 +19,9 @@ pub enum BenchCommand {
     /// Implicit ALS: seconds per iteration, GFLOP/s and NDCG@10, embedded and on a local
     /// cluster of executor processes, against the `implicit` library.
     Als(AlsBench),
+    /// Streaming: replay at full speed into the embedded log and, with --kafka, through a
+    /// broker into the sink; events/s end to end, producer- and sink-side, and peak memory.
+    Ingest(crate::bench_ingest::IngestBench),
 }
 
 #[derive(Debug, Args)]
@@ -80,7 +83,7 @@ const REFERENCES: &[Reference] = &[
 ];
 
 /// Peak resident memory since the last [`reset_peak_memory`], in MB (Linux; 0 elsewhere).
-fn peak_memory_mb() -> u64 {
+pub fn peak_memory_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -93,7 +96,7 @@ fn peak_memory_mb() -> u64 {
         .unwrap_or(0)
 }
 
-fn reset_peak_memory() {
+pub fn reset_peak_memory() {
     // Writing 5 to clear_refs resets VmHWM to the current RSS.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -154,19 +157,14 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Pipeline(args) => pipeline(lake_args, args).await,
         BenchCommand::Als(args) => als(lake_args, args).await,
+        BenchCommand::Ingest(args) => crate::bench_ingest::run(lake_args, args).await,
     }
 }
 
-async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
-    use recsys_jobs::als::flops_per_iteration;
-    let root = lake_args.open()?;
-    let lake = root.child(&format!("bench/{}", args.rows));
-    let embedded = ClusterArgs {
-        scheduler: None,
-        vcores: 0,
-    }
-    .connect(&lake_args.s3)
-    .await?;
+/// `bench/<rows>/` of the lake, with a generated log of `rows` rows cleaned and sorted (made
+/// when missing, reused otherwise).
+pub async fn sorted_bench_lake(lake_args: &LakeArgs, rows: u64) -> Result<recsys_core::Store> {
+    let lake = lake_args.open()?.child(&format!("bench/{rows}"));
     if recsys_jobs::lake::list(
         lake.object_store().as_ref(),
         &lake.path(recsys_core::schema::SORTED_DIR),
@@ -174,11 +172,17 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
     .await?
     .is_empty()
     {
+        let embedded = ClusterArgs {
+            scheduler: None,
+            vcores: 0,
+        }
+        .connect(&lake_args.s3)
+        .await?;
         let raw = lake.child(RAW_DIR);
         let config = GenerateArgs {
             users: 1000,
             tracks: 50_000,
-            events: args.rows,
+            events: rows,
             seed: 42,
             groups: 20,
         }
@@ -188,6 +192,18 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         clean(&embedded, &input, &lake).await?;
         sort(&embedded, &lake, None).await?;
     }
+    Ok(lake)
+}
+
+async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
+    use recsys_jobs::als::flops_per_iteration;
+    let lake = sorted_bench_lake(lake_args, args.rows).await?;
+    let embedded = ClusterArgs {
+        scheduler: None,
+        vcores: 0,
+    }
+    .connect(&lake_args.s3)
+    .await?;
     let als_args = args.als.clone();
     println!(
         "bench als: {} rows, rank {}, {} iterations, {:?}",

@@ -4,9 +4,11 @@
 
 mod als;
 mod bench;
+mod bench_ingest;
 mod data;
 mod pipeline;
 mod progress;
+mod stream;
 mod submit;
 
 use anyhow::Result;
@@ -87,6 +89,12 @@ enum Commands {
     Scheduler(SchedulerCommand),
     /// Run a Ballista executor with recsys functions (all standard Ballista flags).
     Executor(ExecutorCommand),
+    /// Replay the sorted listens in time order into Kafka, an ingest service, or the embedded log.
+    Replay(stream::ReplayArgs),
+    /// Run the gRPC ingest service (events to Kafka, or to the embedded log).
+    Ingest(stream::IngestArgs),
+    /// Consume Kafka into `events/date=…/` Parquet, exactly once.
+    Sink(stream::SinkArgs),
     /// Measure the pipeline against its published baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -160,6 +168,9 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Submit(cmd) => submit::run(&cli.lake, cmd).await,
         Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista).await?),
         Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista).await?),
+        Commands::Replay(args) => stream::run_replay(&cli.lake, &args).await.map(|_| ()),
+        Commands::Ingest(args) => stream::run_ingest(&cli.lake, &args).await,
+        Commands::Sink(args) => stream::run_sink_command(&cli.lake, &args).await.map(|_| ()),
         Commands::Bench(cmd) => bench::run(&cli.lake, cmd).await,
     }
 }

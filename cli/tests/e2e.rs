@@ -272,23 +272,6 @@ fn unreachable_scheduler_is_named() {
     assert!(stderr.contains(&url), "{stderr}");
 }
 
-/// Generates, cleans and sorts a small log into `dir`, on `cluster`.
-async fn sorted_lake(
-    cluster: &Cluster,
-    dir: &std::path::Path,
-    config: &recsys_datasets::GenerateConfig,
-) -> Store {
-    let raw = local_store(&dir.join("raw"));
-    generate(config, &raw).await;
-    let lake = local_store(dir);
-    let input = TsvInput::resolve(raw.location(), &Default::default())
-        .await
-        .unwrap();
-    run_clean(cluster, &input, &lake).await.unwrap();
-    run_sort(cluster, &lake, None).await.unwrap();
-    lake
-}
-
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

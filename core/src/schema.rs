@@ -13,6 +13,9 @@ pub const REJECTS_DIR: &str = "rejects";
 /// Folder of listens sorted by (timestamp, user, track), in time-ranged files.
 pub const SORTED_DIR: &str = "sorted/listens";
 
+/// Folder of streamed listening events, partitioned as `date=YYYY-MM-DD/`.
+pub const EVENTS_DIR: &str = "events";
+
 /// Column names shared by every listen table.
 pub mod col {
     pub const USER_ID: &str = "user_id";
@@ -21,6 +24,14 @@ pub mod col {
     pub const ARTIST_NAME: &str = "artist_name";
     pub const TRACK_ID: &str = "track_id";
     pub const TRACK_NAME: &str = "track_name";
+    pub const ACTION: &str = "action";
+    pub const SOURCE: &str = "source";
+    pub const DURATION_S: &str = "duration_s";
+    pub const TOTAL_DURATION_S: &str = "total_duration_s";
+    /// The event log partition (Kafka partition; 0 for the embedded log).
+    pub const LOG_PARTITION: &str = "log_partition";
+    /// The event's offset in its log partition: with `log_partition`, a unique key.
+    pub const LOG_OFFSET: &str = "log_offset";
 }
 
 /// UTC timestamps in microseconds, as every table stores them.
@@ -53,6 +64,26 @@ pub fn reject_schema() -> SchemaRef {
             Field::new("reason", DataType::Utf8, false),
             Field::new("raw", DataType::Binary, false),
             Field::new("text", DataType::Utf8, false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+/// A listening event as streamed (`events/`): the event contract plus where it sat in the log.
+/// `action` is `listen | complete | skip`; durations are seconds (0 = unknown).
+pub fn event_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(col::USER_ID, DataType::Utf8, false),
+            Field::new(col::TRACK_ID, DataType::Utf8, false),
+            Field::new(col::ARTIST_ID, DataType::Utf8, false),
+            Field::new(col::TS, timestamp_type(), false),
+            Field::new(col::ACTION, DataType::Utf8, false),
+            Field::new(col::SOURCE, DataType::Utf8, false),
+            Field::new(col::DURATION_S, DataType::Float64, false),
+            Field::new(col::TOTAL_DURATION_S, DataType::Float64, false),
+            Field::new(col::LOG_PARTITION, DataType::Int32, false),
+            Field::new(col::LOG_OFFSET, DataType::Int64, false),
         ]))
     });
     SCHEMA.clone()

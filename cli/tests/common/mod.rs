@@ -129,3 +129,93 @@ impl S3Server {
         }
     }
 }
+
+/// Generates, cleans and sorts a small log into `dir`, on `cluster`.
+pub async fn sorted_lake(
+    cluster: &recsys_jobs::Cluster,
+    dir: &std::path::Path,
+    config: &GenerateConfig,
+) -> Store {
+    let raw = local_store(&dir.join("raw"));
+    generate(config, &raw).await;
+    let lake = local_store(dir);
+    let input = recsys_jobs::clean::TsvInput::resolve(raw.location(), &Default::default())
+        .await
+        .unwrap();
+    recsys_jobs::clean::run_clean(cluster, &input, &lake)
+        .await
+        .unwrap();
+    recsys_jobs::sort::run_sort(cluster, &lake, None)
+        .await
+        .unwrap();
+    lake
+}
+
+/// A Kafka-protocol broker (tansu, memory storage) on a loopback port, killed on drop. The
+/// binary comes from `RECSYS_TEST_TANSU` (scripts/test installs it and sets the variable).
+pub struct Broker {
+    pub brokers: String,
+    child: std::process::Child,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu() -> String {
+    std::env::var("RECSYS_TEST_TANSU").expect(
+        "RECSYS_TEST_TANSU names the tansu broker binary: run the tests with scripts/test, which installs it",
+    )
+}
+
+impl Broker {
+    /// Starts the broker and creates `topic` with `partitions` partitions (30 s at most).
+    pub fn start(topic: &str, partitions: u32) -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let broker = Broker {
+            brokers: format!("127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {url}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let status = std::process::Command::new(tansu())
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &url,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .status()
+            .expect("tansu topic create runs");
+        assert!(status.success(), "creating topic {topic} on {url}");
+        broker
+    }
+}

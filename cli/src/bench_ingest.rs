@@ -1,0 +1,227 @@
+//! `recsys bench ingest`: the streaming path at full speed. The embedded log (replay → sink, no
+//! broker), and with `--kafka` the broker path: replay → Kafka → sink running side by side in
+//! this process, on a fresh topic and consumer group. Targets from the streaming issue:
+//! ≥ 1 M events/s embedded, ≥ 250 k events/s through the broker, flat memory.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use recsys_ingest::consume::{ConsumeOptions, ConsumeStats, run_sink};
+use recsys_ingest::log::EMBEDDED_TOPIC;
+use recsys_ingest::replay::{ReplayOptions, replay};
+use recsys_ingest::sink::{check_coverage, clear};
+use recsys_ingest::{EmbeddedLog, KafkaLog, KafkaOptions};
+
+use crate::LakeArgs;
+use crate::bench::{peak_memory_mb, reset_peak_memory, sorted_bench_lake};
+use crate::stream::FlushArgs;
+
+#[derive(Debug, Args)]
+pub struct IngestBench {
+    /// Events to replay (a generated log of this size is made when missing).
+    #[arg(long, env = "RECSYS_BENCH_ROWS", default_value_t = 2_000_000)]
+    pub rows: u64,
+    /// Kafka bootstrap servers: also measure the broker path (creates a fresh 3-partition topic).
+    #[arg(long, env = "RECSYS_BENCH_KAFKA")]
+    pub kafka: Option<String>,
+    /// Producer compression for the broker path.
+    #[arg(long, env = "RECSYS_KAFKA_COMPRESSION", default_value = "lz4")]
+    pub compression: String,
+    #[command(flatten)]
+    pub flush: FlushArgs,
+}
+
+const EMBEDDED_TARGET: f64 = 1_000_000.0;
+const BROKER_TARGET: f64 = 250_000.0;
+
+fn row(path: &str, what: &str, events: u64, secs: f64, target: Option<f64>, peak_mb: u64) {
+    let rate = events as f64 / secs.max(1e-9);
+    let vs = target.map_or(String::new(), |t| format!("{:.2}× target", rate / t));
+    println!("{path:<10} {what:<22} {events:>10} {secs:>8.2} {rate:>12.0} {peak_mb:>8}  {vs}");
+}
+
+pub async fn run(lake_args: &LakeArgs, args: IngestBench) -> Result<()> {
+    let lake = sorted_bench_lake(lake_args, args.rows).await?;
+    let options = ReplayOptions {
+        speed: 0.0,
+        max_sleep: Duration::from_secs(2),
+        limit: Some(args.rows),
+        batch_rows: 8192,
+    };
+    println!(
+        "bench ingest: {} events, flush every {} rows / {} ms",
+        args.rows, args.flush.flush_rows, args.flush.flush_interval_ms
+    );
+    println!(
+        "{:<10} {:<22} {:>10} {:>8} {:>12} {:>8}",
+        "path", "measured", "events", "seconds", "events/s", "peak MB"
+    );
+
+    clear(&lake, EMBEDDED_TOPIC).await?;
+    reset_peak_memory();
+    let log = EmbeddedLog::open(lake.clone(), args.flush.policy()).await?;
+    let t = Instant::now();
+    let stats = replay(&lake, &log, &options, |_, _| {}).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let written: u64 = check_coverage(&lake, EMBEDDED_TOPIC)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .values()
+        .sum();
+    if written != stats.events {
+        bail!("embedded log wrote {written} of {} events", stats.events);
+    }
+    row(
+        "embedded",
+        "replay → events/",
+        stats.events,
+        secs,
+        Some(EMBEDDED_TARGET),
+        peak_memory_mb(),
+    );
+
+    let Some(brokers) = args.kafka.clone() else {
+        println!("(broker path: pass --kafka host:port)");
+        return Ok(());
+    };
+    let topic = format!(
+        "music_log_bench_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    create_topic(&brokers, &topic, 3).await?;
+    let producer = KafkaLog::connect(KafkaOptions {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        compression: args.compression.clone(),
+        idempotence: true,
+        queue_messages: 200_000,
+    })
+    .await?;
+    // End to end: the sink consumes while the replay produces.
+    reset_peak_memory();
+    let t = Instant::now();
+    let sink = tokio::spawn(drain(
+        lake.clone(),
+        brokers.clone(),
+        topic.clone(),
+        format!("{topic}-e2e"),
+        args.rows,
+        args.flush.policy(),
+    ));
+    let produced = replay(&lake, &producer, &options, |_, _| {}).await?;
+    let produce_secs = t.elapsed().as_secs_f64();
+    let consumed = sink.await.context("sink task")??;
+    let end_to_end = t.elapsed().as_secs_f64();
+    let peak = peak_memory_mb();
+    row(
+        "kafka",
+        "producer (acked)",
+        produced.events,
+        produce_secs,
+        Some(BROKER_TARGET),
+        peak,
+    );
+    row(
+        "kafka",
+        "end to end → events/",
+        produced.events,
+        end_to_end,
+        Some(BROKER_TARGET),
+        peak,
+    );
+    // Sink alone: a new group drains the full topic into a scratch lake.
+    reset_peak_memory();
+    let scratch = lake.child("bench-drain");
+    clear(&scratch, &topic).await?;
+    let t = Instant::now();
+    let drained = drain(
+        scratch.clone(),
+        brokers.clone(),
+        topic.clone(),
+        format!("{topic}-drain"),
+        args.rows,
+        args.flush.policy(),
+    )
+    .await?;
+    row(
+        "kafka",
+        "sink alone",
+        drained.sink.rows,
+        t.elapsed().as_secs_f64(),
+        Some(BROKER_TARGET),
+        peak_memory_mb(),
+    );
+    clear(&scratch, &topic).await?;
+    println!(
+        "sink: {} files, {} rows, {} duplicates dropped, {} invalid messages",
+        consumed.sink.files, consumed.sink.rows, consumed.sink.duplicates, consumed.invalid
+    );
+    Ok(())
+}
+
+/// Runs a sink (its own consumer group) until it has written `expected` events of `topic`.
+async fn drain(
+    lake: recsys_core::Store,
+    brokers: String,
+    topic: String,
+    group: String,
+    expected: u64,
+    policy: recsys_ingest::FlushPolicy,
+) -> Result<ConsumeStats> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sink = tokio::spawn(run_sink(
+        lake.clone(),
+        ConsumeOptions {
+            brokers,
+            topic: topic.clone(),
+            group,
+            policy,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let covered: u64 = check_coverage(&lake, &topic)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .values()
+            .sum();
+        if covered >= expected {
+            break;
+        }
+        if Instant::now() > deadline || sink.is_finished() {
+            let _ = stop.send(());
+            sink.await.context("sink task")??;
+            bail!("the sink wrote {covered} of {expected} events");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    Ok(sink.await.context("sink task")??)
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .with_context(|| format!("Kafka admin client for `{brokers}`"))?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .with_context(|| format!("creating topic `{topic}` on `{brokers}`"))?;
+    for result in results {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating topic `{t}` on `{brokers}`: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Streaming ingestion end to end: the embedded log, the gRPC ingest service (validation over
+//! real gRPC), and replay → Kafka (the tansu broker) → sink with the sink killed at random.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+use common::*;
+use recsys_core::Store;
+use recsys_core::schema::{EVENTS_DIR, SORTED_DIR, col};
+use recsys_datasets::GenerateConfig;
+use recsys_ingest::log::EMBEDDED_TOPIC;
+use recsys_ingest::replay::{ReplayOptions, replay};
+use recsys_ingest::sink::check_coverage;
+use recsys_ingest::{EmbeddedLog, FlushPolicy};
+use recsys_jobs::Cluster;
+use recsys_proto::v1::ingest_service_client::IngestServiceClient;
+use recsys_proto::v1::{Action, ListenEvent};
+
+fn stream_config() -> GenerateConfig {
+    GenerateConfig {
+        users: 50,
+        tracks: 2000,
+        events: 40_000,
+        seed: 5,
+        groups: 5,
+    }
+}
+
+/// (ts, user, track, artist) of every row, sorted: the content the stream must preserve.
+type Listen = (i64, String, String, String);
+
+fn listens(files: &[(std::path::PathBuf, Vec<RecordBatch>)]) -> Vec<Listen> {
+    let mut out = Vec::new();
+    for batch in files.iter().flat_map(|(_, b)| b) {
+        let s = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>();
+        let ts = batch
+            .column_by_name(col::TS)
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        for r in 0..batch.num_rows() {
+            out.push((
+                ts.value(r),
+                s(col::USER_ID).value(r).to_string(),
+                s(col::TRACK_ID).value(r).to_string(),
+                s(col::ARTIST_ID).value(r).to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every Parquet file under `events/` (all date folders).
+fn event_files(lake: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<RecordBatch>)> {
+    let root = lake.join(EVENTS_DIR);
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.iter()
+        .inspect(|d| {
+            let name = d.file_name().unwrap().to_string_lossy().to_string();
+            assert!(name.starts_with("date="), "{name}");
+        })
+        .flat_map(|d| read_parquet_dir(d))
+        .collect()
+}
+
+/// No (partition, offset) twice, and every file's rows share its folder's date.
+fn check_events(files: &[(std::path::PathBuf, Vec<RecordBatch>)]) -> BTreeMap<i32, u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut per_partition = BTreeMap::new();
+    for (path, batches) in files {
+        let folder = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        for b in batches {
+            let p = b
+                .column_by_name(col::LOG_PARTITION)
+                .unwrap()
+                .as_primitive::<Int32Type>();
+            let o = b
+                .column_by_name(col::LOG_OFFSET)
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let ts = b
+                .column_by_name(col::TS)
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
+            for r in 0..b.num_rows() {
+                assert!(
+                    seen.insert((p.value(r), o.value(r))),
+                    "duplicate {:?}",
+                    (p.value(r), o.value(r))
+                );
+                *per_partition.entry(p.value(r)).or_default() += 1;
+                let date = recsys_core::time::date_string(ts.value(r));
+                assert_eq!(folder, format!("date={date}"), "{}", path.display());
+            }
+        }
+    }
+    per_partition
+}
+
+async fn lake_with_sorted_listens(dir: &std::path::Path) -> (Store, Vec<Listen>) {
+    let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
+    let lake = sorted_lake(&cluster, dir, &stream_config()).await;
+    let sorted = listens(&read_parquet_dir(&dir.join(SORTED_DIR)));
+    (lake, sorted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_replay_writes_every_event_once_into_date_partitions() {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, sorted) = lake_with_sorted_listens(dir.path()).await;
+        let policy = FlushPolicy {
+            rows: 3000,
+            interval: Duration::from_millis(200),
+        };
+        let log = EmbeddedLog::open(lake.clone(), policy.clone())
+            .await
+            .unwrap();
+        let options = ReplayOptions {
+            speed: 0.0,
+            max_sleep: Duration::from_secs(2),
+            limit: Some(25_000),
+            batch_rows: 4096,
+        };
+        let stats = replay(&lake, &log, &options, |_, _| {}).await.unwrap();
+        assert_eq!(stats.events, 25_000);
+        // A second log on the same lake resumes after the first one's offsets.
+        let log = EmbeddedLog::open(lake.clone(), policy).await.unwrap();
+        let rest = ReplayOptions {
+            limit: None,
+            ..options
+        };
+        let again = replay(&lake, &log, &rest, |_, _| {}).await.unwrap();
+        assert_eq!(again.events, sorted.len() as u64);
+
+        let files = event_files(dir.path());
+        let per_partition = check_events(&files);
+        let total = 25_000 + sorted.len() as u64;
+        assert_eq!(per_partition, BTreeMap::from([(0, total)]));
+        let coverage = check_coverage(&lake, EMBEDDED_TOPIC).await.unwrap();
+        assert_eq!(coverage, BTreeMap::from([(0, total)]));
+        // The first 25 000 listens in time order, then all of them: nothing lost or doubled.
+        let mut expected = sorted[..25_000].to_vec();
+        expected.extend(sorted.iter().cloned());
+        expected.sort();
+        assert_eq!(listens(&files), expected);
+    })
+    .await
+    .expect("embedded replay within 180 s");
+}
+
+fn event(user: &str) -> ListenEvent {
+    ListenEvent {
+        user_id: user.into(),
+        track_id: "track-1".into(),
+        artist_id: "artist-1".into(),
+        timestamp_us: 1_250_000_000_000_000,
+        action: Action::Complete as i32,
+        source: "app".into(),
+        duration_s: 120.0,
+        total_duration_s: 240.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_ingest_validates_every_field_and_acks_durable_events() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = local_store(dir.path());
+        let policy = FlushPolicy {
+            rows: 1000,
+            interval: Duration::from_millis(50),
+        };
+        let log = Arc::new(EmbeddedLog::open(lake.clone(), policy).await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(recsys_ingest::server::serve(listener, log.clone(), async {
+            let _ = stopped.await;
+        }));
+        let endpoint = format!("http://{addr}");
+        let mut client = loop {
+            if let Ok(c) = IngestServiceClient::connect(endpoint.clone()).await {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+
+        let invalid: Vec<(&str, Box<dyn Fn(&mut ListenEvent)>)> = vec![
+            ("user_id", Box::new(|e| e.user_id.clear())),
+            ("track_id", Box::new(|e| e.track_id.clear())),
+            ("artist_id", Box::new(|e| e.artist_id.clear())),
+            ("source", Box::new(|e| e.source.clear())),
+            ("action", Box::new(|e| e.action = 0)),
+            ("action", Box::new(|e| e.action = 9)),
+            ("timestamp", Box::new(|e| e.timestamp_us = -5)),
+            (
+                "timestamp",
+                Box::new(|e| e.timestamp_us = 4_102_444_800_000_000),
+            ),
+            ("duration_s", Box::new(|e| e.duration_s = -1.0)),
+            ("total_duration_s", Box::new(|e| e.total_duration_s = -1.0)),
+            ("duration_s", Box::new(|e| e.duration_s = 500.0)),
+        ];
+        for (field, break_it) in &invalid {
+            let mut e = event("u1");
+            break_it(&mut e);
+            let status = client.log_event(e).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{field}: {status:?}"
+            );
+            assert!(
+                status.message().starts_with(field),
+                "{field}: {}",
+                status.message()
+            );
+        }
+
+        // A valid event is durable when acknowledged.
+        client.log_event(event("u1")).await.unwrap();
+        let files = event_files(dir.path());
+        assert_eq!(check_events(&files), BTreeMap::from([(0, 1)]));
+
+        // A stream with a bad event in the middle: the events before it are kept, and said so.
+        let mut bad = event("u3");
+        bad.user_id.clear();
+        let stream = vec![event("u2"), event("u2"), bad, event("u4")];
+        let status = client
+            .publish(tokio_stream::iter(stream))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("event #2: user_id"),
+            "{}",
+            status.message()
+        );
+        let ok = client
+            .publish(tokio_stream::iter(vec![event("u5"); 2500]))
+            .await
+            .unwrap();
+        assert_eq!(ok.into_inner().accepted, 2500);
+        let files = event_files(dir.path());
+        assert_eq!(check_events(&files), BTreeMap::from([(0, 2503)]));
+
+        // Health and reflection answer.
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let serving = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "recsys.v1.IngestService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            serving.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        log.shutdown().await.unwrap();
+    })
+    .await
+    .expect("gRPC ingest within 60 s");
+}
+
+fn recsys(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(RECSYS);
+    cmd.arg("--data-dir").arg(dir).env("RECSYS_LOG", "warn");
+    cmd
+}
+
+fn spawn_sink(dir: &std::path::Path, brokers: &str) -> Child {
+    recsys(dir)
+        .args([
+            "sink",
+            "--kafka",
+            brokers,
+            "--flush-rows",
+            "2000",
+            "--flush-interval-ms",
+            "100",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` at most `secs`, killing it after that.
+fn wait_for(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lake, sorted) = lake_with_sorted_listens(dir.path()).await;
+    let broker = Broker::start("music_log", 3);
+    let mut sink = spawn_sink(dir.path(), &broker.brokers);
+    let mut replayer = recsys(dir.path())
+        .args(["replay", "--kafka", &broker.brokers, "--speed", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill the sink at pseudo-random moments while the replay runs, and restart it.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 1200));
+        sink.kill().unwrap();
+        sink.wait().unwrap();
+        sink = spawn_sink(dir.path(), &broker.brokers);
+    }
+    let status = wait_for(&mut replayer, 120);
+    assert!(status.success(), "replay failed");
+
+    // The sink catches up: every offset of every partition written once.
+    let expected = sorted.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let covered: u64 = check_coverage(&lake, "music_log")
+            .await
+            .unwrap()
+            .values()
+            .sum();
+        if covered >= expected {
+            assert_eq!(covered, expected);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink wrote {covered} of {expected} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One more crash after everything is written: a restart must not write anything again.
+    sink.kill().unwrap();
+    sink.wait().unwrap();
+    let mut sink = spawn_sink(dir.path(), &broker.brokers);
+    std::thread::sleep(Duration::from_secs(3));
+    terminate(&sink);
+    assert!(
+        wait_for(&mut sink, 30).success(),
+        "sink stops cleanly on SIGTERM"
+    );
+
+    let files = event_files(dir.path());
+    let per_partition = check_events(&files);
+    assert_eq!(per_partition.values().sum::<u64>(), expected);
+    assert_eq!(
+        per_partition.len(),
+        3,
+        "all three partitions used: {per_partition:?}"
+    );
+    let coverage = check_coverage(&lake, "music_log").await.unwrap();
+    assert_eq!(
+        coverage, per_partition,
+        "offsets contiguous from 0 in every partition"
+    );
+    assert_eq!(
+        listens(&files),
+        sorted,
+        "same content as the sorted listens"
+    );
+}
+
+/// SIGTERM, through the `kill` command (no libc binding in the tests).
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn unreachable_kafka_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let mut child = recsys(dir.path())
+        .args(["replay", "--kafka", &brokers])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut child, 60);
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains(&brokers), "{stderr}");
+}

@@ -1,0 +1,290 @@
+//! `recsys sink`: a Kafka consumer-group member feeding the exactly-once [`Sink`].
+//!
+//! Rebalances: partitions assigned to this member re-read the store (another member may have
+//! written them); revoked partitions drop their unwritten buffers (never committed, so their new
+//! owner reads them again). Callbacks run only inside `recv`, and the loop applies them before
+//! any write, so a member never writes a partition it no longer owns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use recsys_core::Store;
+use tracing::{info, warn};
+
+use crate::event::{Event, EventBuilder};
+use crate::sink::{FlushPolicy, Sink, SinkError, SinkStats};
+
+/// Errors of the consumer loop; each names the brokers or the object concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("Kafka at `{brokers}`: {source}")]
+    Kafka {
+        brokers: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub policy: FlushPolicy,
+}
+
+/// Counters of a sink run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConsumeStats {
+    pub sink: SinkStats,
+    pub messages: u64,
+    /// Messages that were not valid events (logged with partition, offset and reason).
+    pub invalid: u64,
+}
+
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+#[derive(Default)]
+struct Rebalances {
+    topic: String,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl Rebalances {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = self.partitions(tpl);
+            self.changes
+                .lock()
+                .expect("not poisoned")
+                .push(Change::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = self.partitions(tpl);
+                self.changes
+                    .lock()
+                    .expect("not poisoned")
+                    .push(Change::Assigned(parts));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// Rows a partition's builder collects before they go to the sink as one batch.
+const BATCH_ROWS: usize = 8192;
+
+struct Member {
+    consumer: StreamConsumer<Rebalances>,
+    context: Arc<Rebalances>,
+    sink: Sink,
+    options: ConsumeOptions,
+    owned: HashSet<i32>,
+    builders: BTreeMap<i32, EventBuilder>,
+    stats: ConsumeStats,
+}
+
+impl Member {
+    fn kafka_err(&self, source: KafkaError) -> ConsumeError {
+        ConsumeError::Kafka {
+            brokers: self.options.brokers.clone(),
+            source,
+        }
+    }
+
+    /// Applies the rebalances that happened inside the last `recv`.
+    async fn apply_rebalances(&mut self) -> Result<(), ConsumeError> {
+        let changes = std::mem::take(&mut *self.context.changes.lock().expect("not poisoned"));
+        for change in changes {
+            match change {
+                Change::Revoked(parts) => {
+                    info!(?parts, "partitions revoked");
+                    for p in &parts {
+                        self.owned.remove(p);
+                        self.builders.remove(p);
+                    }
+                    self.sink.forget(&parts);
+                }
+                Change::Assigned(parts) => {
+                    self.sink.reload(&parts).await?;
+                    for p in &parts {
+                        self.owned.insert(*p);
+                        self.builders.remove(p);
+                    }
+                    let resume: Vec<_> = parts
+                        .iter()
+                        .map(|p| (p, self.sink.next_offset(*p)))
+                        .collect();
+                    info!(
+                        ?resume,
+                        "partitions assigned (partition, next offset from the store)"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a partition's collected rows into the sink; commits what the sink wrote.
+    async fn hand_over(&mut self, partition: i32) -> Result<(), ConsumeError> {
+        let Some(builder) = self.builders.get_mut(&partition) else {
+            return Ok(());
+        };
+        if builder.is_empty() {
+            return Ok(());
+        }
+        let batch = builder.finish();
+        let written = self.sink.push(partition, batch).await?;
+        self.commit(&written, CommitMode::Async)
+    }
+
+    /// Commits offsets after `written` (the files are durable).
+    fn commit(&self, written: &[(i32, i64)], mode: CommitMode) -> Result<(), ConsumeError> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, last) in written {
+            tpl.add_partition_offset(&self.options.topic, *p, Offset::Offset(last + 1))
+                .map_err(|e| self.kafka_err(e))?;
+        }
+        self.consumer
+            .commit(&tpl, mode)
+            .map_err(|e| self.kafka_err(e))
+    }
+
+    async fn on_tick(&mut self) -> Result<(), ConsumeError> {
+        self.apply_rebalances().await?;
+        let parts: Vec<i32> = self.builders.keys().copied().collect();
+        for p in parts {
+            self.hand_over(p).await?;
+        }
+        let written = self.sink.flush_due().await?;
+        self.commit(&written, CommitMode::Async)
+    }
+
+    async fn on_message(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+    ) -> Result<(), ConsumeError> {
+        if !self.owned.contains(&partition) {
+            return Ok(());
+        }
+        self.stats.messages += 1;
+        match Event::from_json(payload.unwrap_or_default()) {
+            Ok(event) => {
+                let builder = self.builders.entry(partition).or_default();
+                builder.push(&event, partition, offset);
+                if builder.len() >= BATCH_ROWS {
+                    self.hand_over(partition).await?;
+                }
+            }
+            Err(invalid) => {
+                self.stats.invalid += 1;
+                warn!(partition, offset, %invalid, "skipping a message that is not a valid event");
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), ConsumeError> {
+        self.apply_rebalances().await?;
+        let parts: Vec<i32> = self.builders.keys().copied().collect();
+        for p in parts {
+            self.hand_over(p).await?;
+        }
+        let written = self.sink.flush_all().await?;
+        self.commit(&written, CommitMode::Sync)
+    }
+}
+
+/// Consumes `options.topic` into `store` until `shutdown` resolves, then writes what is buffered.
+pub async fn run_sink(
+    store: Store,
+    options: ConsumeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConsumeStats, ConsumeError> {
+    let kafka_err = |source| ConsumeError::Kafka {
+        brokers: options.brokers.clone(),
+        source,
+    };
+    let consumer: StreamConsumer<Rebalances> = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", &options.group)
+        .set("client.id", "recsys-sink")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("max.poll.interval.ms", "300000")
+        .create_with_context(Rebalances {
+            topic: options.topic.clone(),
+            changes: Mutex::default(),
+        })
+        .map_err(kafka_err)?;
+    let context = consumer.context().clone();
+    consumer.subscribe(&[&options.topic]).map_err(kafka_err)?;
+    let sink = Sink::open(store, &options.topic, options.policy.clone()).await?;
+    let tick_every = (options.policy.interval / 4).max(Duration::from_millis(20));
+    let mut member = Member {
+        consumer,
+        context,
+        sink,
+        options,
+        owned: HashSet::new(),
+        builders: BTreeMap::new(),
+        stats: ConsumeStats::default(),
+    };
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => member.on_tick().await?,
+            message = member.consumer.recv() => {
+                let message = message.map_err(|e| member.kafka_err(e))?;
+                let (partition, offset) = (message.partition(), message.offset());
+                let payload = message.payload().map(<[u8]>::to_vec);
+                drop(message);
+                member.apply_rebalances().await?;
+                member.on_message(partition, offset, payload.as_deref()).await?;
+            }
+        }
+    }
+    member.finish().await?;
+    member.stats.sink = member.sink.stats();
+    Ok(member.stats)
+}
