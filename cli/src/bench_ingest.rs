@@ -181,6 +181,8 @@ async fn drain(
             brokers,
             topic: topic.clone(),
             group,
+            instance_id: None,
+            assign_all: false,
             policy,
         },
         async {

@@ -122,6 +122,13 @@ pub struct SinkArgs {
     /// Consumer group: run several sinks with one group to share the partitions.
     #[arg(long, env = "RECSYS_SINK_GROUP", default_value = "recsys-sink")]
     pub group: String,
+    /// Static membership id (`group.instance.id`, e.g. the host name): a restarted sink gets its
+    /// partitions back at once.
+    #[arg(long, env = "RECSYS_SINK_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Consume every partition without joining a group (one sink; resumes from the lake).
+    #[arg(long, env = "RECSYS_SINK_ASSIGN_ALL", conflicts_with = "instance_id")]
+    pub assign_all: bool,
     /// Serve the gRPC health service here (for container health checks).
     #[arg(long, env = "RECSYS_SINK_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
@@ -231,6 +238,8 @@ pub async fn run_sink_command(lake: &LakeArgs, args: &SinkArgs) -> Result<Consum
         brokers: args.kafka.clone(),
         topic: args.topic.clone(),
         group: args.group.clone(),
+        instance_id: args.instance_id.clone(),
+        assign_all: args.assign_all,
         policy: args.flush.policy(),
     };
     if let Some(addr) = args.health_listen {

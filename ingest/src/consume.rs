@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -20,6 +21,7 @@ use recsys_core::Store;
 use tracing::{info, warn};
 
 use crate::event::{Event, EventBuilder};
+use crate::kafka_logs::KafkaLogs;
 use crate::sink::{FlushPolicy, Sink, SinkError, SinkStats};
 
 /// Errors of the consumer loop; each names the brokers or the object concerned.
@@ -41,6 +43,11 @@ pub struct ConsumeOptions {
     pub brokers: String,
     pub topic: String,
     pub group: String,
+    /// Static group membership (`group.instance.id`): a restarted member takes its partitions
+    /// back at once instead of waiting for the old session to expire.
+    pub instance_id: Option<String>,
+    /// Own every partition of the topic (no group membership), starting where the store ends.
+    pub assign_all: bool,
     pub policy: FlushPolicy,
 }
 
@@ -58,10 +65,10 @@ enum Change {
     Revoked(Vec<i32>),
 }
 
-#[derive(Default)]
 struct Rebalances {
     topic: String,
     changes: Mutex<Vec<Change>>,
+    logs: KafkaLogs,
 }
 
 impl Rebalances {
@@ -74,7 +81,15 @@ impl Rebalances {
     }
 }
 
-impl ClientContext for Rebalances {}
+impl ClientContext for Rebalances {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logs.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
 
 impl ConsumerContext for Rebalances {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -241,7 +256,11 @@ pub async fn run_sink(
         brokers: options.brokers.clone(),
         source,
     };
-    let consumer: StreamConsumer<Rebalances> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Some(id) = &options.instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<Rebalances> = config
         .set("bootstrap.servers", &options.brokers)
         .set("group.id", &options.group)
         .set("client.id", "recsys-sink")
@@ -252,18 +271,47 @@ pub async fn run_sink(
         .create_with_context(Rebalances {
             topic: options.topic.clone(),
             changes: Mutex::default(),
+            logs: KafkaLogs::default(),
         })
         .map_err(kafka_err)?;
     let context = consumer.context().clone();
-    consumer.subscribe(&[&options.topic]).map_err(kafka_err)?;
     let sink = Sink::open(store, &options.topic, options.policy.clone()).await?;
+    let mut owned = HashSet::new();
+    if options.assign_all {
+        let metadata = consumer
+            .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
+            .map_err(kafka_err)?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == options.topic)
+        {
+            for p in topic.partitions() {
+                tpl.add_partition_offset(
+                    &options.topic,
+                    p.id(),
+                    Offset::Offset(sink.next_offset(p.id())),
+                )
+                .map_err(kafka_err)?;
+                owned.insert(p.id());
+            }
+        }
+        info!(
+            partitions = owned.len(),
+            "assigned every partition, each from where the store ends"
+        );
+        consumer.assign(&tpl).map_err(kafka_err)?;
+    } else {
+        consumer.subscribe(&[&options.topic]).map_err(kafka_err)?;
+    }
     let tick_every = (options.policy.interval / 4).max(Duration::from_millis(20));
     let mut member = Member {
         consumer,
         context,
         sink,
         options,
-        owned: HashSet::new(),
+        owned,
         builders: BTreeMap::new(),
         stats: ConsumeStats::default(),
     };

@@ -3,6 +3,7 @@
 
 pub mod consume;
 pub mod event;
+mod kafka_logs;
 pub mod log;
 pub mod replay;
 pub mod server;

@@ -18,6 +18,7 @@ use recsys_proto::v1::ingest_service_client::IngestServiceClient;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event::EventColumns;
+use crate::kafka_logs::KafkaLogs;
 use crate::sink::{FlushPolicy, Sink, SinkError, SinkStats};
 
 /// Errors of an event log. Every variant names the broker or store concerned.
@@ -71,7 +72,7 @@ pub struct KafkaOptions {
 
 /// Events to Kafka as JSON, keyed by `user_id` (a user's events stay in order on one partition).
 pub struct KafkaLog {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLogs>,
     options: KafkaOptions,
 }
 
@@ -82,7 +83,7 @@ impl KafkaLog {
             brokers: options.brokers.clone(),
             source,
         };
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer<KafkaLogs> = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
             .set("client.id", "recsys-ingest")
             .set("enable.idempotence", options.idempotence.to_string())
@@ -96,7 +97,7 @@ impl KafkaLog {
             )
             .set("queue.buffering.max.kbytes", "131072")
             .set("message.timeout.ms", "30000")
-            .create()
+            .create_with_context(KafkaLogs::default())
             .map_err(kafka_err)?;
         let probe = producer.clone();
         let topic = options.topic.clone();

@@ -358,6 +358,7 @@ impl Sink {
             .put(&self.store.path(&rel), PutPayload::from(bytes))
             .await
             .map_err(|source| SinkError::Write { location, source })?;
+        tracing::debug!(file = %rel, rows = buffer.rows, "written");
         self.written.insert(partition, buffer.last);
         self.stats.files += 1;
         self.stats.rows += buffer.rows as u64;

@@ -203,7 +203,7 @@ impl Broker {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let status = std::process::Command::new(tansu())
+        let mut create = std::process::Command::new(tansu())
             .args([
                 "topic",
                 "create",
@@ -213,9 +213,27 @@ impl Broker {
                 "--partitions",
                 &partitions.to_string(),
             ])
-            .status()
+            .spawn()
             .expect("tansu topic create runs");
-        assert!(status.success(), "creating topic {topic} on {url}");
+        assert!(
+            wait_for(&mut create, 30).success(),
+            "creating topic {topic} on {url}"
+        );
         broker
+    }
+}
+
+/// Waits for `child` at most `secs`; kills it and fails after that.
+pub fn wait_for(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not finish within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
