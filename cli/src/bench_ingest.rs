@@ -12,9 +12,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use recsys_ingest::consume::{ConsumeOptions, ConsumeStats, run_sink};
 use recsys_ingest::log::EMBEDDED_TOPIC;
+use recsys_ingest::log::Receipt;
 use recsys_ingest::replay::{ReplayOptions, replay};
 use recsys_ingest::sink::{check_coverage, clear};
-use recsys_ingest::{EmbeddedLog, KafkaLog, KafkaOptions};
+use recsys_ingest::{EmbeddedLog, EventLog, KafkaLog, KafkaOptions, LogError};
 
 use crate::LakeArgs;
 use crate::bench::{peak_memory_mb, reset_peak_memory, sorted_bench_lake};
@@ -59,6 +60,19 @@ pub async fn run(lake_args: &LakeArgs, args: IngestBench) -> Result<()> {
     println!(
         "{:<10} {:<22} {:>10} {:>8} {:>12} {:>8}",
         "path", "measured", "events", "seconds", "events/s", "peak MB"
+    );
+
+    // The source alone: reading sorted/ into event batches, acknowledged at once.
+    reset_peak_memory();
+    let t = Instant::now();
+    let read = replay(&lake, &Discard, &options, |_, _| {}).await?;
+    row(
+        "source",
+        "read sorted/ only",
+        read.events,
+        t.elapsed().as_secs_f64(),
+        None,
+        peak_memory_mb(),
     );
 
     clear(&lake, EMBEDDED_TOPIC).await?;
@@ -174,40 +188,40 @@ async fn drain(
     expected: u64,
     policy: recsys_ingest::FlushPolicy,
 ) -> Result<ConsumeStats> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sink = tokio::spawn(run_sink(
-        lake.clone(),
-        ConsumeOptions {
-            brokers,
-            topic: topic.clone(),
-            group,
-            instance_id: None,
-            assign_all: false,
-            policy,
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let covered: u64 = check_coverage(&lake, &topic)
-            .await
-            .map_err(anyhow::Error::msg)?
-            .values()
-            .sum();
-        if covered >= expected {
-            break;
-        }
-        if Instant::now() > deadline || sink.is_finished() {
-            let _ = stop.send(());
-            sink.await.context("sink task")??;
-            bail!("the sink wrote {covered} of {expected} events");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let options = ConsumeOptions {
+        brokers,
+        topic: topic.clone(),
+        group,
+        instance_id: None,
+        assign_all: false,
+        policy,
+        stop_after: Some(expected),
+    };
+    let timeout = tokio::time::sleep(Duration::from_secs(600));
+    let stats = run_sink(lake.clone(), options, timeout).await?;
+    let covered: u64 = check_coverage(&lake, &topic)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .values()
+        .sum();
+    if covered != expected {
+        bail!("the sink wrote {covered} of {expected} events");
     }
-    let _ = stop.send(());
-    Ok(sink.await.context("sink task")??)
+    Ok(stats)
+}
+
+/// A log that drops everything: measures the replay's own cost.
+struct Discard;
+
+#[async_trait::async_trait]
+impl EventLog for Discard {
+    async fn append(&self, _: arrow::array::RecordBatch) -> Result<Receipt, LogError> {
+        Ok(Box::pin(async { Ok(()) }))
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        Ok(())
+    }
 }
 
 async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {

@@ -55,6 +55,10 @@ pub struct FlushArgs {
     /// Longest time (ms) an event waits in the sink's buffer before it is written.
     #[arg(long, env = "RECSYS_FLUSH_INTERVAL_MS", default_value_t = 1000)]
     pub flush_interval_ms: u64,
+    /// Files the embedded log writes concurrently (the Kafka sink writes one at a time, so a
+    /// partition never changes owner with a write in flight).
+    #[arg(long, env = "RECSYS_WRITE_CONCURRENCY", default_value_t = 4)]
+    pub write_concurrency: usize,
 }
 
 impl FlushArgs {
@@ -62,6 +66,7 @@ impl FlushArgs {
         FlushPolicy {
             rows: self.flush_rows.max(1),
             interval: Duration::from_millis(self.flush_interval_ms),
+            in_flight: self.write_concurrency.max(1),
         }
     }
 }
@@ -129,6 +134,9 @@ pub struct SinkArgs {
     /// Consume every partition without joining a group (one sink; resumes from the lake).
     #[arg(long, env = "RECSYS_SINK_ASSIGN_ALL", conflicts_with = "instance_id")]
     pub assign_all: bool,
+    /// Stop once this many events have been written (a catch-up run).
+    #[arg(long, env = "RECSYS_SINK_STOP_AFTER")]
+    pub stop_after: Option<u64>,
     /// Serve the gRPC health service here (for container health checks).
     #[arg(long, env = "RECSYS_SINK_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
@@ -241,6 +249,7 @@ pub async fn run_sink_command(lake: &LakeArgs, args: &SinkArgs) -> Result<Consum
         instance_id: args.instance_id.clone(),
         assign_all: args.assign_all,
         policy: args.flush.policy(),
+        stop_after: args.stop_after,
     };
     if let Some(addr) = args.health_listen {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -126,6 +126,7 @@ async fn embedded_replay_writes_every_event_once_into_date_partitions() {
         let policy = FlushPolicy {
             rows: 3000,
             interval: Duration::from_millis(200),
+            in_flight: 4,
         };
         let log = EmbeddedLog::open(lake.clone(), policy.clone())
             .await
@@ -184,6 +185,7 @@ async fn grpc_ingest_validates_every_field_and_acks_durable_events() {
         let policy = FlushPolicy {
             rows: 1000,
             interval: Duration::from_millis(50),
+            in_flight: 2,
         };
         let log = Arc::new(EmbeddedLog::open(lake.clone(), policy).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,21 +202,19 @@ async fn grpc_ingest_validates_every_field_and_acks_durable_events() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
 
-        let invalid: Vec<(&str, Box<dyn Fn(&mut ListenEvent)>)> = vec![
-            ("user_id", Box::new(|e| e.user_id.clear())),
-            ("track_id", Box::new(|e| e.track_id.clear())),
-            ("artist_id", Box::new(|e| e.artist_id.clear())),
-            ("source", Box::new(|e| e.source.clear())),
-            ("action", Box::new(|e| e.action = 0)),
-            ("action", Box::new(|e| e.action = 9)),
-            ("timestamp", Box::new(|e| e.timestamp_us = -5)),
-            (
-                "timestamp",
-                Box::new(|e| e.timestamp_us = 4_102_444_800_000_000),
-            ),
-            ("duration_s", Box::new(|e| e.duration_s = -1.0)),
-            ("total_duration_s", Box::new(|e| e.total_duration_s = -1.0)),
-            ("duration_s", Box::new(|e| e.duration_s = 500.0)),
+        type Breaker = fn(&mut ListenEvent);
+        let invalid: Vec<(&str, Breaker)> = vec![
+            ("user_id", |e| e.user_id.clear()),
+            ("track_id", |e| e.track_id.clear()),
+            ("artist_id", |e| e.artist_id.clear()),
+            ("source", |e| e.source.clear()),
+            ("action", |e| e.action = 0),
+            ("action", |e| e.action = 9),
+            ("timestamp", |e| e.timestamp_us = -5),
+            ("timestamp", |e| e.timestamp_us = 4_102_444_800_000_000),
+            ("duration_s", |e| e.duration_s = -1.0),
+            ("total_duration_s", |e| e.total_duration_s = -1.0),
+            ("duration_s", |e| e.duration_s = 500.0),
         ];
         for (field, break_it) in &invalid {
             let mut e = event("u1");

@@ -49,6 +49,8 @@ pub struct ConsumeOptions {
     /// Own every partition of the topic (no group membership), starting where the store ends.
     pub assign_all: bool,
     pub policy: FlushPolicy,
+    /// Stop once this many events have been written in this run (a catch-up job, the benchmark).
+    pub stop_after: Option<u64>,
 }
 
 /// Counters of a sink run.
@@ -275,7 +277,13 @@ pub async fn run_sink(
         })
         .map_err(kafka_err)?;
     let context = consumer.context().clone();
-    let sink = Sink::open(store, &options.topic, options.policy.clone()).await?;
+    // One write at a time: when a partition is revoked inside `recv`, none of its files can
+    // still be in flight, so its next owner sees everything this member wrote.
+    let policy = FlushPolicy {
+        in_flight: 1,
+        ..options.policy.clone()
+    };
+    let mut sink = Sink::open(store, &options.topic, policy).await?;
     let mut owned = HashSet::new();
     if options.assign_all {
         let metadata = consumer
@@ -297,6 +305,8 @@ pub async fn run_sink(
                 owned.insert(p.id());
             }
         }
+        let all: Vec<i32> = owned.iter().copied().collect();
+        sink.reload(&all).await?;
         info!(
             partitions = owned.len(),
             "assigned every partition, each from where the store ends"
@@ -330,6 +340,16 @@ pub async fn run_sink(
                 member.apply_rebalances().await?;
                 member.on_message(partition, offset, payload.as_deref()).await?;
             }
+        }
+        let written = member.sink.stats().rows
+            + member.sink.buffered_rows() as u64
+            + member
+                .builders
+                .values()
+                .map(|b| b.len() as u64)
+                .sum::<u64>();
+        if member.options.stop_after.is_some_and(|n| written >= n) {
+            break;
         }
     }
     member.finish().await?;

@@ -378,17 +378,18 @@ mod tests {
     #[test]
     fn every_invalid_field_is_named() {
         assert_eq!(good().validate(), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Event)>)> = vec![
-            ("user_id", Box::new(|e| e.user_id.clear())),
-            ("track_id", Box::new(|e| e.track_id = " ".into())),
-            ("artist_id", Box::new(|e| e.artist_id.clear())),
-            ("source", Box::new(|e| e.source.clear())),
-            ("timestamp", Box::new(|e| e.timestamp = 0)),
-            ("timestamp", Box::new(|e| e.timestamp = i64::MAX)),
-            ("duration_s", Box::new(|e| e.duration_s = -1.0)),
-            ("duration_s", Box::new(|e| e.duration_s = f64::NAN)),
-            ("total_duration_s", Box::new(|e| e.total_duration_s = -0.5)),
-            ("duration_s", Box::new(|e| e.duration_s = 300.0)),
+        type Breaker = fn(&mut Event);
+        let cases: Vec<(&str, Breaker)> = vec![
+            ("user_id", |e| e.user_id.clear()),
+            ("track_id", |e| e.track_id = " ".into()),
+            ("artist_id", |e| e.artist_id.clear()),
+            ("source", |e| e.source.clear()),
+            ("timestamp", |e| e.timestamp = 0),
+            ("timestamp", |e| e.timestamp = i64::MAX),
+            ("duration_s", |e| e.duration_s = -1.0),
+            ("duration_s", |e| e.duration_s = f64::NAN),
+            ("total_duration_s", |e| e.total_duration_s = -0.5),
+            ("duration_s", |e| e.duration_s = 300.0),
         ];
         for (field, break_it) in cases {
             let mut e = good();

@@ -208,9 +208,10 @@ impl EmbeddedLog {
     /// Opens the sink on `store` and starts the log's task.
     pub async fn open(store: Store, policy: FlushPolicy) -> Result<EmbeddedLog, LogError> {
         let interval = policy.interval;
-        let sink = Sink::open(store, EMBEDDED_TOPIC, policy)
+        let mut sink = Sink::open(store, EMBEDDED_TOPIC, policy)
             .await
             .map_err(Arc::new)?;
+        sink.reload(&[0]).await.map_err(Arc::new)?;
         let (commands, rx) = mpsc::channel(16);
         tokio::spawn(run_embedded(sink, rx, interval));
         Ok(EmbeddedLog { commands })
@@ -291,12 +292,16 @@ async fn run_embedded(mut sink: Sink, mut commands: mpsc::Receiver<Command>, int
             },
             _ = tick.tick() => sink.flush_due().await.map(|_| ()),
         };
+        let failed = result.is_err();
         settle(&mut waiting, sink.written(0), result.map_err(Arc::new));
+        if failed {
+            // Fail-stop: later appends get `Stopped` instead of offsets beyond a failed write.
+            return;
+        }
     }
 }
 
-/// Acknowledges the appends now written; on a failed write, fails every append not written
-/// (their rows were dropped with the failed buffer, and their offsets will be reused).
+/// Acknowledges the appends now written; on a failed write, fails every append not written.
 fn settle(
     waiting: &mut std::collections::VecDeque<(i64, oneshot::Sender<Result<(), LogError>>)>,
     written: Option<i64>,
