@@ -95,7 +95,7 @@ impl KafkaLog {
                 "queue.buffering.max.messages",
                 options.queue_messages.to_string(),
             )
-            .set("queue.buffering.max.kbytes", "131072")
+            .set("queue.buffering.max.kbytes", "65536")
             .set("message.timeout.ms", "30000")
             .create_with_context(KafkaLogs::default())
             .map_err(kafka_err)?;
