@@ -12,7 +12,7 @@ pub fn bar(total: u64, what: &str, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(&format!(
-            "{{spinner}} {what:<10} [{{bar:32}}] {{human_pos}}/{{human_len}} {unit} {{per_sec}} eta {{eta}}"
+            "{{spinner}} {what:<10} [{{bar:32}}] {{human_pos}}/{{human_len}} {unit} {{per_sec}} eta {{eta}} {{msg}}"
         ))
         .expect("valid template")
         .progress_chars("=> "),

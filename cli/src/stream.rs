@@ -197,7 +197,7 @@ pub async fn run_replay(lake: &LakeArgs, args: &ReplayArgs) -> Result<ReplayStat
         bar.set_position(events);
         clock.clear();
         format_timestamp_secs(ts, &mut clock);
-        bar.set_message(String::from_utf8_lossy(&clock).into_owned());
+        bar.set_message(format!("data clock {}", String::from_utf8_lossy(&clock)));
     })
     .await?;
     bar.finish_and_clear();

@@ -201,12 +201,18 @@ impl Member {
             .map_err(|e| self.kafka_err(e))
     }
 
-    async fn on_tick(&mut self) -> Result<(), ConsumeError> {
+    /// Applies pending rebalances, then moves every partition's collected rows to the sink.
+    async fn hand_over_all(&mut self) -> Result<(), ConsumeError> {
         self.apply_rebalances().await?;
         let parts: Vec<i32> = self.builders.keys().copied().collect();
         for p in parts {
             self.hand_over(p).await?;
         }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), ConsumeError> {
+        self.hand_over_all().await?;
         let written = self.sink.flush_due().await?;
         self.commit(&written, CommitMode::Async)
     }
@@ -238,11 +244,7 @@ impl Member {
     }
 
     async fn finish(&mut self) -> Result<(), ConsumeError> {
-        self.apply_rebalances().await?;
-        let parts: Vec<i32> = self.builders.keys().copied().collect();
-        for p in parts {
-            self.hand_over(p).await?;
-        }
+        self.hand_over_all().await?;
         let written = self.sink.flush_all().await?;
         self.commit(&written, CommitMode::Sync)
     }
