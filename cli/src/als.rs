@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use recsys_core::Store;
 use recsys_jobs::Cluster;
-use recsys_jobs::als::{AlsParams, AlsSummary, Solver, TrainOptions, track_names};
+use recsys_jobs::als::{AlsParams, AlsSummary, RatingsSource, Solver, TrainOptions, track_names};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Confidence {
@@ -28,6 +28,17 @@ pub enum SolverKind {
     Cg,
     /// Exact Cholesky solve per row.
     Cholesky,
+}
+
+/// Where ratings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ratings {
+    /// The streamed events when `events/` has any, else the sorted listens.
+    Auto,
+    /// The sorted listens (each counts 1).
+    Listens,
+    /// The streamed events, weighted complete 1, listen 0.5, skip 0.
+    Events,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -74,6 +85,9 @@ pub struct AlsArgs {
     /// Blocks per side (default: one per task slot).
     #[arg(long, env = "RECSYS_ALS_BLOCKS")]
     pub blocks: Option<usize>,
+    /// Ratings from the streamed events or the sorted listens.
+    #[arg(long, env = "RECSYS_ALS_RATINGS", value_enum, default_value_t = Ratings::Auto)]
+    pub ratings: Ratings,
 }
 
 impl AlsArgs {
@@ -100,6 +114,11 @@ impl AlsArgs {
             evaluate: !self.no_eval,
             train_fraction: self.train_fraction,
             blocks: self.blocks,
+            ratings: match self.ratings {
+                Ratings::Auto => RatingsSource::Auto,
+                Ratings::Listens => RatingsSource::Listens,
+                Ratings::Events => RatingsSource::Events,
+            },
         }
     }
 }
@@ -124,12 +143,16 @@ pub fn print_summary(summary: &AlsSummary, lake: &Store) {
     let per_iter: f64 = summary.iterations.iter().map(|s| s.seconds).sum::<f64>()
         / summary.iterations.len().max(1) as f64;
     println!(
-        "als: rank {}, {} iterations on {} users × {} items ({} training pairs): {:.3} s per iteration; model {}/models/als/{}",
+        "als: rank {}, {} iterations on {} users × {} items ({} training pairs from {}): {:.3} s per iteration; model {}/models/als/{}",
         summary.params.rank,
         summary.iterations.len(),
         summary.model.user_ids.len(),
         summary.model.item_ids.len(),
         summary.nnz,
+        match summary.ratings {
+            RatingsSource::Events => "streamed events weighted by action",
+            _ => "sorted listens",
+        },
         per_iter,
         lake.location(),
         summary.version

@@ -443,3 +443,82 @@ fn unreachable_kafka_is_named() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains(&brokers), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn als_ratings_from_streamed_events_are_weighted_by_action() {
+    use recsys_ingest::{Action, Event, EventBuilder, EventLog};
+    use recsys_jobs::als::RatingsSource;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = local_store(dir.path());
+        let policy = FlushPolicy {
+            rows: 1000,
+            interval: Duration::from_millis(20),
+            in_flight: 1,
+        };
+        let log = EmbeddedLog::open(lake.clone(), policy).await.unwrap();
+        let plays = [
+            ("u1", "t1", Action::Complete),
+            ("u1", "t1", Action::Listen),
+            ("u1", "t2", Action::Skip),
+            ("u1", "t3", Action::Listen),
+            ("u2", "t1", Action::Complete),
+            ("u2", "t2", Action::Complete),
+        ];
+        let mut builder = EventBuilder::default();
+        for (i, (user, track, action)) in plays.iter().enumerate() {
+            let event = Event {
+                user_id: user.to_string(),
+                track_id: track.to_string(),
+                artist_id: "a".into(),
+                timestamp: 1_200_000_000_000_000 + i as i64 * 86_400_000_000,
+                action: *action,
+                source: "app".into(),
+                duration_s: 0.0,
+                total_duration_s: 0.0,
+            };
+            builder.push(&event, 0, 0);
+        }
+        log.append(builder.finish()).await.unwrap().await.unwrap();
+        log.shutdown().await.unwrap();
+
+        let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
+        let prepared =
+            recsys_jobs::als::prep::prepare(&cluster, &lake, "work", 1.0, 1, RatingsSource::Auto)
+                .await
+                .unwrap();
+        assert_eq!(prepared.source, RatingsSource::Events);
+        assert_eq!(prepared.listens, 6);
+        let mut ratings = BTreeMap::new();
+        for b in read_parquet_dir(&dir.path().join("work/by_user"))
+            .iter()
+            .flat_map(|(_, b)| b)
+        {
+            let row = b.column_by_name("row").unwrap().as_primitive::<Int32Type>();
+            let col = b.column_by_name("col").unwrap().as_primitive::<Int32Type>();
+            let r = b
+                .column_by_name("r")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Float32Type>();
+            for i in 0..b.num_rows() {
+                if r.value(i) > 0.0 {
+                    let user = prepared.users[row.value(i) as usize].clone();
+                    let item = prepared.items[col.value(i) as usize].clone();
+                    ratings.insert((user, item), r.value(i));
+                }
+            }
+        }
+        let expected: BTreeMap<(String, String), f32> = [
+            (("u1", "t1"), 1.5),
+            (("u1", "t3"), 0.5),
+            (("u2", "t1"), 1.0),
+            (("u2", "t2"), 1.0),
+        ]
+        .into_iter()
+        .map(|((u, t), r)| ((u.to_string(), t.to_string()), r))
+        .collect();
+        assert_eq!(ratings, expected, "complete 1, listen 0.5, skip 0");
+    })
+    .await
+    .expect("prepare within 120 s");
+}

@@ -37,6 +37,7 @@ use crate::{Cluster, JobError};
 use evaluate::{AlsEvalExec, EvalSpec, sums_from_row};
 use factors::{Factors, Side, read_matrix};
 use metrics::{MetricSums, Metrics};
+pub use prep::RatingsSource;
 use solve::{AlsSolveExec, BlockTask, SolveSpec, gram_from_bytes};
 
 /// Folder of all ALS models.
@@ -88,6 +89,8 @@ pub struct TrainOptions {
     pub train_fraction: f64,
     /// Blocks per side (default: one per task slot: fewer, larger tasks measured faster).
     pub blocks: Option<usize>,
+    /// Streamed events (weighted by action) or sorted listens.
+    pub ratings: RatingsSource,
 }
 
 impl Default for TrainOptions {
@@ -96,6 +99,7 @@ impl Default for TrainOptions {
             evaluate: true,
             train_fraction: 0.8,
             blocks: None,
+            ratings: RatingsSource::Auto,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct AlsSummary {
     pub version: String,
     pub params: AlsParams,
     pub listens: u64,
+    /// Where the ratings came from (never `Auto`).
+    pub ratings: RatingsSource,
     pub nnz: u64,
     pub iterations: Vec<IterationStat>,
     pub evaluation: Option<Evaluation>,
@@ -185,7 +191,8 @@ fn summaries(batches: &[RecordBatch], k: usize) -> Result<(Vec<f32>, f64, f64), 
     Ok((gram.into_iter().map(|v| v as f32).collect(), loss, reg))
 }
 
-/// Trains, evaluates and stores a model from the lake's sorted listens; `progress` sees every
+/// Trains, evaluates and stores a model from the lake's streamed events or sorted listens
+/// (`options.ratings`); `progress` sees every
 /// finished iteration.
 pub async fn train(
     cluster: &Cluster,
@@ -203,13 +210,15 @@ pub async fn train(
         1.0
     };
     let block_count = options.blocks.unwrap_or(cluster.parallelism()).max(1);
-    let prepared = prep::prepare(cluster, lake, &work, fraction, block_count).await?;
+    let prepared =
+        prep::prepare(cluster, lake, &work, fraction, block_count, options.ratings).await?;
     let prepare = started.elapsed();
     tracing::info!(
         users = prepared.users.len(),
         items = prepared.items.len(),
         pairs = prepared.nnz,
         secs = format!("{:.2}", prepare.as_secs_f64()),
+        source = ?prepared.source,
         "als: ratings prepared"
     );
 
@@ -362,6 +371,7 @@ pub async fn train(
         version: version.clone(),
         params: params.clone(),
         listens: prepared.listens,
+        ratings: prepared.source,
         nnz: prepared.nnz,
         iterations: stats,
         evaluation,

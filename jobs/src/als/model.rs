@@ -94,6 +94,7 @@ pub async fn store(
         "params": summary.params,
         "data": {
             "listens": summary.listens,
+            "ratings": summary.ratings,
             "users": m.user_ids.len(),
             "items": m.item_ids.len(),
             "training_pairs": summary.nnz,

@@ -14,12 +14,63 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use recsys_core::Store;
-use recsys_core::schema::SORTED_DIR;
+use recsys_core::schema::{EVENTS_DIR, SORTED_DIR};
+use serde::{Deserialize, Serialize};
 
 use super::block_file;
 use super::solve::BlockTask;
 use crate::write::{ParquetWriterExec, Payload, SplitSpec, WriteSpec, write_parquet_file};
 use crate::{Cluster, JobError};
+
+/// Where ratings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RatingsSource {
+    /// The streamed events (`events/`) when there are any, else the sorted listens.
+    Auto,
+    /// The sorted listens: every listen counts 1.
+    Listens,
+    /// The streamed events, weighted by action as the seed does: complete 1, listen 0.5, skip 0.
+    Events,
+}
+
+impl RatingsSource {
+    /// The source `Auto` stands for in `lake`.
+    async fn resolve(self, lake: &Store) -> Result<RatingsSource, JobError> {
+        if self != RatingsSource::Auto {
+            return Ok(self);
+        }
+        let events =
+            crate::lake::list(lake.object_store().as_ref(), &lake.path(EVENTS_DIR)).await?;
+        Ok(
+            if events
+                .iter()
+                .any(|o| o.location.as_ref().ends_with(".parquet"))
+            {
+                RatingsSource::Events
+            } else {
+                RatingsSource::Listens
+            },
+        )
+    }
+
+    /// The table the preparation reads (`user_id, track_id, w` and `ts` plus tie-breakers in
+    /// `order`), over the registered `source` table.
+    fn select(self) -> (&'static str, &'static str) {
+        match self {
+            RatingsSource::Events => (
+                "SELECT user_id, track_id, ts, log_partition, log_offset, \
+                        CASE action WHEN 'complete' THEN 1.0 WHEN 'listen' THEN 0.5 ELSE 0.0 END AS w \
+                 FROM source",
+                "ts, track_id, log_partition, log_offset",
+            ),
+            _ => (
+                "SELECT user_id, track_id, ts, artist_id, artist_name, track_name, 1.0 AS w FROM source",
+                "ts, track_id, artist_id, artist_name, track_name",
+            ),
+        }
+    }
+}
 
 /// What the preparation produced.
 #[derive(Debug, Clone)]
@@ -34,8 +85,10 @@ pub struct Prepared {
     pub item_blocks: Vec<BlockTask>,
     /// Training (user, track) pairs.
     pub nnz: u64,
-    /// Listens read.
+    /// Listens (or events) read.
     pub listens: u64,
+    /// Where the ratings came from.
+    pub source: RatingsSource,
 }
 
 /// Cut `rows` into `blocks` contiguous ranges.
@@ -106,14 +159,26 @@ pub async fn prepare(
     work: &str,
     train_fraction: f64,
     block_count: usize,
+    source: RatingsSource,
 ) -> Result<Prepared, JobError> {
     let ctx: SessionContext = cluster.planner()?;
-    ctx.register_parquet(
-        "listens",
-        lake.url(&format!("{SORTED_DIR}/")),
-        ParquetReadOptions::default(),
-    )
-    .await?;
+    let source = source.resolve(lake).await?;
+    let dir = if source == RatingsSource::Events {
+        EVENTS_DIR
+    } else {
+        SORTED_DIR
+    };
+    // Events sit in `date=YYYY-MM-DD/` folders: declared as a partition column so they are read.
+    let partitions = [("date".to_string(), DataType::Utf8)];
+    let options = if source == RatingsSource::Events {
+        ParquetReadOptions::default().table_partition_cols(partitions.to_vec())
+    } else {
+        ParquetReadOptions::default()
+    };
+    ctx.register_parquet("source", lake.url(&format!("{dir}/")), options)
+        .await?;
+    let (select, order) = source.select();
+    ctx.register_table("listens", ctx.sql(select).await?.into_view())?;
 
     // 1. Users, by sorted id.
     let mut users: Vec<(String, i64)> = Vec::new();
@@ -166,11 +231,11 @@ pub async fn prepare(
     //    test plays (the rest).
     let pairs_sql = format!(
         "SELECT us.u AS u, l.track_id, \
-                CAST(SUM(CASE WHEN l.rn <= l.cut THEN 1 ELSE 0 END) AS FLOAT) AS r, \
-                CAST(SUM(CASE WHEN l.rn > l.cut THEN 1 ELSE 0 END) AS FLOAT) AS t, \
+                CAST(SUM(CASE WHEN l.rn <= l.cut THEN l.w ELSE 0 END) AS FLOAT) AS r, \
+                CAST(SUM(CASE WHEN l.rn > l.cut THEN l.w ELSE 0 END) AS FLOAT) AS t, \
                 us.u / {user_block_size} AS block \
-         FROM (SELECT user_id, track_id, \
-                      ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts, track_id, artist_id, artist_name, track_name) AS rn, \
+         FROM (SELECT user_id, track_id, w, \
+                      ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY {order}) AS rn, \
                       FLOOR({train_fraction} * COUNT(*) OVER (PARTITION BY user_id)) AS cut \
                FROM listens) l \
          JOIN users us ON l.user_id = us.user_id \
@@ -276,6 +341,7 @@ pub async fn prepare(
         item_blocks,
         nnz,
         listens,
+        source,
     })
 }
 
