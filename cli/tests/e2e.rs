@@ -246,6 +246,8 @@ fn pipeline_command_prints_its_summary() {
         "rejected field_count",
         "sort:",
         "time-ranged files",
+        "events/ (embedded log)",
+        "from streamed events",
         "total",
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");

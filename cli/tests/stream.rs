@@ -522,3 +522,77 @@ async fn als_ratings_from_streamed_events_are_weighted_by_action() {
     .await
     .expect("prepare within 120 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_ingest_into_kafka_then_a_catch_up_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start("music_log", 3);
+    let port = free_port();
+    let mut ingest = recsys(dir.path())
+        .args([
+            "ingest",
+            "--kafka",
+            &broker.brokers,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        if let Ok(c) = IngestServiceClient::connect(endpoint.clone()).await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "ingest service did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Acknowledged once the broker has them: 1 + 300 events of 30 users.
+    client.log_event(event("app-user")).await.unwrap();
+    let events: Vec<ListenEvent> = (0..300)
+        .map(|i| event(&format!("user-{}", i % 30)))
+        .collect();
+    let accepted = client
+        .publish(tokio_stream::iter(events))
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted;
+    assert_eq!(accepted, 300);
+    let mut bad = event("x");
+    bad.source.clear();
+    let status = client.log_event(bad).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    terminate(&ingest);
+    assert!(wait_for(&mut ingest, 30).success());
+
+    // A sink outside any group drains the topic and stops.
+    let mut sink = recsys(dir.path())
+        .args([
+            "sink",
+            "--kafka",
+            &broker.brokers,
+            "--assign-all",
+            "--stop-after",
+            "301",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&mut sink, 60).success());
+    let files = event_files(dir.path());
+    let per_partition = check_events(&files);
+    assert_eq!(per_partition.values().sum::<u64>(), 301);
+    assert!(
+        per_partition.len() > 1,
+        "keys spread over partitions: {per_partition:?}"
+    );
+    let lake = local_store(dir.path());
+    assert_eq!(
+        check_coverage(&lake, "music_log").await.unwrap(),
+        per_partition
+    );
+}
