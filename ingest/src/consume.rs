@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use recsys_core::Store;
 use tracing::{info, warn};
 
-use crate::event::{Event, EventBuilder};
+use crate::event::{EventBuilder, EventRef};
 use crate::kafka_logs::KafkaLogs;
 use crate::sink::{FlushPolicy, Sink, SinkError, SinkStats};
 
@@ -221,16 +221,16 @@ impl Member {
         &mut self,
         partition: i32,
         offset: i64,
-        payload: Option<&[u8]>,
+        payload: &[u8],
     ) -> Result<(), ConsumeError> {
         if !self.owned.contains(&partition) {
             return Ok(());
         }
         self.stats.messages += 1;
-        match Event::from_json(payload.unwrap_or_default()) {
+        match EventRef::parse(payload) {
             Ok(event) => {
                 let builder = self.builders.entry(partition).or_default();
-                builder.push(&event, partition, offset);
+                builder.push_ref(&event, partition, offset);
                 if builder.len() >= BATCH_ROWS {
                     self.hand_over(partition).await?;
                 }
@@ -330,6 +330,8 @@ pub async fn run_sink(
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // The message's bytes, copied so the message (borrowing the consumer) is released first.
+    let mut payload = Vec::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -337,10 +339,11 @@ pub async fn run_sink(
             message = member.consumer.recv() => {
                 let message = message.map_err(|e| member.kafka_err(e))?;
                 let (partition, offset) = (message.partition(), message.offset());
-                let payload = message.payload().map(<[u8]>::to_vec);
+                payload.clear();
+                payload.extend_from_slice(message.payload().unwrap_or_default());
                 drop(message);
                 member.apply_rebalances().await?;
-                member.on_message(partition, offset, payload.as_deref()).await?;
+                member.on_message(partition, offset, &payload).await?;
             }
         }
         let written = member.sink.stats().rows

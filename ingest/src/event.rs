@@ -1,6 +1,7 @@
 //! The listening-event contract: one shape for gRPC (`recsys.v1.ListenEvent`), Kafka messages
 //! (JSON, key = `user_id`) and the lake (`events/`, [`recsys_core::schema::event_schema`]).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -98,54 +99,96 @@ impl Event {
     /// Checks the contract: non-empty ids and source, a timestamp between 1990 and tomorrow,
     /// finite non-negative durations with `duration_s ≤ total_duration_s` when the total is known.
     pub fn validate(&self) -> Result<(), InvalidEvent> {
-        for (field, value) in [
-            ("user_id", &self.user_id),
-            ("track_id", &self.track_id),
-            ("artist_id", &self.artist_id),
-            ("source", &self.source),
-        ] {
-            if value.trim().is_empty() {
-                return Err(InvalidEvent::new(field, "must not be empty"));
-            }
-        }
-        let latest = latest_sane_micros();
-        if !(SANE_MIN_MICROS..latest).contains(&self.timestamp) {
-            return Err(InvalidEvent::new(
-                "timestamp",
-                format!(
-                    "{} µs is outside 1990-01-01 .. tomorrow (UTC microseconds since the epoch)",
-                    self.timestamp
-                ),
-            ));
-        }
-        for (field, value) in [
-            ("duration_s", self.duration_s),
-            ("total_duration_s", self.total_duration_s),
-        ] {
-            if !value.is_finite() || value < 0.0 {
-                return Err(InvalidEvent::new(
-                    field,
-                    format!("{value} is not a finite number ≥ 0"),
-                ));
-            }
-        }
-        if self.total_duration_s > 0.0 && self.duration_s > self.total_duration_s {
-            return Err(InvalidEvent::new(
-                "duration_s",
-                format!(
-                    "{} exceeds total_duration_s {}",
-                    self.duration_s, self.total_duration_s
-                ),
-            ));
-        }
-        Ok(())
+        check(
+            [
+                ("user_id", &self.user_id),
+                ("track_id", &self.track_id),
+                ("artist_id", &self.artist_id),
+                ("source", &self.source),
+            ],
+            self.timestamp,
+            self.duration_s,
+            self.total_duration_s,
+        )
     }
+}
 
+/// The contract's checks, over the fields of an owned or a borrowed event.
+fn check(
+    texts: [(&'static str, &str); 4],
+    timestamp: i64,
+    duration_s: f64,
+    total_duration_s: f64,
+) -> Result<(), InvalidEvent> {
+    for (field, value) in texts {
+        if value.trim().is_empty() {
+            return Err(InvalidEvent::new(field, "must not be empty"));
+        }
+    }
+    let latest = latest_sane_micros();
+    if !(SANE_MIN_MICROS..latest).contains(&timestamp) {
+        return Err(InvalidEvent::new(
+            "timestamp",
+            format!(
+                "{timestamp} µs is outside 1990-01-01 .. tomorrow (UTC microseconds since the epoch)"
+            ),
+        ));
+    }
+    for (field, value) in [
+        ("duration_s", duration_s),
+        ("total_duration_s", total_duration_s),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(InvalidEvent::new(
+                field,
+                format!("{value} is not a finite number ≥ 0"),
+            ));
+        }
+    }
+    if total_duration_s > 0.0 && duration_s > total_duration_s {
+        return Err(InvalidEvent::new(
+            "duration_s",
+            format!("{duration_s} exceeds total_duration_s {total_duration_s}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An event read from a Kafka message without copying its strings (unless they hold escapes).
+#[derive(Debug, Deserialize)]
+pub struct EventRef<'a> {
+    #[serde(borrow)]
+    pub user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub track_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub artist_id: Cow<'a, str>,
+    pub timestamp: i64,
+    pub action: Action,
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(default)]
+    pub duration_s: f64,
+    #[serde(default)]
+    pub total_duration_s: f64,
+}
+
+impl<'a> EventRef<'a> {
     /// Parses and validates a Kafka message value.
-    pub fn from_json(bytes: &[u8]) -> Result<Event, InvalidEvent> {
-        let event: Event = serde_json::from_slice(bytes)
+    pub fn parse(bytes: &'a [u8]) -> Result<EventRef<'a>, InvalidEvent> {
+        let event: EventRef<'a> = serde_json::from_slice(bytes)
             .map_err(|e| InvalidEvent::new("message", format!("not an event as JSON: {e}")))?;
-        event.validate()?;
+        check(
+            [
+                ("user_id", &event.user_id),
+                ("track_id", &event.track_id),
+                ("artist_id", &event.artist_id),
+                ("source", &event.source),
+            ],
+            event.timestamp,
+            event.duration_s,
+            event.total_duration_s,
+        )?;
         Ok(event)
     }
 }
@@ -251,15 +294,44 @@ impl Default for EventBuilder {
 
 impl EventBuilder {
     pub fn push(&mut self, e: &Event, partition: i32, offset: i64) {
-        self.user.append_value(&e.user_id);
-        self.track.append_value(&e.track_id);
-        self.artist.append_value(&e.artist_id);
-        self.ts.append_value(e.timestamp);
-        self.action.append_value(e.action.as_str());
-        self.source.append_value(&e.source);
-        self.duration.append_value(e.duration_s);
-        self.total.append_value(e.total_duration_s);
-        self.partition.append_value(partition);
+        self.push_row(
+            [&e.user_id, &e.track_id, &e.artist_id, &e.source],
+            e.timestamp,
+            e.action,
+            [e.duration_s, e.total_duration_s],
+            [partition as i64, offset],
+        );
+    }
+
+    pub fn push_ref(&mut self, e: &EventRef<'_>, partition: i32, offset: i64) {
+        self.push_row(
+            [&e.user_id, &e.track_id, &e.artist_id, &e.source],
+            e.timestamp,
+            e.action,
+            [e.duration_s, e.total_duration_s],
+            [partition as i64, offset],
+        );
+    }
+
+    /// One row: [user, track, artist, source], timestamp, action, [duration, total],
+    /// [partition, offset].
+    fn push_row(
+        &mut self,
+        [user, track, artist, source]: [&str; 4],
+        timestamp: i64,
+        action: Action,
+        [duration, total]: [f64; 2],
+        [partition, offset]: [i64; 2],
+    ) {
+        self.user.append_value(user);
+        self.track.append_value(track);
+        self.artist.append_value(artist);
+        self.ts.append_value(timestamp);
+        self.action.append_value(action.as_str());
+        self.source.append_value(source);
+        self.duration.append_value(duration);
+        self.total.append_value(total);
+        self.partition.append_value(partition as i32);
         self.offset.append_value(offset);
     }
 
@@ -405,15 +477,22 @@ mod tests {
     fn json_round_trip_and_errors() {
         let e = good();
         let json = serde_json::to_vec(&e).unwrap();
-        assert_eq!(Event::from_json(&json).unwrap(), e);
+        let mut b = EventBuilder::default();
+        b.push_ref(&EventRef::parse(&json).unwrap(), 0, 0);
+        assert_eq!(EventColumns::new(&b.finish()).event(0), e);
         let text = String::from_utf8(json).unwrap();
         assert!(text.contains(r#""action":"complete""#), "{text}");
         let bad = text.replace("complete", "pause");
         assert_eq!(
-            Event::from_json(bad.as_bytes()).unwrap_err().field,
+            EventRef::parse(bad.as_bytes()).unwrap_err().field,
             "message"
         );
-        assert_eq!(Event::from_json(b"{").unwrap_err().field, "message");
+        assert_eq!(EventRef::parse(b"{").unwrap_err().field, "message");
+        let blank = text.replace(r#""source":"app""#, r#""source":" ""#);
+        assert_eq!(
+            EventRef::parse(blank.as_bytes()).unwrap_err().field,
+            "source"
+        );
     }
 
     #[test]
