@@ -263,7 +263,7 @@ pub async fn run_sink_command(lake: &LakeArgs, args: &SinkArgs) -> Result<Consum
         invalid = stats.invalid,
         rows = stats.sink.rows,
         files = stats.sink.files,
-        duplicates_dropped = stats.sink.duplicates,
+        duplicates_dropped = stats.sink.duplicates + stats.redelivered,
         "sink stopped"
     );
     Ok(stats)

@@ -60,6 +60,8 @@ pub struct ConsumeStats {
     pub messages: u64,
     /// Messages that were not valid events (logged with partition, offset and reason).
     pub invalid: u64,
+    /// Messages at offsets already collected or written, dropped.
+    pub redelivered: u64,
 }
 
 enum Change {
@@ -227,6 +229,17 @@ impl Member {
             return Ok(());
         }
         self.stats.messages += 1;
+        // A fetch may hand back messages below the position asked for (tansu does after a
+        // seek): anything at or below what is collected or written is a redelivery.
+        let next = self
+            .builders
+            .get(&partition)
+            .and_then(EventBuilder::last_offset)
+            .map_or_else(|| self.sink.next_offset(partition), |o| o + 1);
+        if offset < next {
+            self.stats.redelivered += 1;
+            return Ok(());
+        }
         match EventRef::parse(payload) {
             Ok(event) => {
                 let builder = self.builders.entry(partition).or_default();

@@ -343,6 +343,11 @@ impl EventBuilder {
         self.len() == 0
     }
 
+    /// Offset of the last row pushed and not yet finished.
+    pub fn last_offset(&self) -> Option<i64> {
+        self.offset.values_slice().last().copied()
+    }
+
     /// The rows pushed so far, leaving the builder empty.
     pub fn finish(&mut self) -> RecordBatch {
         RecordBatch::try_new(
