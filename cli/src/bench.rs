@@ -161,6 +161,28 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// The generated log every benchmark uses, at `rows` rows.
+fn bench_config(rows: u64) -> recsys_datasets::GenerateConfig {
+    GenerateArgs {
+        users: 1000,
+        tracks: 50_000,
+        events: rows,
+        seed: 42,
+        groups: 20,
+    }
+    .config()
+}
+
+/// An embedded cluster with this machine's cores.
+async fn embedded_cluster(lake_args: &LakeArgs) -> Result<recsys_jobs::Cluster> {
+    ClusterArgs {
+        scheduler: None,
+        vcores: 0,
+    }
+    .connect(&lake_args.s3)
+    .await
+}
+
 /// `bench/<rows>/` of the lake, with a generated log of `rows` rows cleaned and sorted (made
 /// when missing, reused otherwise).
 pub async fn sorted_bench_lake(lake_args: &LakeArgs, rows: u64) -> Result<recsys_core::Store> {
@@ -172,21 +194,9 @@ pub async fn sorted_bench_lake(lake_args: &LakeArgs, rows: u64) -> Result<recsys
     .await?
     .is_empty()
     {
-        let embedded = ClusterArgs {
-            scheduler: None,
-            vcores: 0,
-        }
-        .connect(&lake_args.s3)
-        .await?;
+        let embedded = embedded_cluster(lake_args).await?;
         let raw = lake.child(RAW_DIR);
-        let config = GenerateArgs {
-            users: 1000,
-            tracks: 50_000,
-            events: rows,
-            seed: 42,
-            groups: 20,
-        }
-        .config();
+        let config = bench_config(rows);
         generate(&config, &raw).await?;
         let input = clean_input(lake_args, &lake, Some(raw.location())).await?;
         clean(&embedded, &input, &lake).await?;
@@ -198,12 +208,7 @@ pub async fn sorted_bench_lake(lake_args: &LakeArgs, rows: u64) -> Result<recsys
 async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
     use recsys_jobs::als::flops_per_iteration;
     let lake = sorted_bench_lake(lake_args, args.rows).await?;
-    let embedded = ClusterArgs {
-        scheduler: None,
-        vcores: 0,
-    }
-    .connect(&lake_args.s3)
-    .await?;
+    let embedded = embedded_cluster(lake_args).await?;
     let als_args = args.als.clone();
     println!(
         "bench als: {} rows, rank {}, {} iterations, {:?}",
@@ -313,14 +318,7 @@ async fn pipeline(lake_args: &LakeArgs, args: PipelineBench) -> Result<()> {
     for &rows in &args.rows {
         let lake = root.child(&format!("bench/{rows}"));
         let raw = lake.child(RAW_DIR);
-        let config = GenerateArgs {
-            users: 1000,
-            tracks: 50_000,
-            events: rows,
-            seed: 42,
-            groups: 20,
-        }
-        .config();
+        let config = bench_config(rows);
         let (manifest, gen_m) = measure(
             "generate",
             |m: &recsys_datasets::Manifest| m.lines,
