@@ -88,3 +88,62 @@ pub fn event_schema() -> SchemaRef {
     });
     SCHEMA.clone()
 }
+
+/// Folder of the song master data written by the ETL (one row per track id): the catalog's
+/// source of truth in the lake.
+pub const CATALOG_SONGS_DIR: &str = "catalog/songs";
+/// Folder of the user master data written by the ETL (one row per user id).
+pub const CATALOG_USERS_DIR: &str = "catalog/users";
+
+/// Column names of the catalog tables.
+pub mod catalog_col {
+    pub const PLAYS: &str = "plays";
+    pub const PLAYS_7D: &str = "plays_7d";
+    pub const LISTENERS: &str = "listeners";
+    pub const FIRST_PLAYED: &str = "first_played";
+    pub const LAST_PLAYED: &str = "last_played";
+    pub const DURATION_S: &str = "duration_s";
+    pub const DISTINCT_TRACKS: &str = "distinct_tracks";
+    pub const DISTINCT_ARTISTS: &str = "distinct_artists";
+    pub const FIRST_SEEN: &str = "first_seen";
+    pub const LAST_SEEN: &str = "last_seen";
+    pub const ACTIVE_DAYS: &str = "active_days";
+}
+
+/// A song of the catalog as the ETL writes it: names, play statistics and the duration when
+/// known (from app events; null otherwise).
+pub fn song_schema() -> SchemaRef {
+    use catalog_col as c;
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(col::TRACK_ID, DataType::Utf8, false),
+            Field::new(col::TRACK_NAME, DataType::Utf8, false),
+            Field::new(col::ARTIST_NAME, DataType::Utf8, false),
+            Field::new(col::ARTIST_ID, DataType::Utf8, false),
+            Field::new(c::PLAYS, DataType::Int64, false),
+            Field::new(c::PLAYS_7D, DataType::Int64, false),
+            Field::new(c::LISTENERS, DataType::Int64, false),
+            Field::new(c::FIRST_PLAYED, timestamp_type(), true),
+            Field::new(c::LAST_PLAYED, timestamp_type(), true),
+            Field::new(c::DURATION_S, DataType::Float64, true),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+/// A user of the catalog as the ETL writes it: listening statistics.
+pub fn user_schema() -> SchemaRef {
+    use catalog_col as c;
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(col::USER_ID, DataType::Utf8, false),
+            Field::new(c::PLAYS, DataType::Int64, false),
+            Field::new(c::DISTINCT_TRACKS, DataType::Int64, false),
+            Field::new(c::DISTINCT_ARTISTS, DataType::Int64, false),
+            Field::new(c::FIRST_SEEN, timestamp_type(), false),
+            Field::new(c::LAST_SEEN, timestamp_type(), false),
+            Field::new(c::ACTIVE_DAYS, DataType::Int64, false),
+        ]))
+    });
+    SCHEMA.clone()
+}

@@ -63,6 +63,14 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    #[error("{url}: {source}")]
+    Io {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot create local folder `{}`: {source}", path.display())]
     CreateDir {
         path: PathBuf,
@@ -196,6 +204,14 @@ impl Store {
     }
 
     /// Path of `full` relative to this store's root, for display.
+    /// An object-store error about `rel`, naming its full URL.
+    pub fn error(&self, rel: &str, source: object_store::Error) -> StoreError {
+        StoreError::Io {
+            url: self.url(rel),
+            source,
+        }
+    }
+
     pub fn relative(&self, full: &str) -> String {
         let root = self.root.as_ref();
         full.strip_prefix(root)

@@ -36,9 +36,18 @@ pub struct RangeBucketUdf {
     signature: Signature,
 }
 
+/// `recsys_bucket(text, n)`: a stable bucket in `0..n` for a string (FNV-1a 64 of its bytes,
+/// modulo `n`), the same on every process and every run: jobs use it to spread rows over a fixed
+/// set of output files.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct BucketUdf {
+    signature: Signature,
+}
+
 pub const TRACK_ID: &str = "recsys_track_id";
 pub const ARTIST_ID: &str = "recsys_artist_id";
 pub const RANGE_BUCKET: &str = "recsys_range_bucket";
+pub const BUCKET: &str = "recsys_bucket";
 
 /// Every project UDF, in one list for the registry.
 pub fn all() -> Vec<Arc<ScalarUDF>> {
@@ -51,6 +60,12 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
         })),
         Arc::new(ScalarUDF::from(RangeBucketUdf {
             signature: Signature::new(TypeSignature::Any(3), Volatility::Immutable),
+        })),
+        Arc::new(ScalarUDF::from(BucketUdf {
+            signature: Signature::exact(
+                vec![DataType::Utf8, DataType::Int64],
+                Volatility::Immutable,
+            ),
         })),
     ]
 }
@@ -189,6 +204,40 @@ impl ScalarUDFImpl for RangeBucketUdf {
     }
 }
 
+/// FNV-1a, 64 bits: tiny, stable across versions and platforms (unlike std's hashers).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl ScalarUDFImpl for BucketUdf {
+    fn name(&self) -> &str {
+        BUCKET
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) = args.args[1] else {
+            return exec_err!("{BUCKET}: the bucket count must be a constant");
+        };
+        if n < 1 {
+            return exec_err!("{BUCKET}: the bucket count must be at least 1, got {n}");
+        }
+        let values = args.args[0].to_array(args.number_rows)?;
+        let text = values.as_string::<i32>();
+        let out: Int64Array = text
+            .iter()
+            .map(|v| v.map(|v| (fnv1a(v.as_bytes()) % n as u64) as i64))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +307,24 @@ mod tests {
             out.as_primitive::<Int64Type>().values().to_vec(),
             vec![7, 8, 8, 9, 6, 6]
         );
+    }
+
+    #[test]
+    fn buckets_are_stable_and_in_range() {
+        let udfs = all();
+        let out = invoke(
+            &udfs[3],
+            vec![
+                strings(&[Some("user_000001"), Some(""), None, Some("user_000001")]),
+                ColumnarValue::Scalar(ScalarValue::Int64(Some(7))),
+            ],
+            4,
+        );
+        let out = out.as_primitive::<Int64Type>();
+        // FNV-1a of the empty string is its offset basis.
+        assert_eq!(out.value(1), (0xcbf2_9ce4_8422_2325_u64 % 7) as i64);
+        assert_eq!(out.value(0), (fnv1a(b"user_000001") % 7) as i64);
+        assert_eq!(out.value(0), out.value(3));
+        assert!(out.is_null(2));
     }
 }

@@ -352,3 +352,62 @@ async fn write_partition(
         vec![Arc::new(files.finish()), Arc::new(counts.finish())],
     )?)
 }
+
+/// Shuffles `df` by its Int64 column `column` into one file per value (named by `names`, under
+/// `dir` of `lake`), rows sorted by `column` then `order` inside each file; `column` is dropped
+/// from the files. Returns the files written with their row counts.
+pub async fn shuffle_write(
+    cluster: &crate::Cluster,
+    lake: &recsys_core::Store,
+    df: datafusion::prelude::DataFrame,
+    column: &str,
+    order: &[&str],
+    dir: &str,
+    names: BTreeMap<i64, String>,
+) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort::SortExec;
+
+    let plan = df.create_physical_plan().await?;
+    let schema = plan.schema();
+    let key = Arc::new(Column::new_with_schema(column, &schema)?);
+    let shuffled = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(vec![key.clone()], names.len().max(1)),
+    )?);
+    let mut sort = vec![PhysicalSortExpr::new_default(key as Arc<dyn PhysicalExpr>)];
+    for name in order {
+        sort.push(PhysicalSortExpr::new_default(Arc::new(
+            Column::new_with_schema(name, &schema)?,
+        )));
+    }
+    let ordering = LexOrdering::new(sort)
+        .ok_or_else(|| crate::JobError::Invariant("empty ordering".into()))?;
+    let sorted = Arc::new(SortExec::new(ordering, shuffled).with_preserve_partitioning(true));
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParquetWriterExec::try_new(
+        sorted,
+        WriteSpec {
+            store_url: lake.base_url().to_string(),
+            dir: lake.path(dir).to_string(),
+            split: SplitSpec {
+                column: column.to_string(),
+                names,
+            },
+            sorted_runs: false,
+        },
+    )?);
+    let mut written = Vec::new();
+    for batch in cluster.run(plan).await? {
+        let file = batch.column(0).as_string::<i32>();
+        let rows = batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::UInt64Type>();
+        for i in 0..batch.num_rows() {
+            written.push((file.value(i).to_string(), rows.value(i)));
+        }
+    }
+    written.sort();
+    Ok(written)
+}

@@ -7,55 +7,23 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use recsys_core::Store;
-use recsys_core::schema::{EVENTS_DIR, SORTED_DIR};
-use serde::{Deserialize, Serialize};
 
 use super::block_file;
 use super::solve::BlockTask;
-use crate::write::{ParquetWriterExec, Payload, SplitSpec, WriteSpec, write_parquet_file};
+pub use crate::source::ListenSource as RatingsSource;
+use crate::write::{Payload, shuffle_write, write_parquet_file};
 use crate::{Cluster, JobError};
 
-/// Where ratings come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RatingsSource {
-    /// The streamed events (`events/`) when there are any, else the sorted listens.
-    Auto,
-    /// The sorted listens: every listen counts 1.
-    Listens,
-    /// The streamed events, weighted by action as the seed does: complete 1, listen 0.5, skip 0.
-    Events,
-}
-
-impl RatingsSource {
-    /// The source `Auto` stands for in `lake`.
-    async fn resolve(self, lake: &Store) -> Result<RatingsSource, JobError> {
-        if self != RatingsSource::Auto {
-            return Ok(self);
-        }
-        let events =
-            crate::lake::list(lake.object_store().as_ref(), &lake.path(EVENTS_DIR)).await?;
-        Ok(
-            if events
-                .iter()
-                .any(|o| o.location.as_ref().ends_with(".parquet"))
-            {
-                RatingsSource::Events
-            } else {
-                RatingsSource::Listens
-            },
-        )
-    }
-
+/// The ALS view of a listen source: every play with its weight `w`.
+trait Ratings {
     /// The table the preparation reads (`user_id, track_id, w` and `ts` plus tie-breakers in
     /// `order`), over the registered `source` table.
+    fn select(self) -> (&'static str, &'static str);
+}
+
+impl Ratings for RatingsSource {
     fn select(self) -> (&'static str, &'static str) {
         match self {
             RatingsSource::Events => (
@@ -109,8 +77,7 @@ async fn collect(cluster: &Cluster, df: DataFrame) -> Result<Vec<RecordBatch>, J
     cluster.run(df.create_physical_plan().await?).await
 }
 
-/// Shuffles `df` into one file per block: column `block` picks the file, rows sorted by
-/// `order` inside it; `block` is dropped from the files.
+/// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]).
 async fn write_blocks(
     cluster: &Cluster,
     lake: &Store,
@@ -119,36 +86,8 @@ async fn write_blocks(
     dir: &str,
     count: usize,
 ) -> Result<(), JobError> {
-    let plan = df.create_physical_plan().await?;
-    let schema = plan.schema();
-    let key = Arc::new(Column::new_with_schema("block", &schema)?);
-    let shuffled = Arc::new(RepartitionExec::try_new(
-        plan,
-        Partitioning::Hash(vec![key.clone()], count),
-    )?);
-    let mut sort = vec![PhysicalSortExpr::new_default(key)];
-    for name in order {
-        sort.push(PhysicalSortExpr::new_default(Arc::new(
-            Column::new_with_schema(name, &schema)?,
-        )));
-    }
-    let ordering =
-        LexOrdering::new(sort).ok_or_else(|| JobError::Invariant("empty ordering".into()))?;
-    let sorted = Arc::new(SortExec::new(ordering, shuffled).with_preserve_partitioning(true));
     let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParquetWriterExec::try_new(
-        sorted,
-        WriteSpec {
-            store_url: lake.base_url().to_string(),
-            dir: lake.path(dir).to_string(),
-            split: SplitSpec {
-                column: "block".into(),
-                names,
-            },
-            sorted_runs: false,
-        },
-    )?);
-    cluster.run(plan).await?;
+    shuffle_write(cluster, lake, df, "block", order, dir, names).await?;
     Ok(())
 }
 
@@ -163,20 +102,7 @@ pub async fn prepare(
 ) -> Result<Prepared, JobError> {
     let ctx: SessionContext = cluster.planner()?;
     let source = source.resolve(lake).await?;
-    let dir = if source == RatingsSource::Events {
-        EVENTS_DIR
-    } else {
-        SORTED_DIR
-    };
-    // Events sit in `date=YYYY-MM-DD/` folders: declared as a partition column so they are read.
-    let partitions = [("date".to_string(), DataType::Utf8)];
-    let options = if source == RatingsSource::Events {
-        ParquetReadOptions::default().table_partition_cols(partitions.to_vec())
-    } else {
-        ParquetReadOptions::default()
-    };
-    ctx.register_parquet("source", lake.url(&format!("{dir}/")), options)
-        .await?;
+    source.register(&ctx, lake, "source").await?;
     let (select, order) = source.select();
     ctx.register_table("listens", ctx.sql(select).await?.into_view())?;
 

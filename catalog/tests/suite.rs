@@ -1,0 +1,596 @@
+//! One behavioural suite, run against every catalog implementation with the same cases and the
+//! same expectations:
+//! - `embedded`: the redb store in a temporary folder;
+//! - `congodb`: the MongoDB implementation against CongoDB, a MongoDB wire-protocol server
+//!   (`RECSYS_TEST_CONGODB` names its start script; scripts/test installs it);
+//! - `mongodb`: the MongoDB implementation against a real MongoDB when `RECSYS_TEST_MONGO_URI`
+//!   is set (each test uses its own database and drops it); otherwise these tests say so and
+//!   check nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use recsys_catalog::load::{UserVectors, checkpoint_key, load};
+use recsys_catalog::{
+    Catalog, CatalogError, EmbeddedCatalog, LatentVector, Lyrics, LyricsStatus, MongoCatalog,
+    MongoOptions, SongStats, User, UserStats,
+};
+use recsys_core::manifest::{EtlManifest, TableFiles};
+use recsys_core::schema::{song_schema, user_schema};
+use recsys_core::{S3Options, Store};
+
+/// A catalog under test and whatever keeps its server or folder alive.
+struct Subject {
+    catalog: Box<dyn Catalog>,
+    _guard: Box<dyn std::any::Any>,
+}
+
+async fn embedded() -> Option<Subject> {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb"))
+        .await
+        .unwrap();
+    Some(Subject {
+        catalog: Box::new(catalog),
+        _guard: Box::new(dir),
+    })
+}
+
+/// CongoDB on a free loopback port, killed on drop.
+struct Congo(std::process::Child);
+
+impl Drop for Congo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn congodb() -> Option<Subject> {
+    let script = std::env::var("RECSYS_TEST_CONGODB").expect(
+        "RECSYS_TEST_CONGODB names CongoDB's start script: run the tests with scripts/test, which installs it",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("node")
+        .arg(&script)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("node starts CongoDB");
+    let guard = Congo(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "CongoDB did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut options = MongoOptions::new(&format!("mongodb://127.0.0.1:{port}"));
+    options.timeout = Duration::from_secs(10);
+    let catalog = MongoCatalog::connect(&options).await.unwrap();
+    Some(Subject {
+        catalog: Box::new(catalog),
+        _guard: Box::new(guard),
+    })
+}
+
+/// Drops its database on drop (on a thread of its own: drop is synchronous).
+struct DropDatabase(String, String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let (uri, db) = (self.0.clone(), self.1.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
+                    let _ = client.database(&db).drop().await;
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+async fn mongodb(case: &str) -> Option<Subject> {
+    let Ok(uri) = std::env::var("RECSYS_TEST_MONGO_URI") else {
+        eprintln!("RECSYS_TEST_MONGO_URI is not set: not run against a real MongoDB");
+        return None;
+    };
+    let mut options = MongoOptions::new(&uri);
+    options.database = format!("recsys_test_{case}_{}", std::process::id());
+    let catalog = MongoCatalog::connect(&options).await.unwrap();
+    Some(Subject {
+        catalog: Box::new(catalog),
+        _guard: Box::new(DropDatabase(uri, options.database)),
+    })
+}
+
+fn song(id: &str, title: &str, artist: &str, plays: i64, plays_7d: i64) -> SongStats {
+    SongStats {
+        id: id.to_string(),
+        track_name: title.to_string(),
+        artist_name: artist.to_string(),
+        artist_id: format!("artist-{artist}"),
+        plays,
+        plays_7d,
+        listeners: plays / 2,
+        first_played_ms: Some(1_230_000_000_000),
+        last_played_ms: Some(1_240_000_000_000 + plays),
+        duration_s: None,
+    }
+}
+
+fn user(id: &str, plays: i64, latent: Option<(&str, Vec<f32>)>) -> User {
+    User {
+        stats: UserStats {
+            id: id.to_string(),
+            plays,
+            distinct_tracks: plays / 2,
+            distinct_artists: plays / 3,
+            first_seen_ms: 1_100_000_000_000,
+            last_seen_ms: 1_200_000_000_123,
+            active_days: 7,
+        },
+        latent: latent.map(|(v, vector)| LatentVector {
+            model_version: v.to_string(),
+            vector,
+        }),
+    }
+}
+
+fn ids(songs: &[recsys_catalog::Song]) -> Vec<&str> {
+    songs.iter().map(|s| s.stats.id.as_str()).collect()
+}
+
+fn found(text: &str) -> Lyrics {
+    Lyrics {
+        status: LyricsStatus::Found,
+        plain: Some(text.to_string()),
+        synced: Some(format!("[00:01.00] {text}")),
+    }
+}
+
+async fn upsert_is_idempotent(c: &dyn Catalog) {
+    let mut songs = vec![
+        song("s1", "Blue Monday", "New Order", 10, 2),
+        song("s2", "Hey Jude", "The Beatles", 30, 0),
+    ];
+    songs[1].duration_s = Some(431.5);
+    c.upsert_songs(&songs).await.unwrap();
+    c.upsert_songs(&songs).await.unwrap();
+    let stats = c.stats().await.unwrap();
+    assert_eq!((stats.songs, stats.lyrics_pending), (2, 2));
+    let s2 = c.song("s2").await.unwrap().unwrap();
+    assert_eq!(s2.stats, songs[1]);
+    assert_eq!(s2.lyrics, None);
+    assert!(c.song("nope").await.unwrap().is_none());
+
+    // New statistics replace the old; lyrics survive a re-run of the ETL.
+    assert!(
+        c.set_lyrics("s1", &found("how does it feel"))
+            .await
+            .unwrap()
+    );
+    let mut again = songs.clone();
+    again[0].plays = 11;
+    again[0].track_name = "Blue Monday '88".into();
+    c.upsert_songs(&again).await.unwrap();
+    let s1 = c.song("s1").await.unwrap().unwrap();
+    assert_eq!(s1.stats, again[0]);
+    assert_eq!(s1.lyrics, Some(found("how does it feel")));
+    assert_eq!(c.stats().await.unwrap().songs, 2);
+
+    // Users: statistics replaced, the vector kept unless a new one is given.
+    let v1 = vec![0.25_f32, -1.5, 3.0e-7];
+    c.upsert_users(&[
+        user("u1", 12, Some(("m1", v1.clone()))),
+        user("u2", 3, None),
+    ])
+    .await
+    .unwrap();
+    c.upsert_users(&[user("u1", 14, None), user("u2", 3, None)])
+        .await
+        .unwrap();
+    let u1 = c.user("u1").await.unwrap().unwrap();
+    assert_eq!(u1.stats, user("u1", 14, None).stats);
+    assert_eq!(
+        u1.latent,
+        Some(LatentVector {
+            model_version: "m1".into(),
+            vector: v1
+        })
+    );
+    c.upsert_users(&[user("u1", 14, Some(("m2", vec![1.0, 2.0, 3.0])))])
+        .await
+        .unwrap();
+    let u1 = c.user("u1").await.unwrap().unwrap();
+    assert_eq!(u1.latent.unwrap().model_version, "m2");
+    assert_eq!(c.user("u2").await.unwrap().unwrap().latent, None);
+    let stats = c.stats().await.unwrap();
+    assert_eq!((stats.users, stats.users_with_vector), (2, 1));
+}
+
+async fn search_ranks_and_pages(c: &dyn Catalog) {
+    c.upsert_songs(&[
+        song("a", "Blue Monday", "New Order", 10, 0),
+        song("b", "Blue Monday '88", "New Order", 50, 0),
+        song("c", "Monday Morning", "Blue Jays", 99, 0),
+        song("d", "Something Else", "Blue", 500, 0),
+        song("e", "Ceremony", "New Order", 7, 0),
+        song("f", "Blue Monday", "Orkestra Obsolete", 10, 0),
+    ])
+    .await
+    .unwrap();
+    // Exact title first (ties by plays, then id), then title matches, then mixed matches.
+    let page = c.search_songs("blue MONDAY", 10, 0).await.unwrap();
+    assert_eq!(ids(&page.items), vec!["a", "f", "b", "c"]);
+    assert!(!page.has_more);
+    let first = c.search_songs("blue monday", 2, 0).await.unwrap();
+    assert_eq!((ids(&first.items), first.has_more), (vec!["a", "f"], true));
+    let second = c.search_songs("blue monday", 2, 2).await.unwrap();
+    assert_eq!(
+        (ids(&second.items), second.has_more),
+        (vec!["b", "c"], false)
+    );
+    let past = c.search_songs("blue monday", 2, 4).await.unwrap();
+    assert_eq!((past.items.len(), past.has_more), (0, false));
+    // Artist words count too, with less weight than title words.
+    let page = c.search_songs("new order", 10, 0).await.unwrap();
+    assert_eq!(ids(&page.items), vec!["b", "a", "e"]);
+    // Every word must match.
+    assert!(
+        c.search_songs("blue ceremony", 10, 0)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // A retitled song is found by its new words only.
+    c.upsert_songs(&[song("e", "Temptation", "New Order", 7, 0)])
+        .await
+        .unwrap();
+    assert!(
+        c.search_songs("ceremony", 10, 0)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&c.search_songs("temptation", 10, 0).await.unwrap().items),
+        vec!["e"]
+    );
+    // A query without words is refused, naming the query.
+    match c.search_songs(" -- ", 10, 0).await {
+        Err(CatalogError::Invalid(msg)) => assert!(msg.contains("` -- `"), "{msg}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+async fn top_by_plays_7d(c: &dyn Catalog) {
+    c.upsert_songs(&[
+        song("a", "A", "X", 100, 5),
+        song("b", "B", "X", 10, 9),
+        song("c", "C", "X", 20, 5),
+        song("d", "D", "X", 20, 5),
+        song("e", "E", "X", 1000, 0),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(&c.top_songs(10).await.unwrap()),
+        vec!["b", "a", "c", "d", "e"]
+    );
+    assert_eq!(ids(&c.top_songs(2).await.unwrap()), vec!["b", "a"]);
+    assert!(c.top_songs(0).await.unwrap().is_empty());
+    // A new week of data reorders them.
+    c.upsert_songs(&[song("e", "E", "X", 1010, 10)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&c.top_songs(2).await.unwrap()), vec!["e", "b"]);
+}
+
+async fn lyrics_status_queries(c: &dyn Catalog) {
+    let songs: Vec<SongStats> = (1..=6)
+        .map(|i| song(&format!("s{i}"), &format!("Song {i}"), "Band", i, 0))
+        .collect();
+    c.upsert_songs(&songs).await.unwrap();
+    let pending = c.songs_by_lyrics_status(None, None, 100).await.unwrap();
+    assert_eq!(ids(&pending), vec!["s1", "s2", "s3", "s4", "s5", "s6"]);
+    assert!(c.set_lyrics("s2", &found("la la")).await.unwrap());
+    assert!(c.set_lyrics("s5", &found("na na")).await.unwrap());
+    let missing = Lyrics {
+        status: LyricsStatus::Missing,
+        plain: None,
+        synced: None,
+    };
+    assert!(c.set_lyrics("s3", &missing).await.unwrap());
+    let instrumental = Lyrics {
+        status: LyricsStatus::Instrumental,
+        plain: None,
+        synced: None,
+    };
+    assert!(c.set_lyrics("s4", &instrumental).await.unwrap());
+    assert!(!c.set_lyrics("unknown", &missing).await.unwrap());
+
+    let with = |s| async move {
+        ids(&c.songs_by_lyrics_status(s, None, 100).await.unwrap())
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(with(Some(LyricsStatus::Found)).await, vec!["s2", "s5"]);
+    assert_eq!(with(Some(LyricsStatus::Missing)).await, vec!["s3"]);
+    assert_eq!(with(Some(LyricsStatus::Error)).await, Vec::<String>::new());
+    assert_eq!(with(None).await, vec!["s1", "s6"]);
+    // Paging by id: after a given id, at most `limit`.
+    let page = c.songs_by_lyrics_status(None, Some("s1"), 1).await.unwrap();
+    assert_eq!(ids(&page), vec!["s6"]);
+    let page = c
+        .songs_by_lyrics_status(Some(LyricsStatus::Found), Some("s2"), 5)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), vec!["s5"]);
+    // A song whose lookup changes status moves between the lists.
+    assert!(c.set_lyrics("s3", &found("at last")).await.unwrap());
+    assert_eq!(
+        with(Some(LyricsStatus::Found)).await,
+        vec!["s2", "s3", "s5"]
+    );
+    assert_eq!(
+        with(Some(LyricsStatus::Missing)).await,
+        Vec::<String>::new()
+    );
+    let s3 = c.song("s3").await.unwrap().unwrap();
+    assert_eq!(s3.lyrics, Some(found("at last")));
+
+    let stats = c.stats().await.unwrap();
+    assert_eq!(stats.lyrics_pending, 2);
+    assert_eq!(
+        stats.lyrics,
+        vec![
+            (LyricsStatus::Found, 3),
+            (LyricsStatus::Missing, 0),
+            (LyricsStatus::Instrumental, 1),
+            (LyricsStatus::Error, 0),
+        ]
+    );
+}
+
+/// Writes a small ETL output (songs in two files, users in one) and its manifest.
+async fn fixture_lake(dir: &std::path::Path, run_id: &str) -> (Store, EtlManifest) {
+    let lake = Store::open(dir.to_str().unwrap(), &S3Options::default()).unwrap();
+    let songs = |range: std::ops::Range<i64>| {
+        let n = range.clone().count();
+        let text = |f: &dyn Fn(i64) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(range.clone().map(f)))
+        };
+        let ts = |base: i64| -> ArrayRef {
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(range.clone().map(|i| base + i))
+                    .with_timezone("UTC"),
+            )
+        };
+        RecordBatch::try_new(
+            song_schema(),
+            vec![
+                text(&|i| format!("track-{i:03}")),
+                text(&|i| format!("Title {i}")),
+                text(&|i| format!("Artist {}", i % 3)),
+                text(&|i| format!("artist-{}", i % 3)),
+                Arc::new(Int64Array::from_iter_values(range.clone().map(|i| 10 * i))),
+                Arc::new(Int64Array::from_iter_values(range.clone().map(|i| i % 4))),
+                Arc::new(Int64Array::from_iter_values(range.clone().map(|i| i + 1))),
+                ts(1_000_000_000_000_000),
+                ts(1_200_000_000_000_000),
+                Arc::new(Float64Array::from(vec![None; n])),
+            ],
+        )
+        .unwrap()
+    };
+    let users = RecordBatch::try_new(
+        user_schema(),
+        vec![
+            Arc::new(StringArray::from(vec!["u1", "u2"])),
+            Arc::new(Int64Array::from(vec![5, 9])),
+            Arc::new(Int64Array::from(vec![4, 8])),
+            Arc::new(Int64Array::from(vec![2, 3])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![1_000_000, 2_000_000]).with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![3_000_000, 4_000_000]).with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    let write = |path: &str, batch: RecordBatch| {
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let full = dir.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, buf).unwrap();
+    };
+    write("catalog/songs/part-00000.parquet", songs(0..7));
+    write("catalog/songs/part-00001.parquet", songs(7..12));
+    write("catalog/users/part-00000.parquet", users);
+    let manifest = EtlManifest {
+        run_id: run_id.to_string(),
+        source: "listens".into(),
+        anchor_us: 0,
+        plays: 14,
+        songs: TableFiles {
+            files: vec![
+                "catalog/songs/part-00000.parquet".into(),
+                "catalog/songs/part-00001.parquet".into(),
+            ],
+            rows: 12,
+        },
+        users: TableFiles {
+            files: vec!["catalog/users/part-00000.parquet".into()],
+            rows: 2,
+        },
+    };
+    manifest.write(&lake).await.unwrap();
+    (lake, manifest)
+}
+
+async fn resume_after_partial_load(c: &dyn Catalog) {
+    let dir = tempfile::tempdir().unwrap();
+    let (lake, manifest) = fixture_lake(dir.path(), "run-1").await;
+    let vectors = UserVectors {
+        model_version: "m1".into(),
+        by_user: [("u2".to_string(), vec![0.5_f32, 0.25])]
+            .into_iter()
+            .collect(),
+    };
+
+    // Stop after the second batch of 3 songs: as if the process died there.
+    let mut batches = 0;
+    let stopped = load(c, &lake, &manifest, Some(&vectors), 3, &mut |_| {
+        batches += 1;
+        if batches == 2 {
+            return Err(CatalogError::Stopped("test stop".into()));
+        }
+        Ok(())
+    })
+    .await;
+    assert!(
+        matches!(stopped, Err(CatalogError::Stopped(_))),
+        "{stopped:?}"
+    );
+    assert_eq!(c.stats().await.unwrap().songs, 6);
+    assert!(
+        c.checkpoint(&checkpoint_key("songs"))
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("\"rows\":6")
+    );
+
+    // Resume: only the rest is loaded (batches end at file boundaries).
+    let mut seen = Vec::new();
+    let report = load(c, &lake, &manifest, Some(&vectors), 3, &mut |p| {
+        seen.push((p.table, p.rows));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.songs.skipped, report.songs.loaded), (6, 6));
+    assert_eq!((report.users.skipped, report.users.loaded), (0, 2));
+    assert_eq!(seen, vec![("songs", 7), ("songs", 10), ("songs", 12), ("users", 2)]);
+    let stats = c.stats().await.unwrap();
+    assert_eq!(
+        (stats.songs, stats.users, stats.users_with_vector),
+        (12, 2, 1)
+    );
+    let s = c.song("track-008").await.unwrap().unwrap();
+    assert_eq!(
+        (s.stats.plays, s.stats.plays_7d, s.stats.listeners),
+        (80, 0, 9)
+    );
+    assert_eq!(s.stats.first_played_ms, Some(1_000_000_000_000));
+    assert_eq!(
+        (s.stats.track_name.as_str(), s.stats.artist_name.as_str()),
+        ("Title 8", "Artist 2")
+    );
+    let u2 = c.user("u2").await.unwrap().unwrap();
+    assert_eq!(u2.latent.unwrap().vector, vec![0.5, 0.25]);
+    assert_eq!(
+        (u2.stats.first_seen_ms, u2.stats.last_seen_ms),
+        (2_000, 4_000)
+    );
+
+    // The same run again: nothing to do.
+    let report = load(c, &lake, &manifest, Some(&vectors), 3, &mut |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!((report.songs.loaded, report.users.loaded), (0, 0));
+
+    // A new ETL run loads everything again, and the catalog ends the same (idempotent).
+    let before = c.stats().await.unwrap();
+    let (lake, manifest) = fixture_lake(dir.path(), "run-2").await;
+    let report = load(c, &lake, &manifest, Some(&vectors), 5, &mut |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!((report.songs.loaded, report.users.loaded), (12, 2));
+    assert_eq!(c.stats().await.unwrap(), before);
+    assert_eq!(c.song("track-008").await.unwrap().unwrap(), s);
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod embedded_store {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let s = super::embedded().await.unwrap();
+                    super::$case(s.catalog.as_ref()).await;
+                }
+            )*
+        }
+        mod congodb_server {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let s = super::congodb().await.unwrap();
+                    super::$case(s.catalog.as_ref()).await;
+                }
+            )*
+        }
+        mod real_mongodb {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(s) = super::mongodb(stringify!($case)).await {
+                        super::$case(s.catalog.as_ref()).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    upsert_is_idempotent,
+    search_ranks_and_pages,
+    top_by_plays_7d,
+    lyrics_status_queries,
+    resume_after_partial_load,
+);
+
+#[tokio::test]
+async fn unreachable_mongodb_is_named_without_credentials() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = MongoOptions::new(&format!("mongodb://admin:hunter2@127.0.0.1:{port}/"));
+    options.timeout = Duration::from_millis(500);
+    let err = match MongoCatalog::connect(&options).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("connected to a closed port"),
+    };
+    assert!(
+        err.contains(&format!("mongodb://***@127.0.0.1:{port}/")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

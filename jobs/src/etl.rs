@@ -1,0 +1,181 @@
+//! The master-data ETL: songs and users of the catalog, from the listening history, written to
+//! `catalog/songs/` and `catalog/users/` (the lake's source of truth for the catalog) and
+//! described by `catalog/MANIFEST.json` ([`EtlManifest`]), which is written last: a loader never
+//! sees half an ETL.
+//!
+//! Plays come from the streamed events when there are any (actions `listen` and `complete`;
+//! skips are not plays), else from the sorted listens (every row a play). Titles and artists
+//! come from the sorted listens: when one track id was listened to under several spellings, the
+//! most frequent (title, artist, artist id) wins, ties broken by the smallest value, so every run
+//! picks the same. `plays_7d` counts plays in the last 7 days of the data (the anchor is the
+//! latest play, not the wall clock: the data may be years old).
+//!
+//! Both tables are spread over a fixed number of files by a stable hash of their id
+//! (`recsys_bucket`) and sorted by id inside each file: the same input gives the same files.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use datafusion::prelude::DataFrame;
+use recsys_core::Store;
+use recsys_core::manifest::{EtlManifest, TableFiles};
+use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR};
+
+use crate::source::{ListenSource, register_sorted};
+use crate::udf::BUCKET;
+use crate::write::shuffle_write;
+use crate::{Cluster, JobError};
+
+/// Files per table when the caller does not choose.
+pub const DEFAULT_FILES: usize = 4;
+const DAY_US: i64 = 86_400_000_000;
+
+#[derive(Debug, Clone)]
+pub struct EtlSummary {
+    pub manifest: EtlManifest,
+    pub elapsed: Duration,
+}
+
+/// Runs the ETL on `cluster`, replacing `catalog/` tables in `lake`.
+pub async fn run_etl(
+    cluster: &Cluster,
+    lake: &Store,
+    source: ListenSource,
+    files: usize,
+) -> Result<EtlSummary, JobError> {
+    let started = Instant::now();
+    let files = files.clamp(1, 256);
+    let source = source.resolve(lake).await?;
+    let ctx = cluster.planner()?;
+    source.register(&ctx, lake, "source").await?;
+    register_sorted(&ctx, lake, "listens").await?;
+    let plays = match source {
+        ListenSource::Events => {
+            "SELECT user_id, track_id, artist_id, ts, \
+                    CASE WHEN total_duration_s > 0 THEN total_duration_s END AS total \
+             FROM source WHERE action IN ('listen', 'complete')"
+        }
+        _ => "SELECT user_id, track_id, artist_id, ts, CAST(NULL AS DOUBLE) AS total FROM source",
+    };
+    ctx.register_table("plays", ctx.sql(plays).await?.into_view())?;
+
+    let (count, anchor) = {
+        let df = ctx
+            .sql("SELECT count(*) AS n, max(ts) AS anchor FROM plays")
+            .await?;
+        let batches = collect(cluster, df).await?;
+        let b = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| JobError::NoInput("the play count returned nothing".into()))?;
+        let n = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        let max = b.column(1).as_primitive::<TimestampMicrosecondType>();
+        if max.is_null(0) {
+            return Err(JobError::NoInput(format!(
+                "no plays in {} (run the clean and sort steps, or stream events, first)",
+                lake.url("sorted/listens/ or events/")
+            )));
+        }
+        (n.value(0) as u64, max.value(0))
+    };
+    let since = anchor - 7 * DAY_US;
+
+    let songs = ctx
+        .sql(&format!(
+            "WITH per_user AS (
+                SELECT track_id, user_id, count(*) AS n,
+                       sum(CASE WHEN ts >= to_timestamp_micros({since}) THEN 1 ELSE 0 END) AS n7,
+                       min(ts) AS first_played, max(ts) AS last_played, max(total) AS total
+                FROM plays GROUP BY track_id, user_id),
+             stats AS (
+                SELECT track_id, sum(n) AS plays, sum(n7) AS plays_7d, count(*) AS listeners,
+                       min(first_played) AS first_played, max(last_played) AS last_played,
+                       max(total) AS duration_s
+                FROM per_user GROUP BY track_id),
+             spellings AS (
+                SELECT track_id, track_name, artist_name, artist_id, count(*) AS n
+                FROM listens GROUP BY track_id, track_name, artist_name, artist_id),
+             names AS (
+                SELECT track_id,
+                  first_value(track_name ORDER BY n DESC, track_name, artist_name, artist_id) AS track_name,
+                  first_value(artist_name ORDER BY n DESC, track_name, artist_name, artist_id) AS artist_name,
+                  first_value(artist_id ORDER BY n DESC, track_name, artist_name, artist_id) AS artist_id
+                FROM spellings GROUP BY track_id)
+             SELECT COALESCE(s.track_id, m.track_id) AS track_id,
+                    COALESCE(m.track_name, '') AS track_name,
+                    COALESCE(m.artist_name, '') AS artist_name,
+                    COALESCE(m.artist_id, '') AS artist_id,
+                    CAST(COALESCE(s.plays, 0) AS BIGINT) AS plays,
+                    CAST(COALESCE(s.plays_7d, 0) AS BIGINT) AS plays_7d,
+                    CAST(COALESCE(s.listeners, 0) AS BIGINT) AS listeners,
+                    s.first_played, s.last_played, s.duration_s,
+                    {BUCKET}(COALESCE(s.track_id, m.track_id), {files}) AS bucket
+             FROM stats s FULL OUTER JOIN names m ON s.track_id = m.track_id"
+        ))
+        .await?;
+    let users = ctx
+        .sql(&format!(
+            "SELECT user_id, count(*) AS plays,
+                    count(DISTINCT track_id) AS distinct_tracks,
+                    count(DISTINCT artist_id) AS distinct_artists,
+                    min(ts) AS first_seen, max(ts) AS last_seen,
+                    count(DISTINCT date_trunc('day', ts)) AS active_days,
+                    {BUCKET}(user_id, {files}) AS bucket
+             FROM plays GROUP BY user_id"
+        ))
+        .await?;
+
+    // A reader must never pair the old manifest with new files.
+    EtlManifest::remove(lake).await?;
+    let songs = write_table(cluster, lake, songs, "track_id", CATALOG_SONGS_DIR, files).await?;
+    let users = write_table(cluster, lake, users, "user_id", CATALOG_USERS_DIR, files).await?;
+    let manifest = EtlManifest {
+        run_id: run_id(),
+        source: format!("{source:?}").to_lowercase(),
+        anchor_us: anchor,
+        plays: count,
+        songs,
+        users,
+    };
+    manifest.write(lake).await?;
+    Ok(EtlSummary {
+        manifest,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn collect(
+    cluster: &Cluster,
+    df: DataFrame,
+) -> Result<Vec<arrow::array::RecordBatch>, JobError> {
+    cluster.run(df.create_physical_plan().await?).await
+}
+
+async fn write_table(
+    cluster: &Cluster,
+    lake: &Store,
+    df: DataFrame,
+    id: &str,
+    dir: &str,
+    files: usize,
+) -> Result<TableFiles, JobError> {
+    crate::lake::clear(lake.object_store().as_ref(), &lake.path(dir)).await?;
+    let names: BTreeMap<i64, String> = (0..files as i64)
+        .map(|b| (b, format!("part-{b:05}.parquet")))
+        .collect();
+    let written = shuffle_write(cluster, lake, df, "bucket", &[id], dir, names).await?;
+    Ok(TableFiles {
+        rows: written.iter().map(|w| w.1).sum(),
+        files: written.into_iter().map(|w| lake.relative(&w.0)).collect(),
+    })
+}
+
+/// A run id: wall-clock nanoseconds, unique enough for one lake.
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("etl-{}", now.as_nanos())
+}
