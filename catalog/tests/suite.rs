@@ -494,7 +494,10 @@ async fn resume_after_partial_load(c: &dyn Catalog) {
     .unwrap();
     assert_eq!((report.songs.skipped, report.songs.loaded), (6, 6));
     assert_eq!((report.users.skipped, report.users.loaded), (0, 2));
-    assert_eq!(seen, vec![("songs", 7), ("songs", 10), ("songs", 12), ("users", 2)]);
+    assert_eq!(
+        seen,
+        vec![("songs", 7), ("songs", 10), ("songs", 12), ("users", 2)]
+    );
     let stats = c.stats().await.unwrap();
     assert_eq!(
         (stats.songs, stats.users, stats.users_with_vector),

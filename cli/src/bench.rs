@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// Streaming: replay at full speed into the embedded log and, with --kafka, through a
     /// broker into the sink; events/s end to end, producer- and sink-side, and peak memory.
     Ingest(crate::bench_ingest::IngestBench),
+    /// Master-data ETL (songs and users to Parquet) against Spark and DuckDB, and the catalog
+    /// load in documents/s.
+    Etl(crate::bench_etl::EtlBench),
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +161,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Pipeline(args) => pipeline(lake_args, args).await,
         BenchCommand::Als(args) => als(lake_args, args).await,
         BenchCommand::Ingest(args) => crate::bench_ingest::run(lake_args, args).await,
+        BenchCommand::Etl(args) => crate::bench_etl::run(lake_args, args).await,
     }
 }
 
@@ -174,7 +178,7 @@ fn bench_config(rows: u64) -> recsys_datasets::GenerateConfig {
 }
 
 /// An embedded cluster with this machine's cores.
-async fn embedded_cluster(lake_args: &LakeArgs) -> Result<recsys_jobs::Cluster> {
+pub async fn embedded_cluster(lake_args: &LakeArgs) -> Result<recsys_jobs::Cluster> {
     ClusterArgs {
         scheduler: None,
         vcores: 0,

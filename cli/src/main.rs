@@ -4,7 +4,9 @@
 
 mod als;
 mod bench;
+mod bench_etl;
 mod bench_ingest;
+mod catalog;
 mod data;
 mod pipeline;
 mod progress;
@@ -85,6 +87,9 @@ enum Commands {
     /// Submit a batch job to the cluster (embedded unless --scheduler is given).
     #[command(subcommand)]
     Submit(submit::SubmitCommand),
+    /// Look at the song and user catalog, or load the latest ETL output into it.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
     /// Run a Ballista scheduler with recsys functions (all standard Ballista flags).
     Scheduler(SchedulerCommand),
     /// Run a Ballista executor with recsys functions (all standard Ballista flags).
@@ -166,6 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Pipeline(args) => pipeline::run(&cli.lake, args).await,
         Commands::Data(cmd) => data::run(&cli.lake, cmd).await,
         Commands::Submit(cmd) => submit::run(&cli.lake, cmd).await,
+        Commands::Catalog(cmd) => catalog::run(&cli.lake, cmd).await,
         Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista).await?),
         Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista).await?),
         Commands::Replay(args) => stream::run_replay(&cli.lake, &args).await.map(|_| ()),

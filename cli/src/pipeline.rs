@@ -28,6 +28,10 @@ pub struct PipelineArgs {
     pub replay_speed: f64,
     #[command(flatten)]
     pub als: crate::als::AlsArgs,
+    #[command(flatten)]
+    pub catalog: crate::catalog::CatalogArgs,
+    #[command(flatten)]
+    pub load: crate::catalog::LoadArgs,
 }
 
 struct Step {
@@ -126,6 +130,33 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         ),
     });
 
+    // The catalog last: user documents carry the vectors of the model just trained.
+    let catalog = args.catalog.open(&lake).await?;
+    let etl = crate::catalog::etl(
+        &cluster,
+        &lake,
+        crate::catalog::Source::Auto,
+        recsys_jobs::etl::DEFAULT_FILES,
+    )
+    .await?;
+    steps.push(Step {
+        name: "etl",
+        elapsed: etl.elapsed,
+        rows: etl.manifest.plays,
+        detail: format!(
+            "{} songs, {} users → catalog/",
+            etl.manifest.songs.rows, etl.manifest.users.rows
+        ),
+    });
+    let (loaded, load_elapsed) =
+        crate::catalog::load_catalog(catalog.as_ref(), &lake, &args.load, false).await?;
+    steps.push(Step {
+        name: "load",
+        elapsed: load_elapsed,
+        rows: loaded.songs.loaded + loaded.users.loaded,
+        detail: catalog.describe(),
+    });
+
     println!();
     print_clean(&cleaned);
     print_sort(&sorted, &lake);
@@ -151,6 +182,8 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         cluster.describe()
     );
     println!();
+    crate::catalog::print_etl(&etl);
+    crate::catalog::print_load(catalog.as_ref(), &loaded, load_elapsed);
     crate::als::print_summary(&trained, &lake);
     crate::als::print_recommendations(&cluster, &lake, &trained, 3).await?;
     Ok(())

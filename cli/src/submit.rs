@@ -19,6 +19,8 @@ pub enum SubmitCommand {
     Sort(SortArgs),
     /// Train implicit ALS on the sorted listens, evaluate it and store it as a model version.
     Als(AlsCommand),
+    /// Build the song and user master data (Parquet in catalog/) and load it into the catalog.
+    Etl(crate::catalog::EtlArgs),
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +162,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: SubmitCommand) -> Result<()> {
             let summary = crate::als::train(&cluster, &lake, &args.als).await?;
             crate::als::print_summary(&summary, &lake);
         }
+        SubmitCommand::Etl(args) => crate::catalog::submit(lake_args, args).await?,
     }
     Ok(())
 }

@@ -1,0 +1,460 @@
+//! The master-data ETL: aggregates against hand-computed values (listens and events), the same
+//! output on a re-run, and `recsys submit etl` / `recsys catalog …` end to end on generated data.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+use common::*;
+use recsys_core::Store;
+use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR, SORTED_DIR, listen_schema};
+use recsys_ingest::event::{Action, Event, EventBuilder};
+use recsys_ingest::log::EventLog;
+use recsys_ingest::{EmbeddedLog, FlushPolicy};
+use recsys_jobs::Cluster;
+use recsys_jobs::etl::run_etl;
+use recsys_jobs::source::ListenSource;
+
+const DAY: i64 = 86_400_000_000;
+const HOUR: i64 = 3_600_000_000;
+/// 2009-01-01T00:00:00Z.
+const D0: i64 = 1_230_768_000_000_000;
+
+/// (user, µs, artist id, artist, track id, title).
+type Row = (
+    &'static str,
+    i64,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// Hand-made listens. The anchor (latest play) is day 10 12:00, so `plays_7d` counts plays
+/// from day 3 12:00 on (inclusive).
+fn fixture() -> Vec<Row> {
+    vec![
+        ("u1", D0 + 10 * HOUR, "a1", "Art X", "t1", "Song A"),
+        ("u1", D0 + 11 * HOUR, "a1", "Art X", "t1", "Song A"),
+        ("u2", D0 + 5 * DAY, "a1", "Art X", "t1", "Song A"),
+        ("u1", D0 + 9 * DAY, "a1", "Art X", "t1", "Song A"),
+        ("u2", D0 + DAY, "a2", "Art Y", "t2", "Song B"),
+        (
+            "u3",
+            D0 + 10 * DAY + 12 * HOUR,
+            "a2",
+            "Art Y",
+            "t2",
+            "Song B",
+        ),
+        // t3: two spellings, the most frequent wins.
+        ("u1", D0 + 2 * DAY, "a1", "Art X", "t3", "Song C"),
+        ("u3", D0 + 8 * DAY, "a1", "Art X", "t3", "Song C"),
+        ("u2", D0 + 4 * DAY, "a1", "Art X", "t3", "song c"),
+        // t4: a tie between spellings goes to the smallest; one play exactly at the 7-day edge.
+        ("u4", D0 + 3 * DAY + 12 * HOUR, "a4", "Art Z", "t4", "Zeta"),
+        ("u4", D0 + 3 * DAY + 11 * HOUR, "a4", "Art Z", "t4", "Alpha"),
+    ]
+}
+
+fn write_sorted(dir: &std::path::Path, rows: &[Row]) {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| (r.1, r.0, r.4));
+    let text = |f: fn(&Row) -> &str| -> Arc<dyn Array> {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let batch = RecordBatch::try_new(
+        listen_schema(),
+        vec![
+            text(|r| r.0),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                    .with_timezone("UTC"),
+            ),
+            text(|r| r.2),
+            text(|r| r.3),
+            text(|r| r.4),
+            text(|r| r.5),
+        ],
+    )
+    .unwrap();
+    let path = dir.join(SORTED_DIR).join("part-00000.parquet");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SongRow {
+    title: String,
+    artist: String,
+    artist_id: String,
+    plays: i64,
+    plays_7d: i64,
+    listeners: i64,
+    first: Option<i64>,
+    last: Option<i64>,
+    duration: Option<f64>,
+}
+
+fn read_songs(dir: &std::path::Path) -> BTreeMap<String, SongRow> {
+    let mut out = BTreeMap::new();
+    for b in read_parquet_dir(&dir.join(CATALOG_SONGS_DIR))
+        .iter()
+        .flat_map(|(_, b)| b)
+    {
+        let s = |n: &str| {
+            arrow::compute::cast(
+                b.column_by_name(n).unwrap(),
+                &arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap()
+        };
+        let (id, title, artist, artist_id) = (
+            s("track_id"),
+            s("track_name"),
+            s("artist_name"),
+            s("artist_id"),
+        );
+        let i = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone()
+        };
+        let (plays, p7, listeners) = (i("plays"), i("plays_7d"), i("listeners"));
+        let t = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone()
+        };
+        let (first, last) = (t("first_played"), t("last_played"));
+        let duration = b
+            .column_by_name("duration_s")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
+        for r in 0..b.num_rows() {
+            let opt =
+                |a: &arrow::array::TimestampMicrosecondArray| (!a.is_null(r)).then(|| a.value(r));
+            out.insert(
+                id.as_string::<i32>().value(r).to_string(),
+                SongRow {
+                    title: title.as_string::<i32>().value(r).to_string(),
+                    artist: artist.as_string::<i32>().value(r).to_string(),
+                    artist_id: artist_id.as_string::<i32>().value(r).to_string(),
+                    plays: plays.value(r),
+                    plays_7d: p7.value(r),
+                    listeners: listeners.value(r),
+                    first: opt(&first),
+                    last: opt(&last),
+                    duration: (!duration.is_null(r)).then(|| duration.value(r)),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// user → (plays, distinct tracks, distinct artists, first, last, active days).
+fn read_users(dir: &std::path::Path) -> BTreeMap<String, (i64, i64, i64, i64, i64, i64)> {
+    let mut out = BTreeMap::new();
+    for b in read_parquet_dir(&dir.join(CATALOG_USERS_DIR))
+        .iter()
+        .flat_map(|(_, b)| b)
+    {
+        let id = arrow::compute::cast(
+            b.column_by_name("user_id").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let i = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone()
+        };
+        let t = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone()
+        };
+        let (plays, tracks, artists, days) = (
+            i("plays"),
+            i("distinct_tracks"),
+            i("distinct_artists"),
+            i("active_days"),
+        );
+        let (first, last) = (t("first_seen"), t("last_seen"));
+        for r in 0..b.num_rows() {
+            out.insert(
+                id.as_string::<i32>().value(r).to_string(),
+                (
+                    plays.value(r),
+                    tracks.value(r),
+                    artists.value(r),
+                    first.value(r),
+                    last.value(r),
+                    days.value(r),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// A song row from (title, artist, artist id), [plays, plays_7d, listeners], (first, last).
+fn song(names: (&str, &str, &str), counts: [i64; 3], span: (i64, i64)) -> SongRow {
+    SongRow {
+        title: names.0.into(),
+        artist: names.1.into(),
+        artist_id: names.2.into(),
+        plays: counts[0],
+        plays_7d: counts[1],
+        listeners: counts[2],
+        first: Some(span.0),
+        last: Some(span.1),
+        duration: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_aggregates_listens_as_computed_by_hand() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        write_sorted(dir.path(), &fixture());
+        let lake = local_store(dir.path());
+        let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
+        let summary = run_etl(&cluster, &lake, ListenSource::Auto, 3)
+            .await
+            .unwrap();
+        let m = &summary.manifest;
+        assert_eq!(
+            (m.source.as_str(), m.plays, m.songs.rows, m.users.rows),
+            ("listens", 11, 4, 4)
+        );
+        assert_eq!(m.anchor_us, D0 + 10 * DAY + 12 * HOUR);
+
+        let songs = read_songs(dir.path());
+        let expected: BTreeMap<String, SongRow> = [
+            (
+                "t1",
+                song(
+                    ("Song A", "Art X", "a1"),
+                    [4, 2, 2],
+                    (D0 + 10 * HOUR, D0 + 9 * DAY),
+                ),
+            ),
+            (
+                "t2",
+                song(
+                    ("Song B", "Art Y", "a2"),
+                    [2, 1, 2],
+                    (D0 + DAY, D0 + 10 * DAY + 12 * HOUR),
+                ),
+            ),
+            (
+                "t3",
+                song(
+                    ("Song C", "Art X", "a1"),
+                    [3, 2, 3],
+                    (D0 + 2 * DAY, D0 + 8 * DAY),
+                ),
+            ),
+            (
+                "t4",
+                song(
+                    ("Alpha", "Art Z", "a4"),
+                    [2, 1, 1],
+                    (D0 + 3 * DAY + 11 * HOUR, D0 + 3 * DAY + 12 * HOUR),
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(songs, expected);
+
+        let users = read_users(dir.path());
+        let expected: BTreeMap<String, _> = [
+            ("u1", (4, 2, 1, D0 + 10 * HOUR, D0 + 9 * DAY, 3)),
+            ("u2", (3, 3, 2, D0 + DAY, D0 + 5 * DAY, 3)),
+            ("u3", (2, 2, 2, D0 + 8 * DAY, D0 + 10 * DAY + 12 * HOUR, 2)),
+            (
+                "u4",
+                (
+                    2,
+                    1,
+                    1,
+                    D0 + 3 * DAY + 11 * HOUR,
+                    D0 + 3 * DAY + 12 * HOUR,
+                    1,
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(users, expected);
+
+        // Same data in, same tables out: a re-run writes the same files with the same rows.
+        let files = |d: &std::path::Path| {
+            read_parquet_dir(d)
+                .into_iter()
+                .map(|(p, b)| (p, b.iter().map(|b| b.num_rows()).sum::<usize>()))
+                .collect::<Vec<_>>()
+        };
+        let before = (
+            files(&dir.path().join(CATALOG_SONGS_DIR)),
+            files(&dir.path().join(CATALOG_USERS_DIR)),
+        );
+        let again = run_etl(&cluster, &lake, ListenSource::Auto, 3)
+            .await
+            .unwrap();
+        assert_ne!(again.manifest.run_id, summary.manifest.run_id);
+        assert_eq!(read_songs(dir.path()), songs);
+        assert_eq!(read_users(dir.path()), users);
+        assert_eq!(
+            (
+                files(&dir.path().join(CATALOG_SONGS_DIR)),
+                files(&dir.path().join(CATALOG_USERS_DIR))
+            ),
+            before
+        );
+    })
+    .await
+    .expect("the ETL test finished within 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_counts_streamed_plays_not_skips() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        write_sorted(dir.path(), &fixture());
+        let lake: Store = local_store(dir.path());
+        let policy = FlushPolicy {
+            rows: 1000,
+            interval: Duration::from_millis(20),
+            in_flight: 1,
+        };
+        let log = EmbeddedLog::open(lake.clone(), policy).await.unwrap();
+        let mut builder = EventBuilder::default();
+        let events = [
+            ("u1", "t1", Action::Complete, 200.0, 0),
+            ("u1", "t1", Action::Listen, 210.0, 1),
+            ("u2", "t1", Action::Skip, 999.0, 2),
+            ("u2", "t2", Action::Listen, 0.0, 3),
+            ("u9", "t9", Action::Complete, 180.0, 4),
+        ];
+        for (user, track, action, total, day) in events {
+            let event = Event {
+                user_id: user.into(),
+                track_id: track.into(),
+                artist_id: "a1".into(),
+                timestamp: D0 + day * DAY,
+                action,
+                source: "app".into(),
+                duration_s: total / 2.0,
+                total_duration_s: total,
+            };
+            builder.push(&event, 0, 0);
+        }
+        log.append(builder.finish()).await.unwrap().await.unwrap();
+        log.shutdown().await.unwrap();
+
+        let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
+        let m = run_etl(&cluster, &lake, ListenSource::Auto, 2)
+            .await
+            .unwrap()
+            .manifest;
+        assert_eq!(
+            (m.source.as_str(), m.plays, m.anchor_us),
+            ("events", 4, D0 + 4 * DAY)
+        );
+        let songs = read_songs(dir.path());
+        // Titles still come from the listens; skips are not plays; duration from the events.
+        let t1 = &songs["t1"];
+        assert_eq!(
+            (t1.title.as_str(), t1.plays, t1.listeners, t1.duration),
+            ("Song A", 2, 1, Some(210.0))
+        );
+        assert_eq!((songs["t2"].plays, songs["t2"].duration), (1, None));
+        // Catalogued tracks nobody played in the events stay, with no plays.
+        assert_eq!(
+            (
+                songs["t3"].title.as_str(),
+                songs["t3"].plays,
+                songs["t3"].first
+            ),
+            ("Song C", 0, None)
+        );
+        // A track only the events know gets a document without names.
+        assert_eq!((songs["t9"].title.as_str(), songs["t9"].plays), ("", 1));
+        let users = read_users(dir.path());
+        assert_eq!(users["u2"].0, 1);
+        assert_eq!(users.len(), 3);
+    })
+    .await
+    .expect("the ETL test finished within 120 s");
+}
+
+/// `recsys submit etl` on generated data into the embedded catalog, then `catalog stats` and
+/// `catalog search` find what the ETL computed.
+#[test]
+fn submit_etl_then_search_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(RECSYS)
+            .args(["--object-store", dir.path().to_str().unwrap()])
+            .args(args)
+            .env("RECSYS_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&[
+        "data", "generate", "--users", "30", "--tracks", "400", "--events", "8000", "--seed", "3",
+    ]);
+    run(&["submit", "clean", "--vcores", "2"]);
+    run(&["submit", "sort", "--vcores", "2"]);
+    let out = run(&["submit", "etl", "--vcores", "2"]);
+    assert!(out.contains("catalog:"), "{out}");
+    let stats = run(&["catalog", "stats"]);
+    let songs = read_songs(dir.path());
+    assert!(
+        stats.contains(&format!("songs              {:>10}", songs.len())),
+        "{stats}"
+    );
+    assert!(
+        stats.contains(&format!("users              {:>10}", 30)),
+        "{stats}"
+    );
+    // The most played song, searched by its exact title, comes first.
+    let (id, top) = songs
+        .iter()
+        .max_by_key(|(id, s)| (s.plays, std::cmp::Reverse(id.to_string())))
+        .unwrap();
+    let found = run(&["catalog", "search", &top.title, "--limit", "3"]);
+    let first = found.lines().next().unwrap_or_default();
+    assert!(first.contains(id.as_str()), "{found}");
+    // A second load of the same ETL run has nothing left to do.
+    let again = run(&["catalog", "load"]);
+    assert!(again.contains("0 songs + 0 users loaded"), "{again}");
+}
