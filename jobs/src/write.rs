@@ -353,18 +353,17 @@ async fn write_partition(
     )?)
 }
 
-/// Shuffles `df` by its Int64 column `column` into one file per value (named by `names`, under
-/// `dir` of `lake`), rows sorted by `column` then `order` inside each file; `column` is dropped
-/// from the files. Returns the files written with their row counts.
-pub async fn shuffle_write(
-    cluster: &crate::Cluster,
+/// The plan that shuffles `df` by its Int64 column `column` into one file per value (named by
+/// `names`, under `dir` of `lake`), rows sorted by `column` then `order` inside each file;
+/// `column` is dropped from the files. It outputs one row per file ([`written_schema`]).
+pub async fn shuffle_write_plan(
     lake: &recsys_core::Store,
     df: datafusion::prelude::DataFrame,
     column: &str,
     order: &[&str],
     dir: &str,
     names: BTreeMap<i64, String>,
-) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
+) -> std::result::Result<Arc<dyn ExecutionPlan>, crate::JobError> {
     use datafusion::physical_expr::expressions::Column;
     use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
     use datafusion::physical_plan::repartition::RepartitionExec;
@@ -386,7 +385,7 @@ pub async fn shuffle_write(
     let ordering = LexOrdering::new(sort)
         .ok_or_else(|| crate::JobError::Invariant("empty ordering".into()))?;
     let sorted = Arc::new(SortExec::new(ordering, shuffled).with_preserve_partitioning(true));
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParquetWriterExec::try_new(
+    Ok(Arc::new(ParquetWriterExec::try_new(
         sorted,
         WriteSpec {
             store_url: lake.base_url().to_string(),
@@ -397,7 +396,15 @@ pub async fn shuffle_write(
             },
             sorted_runs: false,
         },
-    )?);
+    )?))
+}
+
+/// Runs writer plans (one row per file written) as one job: the files with their row counts,
+/// sorted by path.
+pub async fn run_writes(
+    cluster: &crate::Cluster,
+    plan: Arc<dyn ExecutionPlan>,
+) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
     let mut written = Vec::new();
     for batch in cluster.run(plan).await? {
         let file = batch.column(0).as_string::<i32>();
@@ -410,4 +417,18 @@ pub async fn shuffle_write(
     }
     written.sort();
     Ok(written)
+}
+
+/// [`shuffle_write_plan`], run as one job.
+pub async fn shuffle_write(
+    cluster: &crate::Cluster,
+    lake: &recsys_core::Store,
+    df: datafusion::prelude::DataFrame,
+    column: &str,
+    order: &[&str],
+    dir: &str,
+    names: BTreeMap<i64, String>,
+) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
+    let plan = shuffle_write_plan(lake, df, column, order, dir, names).await?;
+    run_writes(cluster, plan).await
 }
