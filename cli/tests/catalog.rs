@@ -458,3 +458,71 @@ fn submit_etl_then_search_from_the_command_line() {
     let again = run(&["catalog", "load"]);
     assert!(again.contains("0 songs + 0 users loaded"), "{again}");
 }
+
+/// The production path from the command line: `recsys submit etl --mongo …` into a MongoDB
+/// wire-protocol server, then `recsys catalog stats|search --mongo …` read it back; the same
+/// numbers as the embedded catalog gives for the same lake.
+#[test]
+fn submit_etl_into_mongodb_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = CongoDb::start();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(RECSYS)
+            .args(["--object-store", dir.path().to_str().unwrap()])
+            .args(args)
+            .env("RECSYS_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&[
+        "data", "generate", "--users", "20", "--tracks", "150", "--events", "3000", "--seed", "9",
+    ]);
+    run(&["submit", "clean", "--vcores", "2"]);
+    run(&["submit", "sort", "--vcores", "2"]);
+    let out = run(&["submit", "etl", "--vcores", "2", "--mongo", &mongo.uri]);
+    assert!(
+        out.contains(&format!("MongoDB {} (database music_recsys)", mongo.uri)),
+        "{out}"
+    );
+    let in_mongo = run(&["catalog", "stats", "--mongo", &mongo.uri]);
+    run(&["catalog", "load"]);
+    let embedded = run(&["catalog", "stats"]);
+    let counts = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(counts(&in_mongo), counts(&embedded));
+    let songs = read_songs(dir.path());
+    let (_, top) = songs
+        .iter()
+        .max_by_key(|(id, s)| (s.plays, std::cmp::Reverse(id.to_string())))
+        .unwrap();
+    let query = &top.title;
+    assert_eq!(
+        run(&["catalog", "search", query, "--mongo", &mongo.uri]),
+        run(&["catalog", "search", query])
+    );
+}
+
+/// An unreachable MongoDB fails the ETL before it runs, naming the URI without the password.
+#[test]
+fn unreachable_mongodb_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let uri = format!("mongodb://etl:hunter2@127.0.0.1:{port}/");
+    let out = std::process::Command::new(RECSYS)
+        .args(["--object-store", dir.path().to_str().unwrap()])
+        .args(["submit", "etl", "--mongo", &uri, "--mongo-timeout-s", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("MongoDB mongodb://***@127.0.0.1:{port}/")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

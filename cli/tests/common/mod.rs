@@ -237,3 +237,45 @@ pub fn wait_for(child: &mut std::process::Child, secs: u64) -> std::process::Exi
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// CongoDB, a MongoDB wire-protocol server (Node.js), in memory on a loopback port, killed on
+/// drop. `RECSYS_TEST_CONGODB` names its start script (scripts/test installs it).
+pub struct CongoDb {
+    pub uri: String,
+    child: std::process::Child,
+}
+
+impl Drop for CongoDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl CongoDb {
+    pub fn start() -> CongoDb {
+        let script = std::env::var("RECSYS_TEST_CONGODB").expect(
+            "RECSYS_TEST_CONGODB names CongoDB's start script: run the tests with scripts/test, which installs it",
+        );
+        let port = free_port();
+        let child = std::process::Command::new("node")
+            .arg(&script)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("node starts CongoDB");
+        let server = CongoDb {
+            uri: format!("mongodb://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CongoDB did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+}
