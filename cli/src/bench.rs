@@ -46,7 +46,14 @@ pub struct AlsBench {
 pub struct PipelineBench {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Row counts to measure (comma separated).
+    #[command(flatten)]
+    pub sizes: Sizes,
+}
+
+/// The sizes a benchmark measures, and whether DuckDB runs beside it.
+#[derive(Debug, Args)]
+pub struct Sizes {
+    /// Row counts of the generated log to measure (comma separated).
     #[arg(
         long,
         env = "RECSYS_BENCH_ROWS",
@@ -132,24 +139,32 @@ async fn measure<T, F: std::future::Future<Output = Result<T>>>(
     Ok((out, m))
 }
 
-fn duckdb(tsv: &std::path::Path, scratch: &std::path::Path, threads: usize) -> Result<(f64, f64)> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../benches/duckdb_clean_sort.py"
-    );
+/// Runs `benches/<script>` with `python3` and `args`; the JSON object it prints.
+pub fn python_bench(script: &str, what: &str, args: &[String]) -> Result<serde_json::Value> {
+    let path = format!("{}/../benches/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(tsv)
-        .arg(scratch)
-        .arg(threads.to_string())
+        .arg(path)
+        .args(args)
         .output()
-        .context("running python3 for the DuckDB comparison")?;
+        .with_context(|| format!("running python3 for the {what} comparison"))?;
     anyhow::ensure!(
         out.status.success(),
-        "DuckDB comparison failed: {}",
+        "{what} comparison failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn duckdb(tsv: &std::path::Path, scratch: &std::path::Path, threads: usize) -> Result<(f64, f64)> {
+    let v = python_bench(
+        "duckdb_clean_sort.py",
+        "DuckDB",
+        &[
+            tsv.display().to_string(),
+            scratch.display().to_string(),
+            threads.to_string(),
+        ],
+    )?;
     Ok((
         v["clean_s"].as_f64().unwrap_or(f64::NAN),
         v["sort_s"].as_f64().unwrap_or(f64::NAN),
@@ -277,23 +292,18 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
         }
     }
     if args.implicit {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/implicit_als.py");
-        let out = std::process::Command::new("python3")
-            .arg(script)
-            .arg(lake.location())
-            .arg(als_args.rank.to_string())
-            .arg(als_args.iterations.to_string())
-            .arg(als_args.reg.to_string())
-            .arg(als_args.alpha.to_string())
-            .arg(embedded.parallelism().to_string())
-            .output()
-            .context("running python3 for the implicit comparison")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "implicit comparison failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v = python_bench(
+            "implicit_als.py",
+            "implicit",
+            &[
+                lake.location().to_string(),
+                als_args.rank.to_string(),
+                als_args.iterations.to_string(),
+                als_args.reg.to_string(),
+                als_args.alpha.to_string(),
+                embedded.parallelism().to_string(),
+            ],
+        )?;
         let secs = v["seconds_per_iteration"].as_f64().unwrap_or(f64::NAN);
         println!(
             "  {:<26} {secs:>9.3} {:>9} {:>9} {:>9.4}",
@@ -319,7 +329,7 @@ async fn pipeline(lake_args: &LakeArgs, args: PipelineBench) -> Result<()> {
         cluster.parallelism(),
         root.location()
     );
-    for &rows in &args.rows {
+    for &rows in &args.sizes.rows {
         let lake = root.child(&format!("bench/{rows}"));
         let raw = lake.child(RAW_DIR);
         let config = bench_config(rows);
@@ -372,7 +382,7 @@ async fn pipeline(lake_args: &LakeArgs, args: PipelineBench) -> Result<()> {
                 r.duckdb_sort / sort_m.secs
             );
         }
-        if args.duckdb {
+        if args.sizes.duckdb {
             let scratch = tempfile::tempdir()?;
             let tsv = std::path::Path::new(raw.location()).join(LISTENS_FILE);
             let (dc, ds) = duckdb(&tsv, scratch.path(), cluster.parallelism())?;

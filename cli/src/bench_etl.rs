@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use recsys_catalog::EmbeddedCatalog;
 use recsys_jobs::etl::{DEFAULT_FILES, run_etl};
@@ -16,17 +16,8 @@ use crate::catalog::{LoadArgs, load_catalog};
 
 #[derive(Debug, Args)]
 pub struct EtlBench {
-    /// Row counts to measure (comma separated); generated, cleaned and sorted when missing.
-    #[arg(
-        long,
-        env = "RECSYS_BENCH_ROWS",
-        value_delimiter = ',',
-        default_value = "2000000,20000000"
-    )]
-    pub rows: Vec<u64>,
-    /// Also run DuckDB (Python package `duckdb`) on the same sorted files, with as many threads.
-    #[arg(long, env = "RECSYS_BENCH_DUCKDB")]
-    pub duckdb: bool,
+    #[command(flatten)]
+    pub sizes: crate::bench::Sizes,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -37,27 +28,22 @@ const REFERENCES: &[(u64, f64, f64)] = &[(2_000_000, 41.0, 1.1), (20_000_000, 29
 const LOAD_TARGET: f64 = 50_000.0;
 
 fn duckdb(sorted: &std::path::Path, threads: usize) -> Result<f64> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/duckdb_etl.py");
     let scratch = tempfile::tempdir()?;
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(sorted)
-        .arg(scratch.path())
-        .arg(threads.to_string())
-        .output()
-        .context("running python3 for the DuckDB comparison")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "DuckDB comparison failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let v = crate::bench::python_bench(
+        "duckdb_etl.py",
+        "DuckDB",
+        &[
+            sorted.display().to_string(),
+            scratch.path().display().to_string(),
+            threads.to_string(),
+        ],
+    )?;
     Ok(v["songs_s"].as_f64().unwrap_or_default() + v["users_s"].as_f64().unwrap_or_default())
 }
 
 pub async fn run(lake_args: &LakeArgs, args: EtlBench) -> Result<()> {
     let cluster = embedded_cluster(lake_args).await?;
-    for &rows in &args.rows {
+    for &rows in &args.sizes.rows {
         let lake = sorted_bench_lake(lake_args, rows).await?;
         // One warm-up run (file cache, allocator), then the measured one.
         run_etl(&cluster, &lake, ListenSource::Listens, DEFAULT_FILES).await?;
@@ -79,7 +65,7 @@ pub async fn run(lake_args: &LakeArgs, args: EtlBench) -> Result<()> {
                 duck / secs
             );
         }
-        if args.duckdb {
+        if args.sizes.duckdb {
             let local = std::path::Path::new(lake.location()).join(recsys_core::schema::SORTED_DIR);
             let d = duckdb(&local, cluster.parallelism())?;
             println!(

@@ -410,30 +410,39 @@ async fn etl_counts_streamed_plays_not_skips() {
     .expect("the ETL test finished within 120 s");
 }
 
+/// Runs `recsys --object-store DIR ARGS…`, which must succeed; its standard output.
+fn recsys_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(RECSYS)
+        .args(["--object-store", dir.to_str().unwrap()])
+        .args(args)
+        .env("RECSYS_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `recsys data generate`, `submit clean`, `submit sort` into `dir`.
+fn sorted_from_the_command_line(dir: &std::path::Path, users: &str, tracks: &str, events: &str) {
+    let args = [
+        "--users", users, "--tracks", tracks, "--events", events, "--seed", "3",
+    ];
+    recsys_ok(dir, &[&["data", "generate"][..], &args].concat());
+    recsys_ok(dir, &["submit", "clean", "--vcores", "2"]);
+    recsys_ok(dir, &["submit", "sort", "--vcores", "2"]);
+}
+
 /// `recsys submit etl` on generated data into the embedded catalog, then `catalog stats` and
 /// `catalog search` find what the ETL computed.
 #[test]
 fn submit_etl_then_search_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(RECSYS)
-            .args(["--object-store", dir.path().to_str().unwrap()])
-            .args(args)
-            .env("RECSYS_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    run(&[
-        "data", "generate", "--users", "30", "--tracks", "400", "--events", "8000", "--seed", "3",
-    ]);
-    run(&["submit", "clean", "--vcores", "2"]);
-    run(&["submit", "sort", "--vcores", "2"]);
+    let run = |args: &[&str]| recsys_ok(dir.path(), args);
+    sorted_from_the_command_line(dir.path(), "30", "400", "8000");
     let out = run(&["submit", "etl", "--vcores", "2"]);
     assert!(out.contains("catalog:"), "{out}");
     let stats = run(&["catalog", "stats"]);
@@ -466,25 +475,8 @@ fn submit_etl_then_search_from_the_command_line() {
 fn submit_etl_into_mongodb_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let mongo = CongoDb::start();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(RECSYS)
-            .args(["--object-store", dir.path().to_str().unwrap()])
-            .args(args)
-            .env("RECSYS_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    run(&[
-        "data", "generate", "--users", "20", "--tracks", "150", "--events", "3000", "--seed", "9",
-    ]);
-    run(&["submit", "clean", "--vcores", "2"]);
-    run(&["submit", "sort", "--vcores", "2"]);
+    let run = |args: &[&str]| recsys_ok(dir.path(), args);
+    sorted_from_the_command_line(dir.path(), "20", "150", "3000");
     let out = run(&["submit", "etl", "--vcores", "2", "--mongo", &mongo.uri]);
     assert!(
         out.contains(&format!("MongoDB {} (database music_recsys)", mongo.uri)),
