@@ -185,6 +185,14 @@ impl Cluster {
         )?))
     }
 
+    /// Plans `df` and runs it on the cluster, collecting its (small) output.
+    pub async fn run_df(
+        &self,
+        df: datafusion::prelude::DataFrame,
+    ) -> Result<Vec<RecordBatch>, JobError> {
+        self.run(df.create_physical_plan().await?).await
+    }
+
     /// Runs `plan` on the cluster and collects its (small) output.
     pub async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
         // The client fetches every result partition over its own new Flight connection, one

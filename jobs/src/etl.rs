@@ -25,6 +25,7 @@ use datafusion::prelude::DataFrame;
 use recsys_core::Store;
 use recsys_core::manifest::{EtlManifest, TableFiles};
 use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR};
+use recsys_core::time::MICROS_PER_DAY;
 
 use crate::source::{ListenSource, register_sorted};
 use crate::udf::BUCKET;
@@ -33,7 +34,6 @@ use crate::{Cluster, JobError};
 
 /// Files per table when the caller does not choose.
 pub const DEFAULT_FILES: usize = 4;
-const DAY_US: i64 = 86_400_000_000;
 
 #[derive(Debug, Clone)]
 pub struct EtlSummary {
@@ -68,7 +68,7 @@ pub async fn run_etl(
         let df = ctx
             .sql("SELECT count(*) AS n, max(ts) AS anchor FROM plays")
             .await?;
-        let batches = collect(cluster, df).await?;
+        let batches = cluster.run_df(df).await?;
         let b = batches
             .iter()
             .find(|b| b.num_rows() > 0)
@@ -83,7 +83,7 @@ pub async fn run_etl(
         }
         (n.value(0) as u64, max.value(0))
     };
-    let since = anchor - 7 * DAY_US;
+    let since = anchor - 7 * MICROS_PER_DAY;
     tracing::debug!(elapsed = ?started.elapsed(), plays = count, "etl: planned");
 
     let songs = ctx
@@ -126,7 +126,7 @@ pub async fn run_etl(
         .sql(&format!(
             "WITH a AS (
                 SELECT user_id, count(*) AS plays, min(ts) AS first_seen, max(ts) AS last_seen,
-                       count(DISTINCT CAST(ts AS BIGINT) / {DAY_US}) AS active_days
+                       count(DISTINCT CAST(ts AS BIGINT) / {MICROS_PER_DAY}) AS active_days
                 FROM plays GROUP BY user_id),
              t AS (SELECT user_id, count(*) AS n
                    FROM (SELECT user_id, track_id FROM plays GROUP BY user_id, track_id)
@@ -177,13 +177,6 @@ pub async fn run_etl(
         manifest,
         elapsed: started.elapsed(),
     })
-}
-
-async fn collect(
-    cluster: &Cluster,
-    df: DataFrame,
-) -> Result<Vec<arrow::array::RecordBatch>, JobError> {
-    cluster.run(df.create_physical_plan().await?).await
 }
 
 /// The plan writing `df` to `dir` (cleared first), spread over `files` files by `bucket`.

@@ -73,10 +73,6 @@ pub fn blocks(rows: usize, blocks: usize) -> Vec<BlockTask> {
         .collect()
 }
 
-async fn collect(cluster: &Cluster, df: DataFrame) -> Result<Vec<RecordBatch>, JobError> {
-    cluster.run(df.create_physical_plan().await?).await
-}
-
 /// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]).
 async fn write_blocks(
     cluster: &Cluster,
@@ -108,12 +104,12 @@ pub async fn prepare(
 
     // 1. Users, by sorted id.
     let mut users: Vec<(String, i64)> = Vec::new();
-    for b in collect(
-        cluster,
-        ctx.sql("SELECT user_id, count(*) AS n FROM listens GROUP BY user_id")
-            .await?,
-    )
-    .await?
+    for b in cluster
+        .run_df(
+            ctx.sql("SELECT user_id, count(*) AS n FROM listens GROUP BY user_id")
+                .await?,
+        )
+        .await?
     {
         let ids = b.column(0).as_string::<i32>();
         let n = b.column(1).as_primitive::<Int64Type>();
@@ -185,12 +181,12 @@ pub async fn prepare(
 
     // 3. Items: tracks with training plays, by sorted id, with their distinct listeners.
     let mut items: Vec<(String, i64)> = Vec::new();
-    for b in collect(
-        cluster,
-        ctx.sql("SELECT track_id, count(*) AS n FROM pairs WHERE r > 0 GROUP BY track_id")
-            .await?,
-    )
-    .await?
+    for b in cluster
+        .run_df(
+            ctx.sql("SELECT track_id, count(*) AS n FROM pairs WHERE r > 0 GROUP BY track_id")
+                .await?,
+        )
+        .await?
     {
         let ids = b.column(0).as_string::<i32>();
         let n = b.column(1).as_primitive::<Int64Type>();
