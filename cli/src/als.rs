@@ -4,6 +4,8 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use recsys_core::Store;
 use recsys_jobs::Cluster;
+
+use crate::catalog::Source;
 use recsys_jobs::als::{AlsParams, AlsSummary, RatingsSource, Solver, TrainOptions, track_names};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -28,17 +30,6 @@ pub enum SolverKind {
     Cg,
     /// Exact Cholesky solve per row.
     Cholesky,
-}
-
-/// Where ratings come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Ratings {
-    /// The streamed events when `events/` has any, else the sorted listens.
-    Auto,
-    /// The sorted listens (each counts 1).
-    Listens,
-    /// The streamed events, weighted complete 1, listen 0.5, skip 0.
-    Events,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,9 +76,10 @@ pub struct AlsArgs {
     /// Blocks per side (default: one per task slot).
     #[arg(long, env = "RECSYS_ALS_BLOCKS")]
     pub blocks: Option<usize>,
-    /// Ratings from the streamed events or the sorted listens.
-    #[arg(long, env = "RECSYS_ALS_RATINGS", value_enum, default_value_t = Ratings::Auto)]
-    pub ratings: Ratings,
+    /// Ratings from the streamed events (weighted complete 1, listen 0.5, skip 0) or the sorted
+    /// listens (each counts 1).
+    #[arg(long, env = "RECSYS_ALS_RATINGS", value_enum, default_value_t = Source::Auto)]
+    pub ratings: Source,
 }
 
 impl AlsArgs {
@@ -114,11 +106,7 @@ impl AlsArgs {
             evaluate: !self.no_eval,
             train_fraction: self.train_fraction,
             blocks: self.blocks,
-            ratings: match self.ratings {
-                Ratings::Auto => RatingsSource::Auto,
-                Ratings::Listens => RatingsSource::Listens,
-                Ratings::Events => RatingsSource::Events,
-            },
+            ratings: self.ratings.into(),
         }
     }
 }

@@ -59,12 +59,25 @@ impl CatalogArgs {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+/// Where a batch job's plays come from (`--source` of the ETL, `--ratings` of ALS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Source {
-    /// Streamed events when there are any, else the sorted listens.
+    /// The streamed events when `events/` has any, else the sorted listens.
     Auto,
+    /// The sorted listens.
     Listens,
+    /// The streamed events.
     Events,
+}
+
+impl From<Source> for ListenSource {
+    fn from(source: Source) -> ListenSource {
+        match source {
+            Source::Auto => ListenSource::Auto,
+            Source::Listens => ListenSource::Listens,
+            Source::Events => ListenSource::Events,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -130,14 +143,9 @@ pub async fn etl(
     source: Source,
     files: usize,
 ) -> Result<EtlSummary> {
-    let source = match source {
-        Source::Auto => ListenSource::Auto,
-        Source::Listens => ListenSource::Listens,
-        Source::Events => ListenSource::Events,
-    };
     let (summary, _) = spin(
         &format!("etl on {}", cluster.describe()),
-        run_etl(cluster, lake, source, files),
+        run_etl(cluster, lake, source.into(), files),
     )
     .await;
     let summary = summary?;
@@ -165,7 +173,7 @@ pub fn print_etl(summary: &EtlSummary) {
         m.songs.files.len(),
         m.users.files.len(),
         summary.elapsed.as_secs_f64(),
-        recsys_core::time::date_string(m.anchor_us - 7 * 86_400_000_000),
+        recsys_core::time::date_string(m.anchor_us - 7 * recsys_core::time::MICROS_PER_DAY),
     );
 }
 
