@@ -142,25 +142,11 @@ fn status_key(lyrics: &Option<Lyrics>) -> &'static str {
     lyrics.as_ref().map_or(PENDING, |l| l.status.as_str())
 }
 
-fn get_song(tx: &impl ReadSongs, id: &str) -> Result<Option<Song>, Fail> {
-    tx.song_bytes(id)?.map(|b| decode(id, &b)).transpose()
-}
-
-/// Reading songs, from a read or a write transaction.
-trait ReadSongs {
-    fn song_bytes(&self, id: &str) -> Result<Option<Vec<u8>>, Fail>;
-}
-
-impl ReadSongs for redb::ReadTransaction {
-    fn song_bytes(&self, id: &str) -> Result<Option<Vec<u8>>, Fail> {
-        Ok(self.open_table(SONGS)?.get(id)?.map(|g| g.value().to_vec()))
-    }
-}
-
-impl ReadSongs for WriteTransaction {
-    fn song_bytes(&self, id: &str) -> Result<Option<Vec<u8>>, Fail> {
-        Ok(self.open_table(SONGS)?.get(id)?.map(|g| g.value().to_vec()))
-    }
+fn get_song(
+    songs: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Song>, Fail> {
+    songs.get(id)?.map(|g| decode(id, g.value())).transpose()
 }
 
 /// Upserts `songs` in `tx`, keeping lyrics and every index in step.
@@ -171,10 +157,7 @@ fn upsert_songs(tx: &WriteTransaction, songs: &[SongStats]) -> Result<(), Fail> 
     let mut status = tx.open_table(LYRICS)?;
     for stats in songs {
         let id = stats.id.as_str();
-        let old: Option<Song> = match docs.get(id)? {
-            Some(g) => Some(decode(id, g.value())?),
-            None => None,
-        };
+        let old = get_song(&docs, id)?;
         let new_terms = song_terms(&stats.track_name, &stats.artist_name);
         let lyrics = match old {
             Some(old) => {
@@ -271,7 +254,8 @@ impl Catalog for EmbeddedCatalog {
 
     async fn song(&self, id: &str) -> Result<Option<Song>, CatalogError> {
         let id = id.to_string();
-        self.run(move |db| get_song(&db.begin_read()?, &id)).await
+        self.run(move |db| get_song(&db.begin_read()?.open_table(SONGS)?, &id))
+            .await
     }
 
     async fn user(&self, id: &str) -> Result<Option<User>, CatalogError> {
@@ -311,9 +295,10 @@ impl Catalog for EmbeddedCatalog {
                 }
                 ids = kept;
             }
+            let songs = tx.open_table(SONGS)?;
             let mut matching = Vec::with_capacity(ids.len());
             for id in &ids {
-                if let Some(song) = get_song(&tx, id)? {
+                if let Some(song) = get_song(&songs, id)? {
                     matching.push(song);
                 }
             }
@@ -327,11 +312,12 @@ impl Catalog for EmbeddedCatalog {
         self.run(move |db| {
             let tx = db.begin_read()?;
             let top = tx.open_table(TOP)?;
+            let songs = tx.open_table(SONGS)?;
             let mut out = Vec::with_capacity(limit.min(1024));
             for entry in top.iter()?.take(limit) {
                 let (key, _) = entry?;
                 let (_, _, id) = key.value();
-                if let Some(song) = get_song(&tx, id)? {
+                if let Some(song) = get_song(&songs, id)? {
                     out.push(song);
                 }
             }
@@ -345,17 +331,17 @@ impl Catalog for EmbeddedCatalog {
         let lyrics = lyrics.clone();
         self.run(move |db| {
             let tx = db.begin_write()?;
-            let Some(mut song) = get_song(&tx, &id)? else {
-                return Ok(false);
-            };
             {
+                let mut songs = tx.open_table(SONGS)?;
+                let Some(mut song) = get_song(&songs, &id)? else {
+                    return Ok(false);
+                };
                 let mut index = tx.open_table(LYRICS)?;
                 index.remove((status_key(&song.lyrics), id.as_str()))?;
                 index.insert((lyrics.status.as_str(), id.as_str()), ())?;
+                song.lyrics = Some(lyrics);
+                songs.insert(id.as_str(), encode(&song).as_slice())?;
             }
-            song.lyrics = Some(lyrics);
-            tx.open_table(SONGS)?
-                .insert(id.as_str(), encode(&song).as_slice())?;
             tx.commit()?;
             Ok(true)
         })
@@ -373,6 +359,7 @@ impl Catalog for EmbeddedCatalog {
         self.run(move |db| {
             let tx = db.begin_read()?;
             let index = tx.open_table(LYRICS)?;
+            let songs = tx.open_table(SONGS)?;
             let mut out = Vec::new();
             let start = after.as_deref().unwrap_or("");
             for entry in index.range((key, start)..)? {
@@ -387,7 +374,7 @@ impl Catalog for EmbeddedCatalog {
                 if after.as_deref() == Some(id) {
                     continue;
                 }
-                if let Some(song) = get_song(&tx, id)? {
+                if let Some(song) = get_song(&songs, id)? {
                     out.push(song);
                 }
             }

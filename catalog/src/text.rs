@@ -68,9 +68,9 @@ pub fn cap_candidates(matching: &mut Vec<Song>) {
 }
 
 /// Ranks the candidates and cuts the page `[skip, skip + limit)`.
-pub fn rank(query: &[String], mut candidates: Vec<Song>, limit: usize, skip: usize) -> Page<Song> {
+pub fn rank(query: &[String], candidates: Vec<Song>, limit: usize, skip: usize) -> Page<Song> {
     let mut scored: Vec<(u32, Song)> = candidates
-        .drain(..)
+        .into_iter()
         .map(|s| (score(query, &s.stats.track_name, &s.stats.artist_name), s))
         .collect();
     scored.sort_by(|(sa, a), (sb, b)| {
