@@ -96,62 +96,20 @@ fn latest_sane_micros() -> i64 {
 }
 
 impl Event {
-    /// Checks the contract: non-empty ids and source, a timestamp between 1990 and tomorrow,
-    /// finite non-negative durations with `duration_s ≤ total_duration_s` when the total is known.
+    /// Checks the contract (see [`EventRef::validate`]).
     pub fn validate(&self) -> Result<(), InvalidEvent> {
-        check(
-            [
-                ("user_id", &self.user_id),
-                ("track_id", &self.track_id),
-                ("artist_id", &self.artist_id),
-                ("source", &self.source),
-            ],
-            self.timestamp,
-            self.duration_s,
-            self.total_duration_s,
-        )
-    }
-}
-
-/// The contract's checks, over the fields of an owned or a borrowed event.
-fn check(
-    texts: [(&'static str, &str); 4],
-    timestamp: i64,
-    duration_s: f64,
-    total_duration_s: f64,
-) -> Result<(), InvalidEvent> {
-    for (field, value) in texts {
-        if value.trim().is_empty() {
-            return Err(InvalidEvent::new(field, "must not be empty"));
+        EventRef {
+            user_id: Cow::Borrowed(&self.user_id),
+            track_id: Cow::Borrowed(&self.track_id),
+            artist_id: Cow::Borrowed(&self.artist_id),
+            timestamp: self.timestamp,
+            action: self.action,
+            source: Cow::Borrowed(&self.source),
+            duration_s: self.duration_s,
+            total_duration_s: self.total_duration_s,
         }
+        .validate()
     }
-    let latest = latest_sane_micros();
-    if !(SANE_MIN_MICROS..latest).contains(&timestamp) {
-        return Err(InvalidEvent::new(
-            "timestamp",
-            format!(
-                "{timestamp} µs is outside 1990-01-01 .. tomorrow (UTC microseconds since the epoch)"
-            ),
-        ));
-    }
-    for (field, value) in [
-        ("duration_s", duration_s),
-        ("total_duration_s", total_duration_s),
-    ] {
-        if !value.is_finite() || value < 0.0 {
-            return Err(InvalidEvent::new(
-                field,
-                format!("{value} is not a finite number ≥ 0"),
-            ));
-        }
-    }
-    if total_duration_s > 0.0 && duration_s > total_duration_s {
-        return Err(InvalidEvent::new(
-            "duration_s",
-            format!("{duration_s} exceeds total_duration_s {total_duration_s}"),
-        ));
-    }
-    Ok(())
 }
 
 /// An event read from a Kafka message without copying its strings (unless they hold escapes).
@@ -178,18 +136,55 @@ impl<'a> EventRef<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<EventRef<'a>, InvalidEvent> {
         let event: EventRef<'a> = serde_json::from_slice(bytes)
             .map_err(|e| InvalidEvent::new("message", format!("not an event as JSON: {e}")))?;
-        check(
-            [
-                ("user_id", &event.user_id),
-                ("track_id", &event.track_id),
-                ("artist_id", &event.artist_id),
-                ("source", &event.source),
-            ],
-            event.timestamp,
-            event.duration_s,
-            event.total_duration_s,
-        )?;
+        event.validate()?;
         Ok(event)
+    }
+
+    /// Checks the contract: non-empty ids and source, a timestamp between 1990 and tomorrow,
+    /// finite non-negative durations with `duration_s ≤ total_duration_s` when the total is
+    /// known. The error names the first field that breaks it.
+    pub fn validate(&self) -> Result<(), InvalidEvent> {
+        for (field, value) in [
+            ("user_id", &self.user_id),
+            ("track_id", &self.track_id),
+            ("artist_id", &self.artist_id),
+            ("source", &self.source),
+        ] {
+            if value.trim().is_empty() {
+                return Err(InvalidEvent::new(field, "must not be empty"));
+            }
+        }
+        let latest = latest_sane_micros();
+        if !(SANE_MIN_MICROS..latest).contains(&self.timestamp) {
+            return Err(InvalidEvent::new(
+                "timestamp",
+                format!(
+                    "{} µs is outside 1990-01-01 .. tomorrow (UTC microseconds since the epoch)",
+                    self.timestamp
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("duration_s", self.duration_s),
+            ("total_duration_s", self.total_duration_s),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(InvalidEvent::new(
+                    field,
+                    format!("{value} is not a finite number ≥ 0"),
+                ));
+            }
+        }
+        if self.total_duration_s > 0.0 && self.duration_s > self.total_duration_s {
+            return Err(InvalidEvent::new(
+                "duration_s",
+                format!(
+                    "{} exceeds total_duration_s {}",
+                    self.duration_s, self.total_duration_s
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
