@@ -1,6 +1,7 @@
 //! Shared foundations of recsys: object storage, Arrow schemas, stable identifiers and time.
 
 pub mod ids;
+pub mod linalg;
 pub mod manifest;
 pub mod reader;
 pub mod schema;

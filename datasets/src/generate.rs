@@ -25,6 +25,7 @@ use recsys_core::time::{MICROS_PER_SEC, days_from_civil, format_timestamp_secs};
 use serde::{Deserialize, Serialize};
 
 use crate::DatasetError;
+use crate::lyrics::{LYRICS_FILE, LyricsCounts, TrackInfo};
 use crate::names;
 use crate::rng::{Alias, Rng};
 
@@ -112,6 +113,11 @@ pub struct Manifest {
     /// First and last listen, `YYYY-MM-DD`.
     pub first_day: String,
     pub last_day: String,
+    /// The offline lyrics file written beside the log.
+    #[serde(default)]
+    pub lyrics_file: String,
+    #[serde(default)]
+    pub lyrics: LyricsCounts,
 }
 
 struct Artist {
@@ -506,6 +512,7 @@ pub async fn generate(
         .await
         .map_err(|e| DatasetError::store(out, e))?;
 
+    let lyrics = write_lyrics(&world, out).await?;
     let (first_day, last_day) = (
         recsys_core::time::date_string(world.start_micros),
         recsys_core::time::date_string(world.end_micros),
@@ -525,6 +532,8 @@ pub async fn generate(
         artists_without_mbid: world.artists.iter().filter(|a| a.mbid.is_empty()).count() as u32,
         first_day,
         last_day,
+        lyrics_file: LYRICS_FILE.to_string(),
+        lyrics,
     };
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| DatasetError::Generator(e.to_string()))?;
@@ -533,6 +542,31 @@ pub async fn generate(
         .await
         .map_err(|e| DatasetError::store(out, e))?;
     Ok(manifest)
+}
+
+/// Writes the offline lyrics file (see [`crate::lyrics`]) for the world's tracks.
+async fn write_lyrics(world: &World, out: &Store) -> Result<LyricsCounts, DatasetError> {
+    let tracks = world.tracks.iter().map(|t| {
+        let artist = &world.artists[t.artist as usize];
+        TrackInfo {
+            title: &t.title,
+            artist: &artist.name,
+            group: artist.group,
+            duration_s: t.duration_s,
+        }
+    });
+    let (records, counts) = crate::lyrics::records(world.seed, world.group_count, tracks);
+    let mut body = Vec::with_capacity(records.len() * 1200);
+    for record in &records {
+        serde_json::to_writer(&mut body, record)
+            .map_err(|e| DatasetError::Generator(e.to_string()))?;
+        body.push(b'\n');
+    }
+    out.object_store()
+        .put(&out.path(LYRICS_FILE), PutPayload::from(body))
+        .await
+        .map_err(|e| DatasetError::store(out, e))?;
+    Ok(counts)
 }
 
 /// Reads the manifest written next to a generated log.

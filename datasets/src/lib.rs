@@ -3,10 +3,12 @@
 
 pub mod fetch;
 pub mod generate;
+pub mod lyrics;
 mod names;
 mod rng;
 
 pub use generate::{GenerateConfig, Manifest, generate, read_manifest};
+pub use lyrics::{LYRICS_FILE, LyricsRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {

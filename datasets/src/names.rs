@@ -287,7 +287,7 @@ const SUFFIXES: &[&str] = &[
     " Project",
 ];
 
-fn capitalise(word: &str) -> String {
+pub fn capitalise(word: &str) -> String {
     let mut chars = word.chars();
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),

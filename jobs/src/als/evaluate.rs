@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::block_file;
 use super::factors::{Factors, read_block, read_matrix};
-use super::linalg::dot;
+use recsys_core::linalg::dot;
 use super::metrics::{MetricSums, top_k};
 use super::solve::{BlockRatings, BlockTask, read_ratings};
 use crate::worklist::{Work, WorkExec};

@@ -19,7 +19,6 @@
 mod cache;
 pub mod evaluate;
 pub mod factors;
-pub mod linalg;
 pub mod metrics;
 pub mod model;
 pub mod prep;
@@ -28,6 +27,7 @@ pub mod solve;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
+use recsys_core::linalg;
 use arrow::datatypes::{Float64Type, Int64Type};
 use recsys_core::Store;
 use serde::{Deserialize, Serialize};

@@ -21,7 +21,7 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::factors::{Factors, Side, read_block, read_matrix, write_block};
-use super::linalg::{CgScratch, Row, add_gram, dot};
+use recsys_core::linalg::{CgScratch, Row, add_gram, dot};
 use super::{AlsParams, Solver, block_file, cache};
 use crate::lake::read_parquet;
 use crate::worklist::{Work, WorkExec};

@@ -1,4 +1,4 @@
-//! Dense f32 kernels of implicit ALS: contiguous factor rows, several independent accumulators,
+//! Dense f32 kernels (implicit ALS solves, vector scoring): contiguous rows, several independent accumulators,
 //! and AVX2 + FMA or AVX-512 versions chosen at run time (the portable build targets plain
 //! x86-64), so one binary runs everywhere and uses the widest vectors it finds.
 

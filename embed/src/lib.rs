@@ -1,0 +1,20 @@
+//! Lyrics: the LRCLIB client and the generator's offline lyrics file behind one
+//! [`lyrics::LyricsSource`] interface, enrichment into the catalog, and all-MiniLM-L6-v2
+//! sentence embeddings in burn ([`model`], [`tokenize`], [`Embedder`]).
+
+pub mod embedder;
+pub mod model;
+pub mod model_dir;
+pub mod tokenize;
+
+pub use embedder::{Embedder, prepare_lyrics};
+pub use model::{DIM, MiniLm};
+pub use tokenize::Tokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("model {path}: {reason}")]
+    Model { path: String, reason: String },
+    #[error("{0}")]
+    Input(String),
+}

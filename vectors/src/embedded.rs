@@ -1,0 +1,270 @@
+//! The embedded vector store: every vector normalised and kept in one contiguous in-memory
+//! matrix for exact search (SIMD dot products, a bounded heap for the top `limit`), persisted in a
+//! redb file (one transaction per upsert or delete, so a crash loses nothing acknowledged).
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use recsys_core::linalg::dot;
+
+use crate::{COLLECTION, Hit, Payload, Point, VectorError, VectorStore, check_dim, normalized};
+
+/// track id → vector (f32 little-endian) followed by the payload as JSON.
+const POINTS: TableDefinition<&str, &[u8]> = TableDefinition::new(COLLECTION);
+
+#[derive(Default)]
+struct Matrix {
+    rows: Vec<f32>,
+    payloads: Vec<Payload>,
+    index: HashMap<String, usize>,
+}
+
+impl Matrix {
+    fn row(&self, i: usize, dim: usize) -> &[f32] {
+        &self.rows[i * dim..(i + 1) * dim]
+    }
+
+    fn put(&mut self, payload: Payload, vector: &[f32], dim: usize) {
+        match self.index.get(&payload.track_id) {
+            Some(&i) => {
+                self.rows[i * dim..(i + 1) * dim].copy_from_slice(vector);
+                self.payloads[i] = payload;
+            }
+            None => {
+                self.index.insert(payload.track_id.clone(), self.payloads.len());
+                self.rows.extend_from_slice(vector);
+                self.payloads.push(payload);
+            }
+        }
+    }
+
+    fn remove(&mut self, track_id: &str, dim: usize) {
+        let Some(i) = self.index.remove(track_id) else {
+            return;
+        };
+        let last = self.payloads.len() - 1;
+        if i != last {
+            self.rows.copy_within(last * dim..(last + 1) * dim, i * dim);
+            self.payloads.swap(i, last);
+            self.index.insert(self.payloads[i].track_id.clone(), i);
+        }
+        self.rows.truncate(last * dim);
+        self.payloads.pop();
+    }
+}
+
+pub struct EmbeddedStore {
+    path: PathBuf,
+    dim: usize,
+    db: Arc<Database>,
+    matrix: Arc<RwLock<Matrix>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `path` and loads its vectors.
+    pub fn open(path: &Path, dim: usize) -> Result<Self, VectorError> {
+        let err = |e: redb::Error| VectorError::Embedded {
+            path: path.display().to_string(),
+            source: e,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| err(redb::Error::Io(e)))?;
+        }
+        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        let tx = db.begin_write().map_err(|e| err(e.into()))?;
+        tx.open_table(POINTS).map_err(|e| err(e.into()))?;
+        tx.commit().map_err(|e| err(e.into()))?;
+
+        let mut matrix = Matrix::default();
+        let tx = db.begin_read().map_err(|e| err(e.into()))?;
+        let table = tx.open_table(POINTS).map_err(|e| err(e.into()))?;
+        for entry in table.iter().map_err(|e| err(e.into()))? {
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            let (vector, payload) = decode(value.value(), dim).ok_or_else(|| VectorError::Invalid {
+                store: path.display().to_string(),
+                reason: format!("point `{}` is not a {dim}-d vector with a payload", key.value()),
+            })?;
+            matrix.put(payload, &vector, dim);
+        }
+        Ok(EmbeddedStore {
+            path: path.to_path_buf(),
+            dim,
+            db: Arc::new(db),
+            matrix: Arc::new(RwLock::new(matrix)),
+        })
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> VectorError {
+        VectorError::Embedded {
+            path: self.path.display().to_string(),
+            source: e.into(),
+        }
+    }
+
+    /// Runs a write transaction on the blocking pool.
+    async fn write(
+        &self,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::Error> + Send + 'static,
+    ) -> Result<(), VectorError> {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(POINTS)?;
+                f(&mut table)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| VectorError::Invalid {
+            store: self.describe(),
+            reason: format!("write task failed: {e}"),
+        })?;
+        result.map_err(|e| self.err(e))
+    }
+}
+
+fn encode(vector: &[f32], payload: &Payload) -> Vec<u8> {
+    let mut out: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    out.extend(serde_json::to_vec(payload).expect("payload serialises"));
+    out
+}
+
+fn decode(bytes: &[u8], dim: usize) -> Option<(Vec<f32>, Payload)> {
+    let (head, tail) = bytes.split_at_checked(dim * 4)?;
+    let vector = head
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some((vector, serde_json::from_slice(tail).ok()?))
+}
+
+/// A candidate in the bounded heap: the smallest score on top, so it is the one replaced.
+struct Candidate(f32, usize);
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap; ties keep the earlier row.
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+#[async_trait]
+impl VectorStore for EmbeddedStore {
+    fn describe(&self) -> String {
+        format!("embedded vector store {}", self.path.display())
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    async fn upsert(&self, points: &[Point]) -> Result<(), VectorError> {
+        let mut rows = Vec::with_capacity(points.len());
+        for p in points {
+            check_dim(self, p.vector.len())?;
+            rows.push((p.payload.clone(), normalized(&p.vector)));
+        }
+        let encoded: Vec<(String, Vec<u8>)> = rows
+            .iter()
+            .map(|(payload, v)| (payload.track_id.clone(), encode(v, payload)))
+            .collect();
+        self.write(move |table| {
+            for (id, bytes) in &encoded {
+                table.insert(id.as_str(), bytes.as_slice())?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut matrix = self.matrix.write().expect("vector matrix lock");
+        for (payload, v) in rows {
+            matrix.put(payload, &v, self.dim);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, track_ids: &[String]) -> Result<(), VectorError> {
+        let ids = track_ids.to_vec();
+        self.write(move |table| {
+            for id in &ids {
+                table.remove(id.as_str())?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut matrix = self.matrix.write().expect("vector matrix lock");
+        for id in track_ids {
+            matrix.remove(id, self.dim);
+        }
+        Ok(())
+    }
+
+    async fn vector(&self, track_id: &str) -> Result<Option<Vec<f32>>, VectorError> {
+        let matrix = self.matrix.read().expect("vector matrix lock");
+        Ok(matrix
+            .index
+            .get(track_id)
+            .map(|&i| matrix.row(i, self.dim).to_vec()))
+    }
+
+    async fn search(
+        &self,
+        vector: &[f32],
+        limit: usize,
+        exclude: &[String],
+    ) -> Result<Vec<Hit>, VectorError> {
+        check_dim(self, vector.len())?;
+        let query = normalized(vector);
+        let matrix = self.matrix.read().expect("vector matrix lock");
+        let excluded: HashSet<usize> = exclude
+            .iter()
+            .filter_map(|id| matrix.index.get(id).copied())
+            .collect();
+        let mut heap = BinaryHeap::with_capacity(limit + 1);
+        for i in 0..matrix.payloads.len() {
+            if limit == 0 {
+                break;
+            }
+            let score = dot(&query, matrix.row(i, self.dim));
+            if heap.len() < limit {
+                if !excluded.contains(&i) {
+                    heap.push(Candidate(score, i));
+                }
+            } else if heap.peek().is_some_and(|worst: &Candidate| score > worst.0)
+                && !excluded.contains(&i)
+            {
+                heap.pop();
+                heap.push(Candidate(score, i));
+            }
+        }
+        let mut best = heap.into_vec();
+        best.sort();
+        Ok(best
+            .into_iter()
+            .map(|Candidate(score, i)| Hit {
+                payload: matrix.payloads[i].clone(),
+                score,
+            })
+            .collect())
+    }
+
+    async fn count(&self) -> Result<u64, VectorError> {
+        Ok(self.matrix.read().expect("vector matrix lock").payloads.len() as u64)
+    }
+}
