@@ -197,7 +197,7 @@ impl MiniLm {
         let pooled = pooled.reshape([b, DIM]);
         let values = pooled
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .map_err(|e| EmbedError::Input(format!("reading embeddings: {e:?}")))?;
         Ok(values
             .chunks_exact(DIM)

@@ -23,12 +23,12 @@ fn reference() -> Reference {
 }
 
 fn embedder() -> Embedder {
-    let dir = model_dir::locate(std::env::var_os("RECSYS_MODEL_DIR").map(Into::into).as_deref(), true)
+    let dir = model_dir::locate(std::env::var_os("RECSYS_MODEL_DIR").map(std::path::PathBuf::from).as_deref(), true)
         .expect("model files");
     Embedder::load(&dir).unwrap()
 }
 
-fn check(case: &Case, got: &[f32; DIM]) {
+fn check(case: &Case, got: &[f32; DIM]) -> f64 {
     let (mut dot, mut max_diff) = (0f64, 0f64);
     for (g, r) in got.iter().zip(&case.embedding) {
         dot += f64::from(*g) * r;
@@ -42,6 +42,7 @@ fn check(case: &Case, got: &[f32; DIM]) {
         "{}: cosine {cosine}, max abs diff {max_diff}",
         case.name
     );
+    max_diff
 }
 
 #[test]
@@ -60,8 +61,12 @@ fn token_ids_and_embeddings_match_sentence_transformers() {
     let texts: Vec<&str> = reference.texts.iter().map(|c| c.text.as_str()).collect();
     for batch in [1, 4, 32] {
         let got = embedder.embed(&texts, batch).unwrap();
-        for (case, v) in reference.texts.iter().zip(&got) {
-            check(case, v);
-        }
+        let worst = reference
+            .texts
+            .iter()
+            .zip(&got)
+            .map(|(case, v)| check(case, v))
+            .fold(0.0, f64::max);
+        eprintln!("batch {batch}: max abs difference {worst:.2e}");
     }
 }
