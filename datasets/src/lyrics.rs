@@ -68,9 +68,23 @@ const VERBS: &[&str] = &[
     "follow", "remember", "carry", "chase", "hold", "call", "find", "lose", "keep", "dream of",
     "wait for", "run to",
 ];
-const LINKS: &[&str] = &["through the", "under the", "across the", "beyond the", "into the", "over the"];
+const LINKS: &[&str] = &[
+    "through the",
+    "under the",
+    "across the",
+    "beyond the",
+    "into the",
+    "over the",
+];
 const FEELINGS: &[&str] = &[
-    "tonight", "again", "forever", "alone", "slowly", "once more", "all night", "till morning",
+    "tonight",
+    "again",
+    "forever",
+    "alone",
+    "slowly",
+    "once more",
+    "all night",
+    "till morning",
 ];
 
 /// The refrain every song of `group` shares (its motif).
@@ -176,7 +190,11 @@ pub(crate) fn records<'a>(
                 "La la la, la la la.".to_string()
             } else {
                 counts.with_lyrics += 1;
-                plain_lyrics(&mut rng, track.group, &refrains[track.group as usize % refrains.len()])
+                plain_lyrics(
+                    &mut rng,
+                    track.group,
+                    &refrains[track.group as usize % refrains.len()],
+                )
             };
             record.synced_lyrics = Some(synced(&plain, track.duration_s));
             record.plain_lyrics = Some(plain);
@@ -219,7 +237,12 @@ mod tests {
 
     #[test]
     fn groups_share_their_refrain_and_records_parse_back() {
-        let titles = ["Salt Tide", "Neon Street", "Wave Harbor (Live)", "Deep Shore"];
+        let titles = [
+            "Salt Tide",
+            "Neon Street",
+            "Wave Harbor (Live)",
+            "Deep Shore",
+        ];
         let tracks = titles.iter().enumerate().map(|(i, t)| TrackInfo {
             title: t,
             artist: "Artist",
@@ -236,7 +259,11 @@ mod tests {
         let refrain0 = refrain(5, 0);
         let with_refrain = records
             .iter()
-            .filter(|r| r.plain_lyrics.as_deref().is_some_and(|p| p.contains(&refrain0[0])))
+            .filter(|r| {
+                r.plain_lyrics
+                    .as_deref()
+                    .is_some_and(|p| p.contains(&refrain0[0]))
+            })
             .count();
         assert!(with_refrain > 100, "{with_refrain}");
         for r in &records {

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use crate::{DIM, EmbedError, MiniLm, Tokenizer};
 
 /// Lyrics shorter than this (after trimming) are not embedded, as in the seed.
@@ -21,6 +23,10 @@ pub fn prepare_lyrics(lyrics: &str) -> Option<&str> {
         None => lyrics,
     })
 }
+
+/// Padded tokens per forward pass: 256 keeps a pass's activations (the largest is
+/// tokens × 1536 floats) inside the L2 cache; measured faster than larger passes here.
+pub const TOKEN_BUDGET: usize = 256;
 
 /// Tokenizer and model from one model folder.
 pub struct Embedder {
@@ -50,7 +56,9 @@ impl Embedder {
         self.embed_ids(ids, batch)
     }
 
-    /// Embeds token id rows in batches of at most `batch` rows of similar length.
+    /// Embeds token id rows, at most `batch` per forward pass. Rows are sorted by length and cut
+    /// into passes of at most [`TOKEN_BUDGET`] padded tokens, so activations stay in cache and
+    /// padding stays small; passes run in parallel on rayon's pool.
     pub fn embed_ids(
         &self,
         ids: Vec<Vec<u32>>,
@@ -58,10 +66,30 @@ impl Embedder {
     ) -> Result<Vec<[f32; DIM]>, EmbedError> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
+        let mut passes: Vec<&[usize]> = Vec::new();
+        let mut rest = order.as_slice();
+        while !rest.is_empty() {
+            let mut take = 1;
+            while take < rest.len()
+                && take < batch.max(1)
+                && (take + 1) * ids[rest[take]].len() <= TOKEN_BUDGET
+            {
+                take += 1;
+            }
+            let (pass, tail) = rest.split_at(take);
+            passes.push(pass);
+            rest = tail;
+        }
+        let results: Vec<Vec<[f32; DIM]>> = passes
+            .par_iter()
+            .map(|pass| {
+                let rows: Vec<Vec<u32>> = pass.iter().map(|&i| ids[i].clone()).collect();
+                self.model.encode(&rows)
+            })
+            .collect::<Result<_, _>>()?;
         let mut out = vec![[0f32; DIM]; ids.len()];
-        for chunk in order.chunks(batch.max(1)) {
-            let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            for (&i, v) in chunk.iter().zip(self.model.encode(&rows)?) {
+        for (pass, vectors) in passes.iter().zip(results) {
+            for (&i, v) in pass.iter().zip(vectors) {
                 out[i] = v;
             }
         }

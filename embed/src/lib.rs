@@ -3,6 +3,7 @@
 //! sentence embeddings in burn ([`model`], [`tokenize`], [`Embedder`]).
 
 pub mod embedder;
+pub mod kernels;
 pub mod model;
 pub mod model_dir;
 pub mod tokenize;

@@ -8,17 +8,17 @@
 //! GEMM per layer instead of three.
 //!
 //! The backend is burn's `flex` (pure-Rust CPU: `gemm` kernels chosen at run time, AVX-512 with
-//! the `x86-v4` feature, rayon across cores) with its fused attention.
+//! the `x86-v4` feature, rayon across cores); attention and GELU run on our own kernels over the
+//! same buffers ([`crate::kernels`]), which is where the generic ones lost most time.
 
 use std::path::Path;
 
-use burn::tensor::activation::gelu;
-use burn::tensor::module::{attention, embedding, layer_norm, linear};
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::module::{embedding, layer_norm, linear};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::SafeTensors;
 
 use crate::EmbedError;
+use crate::kernels::{self, AttentionShape};
 
 /// Embedding width.
 pub const DIM: usize = 384;
@@ -36,7 +36,12 @@ struct Norm {
 
 impl Norm {
     fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.gamma.clone(), Some(self.beta.clone()), LAYER_NORM_EPS)
+        layer_norm(
+            x,
+            self.gamma.clone(),
+            Some(self.beta.clone()),
+            LAYER_NORM_EPS,
+        )
     }
 }
 
@@ -90,7 +95,10 @@ impl MiniLm {
         let device = weights.device.clone();
         let word = weights.matrix("embeddings.word_embeddings.weight", [30522, DIM])?;
         let position = {
-            let position = weights.raw("embeddings.position_embeddings.weight", &[MAX_POSITIONS, DIM])?;
+            let position = weights.raw(
+                "embeddings.position_embeddings.weight",
+                &[MAX_POSITIONS, DIM],
+            )?;
             let token_type = weights.raw("embeddings.token_type_embeddings.weight", &[2, DIM])?;
             let summed: Vec<f32> = position
                 .chunks_exact(DIM)
@@ -108,7 +116,11 @@ impl MiniLm {
                         &format!("{p}.attention.self.key"),
                         &format!("{p}.attention.self.value"),
                     ])?,
-                    attention_out: weights.dense(&format!("{p}.attention.output.dense"), DIM, DIM)?,
+                    attention_out: weights.dense(
+                        &format!("{p}.attention.output.dense"),
+                        DIM,
+                        DIM,
+                    )?,
                     attention_norm: weights.norm(&format!("{p}.attention.output.LayerNorm"))?,
                     intermediate: weights.dense(
                         &format!("{p}.intermediate.dense"),
@@ -150,7 +162,6 @@ impl MiniLm {
                 keep[r * len + c] = 1.0;
             }
         }
-        let padded = rows.iter().any(|row| row.len() != len);
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), &self.device);
         let keep = Tensor::<2>::from_data(TensorData::new(keep, [b, len]), &self.device);
 
@@ -158,35 +169,22 @@ impl MiniLm {
             + self.position.clone().slice([0..len]).unsqueeze::<3>();
         x = self.embedding_norm.forward(x);
 
-        // Padded keys are masked out of every query's softmax.
-        let mask: Option<Tensor<4, Bool>> = padded.then(|| {
-            keep.clone()
-                .equal_elem(0.0)
-                .reshape([b, 1, 1, len])
-                .expand([b, HEADS, len, len])
-        });
+        let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let shape = AttentionShape {
+            batch: b,
+            len,
+            heads: HEADS,
+            head_dim: HEAD_DIM,
+        };
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(x.clone()).reshape([b, len, 3, HEADS, HEAD_DIM]);
-            let part = |i: usize| {
-                qkv.clone()
-                    .slice([0..b, 0..len, i..i + 1, 0..HEADS, 0..HEAD_DIM])
-                    .reshape([b, len, HEADS, HEAD_DIM])
-                    .swap_dims(1, 2)
-            };
-            let context = attention(
-                part(0),
-                part(1),
-                part(2),
-                mask.clone(),
-                None,
-                AttentionModuleOptions::default(),
-            )
-            .swap_dims(1, 2)
-            .reshape([b, len, DIM]);
+            let qkv = to_vec(layer.qkv.forward(x.clone()))?;
+            let context = self.tensor(kernels::attention(&qkv, &lengths, &shape), [b, len, DIM]);
             x = layer
                 .attention_norm
                 .forward(layer.attention_out.forward(context) + x);
-            let hidden = gelu(layer.intermediate.forward(x.clone()));
+            let mut hidden = to_vec(layer.intermediate.forward(x.clone()))?;
+            kernels::gelu_in_place(&mut hidden);
+            let hidden = self.tensor(hidden, [b, len, INTERMEDIATE]);
             x = layer.output_norm.forward(layer.output.forward(hidden) + x);
         }
 
@@ -195,10 +193,7 @@ impl MiniLm {
         let counts = keep.clone().sum_dim(1).clamp_min(1e-9);
         let pooled = (x * keep).sum_dim(1) / counts;
         let pooled = pooled.reshape([b, DIM]);
-        let values = pooled
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| EmbedError::Input(format!("reading embeddings: {e:?}")))?;
+        let values = to_vec(pooled)?;
         Ok(values
             .chunks_exact(DIM)
             .map(|v| {
@@ -207,6 +202,18 @@ impl MiniLm {
             })
             .collect())
     }
+}
+
+impl MiniLm {
+    fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), &self.device)
+    }
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, EmbedError> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| EmbedError::Input(format!("reading a tensor: {e:?}")))
 }
 
 struct Weights<'a> {
@@ -238,12 +245,18 @@ impl Weights<'_> {
 
     fn vector(&self, name: &str, len: usize) -> Result<Tensor<1>, EmbedError> {
         let values = self.raw(name, &[len])?;
-        Ok(Tensor::from_data(TensorData::new(values, [len]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, [len]),
+            &self.device,
+        ))
     }
 
     fn matrix(&self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>, EmbedError> {
         let values = self.raw(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
     }
 
     fn norm(&self, prefix: &str) -> Result<Norm, EmbedError> {

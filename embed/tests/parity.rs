@@ -18,13 +18,21 @@ struct Case {
 }
 
 fn reference() -> Reference {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minilm_reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/minilm_reference.json"
+    );
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 fn embedder() -> Embedder {
-    let dir = model_dir::locate(std::env::var_os("RECSYS_MODEL_DIR").map(std::path::PathBuf::from).as_deref(), true)
-        .expect("model files");
+    let dir = model_dir::locate(
+        std::env::var_os("RECSYS_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .as_deref(),
+        true,
+    )
+    .expect("model files");
     Embedder::load(&dir).unwrap()
 }
 
@@ -35,7 +43,11 @@ fn check(case: &Case, got: &[f32; DIM]) -> f64 {
         max_diff = max_diff.max((f64::from(*g) - r).abs());
     }
     let norm_ref = case.embedding.iter().map(|r| r * r).sum::<f64>().sqrt();
-    let norm_got = got.iter().map(|g| f64::from(*g).powi(2)).sum::<f64>().sqrt();
+    let norm_got = got
+        .iter()
+        .map(|g| f64::from(*g).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let cosine = dot / (norm_ref * norm_got);
     assert!(
         cosine >= 0.99999 && max_diff <= 1e-5,

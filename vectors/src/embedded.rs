@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use recsys_core::linalg::dot;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{COLLECTION, Hit, Payload, Point, VectorError, VectorStore, check_dim, normalized};
 
@@ -35,7 +35,8 @@ impl Matrix {
                 self.payloads[i] = payload;
             }
             None => {
-                self.index.insert(payload.track_id.clone(), self.payloads.len());
+                self.index
+                    .insert(payload.track_id.clone(), self.payloads.len());
                 self.rows.extend_from_slice(vector);
                 self.payloads.push(payload);
             }
@@ -84,10 +85,14 @@ impl EmbeddedStore {
         let table = tx.open_table(POINTS).map_err(|e| err(e.into()))?;
         for entry in table.iter().map_err(|e| err(e.into()))? {
             let (key, value) = entry.map_err(|e| err(e.into()))?;
-            let (vector, payload) = decode(value.value(), dim).ok_or_else(|| VectorError::Invalid {
-                store: path.display().to_string(),
-                reason: format!("point `{}` is not a {dim}-d vector with a payload", key.value()),
-            })?;
+            let (vector, payload) =
+                decode(value.value(), dim).ok_or_else(|| VectorError::Invalid {
+                    store: path.display().to_string(),
+                    reason: format!(
+                        "point `{}` is not a {dim}-d vector with a payload",
+                        key.value()
+                    ),
+                })?;
             matrix.put(payload, &vector, dim);
         }
         Ok(EmbeddedStore {
@@ -265,6 +270,11 @@ impl VectorStore for EmbeddedStore {
     }
 
     async fn count(&self) -> Result<u64, VectorError> {
-        Ok(self.matrix.read().expect("vector matrix lock").payloads.len() as u64)
+        Ok(self
+            .matrix
+            .read()
+            .expect("vector matrix lock")
+            .payloads
+            .len() as u64)
     }
 }

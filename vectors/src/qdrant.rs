@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use qdrant_client::qdrant::vector_output::Vector as VectorKind;
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, CreateCollectionBuilder, DeletePointsBuilder, Distance,
-    Filter, GetPointsBuilder, HnswConfigDiffBuilder, PointStruct, PointsIdsList,
-    QueryPointsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder,
+    Condition, CountPointsBuilder, CreateCollectionBuilder, DeletePointsBuilder, Distance, Filter,
+    GetPointsBuilder, HnswConfigDiffBuilder, PointStruct, PointsIdsList, QueryPointsBuilder,
+    UpsertPointsBuilder, Value, VectorParamsBuilder,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use uuid::Uuid;
@@ -47,7 +47,11 @@ pub struct QdrantStore {
 
 /// The point id of a track: UUIDv5 of the track id in the URL namespace.
 pub fn point_id(track_id: &str) -> String {
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("recsys:track:{track_id}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("recsys:track:{track_id}").as_bytes(),
+    )
+    .to_string()
 }
 
 impl QdrantStore {

@@ -106,7 +106,9 @@ async fn embedded_search_matches_brute_force() {
     let store = EmbeddedStore::open(&dir.path().join("v.redb"), DIM).unwrap();
     let mut state = 7u64;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
     };
     let points: Vec<Point> = (0..500)
@@ -119,7 +121,10 @@ async fn embedded_search_matches_brute_force() {
         .iter()
         .map(|p| {
             let v = normalized(&p.vector);
-            (v.iter().zip(&q).map(|(a, b)| a * b).sum(), p.payload.track_id.clone())
+            (
+                v.iter().zip(&q).map(|(a, b)| a * b).sum(),
+                p.payload.track_id.clone(),
+            )
         })
         .collect();
     expected.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use super::block_file;
 use super::factors::{Factors, read_block, read_matrix};
-use recsys_core::linalg::dot;
 use super::metrics::{MetricSums, top_k};
 use super::solve::{BlockRatings, BlockTask, read_ratings};
 use crate::worklist::{Work, WorkExec};
+use recsys_core::linalg::dot;
 
 /// The cut-off of every metric.
 pub const CUTOFF: usize = 10;

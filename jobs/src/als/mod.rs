@@ -27,9 +27,9 @@ pub mod solve;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use recsys_core::linalg;
 use arrow::datatypes::{Float64Type, Int64Type};
 use recsys_core::Store;
+use recsys_core::linalg;
 use serde::{Deserialize, Serialize};
 
 use crate::worklist::work_list;

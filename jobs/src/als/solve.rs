@@ -21,10 +21,10 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::factors::{Factors, Side, read_block, read_matrix, write_block};
-use recsys_core::linalg::{CgScratch, Row, add_gram, dot};
 use super::{AlsParams, Solver, block_file, cache};
 use crate::lake::read_parquet;
 use crate::worklist::{Work, WorkExec};
+use recsys_core::linalg::{CgScratch, Row, add_gram, dot};
 
 /// A block of rows of one side: rows `[start, start + rows)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
