@@ -326,24 +326,57 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn set_lyrics(&self, id: &str, lyrics: &Lyrics) -> Result<bool, CatalogError> {
-        let id = id.to_string();
-        let lyrics = lyrics.clone();
+    async fn set_lyrics(&self, updates: &[(String, Lyrics)]) -> Result<u64, CatalogError> {
+        let updates = updates.to_vec();
         self.run(move |db| {
             let tx = db.begin_write()?;
+            let mut found = 0;
             {
                 let mut songs = tx.open_table(SONGS)?;
-                let Some(mut song) = get_song(&songs, &id)? else {
-                    return Ok(false);
-                };
                 let mut index = tx.open_table(LYRICS)?;
-                index.remove((status_key(&song.lyrics), id.as_str()))?;
-                index.insert((lyrics.status.as_str(), id.as_str()), ())?;
-                song.lyrics = Some(lyrics);
-                songs.insert(id.as_str(), encode(&song).as_slice())?;
+                for (id, lyrics) in updates {
+                    let Some(mut song) = get_song(&songs, &id)? else {
+                        continue;
+                    };
+                    index.remove((status_key(&song.lyrics), id.as_str()))?;
+                    index.insert((lyrics.status.as_str(), id.as_str()), ())?;
+                    song.lyrics = Some(lyrics);
+                    songs.insert(id.as_str(), encode(&song).as_slice())?;
+                    found += 1;
+                }
             }
             tx.commit()?;
-            Ok(true)
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn delete_songs(&self, ids: &[String]) -> Result<u64, CatalogError> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut deleted = 0;
+            {
+                let mut songs = tx.open_table(SONGS)?;
+                let mut terms = tx.open_table(TERMS)?;
+                let mut top = tx.open_table(TOP)?;
+                let mut status = tx.open_table(LYRICS)?;
+                for id in &ids {
+                    let Some(song) = get_song(&songs, id)? else {
+                        continue;
+                    };
+                    for t in song_terms(&song.stats.track_name, &song.stats.artist_name) {
+                        terms.remove((t.as_str(), id.as_str()))?;
+                    }
+                    let (a, b) = top_key(&song.stats);
+                    top.remove((a, b, id.as_str()))?;
+                    status.remove((status_key(&song.lyrics), id.as_str()))?;
+                    songs.remove(id.as_str())?;
+                    deleted += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
         })
         .await
     }

@@ -216,8 +216,12 @@ pub trait Catalog: Send + Sync {
     /// The `limit` songs with the most plays in the last 7 days (ties: most plays, then id).
     async fn top_songs(&self, limit: usize) -> Result<Vec<Song>, CatalogError>;
 
-    /// Records a song's lyrics; `false` when the song does not exist.
-    async fn set_lyrics(&self, id: &str, lyrics: &Lyrics) -> Result<bool, CatalogError>;
+    /// Records songs' lyrics `(id, lyrics)`; returns how many of the songs exist (unknown ids
+    /// are skipped).
+    async fn set_lyrics(&self, updates: &[(String, Lyrics)]) -> Result<u64, CatalogError>;
+
+    /// Removes songs by id with every index entry; returns how many existed.
+    async fn delete_songs(&self, ids: &[String]) -> Result<u64, CatalogError>;
 
     /// Songs with lyrics status `status` (`None`: not looked up yet), by id, after id `after`.
     async fn songs_by_lyrics_status(

@@ -125,32 +125,39 @@ impl MongoCatalog {
         }
     }
 
-    /// Runs unordered upserts `(_id, update)` on `collection`, in batches, retrying network
-    /// failures with exponential backoff.
-    async fn upsert(
+    /// Runs a write command, retrying network failures with exponential backoff.
+    async fn write_command(&self, command: Document) -> Result<Document, CatalogError> {
+        let mut attempt = 0;
+        loop {
+            match self.db.run_command(command.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if attempt + 1 < self.options.retries && transient(&e) => {
+                    attempt += 1;
+                    let wait = Duration::from_millis(200 << attempt.min(6));
+                    tracing::warn!(error = %e, attempt, ?wait, "catalog: retrying a write");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    /// Runs unordered updates `(_id, update)` on `collection` in batches (inserting missing
+    /// documents when `upsert`); returns how many documents matched or were inserted.
+    async fn update(
         &self,
         collection: &str,
         updates: Vec<(String, Document)>,
-    ) -> Result<(), CatalogError> {
+        upsert: bool,
+    ) -> Result<u64, CatalogError> {
+        let mut matched = 0;
         for chunk in updates.chunks(self.options.batch.max(1)) {
             let statements: Vec<Document> = chunk
                 .iter()
-                .map(|(id, u)| doc! { "q": { "_id": id }, "u": u.clone(), "upsert": true })
+                .map(|(id, u)| doc! { "q": { "_id": id }, "u": u.clone(), "upsert": upsert })
                 .collect();
             let command = doc! { "update": collection, "updates": statements, "ordered": false };
-            let mut attempt = 0;
-            let reply = loop {
-                match self.db.run_command(command.clone()).await {
-                    Ok(reply) => break reply,
-                    Err(e) if attempt + 1 < self.options.retries && transient(&e) => {
-                        attempt += 1;
-                        let wait = Duration::from_millis(200 << attempt.min(6));
-                        tracing::warn!(error = %e, attempt, ?wait, "catalog: retrying a write");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => return Err(self.err(e)),
-                }
-            };
+            let reply = self.write_command(command).await?;
             if let Ok(errors) = reply.get_array("writeErrors")
                 && let Some(Bson::Document(first)) = errors.first()
             {
@@ -166,8 +173,9 @@ impl MongoCatalog {
                     ),
                 });
             }
+            matched += count_field(&reply, "n");
         }
-        Ok(())
+        Ok(matched)
     }
 
     async fn find_songs(
@@ -279,6 +287,16 @@ fn transient(e: &mongodb::error::Error) -> bool {
     ) || e.contains_label("RetryableWriteError")
 }
 
+/// A count in a command reply (servers send Int32 or Int64).
+fn count_field(reply: &Document, key: &str) -> u64 {
+    match reply.get(key) {
+        Some(Bson::Int32(n)) => (*n).max(0) as u64,
+        Some(Bson::Int64(n)) => (*n).max(0) as u64,
+        Some(Bson::Double(n)) => n.max(0.0) as u64,
+        _ => 0,
+    }
+}
+
 fn text(d: &Document, key: &str) -> String {
     d.get_str(key).unwrap_or_default().to_string()
 }
@@ -367,7 +385,8 @@ impl Catalog for MongoCatalog {
             .iter()
             .map(|s| (s.id.clone(), song_update(s)))
             .collect();
-        self.upsert("songs", updates).await
+        self.update("songs", updates, true).await?;
+        Ok(())
     }
 
     async fn upsert_users(&self, users: &[User]) -> Result<(), CatalogError> {
@@ -375,7 +394,8 @@ impl Catalog for MongoCatalog {
             .iter()
             .map(|u| (u.stats.id.clone(), user_update(u)))
             .collect();
-        self.upsert("users", updates).await
+        self.update("users", updates, true).await?;
+        Ok(())
     }
 
     async fn song(&self, id: &str) -> Result<Option<Song>, CatalogError> {
@@ -426,21 +446,33 @@ impl Catalog for MongoCatalog {
         .await
     }
 
-    async fn set_lyrics(&self, id: &str, lyrics: &Lyrics) -> Result<bool, CatalogError> {
+    async fn set_lyrics(&self, updates: &[(String, Lyrics)]) -> Result<u64, CatalogError> {
         let text = |t: &Option<String>| t.clone().map_or(Bson::Null, Bson::String);
-        let result = self
-            .songs
-            .update_one(
-                doc! { "_id": id },
-                doc! { "$set": {
+        let updates = updates
+            .iter()
+            .map(|(id, lyrics)| {
+                let set = doc! { "$set": {
                     "lyrics_status": lyrics.status.as_str(),
                     "lrclib_plain_lyrics": text(&lyrics.plain),
                     "lrclib_synced_lyrics": text(&lyrics.synced),
-                } },
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(result.matched_count > 0)
+                } };
+                (id.clone(), set)
+            })
+            .collect();
+        self.update("songs", updates, false).await
+    }
+
+    async fn delete_songs(&self, ids: &[String]) -> Result<u64, CatalogError> {
+        let mut deleted = 0;
+        for chunk in ids.chunks(self.options.batch.max(1)) {
+            let command = doc! {
+                "delete": "songs",
+                "deletes": [{ "q": { "_id": { "$in": chunk.to_vec() } }, "limit": 0 }],
+                "ordered": false,
+            };
+            deleted += count_field(&self.write_command(command).await?, "n");
+        }
+        Ok(deleted)
     }
 
     async fn songs_by_lyrics_status(

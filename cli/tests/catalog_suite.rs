@@ -148,10 +148,11 @@ async fn upsert_is_idempotent(c: &dyn Catalog) {
     assert!(c.song("nope").await.unwrap().is_none());
 
     // New statistics replace the old; lyrics survive a re-run of the ETL.
-    assert!(
-        c.set_lyrics("s1", &found("how does it feel"))
+    assert_eq!(
+        c.set_lyrics(&[("s1".into(), found("how does it feel"))])
             .await
-            .unwrap()
+            .unwrap(),
+        1
     );
     let mut again = songs.clone();
     again[0].plays = 11;
@@ -279,21 +280,27 @@ async fn lyrics_status_queries(c: &dyn Catalog) {
     c.upsert_songs(&songs).await.unwrap();
     let pending = c.songs_by_lyrics_status(None, None, 100).await.unwrap();
     assert_eq!(ids(&pending), vec!["s1", "s2", "s3", "s4", "s5", "s6"]);
-    assert!(c.set_lyrics("s2", &found("la la")).await.unwrap());
-    assert!(c.set_lyrics("s5", &found("na na")).await.unwrap());
+    let both = [("s2".into(), found("la la")), ("s5".into(), found("na na"))];
+    assert_eq!(c.set_lyrics(&both).await.unwrap(), 2);
     let missing = Lyrics {
         status: LyricsStatus::Missing,
         plain: None,
         synced: None,
     };
-    assert!(c.set_lyrics("s3", &missing).await.unwrap());
+    assert_eq!(
+        c.set_lyrics(&[("s3".into(), missing.clone())])
+            .await
+            .unwrap(),
+        1
+    );
     let instrumental = Lyrics {
         status: LyricsStatus::Instrumental,
         plain: None,
         synced: None,
     };
-    assert!(c.set_lyrics("s4", &instrumental).await.unwrap());
-    assert!(!c.set_lyrics("unknown", &missing).await.unwrap());
+    // Unknown ids are skipped, the known ones in the same call still written.
+    let mixed = [("s4".into(), instrumental), ("unknown".into(), missing)];
+    assert_eq!(c.set_lyrics(&mixed).await.unwrap(), 1);
 
     let with = |s| async move {
         ids(&c.songs_by_lyrics_status(s, None, 100).await.unwrap())
@@ -314,7 +321,12 @@ async fn lyrics_status_queries(c: &dyn Catalog) {
         .unwrap();
     assert_eq!(ids(&page), vec!["s5"]);
     // A song whose lookup changes status moves between the lists.
-    assert!(c.set_lyrics("s3", &found("at last")).await.unwrap());
+    assert_eq!(
+        c.set_lyrics(&[("s3".into(), found("at last"))])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         with(Some(LyricsStatus::Found)).await,
         vec!["s2", "s3", "s5"]
@@ -337,6 +349,27 @@ async fn lyrics_status_queries(c: &dyn Catalog) {
             (LyricsStatus::Error, 0),
         ]
     );
+
+    // Deleting removes the songs from every listing (clean & sync); unknown ids are skipped.
+    let gone = ["s4".to_string(), "s6".to_string(), "unknown".to_string()];
+    assert_eq!(c.delete_songs(&gone).await.unwrap(), 2);
+    assert_eq!(c.delete_songs(&gone).await.unwrap(), 0);
+    assert!(c.song("s4").await.unwrap().is_none());
+    assert_eq!(with(None).await, vec!["s1"]);
+    assert_eq!(
+        with(Some(LyricsStatus::Instrumental)).await,
+        Vec::<String>::new()
+    );
+    assert!(!ids(&c.top_songs(10).await.unwrap()).contains(&"s6"));
+    assert!(
+        c.search_songs("song 6", 10, 0)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let stats = c.stats().await.unwrap();
+    assert_eq!((stats.songs, stats.lyrics_pending), (4, 1));
 }
 
 /// Writes a small ETL output (songs in two files, users in one) and its manifest.
