@@ -3,7 +3,9 @@
 //! sentence embeddings in burn ([`model`], [`tokenize`], [`Embedder`]).
 
 pub mod embedder;
+pub mod enrich;
 pub mod kernels;
+pub mod lyrics;
 pub mod model;
 pub mod model_dir;
 pub mod tokenize;
