@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// Master-data ETL (songs and users to Parquet) against Spark and DuckDB, and the catalog
     /// load in documents/s.
     Etl(crate::bench_etl::EtlBench),
+    /// MiniLM-L6 lyrics embeddings: texts/s at 256 tokens per batch size, against
+    /// sentence-transformers (PyTorch) on the same texts.
+    Embed(crate::bench_embed::EmbedBench),
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +180,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Als(args) => als(lake_args, args).await,
         BenchCommand::Ingest(args) => crate::bench_ingest::run(lake_args, args).await,
         BenchCommand::Etl(args) => crate::bench_etl::run(lake_args, args).await,
+        BenchCommand::Embed(args) => crate::bench_embed::run(args).await,
     }
 }
 

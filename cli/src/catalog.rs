@@ -47,15 +47,21 @@ impl CatalogArgs {
             retries: self.mongo_retries.max(1),
             ..MongoOptions::new(uri)
         });
-        let path = self.catalog_path.clone().unwrap_or_else(|| {
-            let location = lake.location();
-            if location.contains("://") {
-                PathBuf::from("catalog.redb")
-            } else {
-                PathBuf::from(location).join("catalog.redb")
-            }
-        });
+        let path = self
+            .catalog_path
+            .clone()
+            .unwrap_or_else(|| beside_lake(lake, "catalog.redb"));
         Ok(recsys_catalog::open(mongo.as_ref(), &path).await?)
+    }
+}
+
+/// `file` in a local lake's folder, else in the working directory (embedded stores are files).
+pub fn beside_lake(lake: &Store, file: &str) -> PathBuf {
+    let location = lake.location();
+    if location.contains("://") {
+        PathBuf::from(file)
+    } else {
+        PathBuf::from(location).join(file)
     }
 }
 

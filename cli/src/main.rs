@@ -4,10 +4,12 @@
 
 mod als;
 mod bench;
+mod bench_embed;
 mod bench_etl;
 mod bench_ingest;
 mod catalog;
 mod data;
+mod lyrics;
 mod pipeline;
 mod progress;
 mod stream;
@@ -90,6 +92,12 @@ enum Commands {
     /// Look at the song and user catalog, or load the latest ETL output into it.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
+    /// Look up lyrics (LRCLIB or the offline file), or remove songs without lyrics.
+    #[command(subcommand)]
+    Lyrics(lyrics::LyricsCommand),
+    /// Embed texts with all-MiniLM-L6-v2 and print token ids and vectors.
+    #[command(subcommand)]
+    Embed(lyrics::EmbedCommand),
     /// Run a Ballista scheduler with recsys functions (all standard Ballista flags).
     Scheduler(SchedulerCommand),
     /// Run a Ballista executor with recsys functions (all standard Ballista flags).
@@ -172,6 +180,8 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Data(cmd) => data::run(&cli.lake, cmd).await,
         Commands::Submit(cmd) => submit::run(&cli.lake, cmd).await,
         Commands::Catalog(cmd) => catalog::run(&cli.lake, cmd).await,
+        Commands::Lyrics(cmd) => lyrics::run(&cli.lake, cmd).await,
+        Commands::Embed(cmd) => lyrics::run_embed_command(cmd).await,
         Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista).await?),
         Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista).await?),
         Commands::Replay(args) => stream::run_replay(&cli.lake, &args).await.map(|_| ()),

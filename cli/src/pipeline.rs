@@ -32,6 +32,12 @@ pub struct PipelineArgs {
     pub catalog: crate::catalog::CatalogArgs,
     #[command(flatten)]
     pub load: crate::catalog::LoadArgs,
+    #[command(flatten)]
+    pub lyrics: crate::lyrics::SourceArgs,
+    #[command(flatten)]
+    pub vectors: crate::lyrics::VectorArgs,
+    #[command(flatten)]
+    pub model: crate::lyrics::ModelArgs,
 }
 
 struct Step {
@@ -157,6 +163,63 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         detail: catalog.describe(),
     });
 
+    // Lyrics: enrichment, then clean & sync (songs without lyrics leave catalog and vector
+    // store), then embeddings of what remains.
+    let fetched = crate::lyrics::fetch(
+        &lake,
+        catalog.as_ref(),
+        &crate::lyrics::FetchArgs {
+            catalog: args.catalog.clone(),
+            source: args.lyrics.clone(),
+            concurrency: 20,
+            attempts: 6,
+            backoff_ms: 500,
+            no_retry_errors: false,
+            limit: None,
+        },
+    )
+    .await?;
+    steps.push(Step {
+        name: "lyrics",
+        elapsed: fetched.1,
+        rows: fetched.0.songs(),
+        detail: format!(
+            "{} found, {} missing, {} instrumental, {} errors",
+            fetched.0.found, fetched.0.missing, fetched.0.instrumental, fetched.0.errors
+        ),
+    });
+    let vectors = args.vectors.open(&lake).await?;
+    let t = Instant::now();
+    let removed =
+        crate::lyrics::clean_sync(catalog.as_ref(), vectors.as_ref(), false, true).await?;
+    steps.push(Step {
+        name: "clean-sync",
+        elapsed: t.elapsed(),
+        rows: removed,
+        detail: "songs without lyrics removed from catalog and vectors".into(),
+    });
+    let embedded = crate::lyrics::embed(
+        &lake,
+        catalog.as_ref(),
+        vectors.as_ref(),
+        &crate::lyrics::EmbedOptionsArgs {
+            model: args.model.clone(),
+            batch: 32,
+            chunk: 512,
+            limit: None,
+        },
+    )
+    .await?;
+    steps.push(Step {
+        name: "embed",
+        elapsed: embedded.1,
+        rows: embedded.0.embedded,
+        detail: format!(
+            "MiniLM-L6 in burn, {} already embedded, {} too short",
+            embedded.0.already_done, embedded.0.too_short
+        ),
+    });
+
     println!();
     print_clean(&cleaned);
     print_sort(&sorted, &lake);
@@ -184,6 +247,7 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     println!();
     crate::catalog::print_etl(&etl);
     crate::catalog::print_load(catalog.as_ref(), &loaded, load_elapsed);
+    crate::lyrics::print_embed(&embedded);
     crate::als::print_summary(&trained, &lake);
     crate::als::print_recommendations(&cluster, &lake, &trained, 3).await?;
     Ok(())

@@ -21,6 +21,8 @@ pub enum SubmitCommand {
     Als(AlsCommand),
     /// Build the song and user master data (Parquet in catalog/) and load it into the catalog.
     Etl(crate::catalog::EtlArgs),
+    /// Embed every catalog song's lyrics with MiniLM into the vector store and embeddings/lyrics/.
+    Embed(crate::lyrics::EmbedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +165,10 @@ pub async fn run(lake_args: &LakeArgs, cmd: SubmitCommand) -> Result<()> {
             crate::als::print_summary(&summary, &lake);
         }
         SubmitCommand::Etl(args) => crate::catalog::submit(lake_args, args).await?,
+        SubmitCommand::Embed(args) => {
+            let lake = lake_args.open()?;
+            crate::lyrics::submit_embed(&lake, &args).await?;
+        }
     }
     Ok(())
 }

@@ -147,3 +147,23 @@ pub fn user_schema() -> SchemaRef {
     });
     SCHEMA.clone()
 }
+
+/// Folder of the lyrics embeddings written by `recsys submit embed` (one row per song).
+pub const EMBEDDINGS_DIR: &str = "embeddings/lyrics";
+
+/// A song's lyrics embedding: track id, title, artist and the `dim`-d L2-normalised vector.
+pub fn embedding_schema(dim: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::TRACK_ID, DataType::Utf8, false),
+        Field::new(col::TRACK_NAME, DataType::Utf8, false),
+        Field::new(col::ARTIST_NAME, DataType::Utf8, false),
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                dim as i32,
+            ),
+            false,
+        ),
+    ]))
+}

@@ -2,8 +2,10 @@
 //! [`lyrics::LyricsSource`] interface, enrichment into the catalog, and all-MiniLM-L6-v2
 //! sentence embeddings in burn ([`model`], [`tokenize`], [`Embedder`]).
 
+pub mod clean;
 pub mod embedder;
 pub mod enrich;
+pub mod job;
 pub mod kernels;
 pub mod lyrics;
 pub mod model;

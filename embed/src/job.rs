@@ -1,0 +1,279 @@
+//! `recsys submit embed`: every catalog song with lyrics gets a MiniLM embedding, in the vector
+//! store and in Parquet (`embeddings/lyrics/part-NNNNN.parquet`). Resumable: songs already in
+//! the Parquet files are skipped, and each chunk goes to the vector store before its Parquet
+//! part is written, so a crash costs at most one chunk, which the next run embeds again
+//! (vector upserts are idempotent).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use recsys_catalog::{Catalog, CatalogError, LyricsStatus, Song};
+use recsys_core::Store;
+use recsys_core::reader::LakeFileReader;
+use recsys_core::schema::{EMBEDDINGS_DIR, col, embedding_schema};
+use recsys_vectors::{Payload, Point, VectorError, VectorStore};
+
+use crate::{DIM, EmbedError, Embedder, prepare_lyrics};
+
+#[derive(Debug, Clone)]
+pub struct EmbedJobOptions {
+    /// Texts per forward pass at most (passes are also capped by tokens).
+    pub batch: usize,
+    /// Songs per vector-store write and Parquet part.
+    pub chunk: usize,
+    /// Stop after embedding this many songs.
+    pub limit: Option<u64>,
+}
+
+impl Default for EmbedJobOptions {
+    fn default() -> Self {
+        EmbedJobOptions {
+            batch: 32,
+            chunk: 512,
+            limit: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbedReport {
+    /// Songs with lyrics seen in the catalog.
+    pub songs: u64,
+    pub embedded: u64,
+    /// Lyrics under 50 characters (not embedded, as in the seed).
+    pub too_short: u64,
+    /// Embedded by an earlier run.
+    pub already_done: u64,
+    pub parts_written: u64,
+    pub tokens: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedJobError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Vectors(#[from] VectorError),
+    #[error(transparent)]
+    Model(#[from] EmbedError),
+    #[error("{location}: {reason}")]
+    Lake { location: String, reason: String },
+}
+
+fn lake_err(location: String) -> impl Fn(String) -> EmbedJobError {
+    move |reason| EmbedJobError::Lake {
+        location: location.clone(),
+        reason,
+    }
+}
+
+/// Track ids already in `embeddings/lyrics/`, and the next part number.
+pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJobError> {
+    let store = lake.object_store();
+    let err = lake_err(lake.url(EMBEDDINGS_DIR));
+    let objects: Vec<_> = store
+        .list(Some(&lake.path(EMBEDDINGS_DIR)))
+        .try_collect()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut ids = HashSet::new();
+    let mut next = 0;
+    for o in objects {
+        let Some(n) = o.location.filename().and_then(|f| {
+            f.strip_prefix("part-")?
+                .strip_suffix(".parquet")?
+                .parse::<u64>()
+                .ok()
+        }) else {
+            continue;
+        };
+        next = next.max(n + 1);
+        let reader = LakeFileReader::new(store.clone(), o.location.clone(), o.size);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mask =
+            parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [col::TRACK_ID]);
+        let batches: Vec<RecordBatch> = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| err(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        for b in batches {
+            ids.extend(
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+        }
+    }
+    Ok((ids, next))
+}
+
+fn part_batch(songs: &[(Payload, String)], vectors: &[[f32; DIM]]) -> RecordBatch {
+    let text = |f: &dyn Fn(&Payload) -> &str| -> Arc<dyn Array> {
+        Arc::new(StringArray::from_iter_values(
+            songs.iter().map(|(p, _)| f(p)),
+        ))
+    };
+    let values = Float32Array::from_iter_values(vectors.iter().flatten().copied());
+    let list = FixedSizeListArray::new(
+        Arc::new(arrow::datatypes::Field::new(
+            "item",
+            arrow::datatypes::DataType::Float32,
+            false,
+        )),
+        DIM as i32,
+        Arc::new(values),
+        None,
+    );
+    RecordBatch::try_new(
+        embedding_schema(DIM),
+        vec![
+            text(&|p| &p.track_id),
+            text(&|p| &p.title),
+            text(&|p| &p.artist),
+            Arc::new(list),
+        ],
+    )
+    .expect("embedding batch matches its schema")
+}
+
+/// Embeds one chunk, upserts it and writes its Parquet part.
+async fn flush(
+    chunk: &mut Vec<(Payload, String)>,
+    embedder: &Arc<Embedder>,
+    options: &EmbedJobOptions,
+    vectors: &dyn VectorStore,
+    lake: &Store,
+    part: &mut u64,
+    report: &mut EmbedReport,
+) -> Result<(), EmbedJobError> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let texts: Vec<String> = chunk.iter().map(|(_, t)| t.clone()).collect();
+    let (embedder_, batch) = (embedder.clone(), options.batch);
+    let (embedded, tokens) = tokio::task::spawn_blocking(move || {
+        let ids = texts
+            .iter()
+            .map(|t| embedder_.tokenizer.encode(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        Ok::<_, EmbedError>((embedder_.embed_ids(ids, batch)?, tokens))
+    })
+    .await
+    .map_err(|e| EmbedError::Input(format!("embedding task failed: {e}")))??;
+    let points: Vec<Point> = chunk
+        .iter()
+        .zip(&embedded)
+        .map(|((payload, _), v)| Point {
+            payload: payload.clone(),
+            vector: v.to_vec(),
+        })
+        .collect();
+    for group in points.chunks(256) {
+        vectors.upsert(group).await?;
+    }
+    let rel = format!("{EMBEDDINGS_DIR}/part-{:05}.parquet", *part);
+    let err = lake_err(lake.url(&rel));
+    let mut bytes = Vec::new();
+    let batch = part_batch(chunk, &embedded);
+    let mut writer =
+        ArrowWriter::try_new(&mut bytes, batch.schema(), None).map_err(|e| err(e.to_string()))?;
+    writer.write(&batch).map_err(|e| err(e.to_string()))?;
+    writer.close().map_err(|e| err(e.to_string()))?;
+    lake.object_store()
+        .put(&lake.path(&rel), PutPayload::from(bytes))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    *part += 1;
+    report.parts_written += 1;
+    report.embedded += chunk.len() as u64;
+    report.tokens += tokens as u64;
+    chunk.clear();
+    Ok(())
+}
+
+/// Runs the job; `progress` sees the report after every chunk.
+pub async fn run_embed(
+    catalog: &dyn Catalog,
+    vectors: &dyn VectorStore,
+    embedder: Arc<Embedder>,
+    lake: &Store,
+    options: &EmbedJobOptions,
+    progress: &(dyn Fn(&EmbedReport, Duration) + Sync),
+) -> Result<EmbedReport, EmbedJobError> {
+    let started = Instant::now();
+    let (done, mut part) = embedded_ids(lake).await?;
+    let mut report = EmbedReport::default();
+    let mut chunk: Vec<(Payload, String)> = Vec::with_capacity(options.chunk);
+    let limit = options.limit.unwrap_or(u64::MAX);
+    let mut after: Option<String> = None;
+    'pages: loop {
+        let page: Vec<Song> = catalog
+            .songs_by_lyrics_status(Some(LyricsStatus::Found), after.as_deref(), 1000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.stats.id.clone());
+        for song in page {
+            report.songs += 1;
+            if done.contains(&song.stats.id) {
+                report.already_done += 1;
+                continue;
+            }
+            let plain = song.lyrics.as_ref().and_then(|l| l.plain.as_deref());
+            let Some(text) = plain.and_then(prepare_lyrics) else {
+                report.too_short += 1;
+                continue;
+            };
+            if report.embedded + chunk.len() as u64 >= limit {
+                break 'pages;
+            }
+            chunk.push((
+                Payload {
+                    track_id: song.stats.id.clone(),
+                    title: song.stats.track_name.clone(),
+                    artist: song.stats.artist_name.clone(),
+                },
+                text.to_string(),
+            ));
+            if chunk.len() >= options.chunk.max(1) {
+                flush(
+                    &mut chunk,
+                    &embedder,
+                    options,
+                    vectors,
+                    lake,
+                    &mut part,
+                    &mut report,
+                )
+                .await?;
+                progress(&report, started.elapsed());
+            }
+        }
+    }
+    flush(
+        &mut chunk,
+        &embedder,
+        options,
+        vectors,
+        lake,
+        &mut part,
+        &mut report,
+    )
+    .await?;
+    progress(&report, started.elapsed());
+    Ok(report)
+}
