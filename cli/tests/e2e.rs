@@ -248,6 +248,9 @@ fn pipeline_command_prints_its_summary() {
         "time-ranged files",
         "events/ (embedded log)",
         "from streamed events",
+        "lyrics ",
+        "clean-sync",
+        "embed:",
         "total",
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
