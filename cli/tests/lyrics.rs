@@ -82,7 +82,9 @@ impl Server {
             "Slow Once" if get => ok(record(&track, &artist, 200.0, Some("on time"))),
             "Always Slow" => ok_after(record(&track, &artist, 200.0, Some("never")), 2),
             "Garbled" => (200, "{\"trackName\": ".into(), Duration::ZERO),
-            t if t.starts_with("Song ") && get => ok(record(&track, &artist, 200.0, Some("la la la"))),
+            t if t.starts_with("Song ") && get => {
+                ok(record(&track, &artist, 200.0, Some("la la la")))
+            }
             _ if get => not_found,
             _ => ok(json!([])),
         }
@@ -311,22 +313,39 @@ async fn fetch_killed_midway_resumes_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let songs: Vec<SongStats> = (0..120).map(|i| song(&format!("Song {i:03}"))).collect();
     {
-        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).await.unwrap();
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb"))
+            .await
+            .unwrap();
         catalog.upsert_songs(&songs).await.unwrap();
     }
-    let fetch = || {
-        let mut cmd = recsys(dir.path());
-        cmd.args(["lyrics", "fetch", "--lrclib-url", &url, "--concurrency", "4"]);
+    let lake = dir.path().to_path_buf();
+    let fetch = move || {
+        let mut cmd = recsys(&lake);
+        cmd.args([
+            "lyrics",
+            "fetch",
+            "--lrclib-url",
+            &url,
+            "--concurrency",
+            "4",
+        ]);
         cmd
     };
-    // 120 songs × 60 ms / 4 in flight ≈ 1.8 s: kill it after about half.
+    // 120 songs × 60 ms / 4 in flight ≈ 1.8 s: kill it once about half were answered.
     let mut child = fetch().spawn().unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answered = || server.hits.lock().unwrap().values().sum::<usize>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while answered() < 60 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     child.kill().unwrap();
     child.wait().unwrap();
 
     let done: Vec<String> = {
-        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).await.unwrap();
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb"))
+            .await
+            .unwrap();
         let found = catalog
             .songs_by_lyrics_status(Some(LyricsStatus::Found), None, 1000)
             .await
@@ -341,7 +360,8 @@ async fn fetch_killed_midway_resumes_where_it_stopped() {
     );
     let before: HashMap<String, usize> = server.hits.lock().unwrap().clone();
 
-    let out = tokio::task::spawn_blocking(move || fetch().output().unwrap())
+    let again = fetch.clone();
+    let out = tokio::task::spawn_blocking(move || again().output().unwrap())
         .await
         .unwrap();
     let stdout = ok(out);
@@ -355,7 +375,9 @@ async fn fetch_killed_midway_resumes_where_it_stopped() {
         assert_eq!(hits[track], before[track], "{track} was looked up again");
     }
     drop(hits);
-    let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).await.unwrap();
+    let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb"))
+        .await
+        .unwrap();
     let stats = catalog.stats().await.unwrap();
     assert_eq!(stats.lyrics_pending, 0);
     assert_eq!(stats.lyrics[0], (LyricsStatus::Found, songs.len() as u64));
@@ -385,7 +407,9 @@ async fn clean_sync_then_embed_resumably() {
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
     {
-        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).await.unwrap();
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb"))
+            .await
+            .unwrap();
         let songs: Vec<SongStats> = ids
             .iter()
             .map(|id| SongStats {
@@ -399,7 +423,10 @@ async fn clean_sync_then_embed_resumably() {
         for (i, text) in OCEAN.iter().chain(&CITY).enumerate() {
             updates.push((ids[i].clone(), lyrics(LyricsStatus::Found, Some(text))));
         }
-        updates.push((ids[6].clone(), lyrics(LyricsStatus::Found, Some("too short"))));
+        updates.push((
+            ids[6].clone(),
+            lyrics(LyricsStatus::Found, Some("too short")),
+        ));
         updates.push((ids[7].clone(), lyrics(LyricsStatus::Missing, None)));
         updates.push((ids[8].clone(), lyrics(LyricsStatus::Instrumental, None)));
         updates.push((ids[9].clone(), lyrics(LyricsStatus::Error, None)));
@@ -417,7 +444,9 @@ async fn clean_sync_then_embed_resumably() {
             },
             vector: vec![1.0; 384],
         };
-        recsys_vectors::VectorStore::upsert(&store, &[point]).await.unwrap();
+        recsys_vectors::VectorStore::upsert(&store, &[point])
+            .await
+            .unwrap();
     }
     let lake = dir.path().to_path_buf();
     let run = move |args: &'static [&'static str], stdin: &'static str| {
@@ -432,7 +461,12 @@ async fn clean_sync_then_embed_resumably() {
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .unwrap();
-                child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(stdin.as_bytes())
+                    .unwrap();
                 child.wait_with_output().unwrap()
             })
             .await
@@ -445,7 +479,10 @@ async fn clean_sync_then_embed_resumably() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing removed"));
     let removed = ok(run(&["lyrics", "clean-sync"], "yes\n").await);
-    assert!(removed.contains("removed 2 songs; 0 vectors remain"), "{removed}");
+    assert!(
+        removed.contains("removed 2 songs; 0 vectors remain"),
+        "{removed}"
+    );
     let again = ok(run(&["lyrics", "clean-sync", "--yes"], "").await);
     assert!(again.contains("0 songs without lyrics"), "{again}");
 
@@ -454,7 +491,9 @@ async fn clean_sync_then_embed_resumably() {
     assert!(first.contains("3 embedded"), "{first}");
     let rest = ok(run(&["submit", "embed"], "").await);
     assert!(
-        rest.contains("3 embedded") && rest.contains("3 already embedded") && rest.contains("1 too short"),
+        rest.contains("3 embedded")
+            && rest.contains("3 already embedded")
+            && rest.contains("1 too short"),
         "{rest}"
     );
     let parts = common::read_parquet_dir(&dir.path().join("embeddings/lyrics"));
@@ -482,7 +521,12 @@ async fn clean_sync_then_embed_resumably() {
         let hits = store.search(&v, 2, std::slice::from_ref(id)).await.unwrap();
         for hit in hits {
             let j = ids.iter().position(|x| *x == hit.payload.track_id).unwrap();
-            assert_eq!(i < 3, j < 3, "{id}'s neighbour {} is of the other theme", hit.payload.track_id);
+            assert_eq!(
+                i < 3,
+                j < 3,
+                "{id}'s neighbour {} is of the other theme",
+                hit.payload.track_id
+            );
         }
     }
 }
@@ -490,7 +534,10 @@ async fn clean_sync_then_embed_resumably() {
 #[test]
 fn embed_text_prints_token_ids_and_the_reference_embedding() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(recsys(dir.path()).args(["embed", "text", "Hello world"]).output().unwrap());
+    let out = ok(recsys(dir.path())
+        .args(["embed", "text", "Hello world"])
+        .output()
+        .unwrap());
     let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
     let reference: serde_json::Value = serde_json::from_slice(
         &std::fs::read(concat!(
