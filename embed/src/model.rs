@@ -166,7 +166,7 @@ impl MiniLm {
         let keep = Tensor::<2>::from_data(TensorData::new(keep, [b, len]), &self.device);
 
         let mut x = embedding(self.word.clone(), ids)
-            + self.position.clone().slice([0..len]).unsqueeze::<3>();
+            + self.position.clone().narrow(0, 0, len).unsqueeze::<3>();
         x = self.embedding_norm.forward(x);
 
         let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
