@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-WORDS = "wave tide salt harbor shore sailor anchor deep current lighthouse coral storm neon subway street tower".split()
+WORDS = "music night heart love dance light time dream rain road home sky summer morning river window".split()
 
 
 def text(i):

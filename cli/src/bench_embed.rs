@@ -37,22 +37,8 @@ pub struct EmbedBench {
 }
 
 const WORDS: [&str; 16] = [
-    "wave",
-    "tide",
-    "salt",
-    "harbor",
-    "shore",
-    "sailor",
-    "anchor",
-    "deep",
-    "current",
-    "lighthouse",
-    "coral",
-    "storm",
-    "neon",
-    "subway",
-    "street",
-    "tower",
+    "music", "night", "heart", "love", "dance", "light", "time", "dream", "rain", "road", "home",
+    "sky", "summer", "morning", "river", "window",
 ];
 
 /// Same as `text` in benches/minilm_torch.py.

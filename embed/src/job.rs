@@ -150,60 +150,67 @@ fn part_batch(songs: &[(Payload, String)], vectors: &[[f32; DIM]]) -> RecordBatc
     .expect("embedding batch matches its schema")
 }
 
-/// Embeds one chunk, upserts it and writes its Parquet part.
-async fn flush(
-    chunk: &mut Vec<(Payload, String)>,
-    embedder: &Arc<Embedder>,
-    options: &EmbedJobOptions,
-    vectors: &dyn VectorStore,
-    lake: &Store,
-    part: &mut u64,
-    report: &mut EmbedReport,
-) -> Result<(), EmbedJobError> {
-    if chunk.is_empty() {
-        return Ok(());
-    }
-    let texts: Vec<String> = chunk.iter().map(|(_, t)| t.clone()).collect();
-    let (embedder_, batch) = (embedder.clone(), options.batch);
-    let (embedded, tokens) = tokio::task::spawn_blocking(move || {
-        let ids = texts
-            .iter()
-            .map(|t| embedder_.tokenizer.encode(t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tokens: usize = ids.iter().map(Vec::len).sum();
-        Ok::<_, EmbedError>((embedder_.embed_ids(ids, batch)?, tokens))
-    })
-    .await
-    .map_err(|e| EmbedError::Input(format!("embedding task failed: {e}")))??;
-    let points: Vec<Point> = chunk
-        .iter()
-        .zip(&embedded)
-        .map(|((payload, _), v)| Point {
-            payload: payload.clone(),
-            vector: v.to_vec(),
+/// The chunk being filled and everything a full one is written with.
+struct Chunks<'a> {
+    songs: Vec<(Payload, String)>,
+    embedder: Arc<Embedder>,
+    options: &'a EmbedJobOptions,
+    vectors: &'a dyn VectorStore,
+    lake: &'a Store,
+    part: u64,
+    report: EmbedReport,
+}
+
+impl Chunks<'_> {
+    /// Embeds the chunk, upserts it and writes its Parquet part.
+    async fn flush(&mut self) -> Result<(), EmbedJobError> {
+        if self.songs.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<String> = self.songs.iter().map(|(_, t)| t.clone()).collect();
+        let (embedder, batch) = (self.embedder.clone(), self.options.batch);
+        let (embedded, tokens) = tokio::task::spawn_blocking(move || {
+            let ids = texts
+                .iter()
+                .map(|t| embedder.tokenizer.encode(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let tokens: usize = ids.iter().map(Vec::len).sum();
+            Ok::<_, EmbedError>((embedder.embed_ids(ids, batch)?, tokens))
         })
-        .collect();
-    for group in points.chunks(256) {
-        vectors.upsert(group).await?;
-    }
-    let rel = format!("{EMBEDDINGS_DIR}/part-{:05}.parquet", *part);
-    let err = lake_err(lake.url(&rel));
-    let mut bytes = Vec::new();
-    let batch = part_batch(chunk, &embedded);
-    let mut writer =
-        ArrowWriter::try_new(&mut bytes, batch.schema(), None).map_err(|e| err(e.to_string()))?;
-    writer.write(&batch).map_err(|e| err(e.to_string()))?;
-    writer.close().map_err(|e| err(e.to_string()))?;
-    lake.object_store()
-        .put(&lake.path(&rel), PutPayload::from(bytes))
         .await
-        .map_err(|e| err(e.to_string()))?;
-    *part += 1;
-    report.parts_written += 1;
-    report.embedded += chunk.len() as u64;
-    report.tokens += tokens as u64;
-    chunk.clear();
-    Ok(())
+        .map_err(|e| EmbedError::Input(format!("embedding task failed: {e}")))??;
+        let points: Vec<Point> = self
+            .songs
+            .iter()
+            .zip(&embedded)
+            .map(|((payload, _), v)| Point {
+                payload: payload.clone(),
+                vector: v.to_vec(),
+            })
+            .collect();
+        for group in points.chunks(256) {
+            self.vectors.upsert(group).await?;
+        }
+        let rel = format!("{EMBEDDINGS_DIR}/part-{:05}.parquet", self.part);
+        let err = lake_err(self.lake.url(&rel));
+        let mut bytes = Vec::new();
+        let batch = part_batch(&self.songs, &embedded);
+        let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None)
+            .map_err(|e| err(e.to_string()))?;
+        writer.write(&batch).map_err(|e| err(e.to_string()))?;
+        writer.close().map_err(|e| err(e.to_string()))?;
+        self.lake
+            .object_store()
+            .put(&self.lake.path(&rel), PutPayload::from(bytes))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        self.part += 1;
+        self.report.parts_written += 1;
+        self.report.embedded += self.songs.len() as u64;
+        self.report.tokens += tokens as u64;
+        self.songs.clear();
+        Ok(())
+    }
 }
 
 /// Runs the job; `progress` sees the report after every chunk.
@@ -216,9 +223,16 @@ pub async fn run_embed(
     progress: &(dyn Fn(&EmbedReport, Duration) + Sync),
 ) -> Result<EmbedReport, EmbedJobError> {
     let started = Instant::now();
-    let (done, mut part) = embedded_ids(lake).await?;
-    let mut report = EmbedReport::default();
-    let mut chunk: Vec<(Payload, String)> = Vec::with_capacity(options.chunk);
+    let (done, part) = embedded_ids(lake).await?;
+    let mut chunks = Chunks {
+        songs: Vec::with_capacity(options.chunk),
+        embedder,
+        options,
+        vectors,
+        lake,
+        part,
+        report: EmbedReport::default(),
+    };
     let limit = options.limit.unwrap_or(u64::MAX);
     let mut after: Option<String> = None;
     'pages: loop {
@@ -228,6 +242,7 @@ pub async fn run_embed(
         let Some(last) = page.last() else { break };
         after = Some(last.stats.id.clone());
         for song in page {
+            let report = &mut chunks.report;
             report.songs += 1;
             if done.contains(&song.stats.id) {
                 report.already_done += 1;
@@ -238,10 +253,10 @@ pub async fn run_embed(
                 report.too_short += 1;
                 continue;
             };
-            if report.embedded + chunk.len() as u64 >= limit {
+            if report.embedded + chunks.songs.len() as u64 >= limit {
                 break 'pages;
             }
-            chunk.push((
+            chunks.songs.push((
                 Payload {
                     track_id: song.stats.id.clone(),
                     title: song.stats.track_name.clone(),
@@ -249,31 +264,13 @@ pub async fn run_embed(
                 },
                 text.to_string(),
             ));
-            if chunk.len() >= options.chunk.max(1) {
-                flush(
-                    &mut chunk,
-                    &embedder,
-                    options,
-                    vectors,
-                    lake,
-                    &mut part,
-                    &mut report,
-                )
-                .await?;
-                progress(&report, started.elapsed());
+            if chunks.songs.len() >= options.chunk.max(1) {
+                chunks.flush().await?;
+                progress(&chunks.report, started.elapsed());
             }
         }
     }
-    flush(
-        &mut chunk,
-        &embedder,
-        options,
-        vectors,
-        lake,
-        &mut part,
-        &mut report,
-    )
-    .await?;
-    progress(&report, started.elapsed());
-    Ok(report)
+    chunks.flush().await?;
+    progress(&chunks.report, started.elapsed());
+    Ok(chunks.report)
 }
