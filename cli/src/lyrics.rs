@@ -350,6 +350,43 @@ pub async fn embed(
     Ok((report, elapsed))
 }
 
+/// Prints the lyrics neighbours of the `songs` most played songs that have a vector: the content
+/// side of recommendations, live.
+pub async fn print_lyrics_neighbours(
+    catalog: &dyn Catalog,
+    vectors: &dyn VectorStore,
+    songs: usize,
+    neighbours: usize,
+) -> Result<()> {
+    let mut shown = 0;
+    for song in catalog.top_songs(50).await? {
+        let Some(v) = vectors.vector(&song.stats.id).await? else {
+            continue;
+        };
+        println!(
+            "lyrics closest to \"{}\" by {}:",
+            song.stats.track_name, song.stats.artist_name
+        );
+        let hits = vectors
+            .search(&v, neighbours, std::slice::from_ref(&song.stats.id))
+            .await?;
+        for (i, hit) in hits.iter().enumerate() {
+            println!(
+                "  {:>2}. {:<40} {:<28} {:.3}",
+                i + 1,
+                hit.payload.title,
+                hit.payload.artist,
+                hit.score
+            );
+        }
+        shown += 1;
+        if shown == songs {
+            break;
+        }
+    }
+    Ok(())
+}
+
 pub fn print_embed((r, elapsed): &(EmbedReport, Duration)) {
     println!(
         "embed: {} songs with lyrics: {} embedded in {:.2} s ({:.1} texts/s, {} tokens), {} already embedded, {} too short; {} Parquet parts in {}/",

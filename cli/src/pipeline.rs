@@ -250,5 +250,6 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     crate::lyrics::print_embed(&embedded);
     crate::als::print_summary(&trained, &lake);
     crate::als::print_recommendations(&cluster, &lake, &trained, 3).await?;
+    crate::lyrics::print_lyrics_neighbours(catalog.as_ref(), vectors.as_ref(), 2, 5).await?;
     Ok(())
 }

@@ -251,6 +251,7 @@ fn pipeline_command_prints_its_summary() {
         "lyrics ",
         "clean-sync",
         "embed:",
+        "lyrics closest to",
         "total",
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");

@@ -1,7 +1,7 @@
 //! Lyrics end to end.
 //! - The LRCLIB client and enrichment against a local HTTP server that answers as LRCLIB does:
-//!   found, search-only, not found (404), instrumental, 429 then success, permanent 500, a
-//!   response slower than the timeout, malformed JSON. Transient failures must be retried and
+//!   found, search-only, exact lookup refused (400), not found (404), instrumental, 429 then
+//!   success, permanent 500, a response slower than the timeout, malformed JSON. Transient failures must be retried and
 //!   never recorded as "missing"; a second run picks up exactly the songs that failed.
 //! - `recsys lyrics fetch` killed with SIGKILL mid-run resumes where it stopped.
 //! - `recsys lyrics clean-sync`: dry run, confirmation, removal from catalog and vector store,
@@ -63,6 +63,14 @@ impl Server {
             "Found Song" if get => ok(record(&track, &artist, 200.0, Some("found words"))),
             "Instrumental Piece" if get => ok(record(&track, &artist, 200.0, None)),
             "Search Only" if get => not_found,
+            // An exact lookup refused for want of an album: search finds it.
+            "Needs Album" if get => (400, json!({"code": 400}).to_string(), Duration::ZERO),
+            "Needs Album" => ok(json!([record(
+                "Needs Album",
+                &artist,
+                201.0,
+                Some("by search")
+            )])),
             "Search Only" => ok(json!([
                 record("Search Only", "Somebody Else", 200.0, Some("decoy")),
                 record(
@@ -151,10 +159,11 @@ fn song(track: &str) -> SongStats {
     }
 }
 
-const TRACKS: [&str; 10] = [
+const TRACKS: [&str; 11] = [
     "Found Song",
     "Instrumental Piece",
     "Search Only",
+    "Needs Album",
     "Nowhere",
     "Busy",
     "Broken",
@@ -201,6 +210,7 @@ async fn enrichment_against_an_lrclib_shaped_server() {
     };
     found("Found Song", "found words").await;
     found("Search Only", "right one").await;
+    found("Needs Album", "by search").await;
     found("Busy", "after the rush").await;
     found("Slow Once", "on time").await;
     assert_eq!(
@@ -221,7 +231,7 @@ async fn enrichment_against_an_lrclib_shaped_server() {
             counts.missing,
             counts.errors
         ),
-        (4, 1, 2, 3)
+        (5, 1, 2, 3)
     );
     {
         let hits = server.hits.lock().unwrap();

@@ -52,9 +52,13 @@ pub enum FetchError {
         /// The server's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
     },
-    /// Not worth retrying (e.g. 400): the song is recorded as `error`.
+    /// Not worth retrying (e.g. 403): the song is recorded as `error`.
     #[error("{url}: {reason}")]
     Permanent { url: String, reason: String },
+    /// HTTP 400: the server wants other parameters (an exact `get` may require the album or
+    /// the duration, which the catalog does not always know).
+    #[error("{url}: HTTP 400 Bad Request")]
+    BadRequest { url: String },
 }
 
 /// LRCLIB's two lookups.
@@ -255,6 +259,9 @@ impl Lrclib {
                 .map(Duration::from_secs);
             return Err(transient(format!("HTTP {status}"), retry_after));
         }
+        if status == reqwest::StatusCode::BAD_REQUEST {
+            return Err(FetchError::BadRequest { url: shown });
+        }
         if !status.is_success() {
             return Err(FetchError::Permanent {
                 url: shown,
@@ -298,7 +305,14 @@ impl LyricsApi for Lrclib {
         if let Some(d) = query.duration_s {
             params.push(("duration", format!("{}", d.round() as i64)));
         }
-        self.call("api/get", &params).await
+        match self.call("api/get", &params).await {
+            // Without the album or duration an exact lookup may be refused: search instead.
+            Err(FetchError::BadRequest { url }) => {
+                tracing::debug!(%url, "LRCLIB refused the exact lookup; searching");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     async fn search(&self, track: &str, artist: &str) -> Result<Vec<LyricsRecord>, FetchError> {
