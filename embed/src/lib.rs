@@ -1,6 +1,7 @@
 //! Lyrics: the LRCLIB client and the generator's offline lyrics file behind one
-//! [`lyrics::LyricsSource`] interface, enrichment into the catalog, and all-MiniLM-L6-v2
-//! sentence embeddings in burn ([`model`], [`tokenize`], [`Embedder`]).
+//! [`lyrics::LyricsApi`] interface, enrichment into the catalog ([`enrich`]), clean & sync
+//! ([`clean`]), all-MiniLM-L6-v2 sentence embeddings in burn ([`model`], [`tokenize`],
+//! [`kernels`], [`Embedder`]) and the embedding job ([`job`]).
 
 pub mod clean;
 pub mod embedder;
