@@ -156,6 +156,16 @@ pub struct CatalogStats {
     pub lyrics: Vec<(LyricsStatus, u64)>,
 }
 
+impl CatalogStats {
+    /// Songs whose lyrics status is `status`.
+    pub fn with_lyrics(&self, status: LyricsStatus) -> u64 {
+        self.lyrics
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("embedded catalog {path}: {source}")]
@@ -238,6 +248,34 @@ pub trait Catalog: Send + Sync {
 
     /// Saves (or, with `None`, clears) a job's position.
     async fn set_checkpoint(&self, key: &str, value: Option<&str>) -> Result<(), CatalogError>;
+}
+
+/// Every song with lyrics status `status` (`None`: not looked up yet) in id order, fetched
+/// `page` at a time. Pages follow the last id seen, so a song whose status changes while the
+/// stream runs is not visited twice.
+pub fn songs_with_lyrics_status(
+    catalog: &dyn Catalog,
+    status: Option<LyricsStatus>,
+    page: usize,
+) -> impl futures::Stream<Item = Result<Song, CatalogError>> + '_ {
+    use futures::{StreamExt, stream};
+    let page = page.max(1);
+    stream::unfold(Some(None::<String>), move |cursor| async move {
+        let after = cursor?;
+        match catalog
+            .songs_by_lyrics_status(status, after.as_deref(), page)
+            .await
+        {
+            Ok(songs) => {
+                let next = (songs.len() == page)
+                    .then(|| songs.last().map(|s| Some(s.stats.id.clone())))
+                    .flatten();
+                Some((stream::iter(songs.into_iter().map(Ok)).left_stream(), next))
+            }
+            Err(e) => Some((stream::iter(vec![Err(e)]).right_stream(), None)),
+        }
+    })
+    .flatten()
 }
 
 /// Opens the catalog the configuration selects: MongoDB when `mongo` is set, else the embedded

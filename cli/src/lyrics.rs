@@ -12,7 +12,7 @@ use recsys_catalog::Catalog;
 use recsys_core::Store;
 use recsys_core::schema::RAW_DIR;
 use recsys_embed::clean::{remove_songs, songs_without_lyrics};
-use recsys_embed::enrich::{EnrichCounts, EnrichOptions, enrich};
+use recsys_embed::enrich::{EnrichCounts, EnrichOptions, enrich, songs_to_look_up};
 use recsys_embed::job::{EmbedJobOptions, EmbedReport, run_embed};
 use recsys_embed::lyrics::{Lrclib, LyricsApi, LyricsFile};
 use recsys_embed::{DIM, Embedder, model_dir};
@@ -106,13 +106,13 @@ pub struct FetchArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Lookups in flight at once.
-    #[arg(long, env = "RECSYS_LYRICS_CONCURRENCY", default_value_t = 20)]
+    #[arg(long, env = "RECSYS_LYRICS_CONCURRENCY", default_value_t = EnrichOptions::default().concurrency)]
     pub concurrency: usize,
     /// Attempts per request on 429, 5xx, timeouts and malformed responses.
-    #[arg(long, env = "RECSYS_LYRICS_ATTEMPTS", default_value_t = 6)]
+    #[arg(long, env = "RECSYS_LYRICS_ATTEMPTS", default_value_t = EnrichOptions::default().attempts)]
     pub attempts: u32,
     /// First retry wait, milliseconds (doubles per attempt, ±50 % jitter, at most 30 s).
-    #[arg(long, env = "RECSYS_LYRICS_BACKOFF_MS", default_value_t = 500)]
+    #[arg(long, env = "RECSYS_LYRICS_BACKOFF_MS", default_value_t = EnrichOptions::default().backoff.as_millis() as u64)]
     pub backoff_ms: u64,
     /// Leave songs whose earlier lookup failed alone.
     #[arg(long, env = "RECSYS_LYRICS_NO_RETRY_ERRORS")]
@@ -120,6 +120,19 @@ pub struct FetchArgs {
     /// Look up at most this many songs.
     #[arg(long, env = "RECSYS_LYRICS_LIMIT")]
     pub limit: Option<u64>,
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> EnrichOptions {
+        EnrichOptions {
+            concurrency: self.concurrency,
+            attempts: self.attempts,
+            backoff: Duration::from_millis(self.backoff_ms),
+            retry_errors: !self.no_retry_errors,
+            limit: self.limit,
+            ..EnrichOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -143,18 +156,12 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub vectors: VectorArgs,
     #[command(flatten)]
-    pub options: EmbedOptionsArgs,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct EmbedOptionsArgs {
-    #[command(flatten)]
     pub model: ModelArgs,
     /// Texts per forward pass at most.
-    #[arg(long, env = "RECSYS_EMBED_BATCH", default_value_t = 32)]
+    #[arg(long, env = "RECSYS_EMBED_BATCH", default_value_t = EmbedJobOptions::default().batch)]
     pub batch: usize,
     /// Songs per vector-store write and Parquet part.
-    #[arg(long, env = "RECSYS_EMBED_CHUNK", default_value_t = 512)]
+    #[arg(long, env = "RECSYS_EMBED_CHUNK", default_value_t = EmbedJobOptions::default().chunk)]
     pub chunk: usize,
     /// Embed at most this many songs.
     #[arg(long, env = "RECSYS_EMBED_LIMIT")]
@@ -188,7 +195,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: LyricsCommand) -> Result<()> {
     match cmd {
         LyricsCommand::Fetch(args) => {
             let catalog = args.catalog.open(&lake).await?;
-            print_fetch(&fetch(&lake, catalog.as_ref(), &args).await?);
+            print_fetch(&fetch(&lake, catalog.as_ref(), &args.source, &args.options()).await?);
         }
         LyricsCommand::CleanSync(args) => {
             let catalog = args.catalog.open(&lake).await?;
@@ -203,32 +210,15 @@ pub async fn run(lake_args: &LakeArgs, cmd: LyricsCommand) -> Result<()> {
 pub async fn fetch(
     lake: &Store,
     catalog: &dyn Catalog,
-    args: &FetchArgs,
+    source: &SourceArgs,
+    options: &EnrichOptions,
 ) -> Result<(EnrichCounts, Duration)> {
-    let api = args.source.open(lake).await?;
-    let pending = catalog.stats().await?;
-    let mut todo = pending.lyrics_pending
-        + pending
-            .lyrics
-            .iter()
-            .filter(|(s, _)| !args.no_retry_errors && *s == recsys_catalog::LyricsStatus::Error)
-            .map(|(_, n)| n)
-            .sum::<u64>();
-    if let Some(limit) = args.limit {
-        todo = todo.min(limit);
-    }
+    let api = source.open(lake).await?;
+    let todo = songs_to_look_up(&catalog.stats().await?, options);
     tracing::info!(source = %api.describe(), catalog = %catalog.describe(), songs = todo, "lyrics: looking up");
-    let options = EnrichOptions {
-        concurrency: args.concurrency.max(1),
-        attempts: args.attempts.max(1),
-        backoff: Duration::from_millis(args.backoff_ms),
-        retry_errors: !args.no_retry_errors,
-        limit: args.limit,
-        ..EnrichOptions::default()
-    };
     let started = Instant::now();
     let progress = bar(todo, "lyrics", "songs");
-    let counts = enrich(catalog, api.as_ref(), &options, &|c| {
+    let counts = enrich(catalog, api.as_ref(), options, &|c| {
         progress.set_position(c.songs());
         progress.set_message(format!(
             "found {} missing {} instrumental {} errors {} · {:.0} req/s",
@@ -309,24 +299,17 @@ pub async fn embed(
     lake: &Store,
     catalog: &dyn Catalog,
     vectors: &dyn VectorStore,
-    args: &EmbedOptionsArgs,
+    model: &ModelArgs,
+    options: &EmbedJobOptions,
 ) -> Result<(EmbedReport, Duration)> {
-    let embedder = args.model.load()?;
+    let embedder = model.load()?;
     let with_lyrics = catalog
         .stats()
         .await?
-        .lyrics
-        .iter()
-        .find(|(s, _)| *s == recsys_catalog::LyricsStatus::Found)
-        .map_or(0, |(_, n)| *n);
-    let options = EmbedJobOptions {
-        batch: args.batch.max(1),
-        chunk: args.chunk.max(1),
-        limit: args.limit,
-    };
+        .with_lyrics(recsys_catalog::LyricsStatus::Found);
     let progress = bar(with_lyrics, "embed", "songs");
     let started = Instant::now();
-    let report = run_embed(catalog, vectors, embedder, lake, &options, &|r, elapsed| {
+    let report = run_embed(catalog, vectors, embedder, lake, options, &|r, elapsed| {
         progress.set_position(r.songs);
         progress.set_message(format!(
             "{} embedded · {:.1} texts/s · {:.0} tokens/s",
@@ -406,7 +389,21 @@ pub fn print_embed((r, elapsed): &(EmbedReport, Duration)) {
 pub async fn submit_embed(lake: &Store, args: &EmbedArgs) -> Result<()> {
     let catalog = args.catalog.open(lake).await?;
     let vectors = args.vectors.open(lake).await?;
-    print_embed(&embed(lake, catalog.as_ref(), vectors.as_ref(), &args.options).await?);
+    let options = EmbedJobOptions {
+        batch: args.batch,
+        chunk: args.chunk,
+        limit: args.limit,
+    };
+    print_embed(
+        &embed(
+            lake,
+            catalog.as_ref(),
+            vectors.as_ref(),
+            &args.model,
+            &options,
+        )
+        .await?,
+    );
     Ok(())
 }
 

@@ -168,15 +168,8 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     let fetched = crate::lyrics::fetch(
         &lake,
         catalog.as_ref(),
-        &crate::lyrics::FetchArgs {
-            catalog: args.catalog.clone(),
-            source: args.lyrics.clone(),
-            concurrency: 20,
-            attempts: 6,
-            backoff_ms: 500,
-            no_retry_errors: false,
-            limit: None,
-        },
+        &args.lyrics,
+        &recsys_embed::enrich::EnrichOptions::default(),
     )
     .await?;
     steps.push(Step {
@@ -202,12 +195,8 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         &lake,
         catalog.as_ref(),
         vectors.as_ref(),
-        &crate::lyrics::EmbedOptionsArgs {
-            model: args.model.clone(),
-            batch: 32,
-            chunk: 512,
-            limit: None,
-        },
+        &args.model,
+        &recsys_embed::job::EmbedJobOptions::default(),
     )
     .await?;
     steps.push(Step {

@@ -3,7 +3,8 @@
 //! store. The vector store goes first, so an interrupted run leaves nothing the next run cannot
 //! find again; running it twice changes nothing.
 
-use recsys_catalog::{Catalog, CatalogError, LyricsStatus};
+use futures::TryStreamExt;
+use recsys_catalog::{Catalog, CatalogError, LyricsStatus, songs_with_lyrics_status};
 use recsys_vectors::{VectorError, VectorStore};
 
 /// The statuses that mean "this song has no lyrics to embed".
@@ -21,15 +22,8 @@ pub enum CleanError {
 pub async fn songs_without_lyrics(catalog: &dyn Catalog) -> Result<Vec<String>, CatalogError> {
     let mut ids = Vec::new();
     for status in WITHOUT_LYRICS {
-        let mut after: Option<String> = None;
-        loop {
-            let page = catalog
-                .songs_by_lyrics_status(Some(status), after.as_deref(), 5000)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.stats.id.clone());
-            ids.extend(page.into_iter().map(|s| s.stats.id));
-        }
+        let songs = songs_with_lyrics_status(catalog, Some(status), 5000);
+        ids.extend(songs.map_ok(|s| s.stats.id).try_collect::<Vec<_>>().await?);
     }
     Ok(ids)
 }

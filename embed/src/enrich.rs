@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, stream};
 use rand::Rng;
-use recsys_catalog::{Catalog, CatalogError, Lyrics, LyricsStatus, Song};
+use recsys_catalog::{
+    Catalog, CatalogError, CatalogStats, Lyrics, LyricsStatus, Song, songs_with_lyrics_status,
+};
 use recsys_datasets::LyricsRecord;
 
 use crate::lyrics::{FetchError, LyricsApi, Query, lookup};
@@ -140,8 +142,18 @@ async fn enrich_one(api: &Counted<'_>, song: Song) -> (String, Lyrics) {
     (song.stats.id, lyrics)
 }
 
-/// The songs to look up: earlier errors first (when asked), then songs never looked up, each
-/// list paged by id so songs updated during the run are not visited twice.
+/// How many songs a run with `options` will look up, from the catalog's counts (the same rule as
+/// [`songs_to_do`]).
+pub fn songs_to_look_up(stats: &CatalogStats, options: &EnrichOptions) -> u64 {
+    let errors = if options.retry_errors {
+        stats.with_lyrics(LyricsStatus::Error)
+    } else {
+        0
+    };
+    (stats.lyrics_pending + errors).min(options.limit.unwrap_or(u64::MAX))
+}
+
+/// The songs to look up: earlier errors first (when asked), then songs never looked up.
 fn songs_to_do<'a>(
     catalog: &'a dyn Catalog,
     retry_errors: bool,
@@ -151,27 +163,7 @@ fn songs_to_do<'a>(
     } else {
         vec![None]
     };
-    stream::iter(passes).flat_map(move |status| {
-        stream::unfold(Some(None::<String>), move |cursor| async move {
-            let after = cursor?;
-            match catalog
-                .songs_by_lyrics_status(status, after.as_deref(), PAGE)
-                .await
-            {
-                Ok(page) => {
-                    let next = (page.len() == PAGE)
-                        .then(|| page.last().map(|s| s.stats.id.clone()))
-                        .flatten();
-                    Some((
-                        stream::iter(page.into_iter().map(Ok)).left_stream(),
-                        next.map(Some),
-                    ))
-                }
-                Err(e) => Some((stream::iter(vec![Err(e)]).right_stream(), None)),
-            }
-        })
-        .flatten()
-    })
+    stream::iter(passes).flat_map(move |status| songs_with_lyrics_status(catalog, status, PAGE))
 }
 
 /// Runs enrichment; `progress` sees the counts after every write.

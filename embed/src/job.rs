@@ -13,10 +13,10 @@ use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
-use recsys_catalog::{Catalog, CatalogError, LyricsStatus, Song};
-use recsys_core::Store;
+use recsys_catalog::{Catalog, CatalogError, LyricsStatus, songs_with_lyrics_status};
 use recsys_core::reader::LakeFileReader;
 use recsys_core::schema::{EMBEDDINGS_DIR, col, embedding_schema};
+use recsys_core::{Store, StoreError};
 use recsys_vectors::{Payload, Point, VectorError, VectorStore};
 
 use crate::{DIM, EmbedError, Embedder, prepare_lyrics};
@@ -63,12 +63,15 @@ pub enum EmbedJobError {
     Vectors(#[from] VectorError),
     #[error(transparent)]
     Model(#[from] EmbedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A Parquet part that cannot be read or written.
     #[error("{location}: {reason}")]
-    Lake { location: String, reason: String },
+    Parquet { location: String, reason: String },
 }
 
-fn lake_err(location: String) -> impl Fn(String) -> EmbedJobError {
-    move |reason| EmbedJobError::Lake {
+fn parquet_err(location: String) -> impl Fn(String) -> EmbedJobError {
+    move |reason| EmbedJobError::Parquet {
         location: location.clone(),
         reason,
     }
@@ -77,12 +80,11 @@ fn lake_err(location: String) -> impl Fn(String) -> EmbedJobError {
 /// Track ids already in `embeddings/lyrics/`, and the next part number.
 pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJobError> {
     let store = lake.object_store();
-    let err = lake_err(lake.url(EMBEDDINGS_DIR));
     let objects: Vec<_> = store
         .list(Some(&lake.path(EMBEDDINGS_DIR)))
         .try_collect()
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| lake.error(EMBEDDINGS_DIR, e))?;
     let mut ids = HashSet::new();
     let mut next = 0;
     for o in objects {
@@ -95,6 +97,7 @@ pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJ
             continue;
         };
         next = next.max(n + 1);
+        let err = parquet_err(lake.url(&lake.relative(o.location.as_ref())));
         let reader = LakeFileReader::new(store.clone(), o.location.clone(), o.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
@@ -192,7 +195,7 @@ impl Chunks<'_> {
             self.vectors.upsert(group).await?;
         }
         let rel = format!("{EMBEDDINGS_DIR}/part-{:05}.parquet", self.part);
-        let err = lake_err(self.lake.url(&rel));
+        let err = parquet_err(self.lake.url(&rel));
         let mut bytes = Vec::new();
         let batch = part_batch(&self.songs, &embedded);
         let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None)
@@ -203,7 +206,7 @@ impl Chunks<'_> {
             .object_store()
             .put(&self.lake.path(&rel), PutPayload::from(bytes))
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| self.lake.error(&rel, e))?;
         self.part += 1;
         self.report.parts_written += 1;
         self.report.embedded += self.songs.len() as u64;
@@ -234,40 +237,37 @@ pub async fn run_embed(
         report: EmbedReport::default(),
     };
     let limit = options.limit.unwrap_or(u64::MAX);
-    let mut after: Option<String> = None;
-    'pages: loop {
-        let page: Vec<Song> = catalog
-            .songs_by_lyrics_status(Some(LyricsStatus::Found), after.as_deref(), 1000)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.stats.id.clone());
-        for song in page {
-            let report = &mut chunks.report;
-            report.songs += 1;
-            if done.contains(&song.stats.id) {
-                report.already_done += 1;
-                continue;
-            }
-            let plain = song.lyrics.as_ref().and_then(|l| l.plain.as_deref());
-            let Some(text) = plain.and_then(prepare_lyrics) else {
-                report.too_short += 1;
-                continue;
-            };
-            if report.embedded + chunks.songs.len() as u64 >= limit {
-                break 'pages;
-            }
-            chunks.songs.push((
-                Payload {
-                    track_id: song.stats.id.clone(),
-                    title: song.stats.track_name.clone(),
-                    artist: song.stats.artist_name.clone(),
-                },
-                text.to_string(),
-            ));
-            if chunks.songs.len() >= options.chunk.max(1) {
-                chunks.flush().await?;
-                progress(&chunks.report, started.elapsed());
-            }
+    let mut songs = std::pin::pin!(songs_with_lyrics_status(
+        catalog,
+        Some(LyricsStatus::Found),
+        1000
+    ));
+    while let Some(song) = songs.try_next().await? {
+        let report = &mut chunks.report;
+        report.songs += 1;
+        if done.contains(&song.stats.id) {
+            report.already_done += 1;
+            continue;
+        }
+        let plain = song.lyrics.as_ref().and_then(|l| l.plain.as_deref());
+        let Some(text) = plain.and_then(prepare_lyrics) else {
+            report.too_short += 1;
+            continue;
+        };
+        if report.embedded + chunks.songs.len() as u64 >= limit {
+            break;
+        }
+        chunks.songs.push((
+            Payload {
+                track_id: song.stats.id.clone(),
+                title: song.stats.track_name.clone(),
+                artist: song.stats.artist_name.clone(),
+            },
+            text.to_string(),
+        ));
+        if chunks.songs.len() >= options.chunk.max(1) {
+            chunks.flush().await?;
+            progress(&chunks.report, started.elapsed());
         }
     }
     chunks.flush().await?;
