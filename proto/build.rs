@@ -7,7 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("recsys_descriptor.bin"))
-        .compile_with_config(config, &["proto/recsys/v1/ingest.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &[
+                "proto/recsys/v1/ingest.proto",
+                "proto/recsys/v1/recommend.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

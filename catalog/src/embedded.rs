@@ -10,6 +10,7 @@
 //! | `song_lyrics` | (status or "" when not looked up, id) | lyrics-status queries |
 //! | `meta` | key → value | checkpoints |
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -232,16 +233,15 @@ impl Catalog for EmbeddedCatalog {
                 let mut table = tx.open_table(USERS)?;
                 for u in users {
                     let id = u.stats.id.clone();
-                    let latent = match u.latent {
-                        Some(latent) => Some(latent),
-                        None => match table.get(id.as_str())? {
-                            Some(old) => decode::<User>(&id, old.value())?.latent,
-                            None => None,
-                        },
+                    let old = match table.get(id.as_str())? {
+                        Some(old) => Some(decode::<User>(&id, old.value())?),
+                        None => None,
                     };
+                    let (old_latent, old_name) = old.map_or((None, None), |o| (o.latent, o.name));
                     let user = User {
                         stats: u.stats,
-                        latent,
+                        name: u.name.or(old_name),
+                        latent: u.latent.or(old_latent),
                     };
                     table.insert(id.as_str(), encode(&user).as_slice())?;
                 }
@@ -265,6 +265,41 @@ impl Catalog for EmbeddedCatalog {
             let table = tx.open_table(USERS)?;
             let got = table.get(id.as_str())?;
             got.map(|g| decode(&id, g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn songs(&self, ids: &[String]) -> Result<Vec<Song>, CatalogError> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            let songs = db.begin_read()?.open_table(SONGS)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                out.extend(get_song(&songs, id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, CatalogError> {
+        let after = after.map(str::to_string);
+        self.run(move |db| {
+            let users = db.begin_read()?.open_table(USERS)?;
+            let range = match &after {
+                Some(a) => users.range::<&str>((Bound::Excluded(a.as_str()), Bound::Unbounded))?,
+                None => users.iter()?,
+            };
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in range.take(limit) {
+                let (id, doc) = entry?;
+                out.push(decode(id.value(), doc.value())?);
+            }
+            Ok(out)
         })
         .await
     }

@@ -133,6 +133,9 @@ pub struct LatentVector {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub stats: UserStats,
+    /// Display name (users created by the app); `None` on upsert keeps the stored one.
+    #[serde(default)]
+    pub name: Option<String>,
     /// `None` on upsert keeps the stored vector (a model may not exist yet).
     pub latent: Option<LatentVector>,
 }
@@ -214,6 +217,16 @@ pub trait Catalog: Send + Sync {
     async fn song(&self, id: &str) -> Result<Option<Song>, CatalogError>;
 
     async fn user(&self, id: &str) -> Result<Option<User>, CatalogError>;
+
+    /// The songs of `ids` that exist, in the order asked (one round trip, not one per id).
+    async fn songs(&self, ids: &[String]) -> Result<Vec<Song>, CatalogError>;
+
+    /// Users by id, after id `after`.
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, CatalogError>;
 
     /// Songs matching every word of `query` (see [`text`]), best first.
     async fn search_songs(

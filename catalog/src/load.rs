@@ -293,6 +293,7 @@ fn users_from(b: &RecordBatch, vectors: Option<&UserVectors>) -> Result<Vec<User
     let (first, last) = (c.millis(c::FIRST_SEEN)?, c.millis(c::LAST_SEEN)?);
     Ok((0..b.num_rows())
         .map(|i| User {
+            name: None,
             latent: vectors.and_then(|v| {
                 v.by_user.get(&ids[i]).map(|vector| LatentVector {
                     model_version: v.model_version.clone(),

@@ -262,6 +262,7 @@ impl MongoCatalog {
                 last_seen_ms: millis(d, "last_seen").unwrap_or_default(),
                 active_days: int(d, "active_days"),
             },
+            name: optional_text(d, "username"),
             latent,
         })
     }
@@ -371,7 +372,13 @@ fn user_update(u: &User) -> Document {
         );
         set.insert("model_version", &latent.model_version);
     }
-    doc! { "$set": set, "$setOnInsert": { "username": &s.id } }
+    match &u.name {
+        Some(name) => {
+            set.insert("username", name);
+            doc! { "$set": set }
+        }
+        None => doc! { "$set": set, "$setOnInsert": { "username": &s.id } },
+    }
 }
 
 #[async_trait]
@@ -414,6 +421,43 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| self.err(e))?;
         found.map(|d| self.user_from(&d)).transpose()
+    }
+
+    async fn songs(&self, ids: &[String]) -> Result<Vec<Song>, CatalogError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let found = self
+            .find_songs(doc! { "_id": { "$in": ids } }, doc! { "_id": 1 }, ids.len())
+            .await?;
+        let mut by_id: std::collections::HashMap<String, Song> =
+            found.into_iter().map(|s| (s.stats.id.clone(), s)).collect();
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<User>, CatalogError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let filter = match after {
+            Some(a) => doc! { "_id": { "$gt": a } },
+            None => doc! {},
+        };
+        let docs: Vec<Document> = self
+            .users
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit.min(i64::MAX as usize) as i64)
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        docs.iter().map(|d| self.user_from(d)).collect()
     }
 
     async fn search_songs(

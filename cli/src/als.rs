@@ -6,7 +6,7 @@ use recsys_core::Store;
 use recsys_jobs::Cluster;
 
 use crate::catalog::Source;
-use recsys_jobs::als::{AlsParams, AlsSummary, RatingsSource, Solver, TrainOptions, track_names};
+use recsys_jobs::als::{AlsParams, AlsSummary, RatingsSource, Solver, TrainOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Confidence {
@@ -161,36 +161,4 @@ pub fn print_summary(summary: &AlsSummary, lake: &Store) {
             e.model.ndcg_at_10 / e.popularity.ndcg_at_10.max(1e-12)
         );
     }
-}
-
-/// Prints the top-10 tracks, with titles and artists, for the first `users` users.
-pub async fn print_recommendations(
-    cluster: &Cluster,
-    lake: &Store,
-    summary: &AlsSummary,
-    users: usize,
-) -> Result<()> {
-    let m = &summary.model;
-    let picks: Vec<usize> = (0..m.user_ids.len())
-        .step_by((m.user_ids.len() / users.max(1)).max(1))
-        .take(users)
-        .collect();
-    let recs: Vec<(usize, Vec<(u32, f32)>)> = picks
-        .iter()
-        .map(|&u| (u, m.recommend(u, 10, &[])))
-        .collect();
-    let ids: Vec<String> = recs
-        .iter()
-        .flat_map(|(_, r)| r.iter().map(|(i, _)| m.item_ids[*i as usize].clone()))
-        .collect();
-    let names = track_names(cluster, lake, &ids).await?;
-    for (u, list) in recs {
-        println!("\ntop 10 for {}:", m.user_ids[u]);
-        for (rank, (i, score)) in list.iter().enumerate() {
-            let id = &m.item_ids[*i as usize];
-            let (title, artist) = names.get(id).cloned().unwrap_or_default();
-            println!("  {:>2}. {:<40} {:<28} {score:.3}", rank + 1, title, artist);
-        }
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@ mod data;
 mod lyrics;
 mod pipeline;
 mod progress;
+mod serve;
 mod stream;
 mod submit;
 
@@ -109,6 +110,10 @@ enum Commands {
     /// Consume Kafka into `events/date=…/` Parquet, exactly once.
     Sink(stream::SinkArgs),
     /// Measure the pipeline against its published baselines.
+    /// The gRPC recommendation service (home feed, next songs, search, users, event logging).
+    Serve(serve::ServeArgs),
+    /// Checks a live recommendation service end to end and prints a pass/fail table.
+    Verify(serve::VerifyArgs),
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -187,6 +192,8 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Replay(args) => stream::run_replay(&cli.lake, &args).await.map(|_| ()),
         Commands::Ingest(args) => stream::run_ingest(&cli.lake, &args).await,
         Commands::Sink(args) => stream::run_sink_command(&cli.lake, &args).await.map(|_| ()),
+        Commands::Serve(args) => serve::run_serve(&cli.lake, &args).await,
+        Commands::Verify(args) => serve::run_verify(&cli.lake, &args).await,
         Commands::Bench(cmd) => bench::run(&cli.lake, cmd).await,
     }
 }

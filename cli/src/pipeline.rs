@@ -238,7 +238,18 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     crate::catalog::print_load(catalog.as_ref(), &loaded, load_elapsed);
     crate::lyrics::print_embed(&embedded);
     crate::als::print_summary(&trained, &lake);
-    crate::als::print_recommendations(&cluster, &lake, &trained, 3).await?;
     crate::lyrics::print_lyrics_neighbours(catalog.as_ref(), vectors.as_ref(), 2, 5).await?;
-    Ok(())
+
+    // Serving: the recommendation service on the embedded stores, verified end to end; its
+    // logged events go to the embedded log like the streamed ones.
+    let log = recsys_ingest::EmbeddedLog::open(
+        lake.clone(),
+        crate::stream::ReplayArgs::with_speed(0.0).flush.policy(),
+    )
+    .await?;
+    let log: std::sync::Arc<recsys_ingest::EmbeddedLog> = std::sync::Arc::new(log);
+    let served =
+        crate::serve::serve_and_verify(&lake, catalog.into(), vectors.into(), log.clone()).await;
+    log.shutdown().await?;
+    served
 }

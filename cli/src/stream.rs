@@ -211,7 +211,7 @@ pub async fn run_replay(lake: &LakeArgs, args: &ReplayArgs) -> Result<ReplayStat
     Ok(stats)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -113,6 +113,7 @@ fn user(id: &str, plays: i64, latent: Option<(&str, Vec<f32>)>) -> User {
             last_seen_ms: 1_200_000_000_123,
             active_days: 7,
         },
+        name: None,
         latent: latent.map(|(v, vector)| LatentVector {
             model_version: v.to_string(),
             vector,
@@ -191,6 +192,41 @@ async fn upsert_is_idempotent(c: &dyn Catalog) {
     assert_eq!(c.user("u2").await.unwrap().unwrap().latent, None);
     let stats = c.stats().await.unwrap();
     assert_eq!((stats.users, stats.users_with_vector), (2, 1));
+}
+
+async fn batch_lookup_listing_and_names(c: &dyn Catalog) {
+    c.upsert_songs(&[
+        song("s1", "Blue Monday", "New Order", 10, 2),
+        song("s2", "Hey Jude", "The Beatles", 30, 0),
+        song("s3", "Atmosphere", "Joy Division", 5, 1),
+    ])
+    .await
+    .unwrap();
+    let asked: Vec<String> = ["s3", "nope", "s1"].map(String::from).to_vec();
+    assert_eq!(ids(&c.songs(&asked).await.unwrap()), ["s3", "s1"]);
+    assert!(c.songs(&[]).await.unwrap().is_empty());
+
+    let users: Vec<User> = ["u3", "u1", "u2"].map(|id| user(id, 1, None)).to_vec();
+    c.upsert_users(&users).await.unwrap();
+    let listed = |after: Option<&'static str>, limit| async move {
+        c.list_users(after, limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.stats.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(None, 2).await, ["u1", "u2"]);
+    assert_eq!(listed(Some("u2"), 10).await, ["u3"]);
+    assert!(listed(Some("u3"), 10).await.is_empty());
+
+    // A name given is stored; an upsert without one keeps it.
+    let mut named = user("u9", 0, None);
+    named.name = Some("Ada".into());
+    c.upsert_users(&[named]).await.unwrap();
+    c.upsert_users(&[user("u9", 5, None)]).await.unwrap();
+    let u9 = c.user("u9").await.unwrap().unwrap();
+    assert_eq!((u9.name.as_deref(), u9.stats.plays), (Some("Ada"), 5));
 }
 
 async fn search_ranks_and_pages(c: &dyn Catalog) {
@@ -574,6 +610,7 @@ macro_rules! suite {
 
 suite!(
     upsert_is_idempotent,
+    batch_lookup_listing_and_names,
     search_ranks_and_pages,
     top_by_plays_7d,
     lyrics_status_queries,

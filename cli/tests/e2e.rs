@@ -218,47 +218,6 @@ async fn the_same_jobs_run_against_an_s3_server() {
 }
 
 #[test]
-fn pipeline_command_prints_its_summary() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(RECSYS)
-        .args([
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "pipeline",
-            "--users",
-            "40",
-            "--tracks",
-            "2000",
-            "--events",
-            "30000",
-        ])
-        .env("RECSYS_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "clean:",
-        "rejected field_count",
-        "sort:",
-        "time-ranged files",
-        "events/ (embedded log)",
-        "from streamed events",
-        "lyrics ",
-        "clean-sync",
-        "embed:",
-        "lyrics closest to",
-        "total",
-    ] {
-        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
-    }
-}
-
-#[test]
 fn unreachable_scheduler_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("df://127.0.0.1:{}", free_port());

@@ -3,6 +3,7 @@
 pub mod ids;
 pub mod linalg;
 pub mod manifest;
+pub mod models;
 pub mod reader;
 pub mod schema;
 pub mod store;

@@ -46,6 +46,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
 }
 
+/// The `k` best items by `score`, best first (ties: lower index first), skipping `excluded`.
+pub fn top_k(scores: &[f32], k: usize, excluded: impl Fn(u32) -> bool) -> Vec<u32> {
+    if k == 0 {
+        return vec![];
+    }
+    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    for (i, &s) in scores.iter().enumerate() {
+        if best.len() == k && s <= best[k - 1].0 {
+            continue;
+        }
+        if excluded(i as u32) {
+            continue;
+        }
+        let pos = best.partition_point(|&(b, _)| b >= s);
+        best.insert(pos, (s, i as u32));
+        best.truncate(k);
+    }
+    best.into_iter().map(|(_, i)| i).collect()
+}
+
 /// y += alpha · x.
 #[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -561,6 +581,14 @@ pub fn cholesky_solve(a: &mut [f32], k: usize, x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_orders_and_excludes() {
+        let scores = [0.1, 0.9, 0.5, 0.9, 0.7];
+        assert_eq!(top_k(&scores, 3, |_| false), vec![1, 3, 4]);
+        assert_eq!(top_k(&scores, 3, |i| i == 1), vec![3, 4, 2]);
+        assert_eq!(top_k(&scores, 10, |_| false).len(), 5);
+    }
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed

@@ -203,7 +203,6 @@ impl Store {
         &self.options
     }
 
-    /// Path of `full` relative to this store's root, for display.
     /// An object-store error about `rel`, naming its full URL.
     pub fn error(&self, rel: &str, source: object_store::Error) -> StoreError {
         StoreError::Io {
@@ -212,6 +211,7 @@ impl Store {
         }
     }
 
+    /// Path of `full` relative to this store's root, for display.
     pub fn relative(&self, full: &str) -> String {
         let root = self.root.as_ref();
         full.strip_prefix(root)

@@ -55,6 +55,21 @@ async fn settle(receipts: Vec<Receipt>) -> Result<(), Status> {
     Ok(())
 }
 
+/// `LogEvent` of the ingest and recommendation services: validates one event (`INVALID_ARGUMENT`
+/// naming the field) and returns it once `log` has it durably.
+pub async fn log_one(log: &dyn EventLog, message: ListenEvent) -> Result<Event, Status> {
+    let event = Event::try_from(message)
+        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
+    let mut builder = EventBuilder::default();
+    builder.push(&event, 0, 0);
+    log.append(builder.finish())
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    Ok(event)
+}
+
 #[tonic::async_trait]
 impl IngestService for Ingest {
     async fn publish(
@@ -93,13 +108,7 @@ impl IngestService for Ingest {
         &self,
         request: Request<ListenEvent>,
     ) -> Result<Response<LogEventResponse>, Status> {
-        let event = Event::try_from(request.into_inner())
-            .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
-        let mut builder = EventBuilder::default();
-        builder.push(&event, 0, 0);
-        let mut receipts = Vec::new();
-        self.append(&mut builder, &mut receipts).await?;
-        settle(receipts).await?;
+        log_one(self.log.as_ref(), request.into_inner()).await?;
         Ok(Response::new(LogEventResponse {}))
     }
 }

@@ -15,9 +15,10 @@ pub struct ItemFactors {
     pub reg: f32,
     /// λ × the user's number of ratings (ALS's `--reg-scaling count`, the default) instead of λ.
     pub reg_per_rating: bool,
-    /// Confidence of a rating: c = 1 + alpha · ln(1 + r / epsilon) (the default log form).
+    /// Confidence of a rating: c = 1 + alpha · ln(1 + r / epsilon) with `Some(epsilon)` (the
+    /// default log form), c = 1 + alpha · r with `None`.
     pub alpha: f32,
-    pub epsilon: f32,
+    pub epsilon: Option<f32>,
 }
 
 impl ItemFactors {
@@ -27,7 +28,7 @@ impl ItemFactors {
         reg: f32,
         reg_per_rating: bool,
         alpha: f32,
-        epsilon: f32,
+        epsilon: Option<f32>,
     ) -> Self {
         let mut gram = vec![0.0; k * k];
         add_gram(&y, k, &mut gram);
@@ -43,7 +44,10 @@ impl ItemFactors {
     }
 
     pub fn confidence(&self, rating: f32) -> f32 {
-        1.0 + self.alpha * (1.0 + rating / self.epsilon).ln()
+        match self.epsilon {
+            Some(epsilon) => 1.0 + self.alpha * (1.0 + rating / epsilon).ln(),
+            None => 1.0 + self.alpha * rating,
+        }
     }
 
     /// The factor of a user with `ratings` (item index, rating); `None` without ratings.
@@ -80,7 +84,7 @@ mod tests {
     fn fold_in_solves_the_normal_equations() {
         // Three items in 2-d; the user played item 0 a lot and item 2 once.
         let y = vec![1.0, 0.0, 0.0, 1.0, 0.7, 0.7];
-        let f = ItemFactors::new(2, y.clone(), 0.1, false, 1.0, 1.0);
+        let f = ItemFactors::new(2, y.clone(), 0.1, false, 1.0, Some(1.0));
         let ratings = [(0u32, 10.0f32), (2, 1.0)];
         let x = f.fold_in(&ratings).unwrap();
         // Check A x = b directly.
@@ -110,7 +114,7 @@ mod tests {
         assert!(score(0) > score(1));
         assert!(f.fold_in(&[]).is_none());
         // Count scaling: λ × 2 ratings shrinks the factor.
-        let scaled = ItemFactors::new(2, y.clone(), 0.1, true, 1.0, 1.0);
+        let scaled = ItemFactors::new(2, y.clone(), 0.1, true, 1.0, Some(1.0));
         let xs = scaled.fold_in(&ratings).unwrap();
         assert!(xs[0].abs() < x[0].abs());
     }

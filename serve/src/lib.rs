@@ -1,9 +1,55 @@
-//! Hybrid recommendation serving. This first part is the logic every RPC uses, free of I/O so
-//! it is unit-tested exactly: score fusion and min-max normalisation ([`rank`]), popularity
-//! sampling, session vectors and the short-term update ([`vectors`]), the per-user queues with
-//! caps and TTLs ([`session`]) and real-time fold-in of new users ([`foldin`]).
+//! Hybrid recommendation serving over gRPC (`recsys.v1.RecommendService`).
+//!
+//! The I/O-free logic every RPC uses is unit-tested exactly: score fusion and min-max
+//! normalisation ([`rank`]), popularity sampling, session vectors and the short-term update
+//! ([`vectors`]), the per-user queues with caps and TTLs ([`session`]) and real-time fold-in of
+//! new users ([`foldin`]). [`model`] loads an ALS model version from the lake, [`recommender`]
+//! holds the serving state over the configured stores, [`service`] is the gRPC front (with
+//! health, reflection and model hot reload), and [`verify`] checks a live server end to end.
 
 pub mod foldin;
+pub mod model;
 pub mod rank;
+pub mod recommender;
+pub mod service;
 pub mod session;
 pub mod vectors;
+pub mod verify;
+
+pub use recommender::{Options, Recommender, Stores};
+
+/// Errors of serving. Each maps to one gRPC status (see [`service`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A request field is invalid: `INVALID_ARGUMENT`.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The request names a song or user nobody knows: `NOT_FOUND`.
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    #[error(transparent)]
+    Catalog(#[from] recsys_catalog::CatalogError),
+    #[error(transparent)]
+    Vectors(#[from] recsys_vectors::VectorError),
+    #[error(transparent)]
+    Store(#[from] recsys_core::StoreError),
+    #[error("ALS model {url}: {reason}")]
+    Model { url: String, reason: String },
+    #[error("gRPC server on {addr}: {source}")]
+    Transport {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("gRPC listener: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+pub fn invalid(field: &'static str, reason: impl Into<String>) -> ServeError {
+    ServeError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}

@@ -100,9 +100,31 @@ pub const NEXT_SONGS: QueuePolicy = QueuePolicy {
 pub const SHORT_TERM_TTL: Duration = Duration::from_secs(3600);
 
 /// One user's session: songs queued to serve, and every song ever queued (never repeated).
+/// Where a queued song came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Als,
+    Lyrics,
+    Hybrid,
+    Popularity,
+}
+
+/// Why a song was queued: its source and score there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    pub source: Source,
+    pub score: f32,
+}
+
+impl Pick {
+    pub fn new(source: Source, score: f32) -> Pick {
+        Pick { source, score }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Queue {
-    queued: VecDeque<String>,
+    queued: VecDeque<(String, Pick)>,
     generated: HashSet<String>,
 }
 
@@ -124,14 +146,18 @@ impl Queue {
 
     /// Queues `ids`, skipping any seen before, up to the session cap; returns how many were
     /// queued.
-    pub fn push(&mut self, ids: impl IntoIterator<Item = String>, policy: &QueuePolicy) -> usize {
+    pub fn push(
+        &mut self,
+        picks: impl IntoIterator<Item = (String, Pick)>,
+        policy: &QueuePolicy,
+    ) -> usize {
         let mut added = 0;
-        for id in ids {
+        for (id, pick) in picks {
             if self.generated.len() >= policy.cap {
                 break;
             }
             if self.generated.insert(id.clone()) {
-                self.queued.push_back(id);
+                self.queued.push_back((id, pick));
                 added += 1;
             }
         }
@@ -140,9 +166,9 @@ impl Queue {
 
     /// Takes up to `limit` queued songs, and whether more can follow (queued, or the session
     /// not yet full).
-    pub fn pop(&mut self, limit: usize, policy: &QueuePolicy) -> (Vec<String>, bool) {
+    pub fn pop(&mut self, limit: usize, policy: &QueuePolicy) -> (Vec<(String, Pick)>, bool) {
         let take = limit.min(self.queued.len());
-        let out: Vec<String> = self.queued.drain(..take).collect();
+        let out: Vec<(String, Pick)> = self.queued.drain(..take).collect();
         let has_more =
             !out.is_empty() && (!self.queued.is_empty() || self.generated.len() < policy.cap);
         (out, has_more)
@@ -153,8 +179,10 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
-        range.map(|i| format!("s{i}")).collect()
+    fn ids(range: std::ops::Range<usize>) -> Vec<(String, Pick)> {
+        range
+            .map(|i| (format!("s{i}"), Pick::new(Source::Als, i as f32)))
+            .collect()
     }
 
     #[test]
@@ -166,11 +194,16 @@ mod tests {
             let want = q.wanted(&FEED);
             // The generator may offer songs already served: they are skipped.
             let mut offer = ids(next..next + want);
-            offer.extend(served.iter().take(3).cloned());
+            offer.extend(
+                served
+                    .iter()
+                    .take(3)
+                    .map(|id: &String| (id.clone(), Pick::new(Source::Popularity, 0.0))),
+            );
             next += want;
             q.push(offer, &FEED);
             let (page, has_more) = q.pop(32, &FEED);
-            for id in &page {
+            for (id, _) in &page {
                 assert!(served.insert(id.clone()), "{id} served twice");
             }
             if !has_more {

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::block_file;
 use super::factors::{Factors, read_block, read_matrix};
-use super::metrics::{MetricSums, top_k};
+use recsys_core::linalg::top_k;
+
+use super::metrics::MetricSums;
 use super::solve::{BlockRatings, BlockTask, read_ratings};
 use crate::worklist::{Work, WorkExec};
 use recsys_core::linalg::dot;

@@ -69,23 +69,6 @@ impl MetricSums {
     }
 }
 
-/// The `k` best items by `score`, best first (ties: lower index first), skipping `excluded`.
-pub fn top_k(scores: &[f32], k: usize, excluded: impl Fn(u32) -> bool) -> Vec<u32> {
-    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-    for (i, &s) in scores.iter().enumerate() {
-        if best.len() == k && s <= best[k - 1].0 {
-            continue;
-        }
-        if excluded(i as u32) {
-            continue;
-        }
-        let pos = best.partition_point(|&(b, _)| b >= s);
-        best.insert(pos, (s, i as u32));
-        best.truncate(k);
-    }
-    best.into_iter().map(|(_, i)| i).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,13 +97,5 @@ mod tests {
         assert_eq!(r.users, 2);
         assert_eq!(r.ndcg_at_10, 0.5);
         assert_eq!(r.map_at_10, 0.5);
-    }
-
-    #[test]
-    fn top_k_orders_and_excludes() {
-        let scores = [0.1, 0.9, 0.5, 0.9, 0.7];
-        assert_eq!(top_k(&scores, 3, |_| false), vec![1, 3, 4]);
-        assert_eq!(top_k(&scores, 3, |i| i == 1), vec![3, 4, 2]);
-        assert_eq!(top_k(&scores, 10, |_| false).len(), 5);
     }
 }

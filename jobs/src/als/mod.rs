@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use recsys_core::Store;
-use recsys_core::linalg;
 use serde::{Deserialize, Serialize};
 
 use crate::worklist::work_list;
@@ -41,7 +40,7 @@ pub use prep::RatingsSource;
 use solve::{AlsSolveExec, BlockTask, SolveSpec, gram_from_bytes};
 
 /// Folder of all ALS models.
-pub const MODELS_DIR: &str = "models/als";
+pub use recsys_core::models::ALS_MODELS_DIR as MODELS_DIR;
 
 /// How each row's normal equations are solved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,20 +123,6 @@ pub struct TrainedModel {
     pub item_ids: Vec<String>,
     pub users: Factors,
     pub items: Factors,
-}
-
-impl TrainedModel {
-    /// The `n` best items for user `u` that are not in `exclude`.
-    pub fn recommend(&self, u: usize, n: usize, exclude: &[u32]) -> Vec<(u32, f32)> {
-        let x = self.users.row(u);
-        let scores: Vec<f32> = (0..self.items.rows())
-            .map(|i| linalg::dot(x, self.items.row(i)))
-            .collect();
-        metrics::top_k(&scores, n, |i| exclude.contains(&i))
-            .into_iter()
-            .map(|i| (i, scores[i as usize]))
-            .collect()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -383,43 +368,6 @@ pub async fn train(
     model::store(lake, &summary, fraction).await?;
     prep::remove(lake, &work).await?;
     Ok(summary)
-}
-
-/// Titles and artists of `track_ids`, from the sorted listens (for printing recommendations).
-pub async fn track_names(
-    cluster: &Cluster,
-    lake: &Store,
-    track_ids: &[String],
-) -> Result<std::collections::HashMap<String, (String, String)>, JobError> {
-    use datafusion::prelude::{ParquetReadOptions, col, lit};
-    let ctx = cluster.planner()?;
-    let listens = ctx
-        .read_parquet(
-            lake.url(&format!("{}/", recsys_core::schema::SORTED_DIR)),
-            ParquetReadOptions::default(),
-        )
-        .await?;
-    let wanted: Vec<_> = track_ids.iter().map(|id| lit(id.clone())).collect();
-    let df = listens
-        .filter(col("track_id").in_list(wanted, false))?
-        .aggregate(
-            vec![col("track_id")],
-            vec![
-                datafusion::functions_aggregate::min_max::min(col("track_name")).alias("title"),
-                datafusion::functions_aggregate::min_max::min(col("artist_name")).alias("artist"),
-            ],
-        )?;
-    let mut names = std::collections::HashMap::new();
-    for b in cluster.run(df.create_physical_plan().await?).await? {
-        let [id, title, artist] = [0, 1, 2].map(|c| b.column(c).as_string::<i32>());
-        for r in 0..b.num_rows() {
-            names.insert(
-                id.value(r).to_string(),
-                (title.value(r).to_string(), artist.value(r).to_string()),
-            );
-        }
-    }
-    Ok(names)
 }
 
 /// Floating-point operations of one iteration (both half-steps, loss included), counting a

@@ -46,16 +46,7 @@ pub async fn new_version(lake: &Store) -> Result<String, JobError> {
 
 /// The version `models/als/CURRENT` names, if any.
 pub async fn current(lake: &Store) -> Result<Option<String>, JobError> {
-    let path = lake.path(&format!("{MODELS_DIR}/CURRENT"));
-    match lake.object_store().get(&path).await {
-        Ok(got) => Ok(Some(
-            String::from_utf8_lossy(&got.bytes().await?)
-                .trim()
-                .to_string(),
-        )),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(recsys_core::models::current_als(lake).await?)
 }
 
 /// Writes the model files, verifies them, then points CURRENT at the new version.

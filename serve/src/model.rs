@@ -1,0 +1,211 @@
+//! The serving copy of an ALS model: user and item factors read from
+//! `models/als/<version>/{users,items}.parquet`, the training settings fold-in needs (from
+//! `metrics.json`), and which items the catalog still holds (clean & sync removes songs the model
+//! was trained with; they must never be recommended).
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float32Type;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use recsys_catalog::Catalog;
+use recsys_core::Store;
+use recsys_core::linalg::{dot, top_k};
+use recsys_core::models::ALS_MODELS_DIR;
+
+use crate::ServeError;
+use crate::foldin::ItemFactors;
+
+/// Catalog lookups per round trip while checking which items are servable.
+const CATALOG_CHUNK: usize = 1000;
+
+/// The training settings of `metrics.json` that fold-in repeats.
+#[derive(Debug, serde::Deserialize)]
+struct Params {
+    reg: f32,
+    reg_scaled_by_count: bool,
+    alpha: f32,
+    log_epsilon: Option<f32>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Metrics {
+    params: Params,
+}
+
+/// One loaded model version.
+pub struct Model {
+    pub version: String,
+    pub k: usize,
+    users: HashMap<String, u32>,
+    user_factors: Vec<f32>,
+    pub item_ids: Vec<String>,
+    items: HashMap<String, u32>,
+    /// Item factors (row-major) and the fold-in solver over them.
+    pub fold: ItemFactors,
+    /// Items the catalog holds.
+    servable: Vec<bool>,
+}
+
+/// Ids and row-major factors of one model file.
+fn factors(batches: &[RecordBatch], file: &str) -> Result<(Vec<String>, Vec<f32>, usize), String> {
+    let mut ids = Vec::new();
+    let mut values = Vec::new();
+    let mut k = 0;
+    for b in batches {
+        let id = b
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("{file}: column 0 is not a string id"))?;
+        let list = b
+            .column(1)
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| format!("{file}: column 1 is not a fixed-size list of factors"))?;
+        k = list.value_length() as usize;
+        let v = list
+            .values()
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| format!("{file}: factors are not float32"))?;
+        let start = list.offset() * k;
+        ids.extend((0..b.num_rows()).map(|r| id.value(r).to_string()));
+        values.extend_from_slice(&v.values()[start..start + b.num_rows() * k]);
+    }
+    Ok((ids, values, k))
+}
+
+async fn read(lake: &Store, rel: &str) -> Result<bytes::Bytes, ServeError> {
+    let got = lake
+        .object_store()
+        .get(&lake.path(rel))
+        .await
+        .map_err(|e| lake.error(rel, e))?;
+    Ok(got.bytes().await.map_err(|e| lake.error(rel, e))?)
+}
+
+async fn read_factors(
+    lake: &Store,
+    rel: &str,
+) -> Result<(Vec<String>, Vec<f32>, usize), ServeError> {
+    let invalid = |reason: String| ServeError::Model {
+        url: lake.url(rel),
+        reason,
+    };
+    let bytes = read(lake, rel).await?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| invalid(e.to_string()))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    factors(&batches, rel).map_err(invalid)
+}
+
+impl Model {
+    /// Reads version `version` of the lake's ALS models and marks the items `catalog` holds.
+    pub async fn load(
+        lake: &Store,
+        version: &str,
+        catalog: &dyn Catalog,
+    ) -> Result<Model, ServeError> {
+        let dir = format!("{ALS_MODELS_DIR}/{version}");
+        let metrics_rel = format!("{dir}/metrics.json");
+        let metrics: Metrics =
+            serde_json::from_slice(&read(lake, &metrics_rel).await?).map_err(|e| {
+                ServeError::Model {
+                    url: lake.url(&metrics_rel),
+                    reason: e.to_string(),
+                }
+            })?;
+        let (user_ids, user_factors, ku) =
+            read_factors(lake, &format!("{dir}/users.parquet")).await?;
+        let (item_ids, item_factors, k) =
+            read_factors(lake, &format!("{dir}/items.parquet")).await?;
+        if ku != k && !user_ids.is_empty() {
+            return Err(ServeError::Model {
+                url: lake.url(&dir),
+                reason: format!("user factors have rank {ku}, item factors {k}"),
+            });
+        }
+        let p = metrics.params;
+        let mut servable = vec![false; item_ids.len()];
+        let items: HashMap<String, u32> = item_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
+        for chunk in item_ids.chunks(CATALOG_CHUNK) {
+            for song in catalog.songs(chunk).await? {
+                if let Some(&i) = items.get(&song.stats.id) {
+                    servable[i as usize] = true;
+                }
+            }
+        }
+        Ok(Model {
+            version: version.to_string(),
+            k,
+            users: user_ids
+                .into_iter()
+                .enumerate()
+                .map(|(i, id)| (id, i as u32))
+                .collect(),
+            user_factors,
+            item_ids,
+            items,
+            fold: ItemFactors::new(
+                k,
+                item_factors,
+                p.reg,
+                p.reg_scaled_by_count,
+                p.alpha,
+                p.log_epsilon,
+            ),
+            servable,
+        })
+    }
+
+    /// The user's ALS factor.
+    pub fn user(&self, id: &str) -> Option<&[f32]> {
+        self.users
+            .get(id)
+            .map(|&u| &self.user_factors[u as usize * self.k..(u as usize + 1) * self.k])
+    }
+
+    pub fn item(&self, id: &str) -> Option<u32> {
+        self.items.get(id).copied()
+    }
+
+    pub fn item_factor(&self, item: u32) -> &[f32] {
+        &self.fold.y[item as usize * self.k..(item as usize + 1) * self.k]
+    }
+
+    /// Items the catalog holds.
+    pub fn servable(&self) -> usize {
+        self.servable.iter().filter(|s| **s).count()
+    }
+
+    /// The `n` servable items with the largest inner product with `v`, best first, skipping
+    /// `excluded` ids: `(item, score)`.
+    pub fn candidates(
+        &self,
+        v: &[f32],
+        n: usize,
+        excluded: impl Fn(&str) -> bool,
+    ) -> Vec<(u32, f32)> {
+        if v.len() != self.k {
+            return vec![];
+        }
+        let scores: Vec<f32> = self
+            .fold
+            .y
+            .chunks_exact(self.k)
+            .map(|y| dot(v, y))
+            .collect();
+        top_k(&scores, n, |i| {
+            !self.servable[i as usize] || excluded(&self.item_ids[i as usize])
+        })
+        .into_iter()
+        .map(|i| (i, scores[i as usize]))
+        .collect()
+    }
+}

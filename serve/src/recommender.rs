@@ -1,0 +1,747 @@
+//! The serving state and every recommendation operation, over the configured catalog, vector
+//! store, event log and lake (ALS models). Session state (feed and next-song queues, short-term
+//! vectors, recent plays) lives in memory with the seed's TTLs; no I/O happens while it is locked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use recsys_catalog::{Catalog, Song, User, UserStats};
+use recsys_core::Store;
+use recsys_ingest::{Action, EventLog};
+use recsys_proto::v1::ListenEvent;
+use recsys_vectors::VectorStore;
+use tracing::info;
+
+use crate::model::Model;
+use crate::rank::{Weights, fuse, popularity_sample, random_subset};
+use crate::session::{
+    Expiring, FEED, NEXT_SONGS, Pick, Queue, QueuePolicy, SHORT_TERM_TTL, Source,
+};
+use crate::vectors::{LONG_WEIGHT, record_play, session_vector};
+use crate::{ServeError, invalid};
+
+/// Lyrics neighbours kept per song (the seed's search cap): enough for any pool after the
+/// session's exclusions.
+const NEIGHBOURS: usize = 500;
+/// Songs of the popularity list the fallback samples from (more than a session can exclude).
+const POPULAR: usize = 1000;
+/// How long recent plays are kept for fold-in and `exclude_heard`.
+const PLAYS_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Tunables of serving.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub weights: Weights,
+    /// Songs whose lyrics neighbours are cached.
+    pub neighbour_cache: usize,
+    /// How long the popularity list is reused before it is read again.
+    pub popularity_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            weights: Weights::default(),
+            neighbour_cache: 4096,
+            popularity_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The stores serving reads and writes.
+#[derive(Clone)]
+pub struct Stores {
+    pub lake: Store,
+    pub catalog: Arc<dyn Catalog>,
+    pub vectors: Arc<dyn VectorStore>,
+    pub log: Arc<dyn EventLog>,
+}
+
+/// A short-term vector, in the factor space of one model version.
+#[derive(Debug, Default, Clone)]
+struct ShortTerm {
+    version: String,
+    vector: Vec<f32>,
+}
+
+/// A user's plays seen by this server (track id → weight), and the factor folded in from them.
+#[derive(Debug, Default, Clone)]
+struct Plays {
+    weights: HashMap<String, f32>,
+    folded: Option<ShortTerm>,
+}
+
+struct Sessions {
+    feeds: Expiring<Queue>,
+    next: Expiring<Queue>,
+    short: Expiring<ShortTerm>,
+    plays: Expiring<Plays>,
+}
+
+/// Lyrics neighbours by song, first in first out.
+#[derive(Default)]
+struct NeighbourCache {
+    map: HashMap<String, Arc<Vec<(String, f32)>>>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// The popularity list: `(id, plays_7d)`, most played first.
+type Popular = Arc<Vec<(String, i64)>>;
+
+/// Songs to show, in order, with why each was picked.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub songs: Vec<(Song, Pick)>,
+    pub has_more: bool,
+}
+
+/// What `GetUser` shows.
+#[derive(Debug, Clone)]
+pub struct UserView {
+    pub user: User,
+    pub long_term: Option<(Vec<f32>, &'static str)>,
+    pub short_term: Option<Vec<f32>>,
+    pub model_version: String,
+}
+
+pub struct Recommender {
+    stores: Stores,
+    options: Options,
+    model: RwLock<Option<Arc<Model>>>,
+    sessions: Mutex<Sessions>,
+    neighbours: Mutex<NeighbourCache>,
+    popular: Mutex<Option<(Instant, Popular)>>,
+}
+
+fn not_found(what: &'static str, id: &str) -> ServeError {
+    ServeError::NotFound {
+        what,
+        id: id.to_string(),
+    }
+}
+
+/// `limit` with 0 meaning `default`, at most `max`.
+pub fn limit(
+    field: &'static str,
+    value: u32,
+    default: usize,
+    max: usize,
+) -> Result<usize, ServeError> {
+    match value as usize {
+        0 => Ok(default),
+        n if n > max => Err(invalid(field, format!("{n} is more than {max}"))),
+        n => Ok(n),
+    }
+}
+
+fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ServeError> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err(invalid(field, "must not be empty"))
+    } else {
+        Ok(v)
+    }
+}
+
+impl Recommender {
+    /// Serving over `stores`, with the model `models/als/CURRENT` names (if one was trained).
+    pub async fn open(stores: Stores, options: Options) -> Result<Recommender, ServeError> {
+        let rec = Recommender {
+            stores,
+            options,
+            model: RwLock::new(None),
+            sessions: Mutex::new(Sessions {
+                feeds: Expiring::new(FEED.ttl),
+                next: Expiring::new(NEXT_SONGS.ttl),
+                short: Expiring::new(SHORT_TERM_TTL),
+                plays: Expiring::new(PLAYS_TTL),
+            }),
+            neighbours: Mutex::default(),
+            popular: Mutex::new(None),
+        };
+        rec.reload().await?;
+        Ok(rec)
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The model being served.
+    pub fn model(&self) -> Option<Arc<Model>> {
+        self.model.read().expect("model lock").clone()
+    }
+
+    /// Loads the version `models/als/CURRENT` names when it is not the one being served;
+    /// requests keep using the old model until the new one is ready. Returns the new version.
+    pub async fn reload(&self) -> Result<Option<String>, ServeError> {
+        let Some(version) = recsys_core::models::current_als(&self.stores.lake).await? else {
+            return Ok(None);
+        };
+        if self.model().is_some_and(|m| m.version == version) {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let model = Model::load(&self.stores.lake, &version, self.stores.catalog.as_ref()).await?;
+        info!(
+            version = %version,
+            items = model.item_ids.len(),
+            servable_items = model.servable(),
+            rank = model.k,
+            seconds = t.elapsed().as_secs_f64(),
+            "serving ALS model"
+        );
+        *self.model.write().expect("model lock") = Some(Arc::new(model));
+        Ok(Some(version))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().expect("session lock")
+    }
+
+    /// The user's long-term vector: the ALS factor, else one folded in from recent plays.
+    fn long_term(
+        &self,
+        model: &Model,
+        user: &str,
+        now: Instant,
+    ) -> Option<(Vec<f32>, &'static str)> {
+        if let Some(f) = model.user(user) {
+            return Some((f.to_vec(), "als"));
+        }
+        let sessions = self.sessions();
+        let folded = sessions.plays.get(user, now)?.folded.as_ref()?;
+        (folded.version == model.version).then(|| (folded.vector.clone(), "fold-in"))
+    }
+
+    fn short_term(&self, model: &Model, user: &str, now: Instant) -> Option<Vec<f32>> {
+        let sessions = self.sessions();
+        let short = sessions.short.get(user, now)?;
+        (short.version == model.version).then(|| short.vector.clone())
+    }
+
+    /// 0.7·long-term + 0.3·short-term (either alone when the other is missing); whether a
+    /// long-term vector exists.
+    fn session_vector(&self, model: &Model, user: &str, now: Instant) -> (Option<Vec<f32>>, bool) {
+        let long = self.long_term(model, user, now);
+        let short = self.short_term(model, user, now);
+        let has_long = long.is_some();
+        (
+            session_vector(
+                long.as_ref().map(|(v, _)| v.as_slice()),
+                short.as_deref(),
+                LONG_WEIGHT,
+            ),
+            has_long,
+        )
+    }
+
+    /// Fails with NOT_FOUND unless the model or the catalog knows the user.
+    async fn known_user(&self, user: &str) -> Result<(), ServeError> {
+        if self.model().is_some_and(|m| m.user(user).is_some()) {
+            return Ok(());
+        }
+        match self.stores.catalog.user(user).await? {
+            Some(_) => Ok(()),
+            None => Err(not_found("user_id", user)),
+        }
+    }
+
+    async fn known_song(&self, field: &'static str, song: &str) -> Result<Song, ServeError> {
+        self.stores
+            .catalog
+            .song(song)
+            .await?
+            .ok_or_else(|| not_found(field, song))
+    }
+
+    /// The most played songs of the last 7 days, `(id, plays_7d)`, re-read every
+    /// `popularity_ttl`.
+    async fn popular(&self) -> Result<Popular, ServeError> {
+        if let Some((at, list)) = self.popular.lock().expect("popular lock").as_ref()
+            && at.elapsed() < self.options.popularity_ttl
+        {
+            return Ok(list.clone());
+        }
+        let top = self.stores.catalog.top_songs(POPULAR).await?;
+        let list = Arc::new(
+            top.into_iter()
+                .map(|s| (s.stats.id, s.stats.plays_7d))
+                .collect::<Vec<_>>(),
+        );
+        *self.popular.lock().expect("popular lock") = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// `n` songs sampled ∝ ln(plays_7d + 2) from the top of the popularity list, skipping
+    /// `excluded`.
+    async fn popularity(
+        &self,
+        n: usize,
+        excluded: &HashSet<String>,
+    ) -> Result<Vec<(String, Pick)>, ServeError> {
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let popular = self.popular().await?;
+        let pool = (n + 40).max(n * 3 / 2);
+        let candidates: Vec<(String, i64)> = popular
+            .iter()
+            .filter(|(id, _)| !excluded.contains(id))
+            .take(pool)
+            .cloned()
+            .collect();
+        Ok(popularity_sample(&candidates, n, &mut rand::rng())
+            .into_iter()
+            .map(|id| (id, Pick::new(Source::Popularity, 0.0)))
+            .collect())
+    }
+
+    /// The seed's personalised feed batch: a random subset of the top ALS pool (quota `n` with a
+    /// long-term vector, `n / 2` with only a short-term one), filled up by popularity.
+    async fn personalised(
+        &self,
+        user: &str,
+        n: usize,
+        excluded: &HashSet<String>,
+    ) -> Result<Vec<(String, Pick)>, ServeError> {
+        let mut picks = Vec::with_capacity(n);
+        if let Some(model) = self.model() {
+            let (vector, has_long) = self.session_vector(&model, user, Instant::now());
+            if let Some(v) = vector {
+                let quota = if has_long { n } else { n / 2 };
+                let pool = if quota <= 50 {
+                    quota * 3
+                } else {
+                    quota * 6 / 5
+                }
+                .max(20);
+                let top = model.candidates(&v, pool, |id| excluded.contains(id));
+                picks.extend(
+                    random_subset(&top, quota, &mut rand::rng())
+                        .into_iter()
+                        .map(|(i, s)| {
+                            (
+                                model.item_ids[i as usize].clone(),
+                                Pick::new(Source::Als, s),
+                            )
+                        }),
+                );
+            }
+        }
+        let mut excluded = excluded.clone();
+        excluded.extend(picks.iter().map(|(id, _)| id.clone()));
+        let fill = self.popularity(n - picks.len(), &excluded).await?;
+        picks.extend(fill);
+        Ok(picks)
+    }
+
+    /// The song's nearest lyrics (cosine), best first, without the song itself; empty when the
+    /// vector store has no vector for it.
+    async fn neighbours(&self, song: &str) -> Result<Arc<Vec<(String, f32)>>, ServeError> {
+        if let Some(hit) = self.neighbours.lock().expect("cache lock").map.get(song) {
+            return Ok(hit.clone());
+        }
+        let Some(v) = self.stores.vectors.vector(song).await? else {
+            return Ok(Arc::new(vec![]));
+        };
+        let hits = self
+            .stores
+            .vectors
+            .search(&v, NEIGHBOURS, &[song.to_string()])
+            .await?;
+        let list = Arc::new(
+            hits.into_iter()
+                .map(|h| (h.payload.track_id, h.score))
+                .collect::<Vec<_>>(),
+        );
+        let mut cache = self.neighbours.lock().expect("cache lock");
+        if cache.map.insert(song.to_string(), list.clone()).is_none() {
+            cache.order.push_back(song.to_string());
+        }
+        while cache.order.len() > self.options.neighbour_cache {
+            if let Some(old) = cache.order.pop_front() {
+                cache.map.remove(&old);
+            }
+        }
+        Ok(list)
+    }
+
+    /// The seed's hybrid: ALS neighbours of the user's session vector and lyrics neighbours of
+    /// the current song, each min-max normalised, fused with the configured weights.
+    async fn hybrid(
+        &self,
+        user: &str,
+        current: &str,
+        n: usize,
+        excluded: &HashSet<String>,
+    ) -> Result<Vec<(String, Pick)>, ServeError> {
+        let pool = if n <= 50 { n * 3 } else { n * 3 / 2 }.max(15);
+        let mut als = Vec::new();
+        if let Some(model) = self.model()
+            && let (Some(v), _) = self.session_vector(&model, user, Instant::now())
+        {
+            als = model
+                .candidates(&v, pool, |id| excluded.contains(id))
+                .into_iter()
+                .map(|(i, s)| (model.item_ids[i as usize].clone(), s))
+                .collect();
+        }
+        let lyrics: Vec<(String, f32)> = self
+            .neighbours(current)
+            .await?
+            .iter()
+            .filter(|(id, _)| !excluded.contains(id))
+            .take(pool)
+            .cloned()
+            .collect();
+        let from_als: HashSet<&String> = als.iter().map(|(id, _)| id).collect();
+        let from_lyrics: HashSet<&String> = lyrics.iter().map(|(id, _)| id).collect();
+        Ok(fuse(&als, &lyrics, self.options.weights, n)
+            .into_iter()
+            .map(|(id, score)| {
+                let source = match (from_als.contains(&id), from_lyrics.contains(&id)) {
+                    (true, true) => Source::Hybrid,
+                    (true, false) => Source::Als,
+                    _ => Source::Lyrics,
+                };
+                (id, Pick::new(source, score))
+            })
+            .collect())
+    }
+
+    /// Catalog songs for `picks`, in order (songs the catalog lost meanwhile are dropped).
+    async fn hydrate(&self, picks: Vec<(String, Pick)>) -> Result<Vec<(Song, Pick)>, ServeError> {
+        let ids: Vec<String> = picks.iter().map(|(id, _)| id.clone()).collect();
+        let mut songs: HashMap<String, Song> = self
+            .stores
+            .catalog
+            .songs(&ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.stats.id.clone(), s))
+            .collect();
+        Ok(picks
+            .into_iter()
+            .filter_map(|(id, pick)| songs.remove(&id).map(|s| (s, pick)))
+            .collect())
+    }
+
+    /// One page of a session queue: refills it with `generate` when it runs low (never a song
+    /// the session served), then pops `limit`.
+    async fn page<F, Fut>(
+        &self,
+        queues: fn(&mut Sessions) -> &mut Expiring<Queue>,
+        policy: &QueuePolicy,
+        user: &str,
+        limit: usize,
+        refresh: bool,
+        generate: F,
+    ) -> Result<Listing, ServeError>
+    where
+        F: FnOnce(usize, HashSet<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(String, Pick)>, ServeError>>,
+    {
+        let now = Instant::now();
+        let (want, seen) = {
+            let mut sessions = self.sessions();
+            let q = queues(&mut sessions);
+            if refresh {
+                q.remove(user);
+            }
+            let queue = q.entry(user, now);
+            let want = queue.wanted(policy);
+            (
+                want,
+                if want > 0 {
+                    queue.seen().clone()
+                } else {
+                    HashSet::new()
+                },
+            )
+        };
+        if want > 0 {
+            let picks = generate(want, seen).await?;
+            queues(&mut self.sessions())
+                .entry(user, now)
+                .push(picks, policy);
+        }
+        let (picks, has_more) = queues(&mut self.sessions())
+            .entry(user, now)
+            .pop(limit, policy);
+        Ok(Listing {
+            songs: self.hydrate(picks).await?,
+            has_more,
+        })
+    }
+
+    /// Songs the server saw `user` play.
+    fn heard(&self, user: &str) -> HashSet<String> {
+        self.sessions()
+            .plays
+            .get(user, Instant::now())
+            .map(|p| p.weights.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub async fn home_feed(
+        &self,
+        user: &str,
+        limit: u32,
+        refresh: bool,
+        exclude_heard: bool,
+    ) -> Result<Listing, ServeError> {
+        let user = required("user_id", user)?;
+        let limit = self::limit("limit", limit, 32, FEED.cap)?;
+        self.known_user(user).await?;
+        let heard = if exclude_heard {
+            self.heard(user)
+        } else {
+            HashSet::new()
+        };
+        self.page(
+            |s| &mut s.feeds,
+            &FEED,
+            user,
+            limit,
+            refresh,
+            |n, mut seen| async move {
+                seen.extend(heard);
+                self.personalised(user, n, &seen).await
+            },
+        )
+        .await
+    }
+
+    pub async fn next_songs(
+        &self,
+        user: &str,
+        current: &str,
+        limit: u32,
+        refresh: bool,
+    ) -> Result<Listing, ServeError> {
+        let user = required("user_id", user)?;
+        let current = required("current_song_id", current)?;
+        let limit = self::limit("limit", limit, 32, NEXT_SONGS.cap)?;
+        self.known_user(user).await?;
+        self.known_song("current_song_id", current).await?;
+        self.page(
+            |s| &mut s.next,
+            &NEXT_SONGS,
+            user,
+            limit,
+            refresh,
+            |n, mut seen| async move {
+                seen.insert(current.to_string());
+                let picks = self.hybrid(user, current, n, &seen).await?;
+                if picks.is_empty() {
+                    self.popularity(n, &seen).await
+                } else {
+                    Ok(picks)
+                }
+            },
+        )
+        .await
+    }
+
+    /// short ← decay·short + (1 − decay)·song factor; returns the new vector and its model
+    /// version (none when the model has no factor for the song). The play also counts for
+    /// fold-in and `exclude_heard`.
+    pub async fn record_play(
+        &self,
+        user: &str,
+        song: &str,
+        decay: Option<f32>,
+    ) -> Result<Option<(Vec<f32>, String)>, ServeError> {
+        let user = required("user_id", user)?;
+        let song = required("song_id", song)?;
+        let decay = decay.unwrap_or(crate::vectors::DEFAULT_DECAY);
+        if !(0.0..1.0).contains(&decay) {
+            return Err(invalid("decay", format!("{decay} is not in [0, 1)")));
+        }
+        self.known_user(user).await?;
+        self.known_song("song_id", song).await?;
+        self.played(user, song, 1.0);
+        let Some(model) = self.model() else {
+            return Ok(None);
+        };
+        let Some(item) = model.item(song) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let old = self.short_term(&model, user, now);
+        let vector = record_play(old.as_deref(), model.item_factor(item), decay);
+        self.sessions().short.insert(
+            user,
+            ShortTerm {
+                version: model.version.clone(),
+                vector: vector.clone(),
+            },
+            now,
+        );
+        Ok(Some((vector, model.version.clone())))
+    }
+
+    /// Counts a play and, for a user the model does not know, folds in a factor from the plays.
+    fn played(&self, user: &str, song: &str, weight: f32) {
+        let model = self.model();
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        let plays = sessions.plays.entry(user, now);
+        *plays.weights.entry(song.to_string()).or_default() += weight;
+        let Some(model) = model.filter(|m| m.user(user).is_none()) else {
+            return;
+        };
+        let ratings: Vec<(u32, f32)> = plays
+            .weights
+            .iter()
+            .filter_map(|(id, w)| model.item(id).map(|i| (i, *w)))
+            .filter(|(_, w)| *w > 0.0)
+            .collect();
+        plays.folded = model.fold.fold_in(&ratings).map(|vector| ShortTerm {
+            version: model.version.clone(),
+            vector,
+        });
+    }
+
+    pub async fn similar_songs(
+        &self,
+        song: &str,
+        limit: u32,
+    ) -> Result<Vec<(Song, Pick)>, ServeError> {
+        let song = required("song_id", song)?;
+        let limit = self::limit("limit", limit, 10, NEIGHBOURS)?;
+        self.known_song("song_id", song).await?;
+        let picks = self
+            .neighbours(song)
+            .await?
+            .iter()
+            .take(limit)
+            .map(|(id, s)| (id.clone(), Pick::new(Source::Lyrics, *s)))
+            .collect();
+        self.hydrate(picks).await
+    }
+
+    pub async fn search(
+        &self,
+        query: &str,
+        limit: u32,
+        skip: u32,
+    ) -> Result<recsys_catalog::Page<Song>, ServeError> {
+        let query = required("query", query)?;
+        let limit = self::limit("limit", limit, 20, 100)?;
+        self.stores
+            .catalog
+            .search_songs(query, limit, skip as usize)
+            .await
+            .map_err(|e| match e {
+                recsys_catalog::CatalogError::Invalid(reason) => invalid("query", reason),
+                other => other.into(),
+            })
+    }
+
+    /// The song, its ALS factor (when asked for) and whether it has a lyrics vector.
+    pub async fn song(
+        &self,
+        song: &str,
+        with_factor: bool,
+    ) -> Result<(Song, Option<Vec<f32>>, bool), ServeError> {
+        let id = required("song_id", song)?;
+        let song = self.known_song("song_id", id).await?;
+        let factor = with_factor
+            .then(|| self.model())
+            .flatten()
+            .and_then(|m| m.item(id).map(|i| m.item_factor(i).to_vec()));
+        let has_vector = self.stores.vectors.vector(id).await?.is_some();
+        Ok((song, factor, has_vector))
+    }
+
+    pub async fn user(&self, user: &str) -> Result<UserView, ServeError> {
+        let id = required("user_id", user)?;
+        let model = self.model();
+        let stored = self.stores.catalog.user(id).await?;
+        let user = match stored {
+            Some(u) => u,
+            None if model.as_ref().is_some_and(|m| m.user(id).is_some()) => new_user(id, None),
+            None => return Err(not_found("user_id", id)),
+        };
+        Ok(self.view(user, model.as_deref()))
+    }
+
+    fn view(&self, user: User, model: Option<&Model>) -> UserView {
+        let now = Instant::now();
+        let (long_term, short_term) = match model {
+            Some(m) => (
+                self.long_term(m, &user.stats.id, now),
+                self.short_term(m, &user.stats.id, now),
+            ),
+            None => (None, None),
+        };
+        UserView {
+            user,
+            long_term,
+            short_term,
+            model_version: model.map(|m| m.version.clone()).unwrap_or_default(),
+        }
+    }
+
+    pub async fn list_users(&self, limit: u32, after: &str) -> Result<Vec<UserView>, ServeError> {
+        let limit = self::limit("limit", limit, 5, 1000)?;
+        let after = Some(after.trim()).filter(|a| !a.is_empty());
+        let users = self.stores.catalog.list_users(after, limit).await?;
+        let model = self.model();
+        Ok(users
+            .into_iter()
+            .map(|u| self.view(u, model.as_deref()))
+            .collect())
+    }
+
+    pub async fn create_user(&self, name: &str) -> Result<UserView, ServeError> {
+        let name = required("name", name)?;
+        if name.chars().count() > 200 {
+            return Err(invalid("name", "longer than 200 characters"));
+        }
+        let user = new_user(&uuid::Uuid::new_v4().to_string(), Some(name.to_string()));
+        self.stores
+            .catalog
+            .upsert_users(std::slice::from_ref(&user))
+            .await?;
+        Ok(self.view(user, self.model().as_deref()))
+    }
+
+    /// Logs the event through the event log (as the ingest service does); a listen or complete
+    /// counts as a play of the user.
+    pub async fn log_event(&self, message: ListenEvent) -> Result<(), tonic::Status> {
+        let event = recsys_ingest::server::log_one(self.stores.log.as_ref(), message).await?;
+        let weight = match event.action {
+            Action::Complete => 1.0,
+            Action::Listen => 0.5,
+            Action::Skip => 0.0,
+        };
+        if weight > 0.0 {
+            self.played(&event.user_id, &event.track_id, weight);
+        }
+        Ok(())
+    }
+}
+
+fn new_user(id: &str, name: Option<String>) -> User {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    User {
+        stats: UserStats {
+            id: id.to_string(),
+            plays: 0,
+            distinct_tracks: 0,
+            distinct_artists: 0,
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            active_days: 0,
+        },
+        name,
+        latent: None,
+    }
+}
