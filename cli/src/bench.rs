@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// MiniLM-L6 lyrics embeddings: texts/s at 256 tokens per batch size, against
     /// sentence-transformers (PyTorch) on the same texts.
     Embed(crate::bench_embed::EmbedBench),
+    /// Serving: HomeFeed and NextSongs at fixed concurrency against `recsys serve` (its own
+    /// process): QPS, p50/p95/p99 latency and errors.
+    Serve(crate::bench_serve::ServeBench),
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +100,12 @@ const REFERENCES: &[Reference] = &[
 
 /// Peak resident memory since the last [`reset_peak_memory`], in MB (Linux; 0 elsewhere).
 pub fn peak_memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_memory_mb_of("self")
+}
+
+/// Peak resident memory of process `pid` (`self`: this one), in MB.
+pub fn peak_memory_mb_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -181,6 +189,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => crate::bench_ingest::run(lake_args, args).await,
         BenchCommand::Etl(args) => crate::bench_etl::run(lake_args, args).await,
         BenchCommand::Embed(args) => crate::bench_embed::run(args).await,
+        BenchCommand::Serve(args) => crate::bench_serve::run(lake_args, args).await,
     }
 }
 

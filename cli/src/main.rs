@@ -7,6 +7,7 @@ mod bench;
 mod bench_embed;
 mod bench_etl;
 mod bench_ingest;
+mod bench_serve;
 mod catalog;
 mod data;
 mod lyrics;

@@ -202,18 +202,20 @@ fn print_list(title: &str, list: &Recommendations) {
     }
 }
 
-/// Home feeds of two users and the next songs after the first song of the first feed.
+/// Home feeds of two users with an ALS factor and the next songs after the first song of the
+/// first feed.
 async fn print_samples(client: &Client) -> Result<()> {
     let mut recs = client.recs.clone();
     let users = recs
         .list_users(recsys_proto::v1::ListUsersRequest {
-            limit: 2,
+            limit: 100,
             after: String::new(),
         })
         .await?
         .into_inner()
         .users;
-    for (i, user) in users.iter().enumerate() {
+    let known = users.iter().filter(|u| u.long_term_source == "als").take(2);
+    for (i, user) in known.enumerate() {
         let feed = recs
             .home_feed(HomeFeedRequest {
                 user_id: user.id.clone(),
