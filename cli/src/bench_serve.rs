@@ -235,10 +235,14 @@ fn row(name: &str, samples: &[Sample], keep: impl Fn(&Sample) -> bool, secs: f64
 }
 
 pub async fn run(lake: &LakeArgs, args: ServeBench) -> Result<()> {
-    let store = lake.open()?;
-    let songs = {
-        let catalog = args.catalog.open(&store).await?;
-        catalog.stats().await?.songs
+    // The catalog's size, read before the server opens it (an embedded catalog allows one
+    // process); unknown for a server already running.
+    let songs = match &args.endpoint {
+        None => {
+            let catalog = args.catalog.open(&lake.open()?).await?;
+            Some(catalog.stats().await?.songs)
+        }
+        Some(_) => None,
     };
     let server = match &args.endpoint {
         Some(_) => None,
@@ -255,14 +259,15 @@ pub async fn run(lake: &LakeArgs, args: ServeBench) -> Result<()> {
     }
     let users = Arc::new(users(&clients[0]).await?);
     println!(
-        "recsys bench serve: {endpoint}, catalog of {songs} songs, {} users with a factor, {} workers on {} connections, {} s warm-up + {} s",
+        "recsys bench serve: {endpoint}, catalog of {} songs, {} users with a factor, {} workers on {} connections, {} s warm-up + {} s",
+        songs.map_or("?".to_string(), |n| n.to_string()),
         users.len(),
         args.concurrency,
         clients.len(),
         args.warmup_s,
         args.seconds
     );
-    if songs < 50_000 {
+    if songs.is_some_and(|n| n < 50_000) {
         println!("note: the target is stated for a catalog of ≥ 50,000 songs");
     }
     let start = Instant::now();

@@ -22,6 +22,10 @@ use clap::{ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parser, Su
 use recsys_core::{S3Options, Store};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: serving's many small allocations spent ~15 % of its time in glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "recsys",

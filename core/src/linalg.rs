@@ -2,14 +2,15 @@
 //! and AVX2 + FMA or AVX-512 versions chosen at run time (the portable build targets plain
 //! x86-64), so one binary runs everywhere and uses the widest vectors it finds.
 
-/// The widest kernels this CPU runs (checked once): 0 portable, 1 AVX2 + FMA, 2 AVX-512.
+/// The widest kernels this CPU runs (checked once): 0 portable, 1 AVX2 + FMA, 2 AVX-512 (F and
+/// BW).
 fn level() -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
         static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") {
+            if has!("avx512f") && has!("avx512bw") {
                 2
             } else if has!("avx2") && has!("fma") {
                 1
@@ -44,6 +45,56 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// `out[i]` = row `i` of `rows` (row-major, `v.len()` columns) · `v`: one scoring pass over a
+/// matrix, the kernel chosen once.
+pub fn dots(rows: &[f32], v: &[f32], out: &mut [f32]) {
+    let k = v.len();
+    assert_eq!(rows.len(), k * out.len());
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: the CPU has the features (checked by `level`); every row has `k` values.
+        2 => return unsafe { avx512::dots(rows, v, out) },
+        1 => return unsafe { avx::dots(rows, v, out) },
+        _ => {}
+    }
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(k)) {
+        *o = dot(v, r);
+    }
+}
+
+/// [`dots`] over 8-bit codes.
+pub fn dots_i8(rows: &[i8], v: &[i8], out: &mut [i32]) {
+    let k = v.len();
+    assert_eq!(rows.len(), k * out.len());
+    if k == 0 {
+        out.fill(0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: the CPU has the features (checked by `level`).
+        2 => return unsafe { avx512::dots_i8(rows, v, out) },
+        1 => return unsafe { avx::dots_i8(rows, v, out) },
+        _ => {}
+    }
+    for (o, r) in out.iter_mut().zip(rows.chunks_exact(k)) {
+        *o = dot_i8_portable(v, r);
+    }
+}
+
+/// The loop the compiler vectorises (widening multiply-adds) for each feature level.
+#[inline(always)]
+fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
 }
 
 /// The `k` best items by `score`, best first (ties: lower index first), skipping `excluded`.
@@ -190,6 +241,25 @@ macro_rules! accumulate_ratings_with {
 mod avx {
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// Needs AVX2; `rows` holds `out.len()` rows of `v.len()` > 0 codes.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dots_i8(rows: &[i8], v: &[i8], out: &mut [i32]) {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(v.len())) {
+            *o = super::dot_i8_portable(v, r);
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `rows` holds `out.len()` rows of `v.len()` > 0 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots(rows: &[f32], v: &[f32], out: &mut [f32]) {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(v.len())) {
+            // SAFETY: same features; equal lengths.
+            *o = unsafe { dot(v, r) };
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -301,6 +371,25 @@ mod avx {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// Needs AVX-512F and AVX-512BW; `rows` holds `out.len()` rows of `v.len()` > 0 codes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn dots_i8(rows: &[i8], v: &[i8], out: &mut [i32]) {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(v.len())) {
+            *o = super::dot_i8_portable(v, r);
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX-512F; `rows` holds `out.len()` rows of `v.len()` > 0 values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dots(rows: &[f32], v: &[f32], out: &mut [f32]) {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(v.len())) {
+            // SAFETY: same features; equal lengths.
+            *o = unsafe { dot(v, r) };
+        }
+    }
 
     /// # Safety
     /// Needs AVX-512F; `a` and `b` of equal length.
@@ -581,6 +670,35 @@ pub fn cholesky_solve(a: &mut [f32], k: usize, x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matrix_passes_match_row_by_row_dots() {
+        let k = 37;
+        let rows: Vec<f32> = (0..k * 5).map(|i| ((i * 13) % 17) as f32 - 8.0).collect();
+        let v: Vec<f32> = (0..k).map(|i| (i % 5) as f32 * 0.5).collect();
+        let mut out = vec![0.0; 5];
+        dots(&rows, &v, &mut out);
+        for (i, o) in out.iter().enumerate() {
+            assert_eq!(*o, dot(&v, &rows[i * k..(i + 1) * k]));
+        }
+    }
+
+    #[test]
+    fn int8_passes_match_the_scalar_sums() {
+        for k in [1, 31, 64, 384, 1001] {
+            let rows: Vec<i8> = (0..3 * k)
+                .map(|i| ((i * 37 + 11) % 255) as u8 as i8)
+                .collect();
+            let v: Vec<i8> = (0..k).map(|i| ((i * 91 + 5) % 255) as u8 as i8).collect();
+            let mut out = vec![0; 3];
+            dots_i8(&rows, &v, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                let row = &rows[r * k..(r + 1) * k];
+                let want: i32 = row.iter().zip(&v).map(|(&x, &y)| x as i32 * y as i32).sum();
+                assert_eq!(*o, want, "k = {k}, row {r}");
+            }
+        }
+    }
 
     #[test]
     fn top_k_orders_and_excludes() {

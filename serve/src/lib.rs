@@ -33,6 +33,8 @@ pub enum ServeError {
     Vectors(#[from] recsys_vectors::VectorError),
     #[error(transparent)]
     Store(#[from] recsys_core::StoreError),
+    #[error("a serving task failed: {0}")]
+    Task(String),
     #[error("ALS model {url}: {reason}")]
     Model { url: String, reason: String },
     #[error("gRPC server on {addr}: {source}")]

@@ -11,7 +11,7 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recsys_catalog::Catalog;
 use recsys_core::Store;
-use recsys_core::linalg::{dot, top_k};
+use recsys_core::linalg::{dots, top_k};
 use recsys_core::models::ALS_MODELS_DIR;
 
 use crate::ServeError;
@@ -44,8 +44,10 @@ pub struct Model {
     items: HashMap<String, u32>,
     /// Item factors (row-major) and the fold-in solver over them.
     pub fold: ItemFactors,
-    /// Items the catalog holds.
-    servable: Vec<bool>,
+    /// Items the catalog holds, and their factors (row-major): the rows candidates are
+    /// scanned from.
+    servable: Vec<u32>,
+    servable_y: Vec<f32>,
 }
 
 /// Ids and row-major factors of one model file.
@@ -128,7 +130,7 @@ impl Model {
             });
         }
         let p = metrics.params;
-        let mut servable = vec![false; item_ids.len()];
+        let mut held = vec![false; item_ids.len()];
         let items: HashMap<String, u32> = item_ids
             .iter()
             .enumerate()
@@ -137,10 +139,18 @@ impl Model {
         for chunk in item_ids.chunks(CATALOG_CHUNK) {
             for song in catalog.songs(chunk).await? {
                 if let Some(&i) = items.get(&song.stats.id) {
-                    servable[i as usize] = true;
+                    held[i as usize] = true;
                 }
             }
         }
+        let servable: Vec<u32> = (0..item_ids.len() as u32)
+            .filter(|&i| held[i as usize])
+            .collect();
+        let servable_y = servable
+            .iter()
+            .flat_map(|&i| &item_factors[i as usize * k..(i as usize + 1) * k])
+            .copied()
+            .collect();
         Ok(Model {
             version: version.to_string(),
             k,
@@ -161,6 +171,7 @@ impl Model {
                 p.log_epsilon,
             ),
             servable,
+            servable_y,
         })
     }
 
@@ -181,31 +192,25 @@ impl Model {
 
     /// Items the catalog holds.
     pub fn servable(&self) -> usize {
-        self.servable.iter().filter(|s| **s).count()
+        self.servable.len()
     }
 
     /// The `n` servable items with the largest inner product with `v`, best first, skipping
-    /// `excluded` ids: `(item, score)`.
+    /// `excluded` items: `(item, score)`.
     pub fn candidates(
         &self,
         v: &[f32],
         n: usize,
-        excluded: impl Fn(&str) -> bool,
+        excluded: impl Fn(u32) -> bool,
     ) -> Vec<(u32, f32)> {
-        if v.len() != self.k {
+        if v.len() != self.k || self.k == 0 {
             return vec![];
         }
-        let scores: Vec<f32> = self
-            .fold
-            .y
-            .chunks_exact(self.k)
-            .map(|y| dot(v, y))
-            .collect();
-        top_k(&scores, n, |i| {
-            !self.servable[i as usize] || excluded(&self.item_ids[i as usize])
-        })
-        .into_iter()
-        .map(|i| (i, scores[i as usize]))
-        .collect()
+        let mut scores = vec![0f32; self.servable.len()];
+        dots(&self.servable_y, v, &mut scores);
+        top_k(&scores, n, |j| excluded(self.servable[j as usize]))
+            .into_iter()
+            .map(|j| (self.servable[j as usize], scores[j as usize]))
+            .collect()
     }
 }

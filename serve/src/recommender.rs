@@ -317,7 +317,7 @@ impl Recommender {
                     quota * 6 / 5
                 }
                 .max(20);
-                let top = model.candidates(&v, pool, |id| excluded.contains(id));
+                let top = als_candidates(model.clone(), v, pool, excluded).await?;
                 picks.extend(
                     random_subset(&top, quota, &mut rand::rng())
                         .into_iter()
@@ -382,8 +382,8 @@ impl Recommender {
         if let Some(model) = self.model()
             && let (Some(v), _) = self.session_vector(&model, user, Instant::now())
         {
-            als = model
-                .candidates(&v, pool, |id| excluded.contains(id))
+            als = als_candidates(model.clone(), v, pool, excluded)
+                .await?
                 .into_iter()
                 .map(|(i, s)| (model.item_ids[i as usize].clone(), s))
                 .collect();
@@ -724,6 +724,20 @@ impl Recommender {
         }
         Ok(())
     }
+}
+
+/// The model's `pool` best servable items for `v` outside `excluded`, scanned on the blocking
+/// pool (a pass over every item factor).
+async fn als_candidates(
+    model: Arc<Model>,
+    v: Vec<f32>,
+    pool: usize,
+    excluded: &HashSet<String>,
+) -> Result<Vec<(u32, f32)>, ServeError> {
+    let skip: HashSet<u32> = excluded.iter().filter_map(|id| model.item(id)).collect();
+    tokio::task::spawn_blocking(move || model.candidates(&v, pool, |i| skip.contains(&i)))
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))
 }
 
 fn new_user(id: &str, name: Option<String>) -> User {

@@ -1,6 +1,8 @@
 //! The embedded vector store: every vector normalised and kept in one contiguous in-memory
-//! matrix for exact search (SIMD dot products, a bounded heap for the top `limit`), persisted in a
-//! redb file (one transaction per upsert or delete, so a crash loses nothing acknowledged).
+//! matrix, persisted in a redb file (one transaction per upsert or delete, so a crash loses
+//! nothing acknowledged). Search scans an 8-bit copy of the matrix (a quarter of the memory
+//! traffic, which bounds an exact scan) for a shortlist of `2·limit + 32`, then ranks the
+//! shortlist by exact f32 cosine; the scan runs on the blocking pool.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use recsys_core::linalg::dot;
+use recsys_core::linalg::{dot, dots_i8};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::{COLLECTION, Hit, Payload, Point, VectorError, VectorStore, check_dim, normalized};
@@ -16,11 +18,27 @@ use crate::{COLLECTION, Hit, Payload, Point, VectorError, VectorStore, check_dim
 /// track id → vector (f32 little-endian) followed by the payload as JSON.
 const POINTS: TableDefinition<&str, &[u8]> = TableDefinition::new(COLLECTION);
 
+/// Extra rows the 8-bit scan keeps beyond twice the limit, for the exact ranking.
+const SHORTLIST_SLACK: usize = 32;
+
 #[derive(Default)]
 struct Matrix {
     rows: Vec<f32>,
+    /// Each row as 8-bit codes: row ≈ scale · code.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
     payloads: Vec<Payload>,
     index: HashMap<String, usize>,
+}
+
+/// `v` as 8-bit codes and the scale that maps them back (max |v_i| ↦ 127).
+fn quantize(v: &[f32]) -> (Vec<i8>, f32) {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 {
+        return (vec![0; v.len()], 0.0);
+    }
+    let scale = max / 127.0;
+    (v.iter().map(|x| (x / scale).round() as i8).collect(), scale)
 }
 
 impl Matrix {
@@ -29,15 +47,20 @@ impl Matrix {
     }
 
     fn put(&mut self, payload: Payload, vector: &[f32], dim: usize) {
+        let (code, scale) = quantize(vector);
         match self.index.get(&payload.track_id) {
             Some(&i) => {
                 self.rows[i * dim..(i + 1) * dim].copy_from_slice(vector);
+                self.codes[i * dim..(i + 1) * dim].copy_from_slice(&code);
+                self.scales[i] = scale;
                 self.payloads[i] = payload;
             }
             None => {
                 self.index
                     .insert(payload.track_id.clone(), self.payloads.len());
                 self.rows.extend_from_slice(vector);
+                self.codes.extend_from_slice(&code);
+                self.scales.push(scale);
                 self.payloads.push(payload);
             }
         }
@@ -50,11 +73,71 @@ impl Matrix {
         let last = self.payloads.len() - 1;
         if i != last {
             self.rows.copy_within(last * dim..(last + 1) * dim, i * dim);
+            self.codes
+                .copy_within(last * dim..(last + 1) * dim, i * dim);
+            self.scales.swap(i, last);
             self.payloads.swap(i, last);
             self.index.insert(self.payloads[i].track_id.clone(), i);
         }
         self.rows.truncate(last * dim);
+        self.codes.truncate(last * dim);
+        self.scales.pop();
         self.payloads.pop();
+    }
+
+    /// The best `keep` rows by `score`, skipping `excluded`, best first.
+    fn best(
+        &self,
+        keep: usize,
+        rows: impl Iterator<Item = usize>,
+        excluded: &HashSet<usize>,
+        score: impl Fn(usize) -> f32,
+    ) -> Vec<Candidate> {
+        let mut heap = BinaryHeap::with_capacity(keep + 1);
+        if keep == 0 {
+            return vec![];
+        }
+        for i in rows {
+            let s = score(i);
+            if heap.len() < keep {
+                if !excluded.contains(&i) {
+                    heap.push(Candidate(s, i));
+                }
+            } else if heap.peek().is_some_and(|worst: &Candidate| s > worst.0)
+                && !excluded.contains(&i)
+            {
+                heap.pop();
+                heap.push(Candidate(s, i));
+            }
+        }
+        let mut best = heap.into_vec();
+        best.sort();
+        best
+    }
+
+    /// The `limit` rows nearest `query` (normalised): an 8-bit scan for a shortlist, ranked
+    /// by exact cosine.
+    fn search(
+        &self,
+        query: &[f32],
+        limit: usize,
+        excluded: &HashSet<usize>,
+        dim: usize,
+    ) -> Vec<Candidate> {
+        let (code, scale) = quantize(query);
+        let mut approx = vec![0i32; self.payloads.len()];
+        dots_i8(&self.codes, &code, &mut approx);
+        let shortlist = self.best(
+            limit * 2 + SHORTLIST_SLACK,
+            0..self.payloads.len(),
+            excluded,
+            |i| scale * self.scales[i] * approx[i] as f32,
+        );
+        let mut exact = self.best(limit, shortlist.iter().map(|c| c.1), excluded, |i| {
+            dot(query, self.row(i, dim))
+        });
+        exact.truncate(limit);
+        exact
     }
 }
 
@@ -236,37 +319,29 @@ impl VectorStore for EmbeddedStore {
     ) -> Result<Vec<Hit>, VectorError> {
         check_dim(self, vector.len())?;
         let query = normalized(vector);
-        let matrix = self.matrix.read().expect("vector matrix lock");
-        let excluded: HashSet<usize> = exclude
-            .iter()
-            .filter_map(|id| matrix.index.get(id).copied())
-            .collect();
-        let mut heap = BinaryHeap::with_capacity(limit + 1);
-        for i in 0..matrix.payloads.len() {
-            if limit == 0 {
-                break;
-            }
-            let score = dot(&query, matrix.row(i, self.dim));
-            if heap.len() < limit {
-                if !excluded.contains(&i) {
-                    heap.push(Candidate(score, i));
-                }
-            } else if heap.peek().is_some_and(|worst: &Candidate| score > worst.0)
-                && !excluded.contains(&i)
-            {
-                heap.pop();
-                heap.push(Candidate(score, i));
-            }
-        }
-        let mut best = heap.into_vec();
-        best.sort();
-        Ok(best
-            .into_iter()
-            .map(|Candidate(score, i)| Hit {
-                payload: matrix.payloads[i].clone(),
-                score,
-            })
-            .collect())
+        let (matrix, dim) = (self.matrix.clone(), self.dim);
+        let exclude = exclude.to_vec();
+        let found = tokio::task::spawn_blocking(move || {
+            let matrix = matrix.read().expect("vector matrix lock");
+            let excluded: HashSet<usize> = exclude
+                .iter()
+                .filter_map(|id| matrix.index.get(id).copied())
+                .collect();
+            matrix
+                .search(&query, limit, &excluded, dim)
+                .into_iter()
+                .map(|Candidate(score, i)| Hit {
+                    payload: matrix.payloads[i].clone(),
+                    score,
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| VectorError::Invalid {
+            store: self.describe(),
+            reason: format!("search task failed: {e}"),
+        })?;
+        Ok(found)
     }
 
     async fn count(&self) -> Result<u64, VectorError> {
