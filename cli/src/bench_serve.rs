@@ -26,7 +26,7 @@ pub struct ServeBench {
     #[arg(long, env = "RECSYS_BENCH_ENDPOINT")]
     pub endpoint: Option<String>,
     /// Requests in flight: each worker sends its next request when the last one returned.
-    #[arg(long, env = "RECSYS_BENCH_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "RECSYS_BENCH_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
     /// Seconds measured (after the warm-up).
     #[arg(long, env = "RECSYS_BENCH_SECONDS", default_value_t = 20)]

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use recsys_catalog::{Catalog, EmbeddedCatalog};
 use recsys_core::Store;
 use recsys_core::models::{ALS_MODELS_DIR, current_als};
 use recsys_ingest::{EmbeddedLog, FlushPolicy};
-use recsys_proto::v1::{GetUserRequest, HomeFeedRequest, ListUsersRequest};
+use recsys_proto::v1::{GetUserRequest, HomeFeedRequest, ListUsersRequest, RecordPlayRequest};
 use recsys_serve::verify::{Client, Outcome, verify};
 use recsys_serve::{Options, Recommender, Stores};
 use recsys_vectors::{EmbeddedStore, VectorStore};
@@ -109,6 +110,30 @@ async fn recommender(lake: &Path) -> (Arc<Recommender>, Arc<dyn VectorStore>) {
     (Arc::new(rec), vectors)
 }
 
+/// The services the server's reflection lists.
+async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
 /// Copies the current model to version `version` and points CURRENT at it.
 async fn publish_copy(lake: &Store, version: &str) {
     let current = current_als(lake).await.unwrap().unwrap();
@@ -157,9 +182,73 @@ async fn in_process_server_passes_every_check_and_hot_reloads() {
         assert_eq!(report.count(Outcome::Skip), 0, "{report}");
         assert_eq!(report.checks.len(), 10);
 
+        // Reflection lists the service (what grpcurl needs).
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let services = reflected_services(channel).await;
+        assert!(
+            services.iter().any(|s| s == "recsys.v1.RecommendService"),
+            "{services:?}"
+        );
+
+        // exclude_heard: songs a user was seen playing leave the next feed session.
+        let mut recs = client.recs.clone();
+        let listener_id = recs
+            .list_users(ListUsersRequest {
+                limit: 50,
+                after: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .users
+            .into_iter()
+            .find(|u| u.long_term_source == "als")
+            .unwrap()
+            .id;
+        let feed = |exclude_heard| HomeFeedRequest {
+            user_id: listener_id.clone(),
+            limit: 100,
+            refresh: true,
+            exclude_heard,
+        };
+        let ids = |r: recsys_proto::v1::Recommendations| -> HashSet<String> {
+            r.songs
+                .into_iter()
+                .filter_map(|s| s.song)
+                .map(|s| s.id)
+                .collect()
+        };
+        let heard: Vec<String> = ids(recs.home_feed(feed(false)).await.unwrap().into_inner())
+            .into_iter()
+            .take(32)
+            .collect();
+        for song in &heard {
+            recs.record_play(RecordPlayRequest {
+                user_id: listener_id.clone(),
+                song_id: song.clone(),
+                decay: None,
+            })
+            .await
+            .unwrap();
+        }
+        let with_heard = ids(recs.home_feed(feed(false)).await.unwrap().into_inner());
+        let without = ids(recs.home_feed(feed(true)).await.unwrap().into_inner());
+        assert!(
+            heard.iter().any(|s| with_heard.contains(s)),
+            "the heard songs are not even candidates"
+        );
+        assert!(
+            heard.iter().all(|s| !without.contains(s)),
+            "exclude_heard served a heard song"
+        );
+        assert_eq!(without.len(), 100);
+
         // Hot reload: a new CURRENT is served within a few reload periods, and requests in
         // flight meanwhile all succeed.
-        let mut recs = client.recs.clone();
         let user = recs
             .list_users(ListUsersRequest {
                 limit: 1,
