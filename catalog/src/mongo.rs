@@ -184,8 +184,19 @@ impl MongoCatalog {
         sort: Document,
         limit: usize,
     ) -> Result<Vec<Song>, CatalogError> {
-        let docs: Vec<Document> = self
-            .songs
+        let docs = self.find(&self.songs, filter, sort, limit).await?;
+        docs.iter().map(|d| self.song_from(d)).collect()
+    }
+
+    /// The documents of `collection` matching `filter`, in `sort` order, at most `limit`.
+    async fn find(
+        &self,
+        collection: &Collection<Document>,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<Document>, CatalogError> {
+        collection
             .find(filter)
             .sort(sort)
             .limit(limit.min(i64::MAX as usize) as i64)
@@ -193,8 +204,7 @@ impl MongoCatalog {
             .map_err(|e| self.err(e))?
             .try_collect()
             .await
-            .map_err(|e| self.err(e))?;
-        docs.iter().map(|d| self.song_from(d)).collect()
+            .map_err(|e| self.err(e))
     }
 
     fn invalid(&self, doc: &Document, reason: String) -> CatalogError {
@@ -447,16 +457,9 @@ impl Catalog for MongoCatalog {
             Some(a) => doc! { "_id": { "$gt": a } },
             None => doc! {},
         };
-        let docs: Vec<Document> = self
-            .users
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit.min(i64::MAX as usize) as i64)
-            .await
-            .map_err(|e| self.err(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let docs = self
+            .find(&self.users, filter, doc! { "_id": 1 }, limit)
+            .await?;
         docs.iter().map(|d| self.user_from(d)).collect()
     }
 

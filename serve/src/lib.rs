@@ -37,16 +37,6 @@ pub enum ServeError {
     Task(String),
     #[error("ALS model {url}: {reason}")]
     Model { url: String, reason: String },
-    #[error("gRPC server on {addr}: {source}")]
-    Transport {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error("gRPC listener: {0}")]
-    Listener(#[from] std::io::Error),
-    #[error("building the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 pub fn invalid(field: &'static str, reason: impl Into<String>) -> ServeError {

@@ -17,12 +17,12 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::ServeError;
 use crate::recommender::{Listing, Recommender, UserView};
 use crate::session::{self, Pick};
 
-impl From<ServeError> for Status {
-    fn from(e: ServeError) -> Status {
+impl From<crate::ServeError> for Status {
+    fn from(e: crate::ServeError) -> Status {
+        use crate::ServeError;
         match &e {
             ServeError::Invalid { .. } => Status::invalid_argument(e.to_string()),
             ServeError::NotFound { .. } => Status::not_found(e.to_string()),
@@ -213,13 +213,14 @@ pub async fn watch_models(rec: Arc<Recommender>, every: Duration) {
 }
 
 /// Serves `RecommendService`, health and reflection on `listener` until `shutdown` resolves,
-/// reloading the model every `reload_every`.
+/// reloading the model every `reload_every`. Fails as the ingest service's server does.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rec: Arc<Recommender>,
     reload_every: Duration,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
+) -> Result<(), recsys_ingest::server::ServeError> {
+    use recsys_ingest::server::ServeError;
     let addr = listener.local_addr()?;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
