@@ -314,6 +314,15 @@ async fn als_learns_the_planted_tastes_and_exact_solves_never_raise_the_loss() {
         for f in ["users.parquet", "items.parquet", "metrics.json", "loss.svg"] {
             assert!(model_dir.join(f).exists(), "{f} missing");
         }
+        // The users' plays move from the work folder into history/ (serving's "already heard").
+        assert!(
+            read_parquet_dir(&model_dir.join("history"))
+                .iter()
+                .map(|(_, b)| b.iter().map(|b| b.num_rows()).sum::<usize>())
+                .sum::<usize>()
+                > 0
+        );
+        assert!(!model_dir.join("work").exists());
         let metrics: serde_json::Value =
             serde_json::from_slice(&std::fs::read(model_dir.join("metrics.json")).unwrap())
                 .unwrap();

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Float32Type;
+use arrow::datatypes::{Float32Type, Int32Type};
+use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recsys_catalog::Catalog;
@@ -48,6 +49,10 @@ pub struct Model {
     /// scanned from.
     servable: Vec<u32>,
     servable_y: Vec<f32>,
+    /// Every user's played items (`history/`), as CSR: user `u`'s are
+    /// `heard[heard_at[u]..heard_at[u + 1]]`.
+    heard_at: Vec<usize>,
+    heard: Vec<u32>,
 }
 
 /// Ids and row-major factors of one model file.
@@ -85,22 +90,64 @@ async fn read(lake: &Store, rel: &str) -> Result<bytes::Bytes, ServeError> {
     Ok(got.bytes().await.map_err(|e| lake.error(rel, e))?)
 }
 
-async fn read_factors(
-    lake: &Store,
-    rel: &str,
-) -> Result<(Vec<String>, Vec<f32>, usize), ServeError> {
+/// The parquet batches of `rel`.
+async fn read_batches(lake: &Store, rel: &str) -> Result<Vec<RecordBatch>, ServeError> {
     let invalid = |reason: String| ServeError::Model {
         url: lake.url(rel),
         reason,
     };
     let bytes = read(lake, rel).await?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
-        .map_err(|e| invalid(e.to_string()))?;
-    let batches = reader
+        .map_err(|e| invalid(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(e.to_string()))?;
-    factors(&batches, rel).map_err(invalid)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// `(user, item)` plays of the model's `history/` blocks (none for a model without one).
+async fn read_history(lake: &Store, dir: &str) -> Result<Vec<(u32, u32)>, ServeError> {
+    let rel = format!("{dir}/history");
+    let blocks: Vec<object_store::ObjectMeta> = lake
+        .object_store()
+        .list(Some(&lake.path(&rel)))
+        .try_collect()
+        .await
+        .map_err(|e| lake.error(&rel, e))?;
+    let mut pairs = Vec::new();
+    for block in blocks {
+        let file = lake.relative(block.location.as_ref());
+        for b in read_batches(lake, &file).await? {
+            let (Some(users), Some(items)) = (
+                b.column(0).as_primitive_opt::<Int32Type>(),
+                b.column(1).as_primitive_opt::<Int32Type>(),
+            ) else {
+                return Err(ServeError::Model {
+                    url: lake.url(&file),
+                    reason: "history columns are not (row int32, col int32)".into(),
+                });
+            };
+            pairs.extend(
+                users
+                    .values()
+                    .iter()
+                    .zip(items.values())
+                    .filter(|(u, i)| **u >= 0 && **i >= 0)
+                    .map(|(u, i)| (*u as u32, *i as u32)),
+            );
+        }
+    }
+    Ok(pairs)
+}
+
+async fn read_factors(
+    lake: &Store,
+    rel: &str,
+) -> Result<(Vec<String>, Vec<f32>, usize), ServeError> {
+    let batches = read_batches(lake, rel).await?;
+    factors(&batches, rel).map_err(|reason| ServeError::Model {
+        url: lake.url(rel),
+        reason,
+    })
 }
 
 impl Model {
@@ -151,7 +198,20 @@ impl Model {
             .flat_map(|&i| &item_factors[i as usize * k..(i as usize + 1) * k])
             .copied()
             .collect();
+        let mut history = read_history(lake, &dir).await?;
+        history.retain(|(u, i)| (*u as usize) < user_ids.len() && (*i as usize) < item_ids.len());
+        history.sort_unstable();
+        history.dedup();
+        let mut heard_at = vec![0usize; user_ids.len() + 1];
+        for (u, _) in &history {
+            heard_at[*u as usize + 1] += 1;
+        }
+        for u in 0..user_ids.len() {
+            heard_at[u + 1] += heard_at[u];
+        }
         Ok(Model {
+            heard_at,
+            heard: history.into_iter().map(|(_, i)| i).collect(),
             version: version.to_string(),
             k,
             users: user_ids
@@ -180,6 +240,14 @@ impl Model {
         self.users
             .get(id)
             .map(|&u| &self.user_factors[u as usize * self.k..(u as usize + 1) * self.k])
+    }
+
+    /// The items the user played (training and test plays of the model's data).
+    pub fn heard(&self, user: &str) -> &[u32] {
+        match self.users.get(user) {
+            Some(&u) => &self.heard[self.heard_at[u as usize]..self.heard_at[u as usize + 1]],
+            None => &[],
+        }
     }
 
     pub fn item(&self, id: &str) -> Option<u32> {

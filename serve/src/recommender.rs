@@ -24,8 +24,9 @@ use crate::{ServeError, invalid};
 /// Lyrics neighbours kept per song (the seed's search cap): enough for any pool after the
 /// session's exclusions.
 const NEIGHBOURS: usize = 500;
-/// Songs of the popularity list the fallback samples from (more than a session can exclude).
-const POPULAR: usize = 1000;
+/// Songs of the popularity list the fallback samples from (more than a session and a listening
+/// history usually exclude).
+const POPULAR: usize = 5000;
 /// How long recent plays are kept for fold-in and `exclude_heard`.
 const PLAYS_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -476,13 +477,23 @@ impl Recommender {
         })
     }
 
-    /// Songs the server saw `user` play.
+    /// Songs `user` played: in the model's data, and as the server saw since.
     fn heard(&self, user: &str) -> HashSet<String> {
-        self.sessions()
+        let mut heard: HashSet<String> = self
+            .sessions()
             .plays
             .get(user, Instant::now())
             .map(|p| p.weights.keys().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(model) = self.model() {
+            heard.extend(
+                model
+                    .heard(user)
+                    .iter()
+                    .map(|&i| model.item_ids[i as usize].clone()),
+            );
+        }
+        heard
     }
 
     pub async fn home_feed(

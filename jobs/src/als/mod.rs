@@ -9,7 +9,8 @@
 //!    Each block reports its share of the next Gram matrix and of the loss, which the client
 //!    sums in block order, so a cluster trains exactly what the embedded default trains.
 //! 3. [`evaluate`]: precision, recall, NDCG and MAP at 10 for the model and for popularity.
-//! 4. [`model`]: `models/als/<version>/{users,items}.parquet`, `metrics.json`, `loss.svg`, then
+//! 4. [`model`]: `models/als/<version>/{users,items}.parquet`, `metrics.json`, `loss.svg`, the
+//!    users' plays by dense index (`history/`, what serving leaves out as already heard), then
 //!    `models/als/CURRENT` is switched to the new version.
 //!
 //! The minimised loss is Σ_{u,i} c_ui (p_ui − x_uᵀy_i)² + Σ_u λ_u‖x_u‖² + Σ_i λ_i‖y_i‖², with
@@ -365,7 +366,7 @@ pub async fn train(
         evaluate,
         model: trained,
     };
-    model::store(lake, &summary, fraction).await?;
+    model::store(lake, &summary, fraction, &format!("{work}/by_user")).await?;
     prep::remove(lake, &work).await?;
     Ok(summary)
 }

@@ -1,5 +1,6 @@
 //! The model store: `models/als/<version>/` holds `users.parquet` and `items.parquet` (id +
-//! `FixedSizeList<Float32, k>`), `metrics.json` and `loss.svg`; `models/als/CURRENT` names the
+//! `FixedSizeList<Float32, k>`), `metrics.json`, `loss.svg` and `history/` (every user's plays
+//! by the dense indexes of the two factor files); `models/als/CURRENT` names the
 //! version serving loads. CURRENT is switched last, after every file of the version has been
 //! written and read back, so a crashed train never leaves it pointing at half a model.
 
@@ -49,14 +50,26 @@ pub async fn current(lake: &Store) -> Result<Option<String>, JobError> {
     Ok(recsys_core::models::current_als(lake).await?)
 }
 
-/// Writes the model files, verifies them, then points CURRENT at the new version.
+/// Writes the model files, moves the users' rating blocks from `by_user` (`row` = user index,
+/// `col` = item index or −1, training and test plays) to `history/`, verifies the factors, then
+/// points CURRENT at the new version.
 pub async fn store(
     lake: &Store,
     summary: &AlsSummary,
     train_fraction: f64,
+    by_user: &str,
 ) -> Result<(), JobError> {
     let dir = format!("{MODELS_DIR}/{}", summary.version);
     let store = lake.object_store();
+    for block in crate::lake::list(store.as_ref(), &lake.path(by_user)).await? {
+        let name = block.location.filename().unwrap_or_default().to_string();
+        store
+            .rename(
+                &block.location,
+                &lake.path(&format!("{dir}/history/{name}")),
+            )
+            .await?;
+    }
     let m = &summary.model;
     let users = model_batch("user_id", &m.user_ids, &m.users)?;
     let items = model_batch("track_id", &m.item_ids, &m.items)?;
