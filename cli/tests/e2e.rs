@@ -322,7 +322,11 @@ async fn als_learns_the_planted_tastes_and_exact_solves_never_raise_the_loss() {
                 .sum::<usize>()
                 > 0
         );
-        assert!(!model_dir.join("work").exists());
+        let left: Vec<_> = walk(&model_dir.join("work"))
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         let metrics: serde_json::Value =
             serde_json::from_slice(&std::fs::read(model_dir.join("metrics.json")).unwrap())
                 .unwrap();
