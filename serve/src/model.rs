@@ -18,6 +18,11 @@ use recsys_core::models::ALS_MODELS_DIR;
 use crate::ServeError;
 use crate::foldin::ItemFactors;
 
+thread_local! {
+    /// Scores of one candidate pass.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Catalog lookups per round trip while checking which items are servable.
 const CATALOG_CHUNK: usize = 1000;
 
@@ -274,11 +279,15 @@ impl Model {
         if v.len() != self.k || self.k == 0 {
             return vec![];
         }
-        let mut scores = vec![0f32; self.servable.len()];
-        dots(&self.servable_y, v, &mut scores);
-        top_k(&scores, n, |j| excluded(self.servable[j as usize]))
-            .into_iter()
-            .map(|j| (self.servable[j as usize], scores[j as usize]))
-            .collect()
+        SCORES.with_borrow_mut(|scores| {
+            // One buffer per thread: a fresh 250 KB buffer per call cost page faults.
+            scores.clear();
+            scores.resize(self.servable.len(), 0.0);
+            dots(&self.servable_y, v, scores);
+            top_k(scores, n, |j| excluded(self.servable[j as usize]))
+                .into_iter()
+                .map(|j| (self.servable[j as usize], scores[j as usize]))
+                .collect()
+        })
     }
 }

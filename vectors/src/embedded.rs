@@ -18,6 +18,11 @@ use crate::{COLLECTION, Hit, Payload, Point, VectorError, VectorStore, check_dim
 /// track id → vector (f32 little-endian) followed by the payload as JSON.
 const POINTS: TableDefinition<&str, &[u8]> = TableDefinition::new(COLLECTION);
 
+thread_local! {
+    /// The 8-bit scores of one search.
+    static APPROX: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Extra rows the 8-bit scan keeps beyond twice the limit, for the exact ranking.
 const SHORTLIST_SLACK: usize = 32;
 
@@ -125,14 +130,18 @@ impl Matrix {
         dim: usize,
     ) -> Vec<Candidate> {
         let (code, scale) = quantize(query);
-        let mut approx = vec![0i32; self.payloads.len()];
-        dots_i8(&self.codes, &code, &mut approx);
-        let shortlist = self.best(
-            limit * 2 + SHORTLIST_SLACK,
-            0..self.payloads.len(),
-            excluded,
-            |i| scale * self.scales[i] * approx[i] as f32,
-        );
+        let shortlist = APPROX.with_borrow_mut(|approx| {
+            // One buffer per thread: a fresh one per search cost page faults.
+            approx.clear();
+            approx.resize(self.payloads.len(), 0);
+            dots_i8(&self.codes, &code, approx);
+            self.best(
+                limit * 2 + SHORTLIST_SLACK,
+                0..self.payloads.len(),
+                excluded,
+                |i| scale * self.scales[i] * approx[i] as f32,
+            )
+        });
         let mut exact = self.best(limit, shortlist.iter().map(|c| c.1), excluded, |i| {
             dot(query, self.row(i, dim))
         });
