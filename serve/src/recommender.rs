@@ -165,10 +165,6 @@ impl Recommender {
         Ok(rec)
     }
 
-    pub fn stores(&self) -> &Stores {
-        &self.stores
-    }
-
     /// The model being served.
     pub fn model(&self) -> Option<Arc<Model>> {
         self.model.read().expect("model lock").clone()
