@@ -35,6 +35,8 @@ pub enum ServeError {
     Store(#[from] recsys_core::StoreError),
     #[error("a serving task failed: {0}")]
     Task(String),
+    #[error("{url}: unreadable Parquet: {reason}")]
+    Parquet { url: String, reason: String },
     #[error("ALS model {url}: {reason}")]
     Model { url: String, reason: String },
 }

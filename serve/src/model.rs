@@ -95,9 +95,10 @@ async fn read(lake: &Store, rel: &str) -> Result<bytes::Bytes, ServeError> {
     Ok(got.bytes().await.map_err(|e| lake.error(rel, e))?)
 }
 
-/// The parquet batches of `rel`.
-async fn read_batches(lake: &Store, rel: &str) -> Result<Vec<RecordBatch>, ServeError> {
-    let invalid = |reason: String| ServeError::Model {
+/// The Parquet batches of the lake's object `rel` (model files, and the events `verify` looks
+/// through).
+pub(crate) async fn read_batches(lake: &Store, rel: &str) -> Result<Vec<RecordBatch>, ServeError> {
+    let invalid = |reason: String| ServeError::Parquet {
         url: lake.url(rel),
         reason,
     };

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arrow::array::AsArray;
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use recsys_core::Store;
 use recsys_core::schema::{EVENTS_DIR, col};
 use recsys_proto::v1::recommend_service_client::RecommendServiceClient;
@@ -730,18 +728,11 @@ async fn find_event(lake: &Store, user: &str, since: SystemTime) -> Result<Optio
         {
             continue;
         }
-        let bytes = store
-            .get(&meta.location)
+        let file = lake.relative(meta.location.as_ref());
+        let batches = crate::model::read_batches(lake, &file)
             .await
-            .map_err(io)?
-            .bytes()
-            .await
-            .map_err(io)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.build())
-            .map_err(|e| Status::data_loss(format!("{}: {e}", meta.location)))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| Status::data_loss(format!("{}: {e}", meta.location)))?;
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        for batch in batches {
             let Some(users) = batch
                 .column_by_name(col::USER_ID)
                 .and_then(|c| c.as_string_opt::<i32>())
@@ -749,7 +740,7 @@ async fn find_event(lake: &Store, user: &str, since: SystemTime) -> Result<Optio
                 continue;
             };
             if users.iter().any(|u| u == Some(user)) {
-                return Ok(Some(lake.relative(meta.location.as_ref())));
+                return Ok(Some(file));
             }
         }
     }

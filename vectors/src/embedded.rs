@@ -142,7 +142,8 @@ impl Matrix {
                 |i| scale * self.scales[i] * approx[i] as f32,
             )
         });
-        let mut exact = self.best(limit, shortlist.iter().map(|c| c.1), excluded, |i| {
+        // The shortlist holds no excluded row.
+        let mut exact = self.best(limit, shortlist.iter().map(|c| c.1), &HashSet::new(), |i| {
             dot(query, self.row(i, dim))
         });
         exact.truncate(limit);
