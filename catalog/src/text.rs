@@ -6,9 +6,11 @@
 //! - **Candidates**: of the matching songs, the [`MAX_CANDIDATES`] with the most plays (ties:
 //!   smaller id) are ranked; a query that matches more songs than that is too vague to page
 //!   through anyway.
-//! - **Rank**: score = 100 if the title's words are exactly the query's, plus 10 per query word
-//!   in the title and 5 per query word in the artist (the seed's text-index weights); ties by
-//!   plays (more first), then id.
+//! - **Rank**: score = 100 if the query names the song exactly (its words are the title's, or
+//!   the title's and the artist's together, in any order), plus 10 per query word in the title
+//!   and 5 per query word in the artist (the seed's text-index weights); ties by plays (more
+//!   first), then id. So "yesterday beatles" ranks *Yesterday* by the Beatles above a more
+//!   played *Yesterday (Live)* by the same artist.
 
 use std::cmp::Reverse;
 
@@ -47,7 +49,14 @@ pub fn song_terms(track_name: &str, artist_name: &str) -> Vec<String> {
 pub fn score(query: &[String], track_name: &str, artist_name: &str) -> u32 {
     let title = words(track_name);
     let artist = words(artist_name);
-    let mut score = if title == query { 100 } else { 0 };
+    let names_exactly = |words: &[String]| {
+        words.len() == query.len() && words.iter().all(|w| query.contains(w))
+    };
+    let mut score = if names_exactly(&title) || names_exactly(&song_terms(track_name, artist_name)) {
+        100
+    } else {
+        0
+    };
     for q in query {
         if title.contains(q) {
             score += 10;
@@ -122,10 +131,18 @@ mod tests {
         let q = words("blue monday");
         assert_eq!(score(&q, "Blue Monday", "New Order"), 120);
         assert_eq!(score(&q, "Blue Monday '88", "New Order"), 20);
-        assert_eq!(score(&q, "Monday", "Blue"), 15);
+        // Title and artist together are the query too: exact, below the exact title.
+        assert_eq!(score(&q, "Monday", "Blue"), 115);
         assert_eq!(
             song_terms("Blue Monday", "New Order blue"),
             vec!["blue", "monday", "new", "order"]
         );
+    }
+
+    #[test]
+    fn title_and_artist_beat_a_variant_of_the_title() {
+        let q = words("Blue Monday New Order");
+        assert_eq!(score(&q, "Blue Monday", "New Order"), 130);
+        assert_eq!(score(&q, "Blue Monday (Live)", "New Order"), 30);
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arrow::array::AsArray;
 use futures::TryStreamExt;
+use recsys_catalog::text::song_terms;
 use recsys_core::Store;
 use recsys_core::schema::{EVENTS_DIR, col};
 use recsys_proto::v1::recommend_service_client::RecommendServiceClient;
@@ -241,10 +242,16 @@ impl Verifier {
                 )
             }
         };
-        // Songs sharing the title and artist (the log has such duplicates) tie: the known song
-        // must be among the equals ranked first.
+        // Songs whose title and artist have the same words (the log has such duplicates) tie:
+        // the known song must be among the equals ranked first.
         let found = search(query.clone(), 10, 0).await?;
-        let same = |s: &recsys_proto::v1::Song| s.title == known.title && s.artist == known.artist;
+        let terms = |s: &recsys_proto::v1::Song| {
+            let mut t = song_terms(&s.title, &s.artist);
+            t.sort_unstable();
+            t
+        };
+        let known_terms = terms(&known);
+        let same = |s: &recsys_proto::v1::Song| terms(s) == known_terms;
         let first: Vec<&String> = found
             .songs
             .iter()
