@@ -49,10 +49,10 @@ pub fn song_terms(track_name: &str, artist_name: &str) -> Vec<String> {
 pub fn score(query: &[String], track_name: &str, artist_name: &str) -> u32 {
     let title = words(track_name);
     let artist = words(artist_name);
-    let names_exactly = |words: &[String]| {
-        words.len() == query.len() && words.iter().all(|w| query.contains(w))
-    };
-    let mut score = if names_exactly(&title) || names_exactly(&song_terms(track_name, artist_name)) {
+    let names_exactly =
+        |words: &[String]| words.len() == query.len() && words.iter().all(|w| query.contains(w));
+    let mut score = if names_exactly(&title) || names_exactly(&song_terms(track_name, artist_name))
+    {
         100
     } else {
         0

@@ -1,5 +1,6 @@
 //! Shared foundations of recsys: object storage, Arrow schemas, stable identifiers and time.
 
+pub mod encoding;
 pub mod ids;
 pub mod linalg;
 pub mod manifest;

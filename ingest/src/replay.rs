@@ -219,10 +219,12 @@ pub async fn replay(
             }
         }
     }
+    // The end of the input: close the log first, so it writes what it still buffers now
+    // instead of when its flush interval runs out, and then wait for the last receipts.
+    log.close().await?;
     while let Some(done) = receipts.next().await {
         done?;
     }
-    log.close().await?;
     stats.elapsed = started.elapsed();
     Ok(stats)
 }

@@ -27,6 +27,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use recsys_core::Store;
+use recsys_core::encoding::delta_encode_integers;
 use recsys_core::schema::{EVENTS_DIR, event_schema};
 use recsys_core::time::{MICROS_PER_DAY, date_string};
 
@@ -211,7 +212,7 @@ async fn topic_files(
 /// Snappy (as the seed's Spark sink): files hold a day of one partition, often small, where
 /// zstd's per-column context setup cost more than its better ratio saves.
 fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    delta_encode_integers(WriterProperties::builder(), &event_schema())
         .set_compression(Compression::SNAPPY)
         .set_created_by(format!("recsys {}", env!("CARGO_PKG_VERSION")))
         .build()
@@ -222,7 +223,10 @@ fn encode(batches: &[RecordBatch], location: &str) -> Result<Bytes, SinkError> {
         location: location.to_string(),
         source,
     };
-    let mut out = Vec::new();
+    // Room for the whole file up front (encoded events take well under 64 bytes each), so
+    // the buffer is not regrown and copied while the writer fills it.
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut out = Vec::with_capacity(4096 + rows * 64);
     let mut writer = ArrowWriter::try_new(&mut out, event_schema(), Some(writer_properties()))
         .map_err(encode_err)?;
     for batch in batches {

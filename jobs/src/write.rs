@@ -35,6 +35,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
+use recsys_core::encoding::delta_encode_integers;
+
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndexBuilder};
 
 /// Rows per Parquet row group: small enough to bound writer memory, large enough to scan fast.
@@ -188,15 +190,22 @@ pub enum Payload {
     Vectors,
 }
 
-fn writer_properties(payload: Payload, metadata: Vec<(String, String)>) -> WriterProperties {
+fn writer_properties(
+    schema: &Schema,
+    payload: Payload,
+    metadata: Vec<(String, String)>,
+) -> WriterProperties {
     let kv: Vec<KeyValue> = metadata
         .into_iter()
         .map(|(k, v)| KeyValue::new(k, v))
         .collect();
     let builder = match payload {
-        Payload::Records => WriterProperties::builder().set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid zstd level"),
-        )),
+        Payload::Records => delta_encode_integers(
+            WriterProperties::builder().set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("valid zstd level"),
+            )),
+            schema,
+        ),
         Payload::Vectors => WriterProperties::builder()
             .set_compression(Compression::UNCOMPRESSED)
             .set_dictionary_enabled(false)
@@ -220,11 +229,8 @@ fn open_writer(
     metadata: Vec<(String, String)>,
 ) -> Result<AsyncArrowWriter<BufWriter>> {
     let sink = BufWriter::new(store.clone(), path.clone());
-    Ok(AsyncArrowWriter::try_new(
-        sink,
-        schema,
-        Some(writer_properties(payload, metadata)),
-    )?)
+    let properties = writer_properties(&schema, payload, metadata);
+    Ok(AsyncArrowWriter::try_new(sink, schema, Some(properties))?)
 }
 
 /// Writes `batches` to one Parquet file at `path`, with key-value `metadata` in its footer.
