@@ -55,8 +55,8 @@ pub struct FlushArgs {
     /// Longest time (ms) an event waits in the sink's buffer before it is written.
     #[arg(long, env = "RECSYS_FLUSH_INTERVAL_MS", default_value_t = 1000)]
     pub flush_interval_ms: u64,
-    /// Files the embedded log writes concurrently (the Kafka sink writes one at a time, so a
-    /// partition never changes owner with a write in flight).
+    /// Files the sink writes concurrently (the Kafka sink waits for them before it polls
+    /// again, so a partition never changes owner with a write in flight).
     #[arg(long, env = "RECSYS_WRITE_CONCURRENCY", default_value_t = 4)]
     pub write_concurrency: usize,
 }

@@ -3,7 +3,10 @@
 //! Rebalances: partitions assigned to this member re-read the store (another member may have
 //! written them); revoked partitions drop their unwritten buffers (never committed, so their new
 //! owner reads them again). Callbacks run only inside `recv`, and the loop applies them before
-//! any write, so a member never writes a partition it no longer owns.
+//! any write, so a member never writes a partition it no longer owns. Files of one hand-over
+//! are written concurrently (`FlushPolicy::in_flight`), but every write has finished before
+//! the loop calls `recv` again: a partition revoked there has no file still being written, so
+//! its next owner sees everything this member wrote.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -184,7 +187,8 @@ impl Member {
             return Ok(());
         }
         let batch = builder.finish();
-        let written = self.sink.push(partition, batch).await?;
+        let mut written = self.sink.push(partition, batch).await?;
+        written.extend(self.sink.finish_writes().await?);
         self.commit(&written, CommitMode::Async)
     }
 
@@ -215,7 +219,8 @@ impl Member {
 
     async fn on_tick(&mut self) -> Result<(), ConsumeError> {
         self.hand_over_all().await?;
-        let written = self.sink.flush_due().await?;
+        let mut written = self.sink.flush_due().await?;
+        written.extend(self.sink.finish_writes().await?);
         self.commit(&written, CommitMode::Async)
     }
 
@@ -292,13 +297,7 @@ pub async fn run_sink(
         })
         .map_err(kafka_err)?;
     let context = consumer.context().clone();
-    // One write at a time: when a partition is revoked inside `recv`, none of its files can
-    // still be in flight, so its next owner sees everything this member wrote.
-    let policy = FlushPolicy {
-        in_flight: 1,
-        ..options.policy.clone()
-    };
-    let mut sink = Sink::open(store, &options.topic, policy).await?;
+    let mut sink = Sink::open(store, &options.topic, options.policy.clone()).await?;
     let mut owned = HashSet::new();
     if options.assign_all {
         let metadata = consumer

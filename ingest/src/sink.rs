@@ -8,9 +8,9 @@
 //! * what a partition has written is the chain of its files whose offset ranges follow each
 //!   other without a gap; [`Sink::open`] and [`Sink::reload`] read it from the listing, and
 //!   [`Sink::push`] drops every row at or below its end. Files may be written concurrently
-//!   (`FlushPolicy::in_flight`, the embedded log): a crash can then leave a later file without
-//!   an earlier one; such files beyond a gap were never acknowledged and [`Sink::reload`]
-//!   deletes them;
+//!   (`FlushPolicy::in_flight`): a crash can then leave a later file without an earlier one;
+//!   such files beyond a gap were never acknowledged and [`Sink::reload`] deletes them. A
+//!   partition's first file is always written alone, so a chain never starts beyond a gap;
 //! * the consumer commits an offset to Kafka only after the file holding it is durable, and
 //!   resumes from the committed offset. A crash between the write and the commit re-delivers
 //!   rows the store already has, and they are dropped: no gap, no duplicate.
@@ -69,8 +69,7 @@ pub struct FlushPolicy {
     pub rows: usize,
     /// Oldest a buffered row may get before it is written.
     pub interval: Duration,
-    /// Files written concurrently. Above 1, offsets must start at 0 (the embedded log), so that
-    /// a file beyond a gap is recognised even before the first file landed.
+    /// Files written concurrently (a partition's first file is always written alone).
     pub in_flight: usize,
 }
 
@@ -132,12 +131,11 @@ fn parse_file_name(topic: &str, name: &str) -> Option<(i32, i64, i64)> {
     Some((partition, first, last))
 }
 
-/// Per partition of `topic`: the end of its gap-free chain of files (from offset 0 when
-/// `from_zero`, else from its lowest file), and the files beyond a gap.
+/// Per partition of `topic`: the end of its gap-free chain of files (from its lowest file),
+/// and the files beyond a gap.
 async fn chains(
     store: &Store,
     topic: &str,
-    from_zero: bool,
 ) -> Result<(BTreeMap<i32, i64>, Vec<(i32, object_store::path::Path)>), SinkError> {
     let mut files = topic_files(store, topic).await?;
     files.sort_by_key(|(_, range)| *range);
@@ -145,11 +143,7 @@ async fn chains(
     let mut orphans = Vec::new();
     let mut broken = std::collections::BTreeSet::new();
     for (path, (partition, first, last)) in files {
-        let expected = match ends.get(&partition) {
-            Some(end) => end + 1,
-            None if from_zero => 0,
-            None => first,
-        };
+        let expected = ends.get(&partition).map_or(first, |end| end + 1);
         if broken.contains(&partition) || first != expected {
             broken.insert(partition);
             orphans.push((partition, path));
@@ -240,7 +234,7 @@ impl Sink {
     /// A sink for `topic` writing into `store`, resuming after what the store already holds.
     /// Call [`Sink::reload`] for the partitions it will write before pushing to them.
     pub async fn open(store: Store, topic: &str, policy: FlushPolicy) -> Result<Sink, SinkError> {
-        let (written, _) = chains(&store, topic, policy.in_flight > 1).await?;
+        let (written, _) = chains(&store, topic).await?;
         Ok(Sink {
             store,
             topic: topic.to_string(),
@@ -283,8 +277,7 @@ impl Sink {
     /// (another sink may have written them since) and deletes their files beyond a gap.
     pub async fn reload(&mut self, partitions: &[i32]) -> Result<(), SinkError> {
         self.forget(partitions);
-        let (written, orphans) =
-            chains(&self.store, &self.topic, self.policy.in_flight > 1).await?;
+        let (written, orphans) = chains(&self.store, &self.topic).await?;
         for (partition, path) in orphans {
             if partitions.contains(&partition) {
                 tracing::warn!(file = %path, "deleting a file written beyond a gap by a crashed sink (never acknowledged)");
@@ -391,7 +384,7 @@ impl Sink {
         for p in all {
             done.extend(self.flush_partition(p).await?);
         }
-        done.extend(self.complete(true).await?);
+        done.extend(self.finish_writes().await?);
         Ok(done)
     }
 
@@ -459,7 +452,15 @@ impl Sink {
             rows: buffer.rows as u64,
             task,
         });
-        self.complete(false).await
+        // A partition's first file lands before any other of its files is started: the chain
+        // then starts at a file that was really first, and a later gap is always seen.
+        let anchored = self.written.contains_key(&partition);
+        self.complete(!anchored).await
+    }
+
+    /// Waits for every write in flight; returns (partition, last offset) of each.
+    pub async fn finish_writes(&mut self) -> Result<Vec<(i32, i64)>, SinkError> {
+        self.complete(true).await
     }
 }
 
@@ -521,9 +522,13 @@ mod tests {
         let mut sink = Sink::open(store.clone(), "t", policy(4)).await.unwrap();
         sink.reload(&[0]).await.unwrap();
         // Two days: a date change closes the first file.
-        sink.push(0, batch(0..10, 14_000)).await.unwrap();
-        sink.push(0, batch(10..15, 14_001)).await.unwrap();
-        assert_eq!(sink.flush_all().await.unwrap(), vec![(0, 9), (0, 14)]);
+        assert!(sink.push(0, batch(0..10, 14_000)).await.unwrap().is_empty());
+        // The partition's first file lands alone, before the push returns.
+        assert_eq!(
+            sink.push(0, batch(10..15, 14_001)).await.unwrap(),
+            vec![(0, 9)]
+        );
+        assert_eq!(sink.flush_all().await.unwrap(), vec![(0, 14)]);
         assert_eq!(
             check_coverage(&store, "t").await.unwrap(),
             BTreeMap::from([(0, 15)])
