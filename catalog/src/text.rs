@@ -36,10 +36,15 @@ pub fn words(text: &str) -> Vec<String> {
 
 /// The words a song is indexed under: those of its title, then those of its artist.
 pub fn song_terms(track_name: &str, artist_name: &str) -> Vec<String> {
-    let mut terms = words(track_name);
-    for w in words(artist_name) {
-        if !terms.contains(&w) {
-            terms.push(w);
+    terms_of(&words(track_name), &words(artist_name))
+}
+
+/// Title words, then the artist words the title lacks.
+fn terms_of(title: &[String], artist: &[String]) -> Vec<String> {
+    let mut terms = title.to_vec();
+    for w in artist {
+        if !terms.contains(w) {
+            terms.push(w.clone());
         }
     }
     terms
@@ -51,8 +56,7 @@ pub fn score(query: &[String], track_name: &str, artist_name: &str) -> u32 {
     let artist = words(artist_name);
     let names_exactly =
         |words: &[String]| words.len() == query.len() && words.iter().all(|w| query.contains(w));
-    let mut score = if names_exactly(&title) || names_exactly(&song_terms(track_name, artist_name))
-    {
+    let mut score = if names_exactly(&title) || names_exactly(&terms_of(&title, &artist)) {
         100
     } else {
         0

@@ -258,17 +258,7 @@ async fn in_process_server_passes_every_check_and_hot_reloads() {
 
         // Hot reload: a new CURRENT is served within a few reload periods, and requests in
         // flight meanwhile all succeed.
-        let user = recs
-            .list_users(ListUsersRequest {
-                limit: 1,
-                after: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .users
-            .remove(0)
-            .id;
+        let user = listener_id;
         publish_copy(&lake, "hot-reload-test").await;
         let started = Instant::now();
         let mut requests = 0;
