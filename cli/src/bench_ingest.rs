@@ -10,7 +10,7 @@ use clap::Args;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use recsys_ingest::consume::{ConsumeOptions, ConsumeStats, run_sink};
+use recsys_ingest::consume::{ConsumeOptions, ConsumeStats, DEFAULT_FETCH_WAIT_MS, run_sink};
 use recsys_ingest::log::EMBEDDED_TOPIC;
 use recsys_ingest::log::Receipt;
 use recsys_ingest::replay::{ReplayOptions, replay};
@@ -196,6 +196,7 @@ async fn drain(
         assign_all: false,
         policy,
         stop_after: Some(expected),
+        fetch_wait_ms: DEFAULT_FETCH_WAIT_MS,
     };
     let timeout = tokio::time::sleep(Duration::from_secs(600));
     let stats = run_sink(lake.clone(), options, timeout).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args};
 use recsys_core::time::format_timestamp_secs;
-use recsys_ingest::consume::{ConsumeOptions, ConsumeStats, run_sink};
+use recsys_ingest::consume::{ConsumeOptions, ConsumeStats, DEFAULT_FETCH_WAIT_MS, run_sink};
 use recsys_ingest::replay::{ReplayOptions, ReplayStats, replay, sorted_files};
 use recsys_ingest::{EmbeddedLog, EventLog, FlushPolicy, GrpcLog, KafkaLog, KafkaOptions};
 use tracing::info;
@@ -137,6 +137,9 @@ pub struct SinkArgs {
     /// Stop once this many events have been written (a catch-up run).
     #[arg(long, env = "RECSYS_SINK_STOP_AFTER")]
     pub stop_after: Option<u64>,
+    /// Longest (ms) the broker may hold a fetch when it has no data (`fetch.wait.max.ms`).
+    #[arg(long, env = "RECSYS_SINK_FETCH_WAIT_MS", default_value_t = DEFAULT_FETCH_WAIT_MS)]
+    pub fetch_wait_ms: u64,
     /// Serve the gRPC health service here (for container health checks).
     #[arg(long, env = "RECSYS_SINK_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
@@ -250,6 +253,7 @@ pub async fn run_sink_command(lake: &LakeArgs, args: &SinkArgs) -> Result<Consum
         assign_all: args.assign_all,
         policy: args.flush.policy(),
         stop_after: args.stop_after,
+        fetch_wait_ms: args.fetch_wait_ms,
     };
     if let Some(addr) = args.health_listen {
         let listener = tokio::net::TcpListener::bind(addr)
