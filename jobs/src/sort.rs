@@ -6,11 +6,13 @@
 //!
 //! 1. the client reads only the runs' footers and places `N - 1` cut points so that every range
 //!    holds about the same number of rows (no data is scanned);
-//! 2. one job runs one task per range: it reads from every run just the rows the index says may
-//!    fall in the range, trims them exactly, merges the runs and writes one file.
+//! 2. one job runs a task per group of consecutive ranges (two groups per task slot, so the
+//!    slots stay busy): it reads from every run just the rows the index says may fall in its
+//!    span, trims them exactly, merges the runs and writes one file per range.
 //!
 //! No shuffle, and no task ever merges everything: each row is read once (plus at most one index
-//! stride per run at each range edge) and written once.
+//! stride per run at each group edge) and written once. A task reads each run once for all its
+//! ranges, so a run's dictionary pages are decoded once per group, not once per file.
 
 use futures::stream::BoxStream;
 use std::collections::BTreeMap;
@@ -81,14 +83,21 @@ pub struct RunSlice {
     pub end: u64,
 }
 
-/// One unit of work: a time range `[lo, hi)` and where its rows are.
+/// One unit of work: consecutive ranges `first, first + 1, …` covering `[lo, hi)`, split at
+/// `cuts`, and where their rows are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeTask {
-    pub index: usize,
+    pub first: usize,
     pub lo: Option<i64>,
     pub hi: Option<i64>,
+    /// Cut points between this task's ranges, increasing (one fewer than its ranges).
+    pub cuts: Vec<i64>,
     pub slices: Vec<RunSlice>,
 }
+
+/// Range tasks per task slot: enough to even out a slow slot, few enough that each run is
+/// read only a few times.
+const GROUPS_PER_SLOT: usize = 2;
 
 /// Runs `[lo, hi)` through a k-way merge: serialised by the plan codec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,12 +120,11 @@ pub async fn run_sort(
         .unwrap_or_else(|| rows.div_ceil(DEFAULT_ROWS_PER_FILE).max(2) as usize)
         .clamp(1, 4096);
     let boundaries = cut_points(&runs, rows, n_files);
-    let tasks = range_tasks(&runs, &boundaries);
-    tracing::debug!(elapsed = ?started.elapsed(), runs = runs.len(), ranges = tasks.len(), "sort: planned from footers");
+    let tasks = range_tasks(&runs, &boundaries, GROUPS_PER_SLOT * cluster.parallelism());
+    tracing::debug!(elapsed = ?started.elapsed(), runs = runs.len(), ranges = boundaries.len() + 1, tasks = tasks.len(), "sort: planned from footers");
 
-    let names: BTreeMap<i64, String> = tasks
-        .iter()
-        .map(|t| (t.index as i64, format!("part-{:05}.parquet", t.index)))
+    let names: BTreeMap<i64, String> = (0..=boundaries.len())
+        .map(|i| (i as i64, format!("part-{i:05}.parquet")))
         .collect();
     let merge = Arc::new(MergeRangeExec::new(
         work_list(&tasks)?,
@@ -230,12 +238,17 @@ fn cut_points(runs: &[Run], rows: u64, files: usize) -> Vec<i64> {
     cuts
 }
 
-/// One task per range between consecutive cut points, with the run slices it must read.
-fn range_tasks(runs: &[Run], cuts: &[i64]) -> Vec<RangeTask> {
-    (0..=cuts.len())
-        .map(|i| {
-            let lo = i.checked_sub(1).map(|j| cuts[j]);
-            let hi = cuts.get(i).copied();
+/// The ranges between consecutive cut points, in `groups` tasks of consecutive ranges (as
+/// many ranges each as can be), with the run slices each task must read.
+fn range_tasks(runs: &[Run], cuts: &[i64], groups: usize) -> Vec<RangeTask> {
+    let ranges = cuts.len() + 1;
+    let groups = groups.clamp(1, ranges);
+    (0..groups)
+        .map(|g| {
+            let first = g * ranges / groups;
+            let end = (g + 1) * ranges / groups;
+            let lo = first.checked_sub(1).map(|j| cuts[j]);
+            let hi = cuts.get(end - 1).copied();
             let slices = runs
                 .iter()
                 .filter_map(|run| {
@@ -249,13 +262,27 @@ fn range_tasks(runs: &[Run], cuts: &[i64]) -> Vec<RangeTask> {
                 })
                 .collect();
             RangeTask {
-                index: i,
+                first,
                 lo,
                 hi,
+                cuts: cuts[first..end - 1].to_vec(),
                 slices,
             }
         })
         .collect()
+}
+
+/// The range of each row of a batch sorted by timestamp: `first` plus the cuts at or below it.
+fn range_column(ts: &[i64], first: usize, cuts: &[i64]) -> Int64Array {
+    let mut ranges = Vec::with_capacity(ts.len());
+    let mut at = 0;
+    for (k, &cut) in cuts.iter().enumerate() {
+        let below = at + ts[at..].partition_point(|&t| t < cut);
+        ranges.resize(below, (first + k) as i64);
+        at = below;
+    }
+    ranges.resize(ts.len(), (first + cuts.len()) as i64);
+    Int64Array::from(ranges)
 }
 
 fn output_schema() -> SchemaRef {
@@ -268,8 +295,8 @@ fn output_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Merges, for each range of its work list, the run slices of that range into one sorted stream,
-/// tagged with the range's index.
+/// Merges, for each task of its work list, the run slices of the task's ranges into one sorted
+/// stream, each row tagged with its range's index.
 pub type MergeRangeExec = WorkExec<MergeRangeSpec>;
 
 impl Work for MergeRangeSpec {
@@ -297,7 +324,7 @@ impl Work for MergeRangeSpec {
     }
 }
 
-/// The rows of `task`'s range, merged from its run slices, with the range column appended.
+/// The rows of `task`'s ranges, merged from its run slices, with the range column appended.
 async fn merge_range(
     store: Arc<dyn ObjectStore>,
     task: RangeTask,
@@ -310,10 +337,15 @@ async fn merge_range(
     for slice in &task.slices {
         streams.push(read_slice(store.clone(), slice, task.lo, task.hi, batch_size).await?);
     }
-    let index = task.index as i64;
+    let (first, cuts) = (task.first, task.cuts.clone());
+    let ts_index = schema.index_of(SORT_ORDER[0])?;
     let tag = move |batch: RecordBatch| -> Result<RecordBatch> {
+        let ts = batch
+            .column(ts_index)
+            .as_primitive::<TimestampMicrosecondType>()
+            .values();
         let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(Int64Array::from_value(index, batch.num_rows())));
+        columns.push(Arc::new(range_column(ts, first, &cuts)));
         Ok(RecordBatch::try_new(output_schema(), columns)?)
     };
     if streams.is_empty() {
@@ -323,7 +355,7 @@ async fn merge_range(
         )));
     }
     let ordering = sort_ordering(&schema)?;
-    let reservation = MemoryConsumer::new(format!("MergeRangeExec[{}]", task.index))
+    let reservation = MemoryConsumer::new(format!("MergeRangeExec[{}]", task.first))
         .register(context.memory_pool());
     let merged = StreamingMergeBuilder::new()
         .with_streams(streams)
@@ -421,11 +453,33 @@ mod tests {
                 "cut {cut}: {below} rows below"
             );
         }
-        let tasks = range_tasks(&runs, &cuts);
+        let tasks = range_tasks(&runs, &cuts, 8);
         assert_eq!(tasks.len(), 4);
         assert!(tasks[0].lo.is_none() && tasks[3].hi.is_none());
+        assert!(tasks.iter().all(|t| t.cuts.is_empty()));
         // The first range needs nothing from the second run beyond its first index stride.
         assert!(tasks[0].slices.iter().all(|s| s.end > s.start));
+
+        // Two groups of two ranges: each spans its ranges and splits them at the inner cut.
+        let grouped = range_tasks(&runs, &cuts, 2);
+        assert_eq!(grouped.len(), 2);
+        assert_eq!((grouped[0].first, grouped[1].first), (0, 2));
+        assert_eq!((grouped[0].lo, grouped[0].hi), (None, Some(cuts[1])));
+        assert_eq!((grouped[1].lo, grouped[1].hi), (Some(cuts[1]), None));
+        assert_eq!(grouped[0].cuts, vec![cuts[0]]);
+        assert_eq!(grouped[1].cuts, vec![cuts[2]]);
+    }
+
+    #[test]
+    fn rows_are_tagged_with_their_range() {
+        let ts = [1, 2, 5, 5, 7, 9, 12];
+        let tag = |cuts: &[i64]| range_column(&ts, 3, cuts).values().to_vec();
+        assert_eq!(tag(&[]), vec![3; 7]);
+        assert_eq!(tag(&[5, 9]), vec![3, 3, 4, 4, 4, 5, 5]);
+        // Cuts outside the batch: every row before, or after, them.
+        assert_eq!(tag(&[0]), vec![4; 7]);
+        assert_eq!(tag(&[13, 20]), vec![3; 7]);
+        assert_eq!(tag(&[0, 13]), vec![4; 7]);
     }
 
     #[test]
@@ -433,6 +487,6 @@ mod tests {
         assert!(cut_points(&[], 0, 4).is_empty());
         let same = run(&[7; 100]);
         assert!(cut_points(std::slice::from_ref(&same), 100, 4).is_empty());
-        assert_eq!(range_tasks(&[same], &[]).len(), 1);
+        assert_eq!(range_tasks(&[same], &[], 4).len(), 1);
     }
 }
