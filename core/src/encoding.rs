@@ -1,27 +1,35 @@
-//! Parquet column encodings shared by every writer of the lake.
+//! Parquet column settings shared by every writer of the lake.
 
 use arrow::datatypes::{DataType, Schema};
 use parquet::basic::Encoding;
-use parquet::file::properties::WriterPropertiesBuilder;
+use parquet::file::properties::{EnabledStatistics, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
-/// Integer and timestamp columns get `DELTA_BINARY_PACKED` instead of a dictionary. Timestamps
-/// and log offsets are (nearly) unique, so a dictionary of them only costs a hash per value,
-/// outgrows its page limit and falls back to plain 8-byte values; sorted or sequential
-/// values delta-encode to a few bits each.
-pub fn delta_encode_integers(
+/// Per-column settings of the lake's record files:
+/// * integer and timestamp columns get `DELTA_BINARY_PACKED` instead of a dictionary.
+///   Timestamps and log offsets are (nearly) unique, so a dictionary of them only costs a hash
+///   per value, outgrows its page limit and falls back to plain 8-byte values; sorted or
+///   sequential values delta-encode to a few bits each;
+/// * string columns keep no min/max statistics. The lake's files are ordered by time, so every
+///   row group and page holds ids and names from across the whole alphabet and their min/max
+///   would prune nothing; computing them compared every value (9 % of clean and 4 % of sort at
+///   20 M rows). The timestamp columns keep theirs.
+pub fn lake_columns(
     mut builder: WriterPropertiesBuilder,
     schema: &Schema,
 ) -> WriterPropertiesBuilder {
     for field in schema.fields() {
-        if matches!(
-            field.data_type(),
-            DataType::Int64 | DataType::Timestamp(_, _)
-        ) {
-            let path = ColumnPath::from(field.name().as_str());
-            builder = builder
-                .set_column_dictionary_enabled(path.clone(), false)
-                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        let path = ColumnPath::from(field.name().as_str());
+        match field.data_type() {
+            DataType::Int64 | DataType::Timestamp(_, _) => {
+                builder = builder
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
+            DataType::Utf8 => {
+                builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+            }
+            _ => {}
         }
     }
     builder

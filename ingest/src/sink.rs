@@ -27,7 +27,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use recsys_core::Store;
-use recsys_core::encoding::delta_encode_integers;
+use recsys_core::encoding::lake_columns;
 use recsys_core::schema::{EVENTS_DIR, event_schema};
 use recsys_core::time::{MICROS_PER_DAY, date_string};
 
@@ -206,7 +206,7 @@ async fn topic_files(
 /// Snappy (as the seed's Spark sink): files hold a day of one partition, often small, where
 /// zstd's per-column context setup cost more than its better ratio saves.
 fn writer_properties() -> WriterProperties {
-    delta_encode_integers(WriterProperties::builder(), &event_schema())
+    lake_columns(WriterProperties::builder(), &event_schema())
         .set_compression(Compression::SNAPPY)
         .set_created_by(format!("recsys {}", env!("CARGO_PKG_VERSION")))
         .build()

@@ -35,7 +35,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
-use recsys_core::encoding::delta_encode_integers;
+use recsys_core::encoding::lake_columns;
 
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndexBuilder};
 
@@ -200,7 +200,7 @@ fn writer_properties(
         .map(|(k, v)| KeyValue::new(k, v))
         .collect();
     let builder = match payload {
-        Payload::Records => delta_encode_integers(
+        Payload::Records => lake_columns(
             WriterProperties::builder().set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(1).expect("valid zstd level"),
             )),
