@@ -49,72 +49,27 @@ impl Cluster {
     /// processes do (same configuration, loopback gRPC, push-based scheduling), with `vcores`
     /// task slots; nothing to install, nothing left behind.
     pub async fn embedded(s3: &S3Options, vcores: usize) -> Result<Cluster, JobError> {
-        use ballista_core::config::TaskSchedulingPolicy::PushStaged;
-        use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-        use ballista_scheduler::config::SchedulerConfig;
+        // The ports are picked free and bound moments later by Ballista: another socket can take
+        // one in between, so a start that fails is tried again on fresh ports.
+        const ATTEMPTS: usize = 3;
         let vcores = vcores.max(1);
-        let io = |e: std::io::Error| {
-            JobError::Cluster(format!("cannot start the embedded cluster: {e}"))
-        };
-        let scheduler_port = free_port().map_err(io)?;
-        let mut scheduler = SchedulerConfig::default().with_scheduler_policy(PushStaged);
-        scheduler.bind_host = "127.0.0.1".into();
-        scheduler.external_host = "127.0.0.1".into();
-        scheduler.bind_port = scheduler_port;
-        crate::registry::configure_scheduler(&mut scheduler);
-        let cluster =
-            ballista_scheduler::cluster::BallistaCluster::new_from_config(&scheduler).await?;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], scheduler_port));
-        tokio::spawn(async move {
-            if let Err(e) = ballista_scheduler::scheduler_process::start_server(
-                cluster,
-                addr,
-                Arc::new(scheduler),
-            )
-            .await
-            {
-                tracing::error!("embedded scheduler stopped: {e}");
+        let mut attempt = 1;
+        loop {
+            match start_embedded(vcores).await {
+                Ok(url) => {
+                    return Ok(Cluster::new(
+                        url,
+                        "embedded".into(),
+                        Self::job_config(s3, vcores),
+                    ));
+                }
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "the embedded cluster did not start; trying fresh ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
-        });
-        let url = format!("http://127.0.0.1:{scheduler_port}");
-        connect(&url, "embedded scheduler").await?;
-
-        let work = tempfile::tempdir().map_err(io)?;
-        let mut executor = ExecutorProcessConfig {
-            bind_host: "127.0.0.1".into(),
-            external_host: Some("127.0.0.1".into()),
-            port: free_port().map_err(io)?,
-            grpc_port: free_port().map_err(io)?,
-            scheduler_host: "127.0.0.1".into(),
-            scheduler_port,
-            scheduler_connect_timeout_seconds: 15,
-            vcores,
-            task_scheduling_policy: PushStaged,
-            work_dir: Some(work.path().to_string_lossy().into_owned()),
-            ..ExecutorProcessConfig::default()
-        };
-        crate::registry::configure_executor(&mut executor)?;
-        let health = executor.health.clone();
-        tokio::spawn(async move {
-            let _work = work;
-            if let Err(e) = start_executor_process(Arc::new(executor)).await {
-                tracing::error!("embedded executor stopped: {e}");
-            }
-        });
-        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        while !health.is_ready() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(JobError::Cluster(
-                    "the embedded executor did not register in time".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Cluster::new(
-            url,
-            "embedded".into(),
-            Self::job_config(s3, vcores),
-        ))
     }
 
     /// A running cluster. `vcores` is the total task slots to plan for (partition counts).
@@ -215,6 +170,95 @@ impl Cluster {
         .await?;
         Ok(datafusion::physical_plan::common::collect(stream).await?)
     }
+}
+
+/// Starts an embedded scheduler and executor on free loopback ports; returns the scheduler's
+/// gRPC URL once the executor has registered. Either task stopping (a port taken meanwhile)
+/// ends the wait at once with its error, and stops the other task.
+async fn start_embedded(vcores: usize) -> Result<String, JobError> {
+    use ballista_core::config::TaskSchedulingPolicy::PushStaged;
+    use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+    use ballista_scheduler::config::SchedulerConfig;
+    let io =
+        |e: std::io::Error| JobError::Cluster(format!("cannot start the embedded cluster: {e}"));
+    let scheduler_port = free_port().map_err(io)?;
+    let mut scheduler = SchedulerConfig::default().with_scheduler_policy(PushStaged);
+    scheduler.bind_host = "127.0.0.1".into();
+    scheduler.external_host = "127.0.0.1".into();
+    scheduler.bind_port = scheduler_port;
+    crate::registry::configure_scheduler(&mut scheduler);
+    let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&scheduler).await?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], scheduler_port));
+    let mut scheduler_task = AbortOnDrop(tokio::spawn(async move {
+        ballista_scheduler::scheduler_process::start_server(cluster, addr, Arc::new(scheduler))
+            .await
+            .map_err(|e| e.to_string())
+    }));
+    let url = format!("http://127.0.0.1:{scheduler_port}");
+    tokio::select! {
+        connected = connect(&url, "embedded scheduler") => { connected?; }
+        stopped = &mut scheduler_task.0 => return Err(stopped_early("scheduler", stopped)),
+    }
+
+    let work = tempfile::tempdir().map_err(io)?;
+    let mut executor = ExecutorProcessConfig {
+        bind_host: "127.0.0.1".into(),
+        external_host: Some("127.0.0.1".into()),
+        port: free_port().map_err(io)?,
+        grpc_port: free_port().map_err(io)?,
+        scheduler_host: "127.0.0.1".into(),
+        scheduler_port,
+        scheduler_connect_timeout_seconds: 15,
+        vcores,
+        task_scheduling_policy: PushStaged,
+        work_dir: Some(work.path().to_string_lossy().into_owned()),
+        ..ExecutorProcessConfig::default()
+    };
+    crate::registry::configure_executor(&mut executor)?;
+    let health = executor.health.clone();
+    let mut executor_task = AbortOnDrop(tokio::spawn(async move {
+        let _work = work;
+        start_executor_process(Arc::new(executor))
+            .await
+            .map_err(|e| e.to_string())
+    }));
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    while !health.is_ready() {
+        if executor_task.0.is_finished() {
+            return Err(stopped_early("executor", (&mut executor_task.0).await));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(JobError::Cluster(
+                "the embedded executor did not register in time".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Both run for the rest of the process.
+    std::mem::forget(scheduler_task);
+    std::mem::forget(executor_task);
+    Ok(url)
+}
+
+/// A task that is stopped when the handle is dropped (a failed start leaves nothing running).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn stopped_early(
+    what: &str,
+    result: Result<Result<(), String>, tokio::task::JoinError>,
+) -> JobError {
+    let why = match result {
+        Ok(Ok(())) => "stopped".to_string(),
+        Ok(Err(e)) => e,
+        Err(e) => e.to_string(),
+    };
+    JobError::Cluster(format!("the embedded {what} stopped while starting: {why}"))
 }
 
 async fn connect(
