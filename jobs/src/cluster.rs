@@ -192,7 +192,7 @@ async fn start_embedded(vcores: usize) -> Result<String, JobError> {
     let mut scheduler_task = AbortOnDrop(tokio::spawn(async move {
         ballista_scheduler::scheduler_process::start_server(cluster, addr, Arc::new(scheduler))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| stopped("scheduler", e))
     }));
     let url = format!("http://127.0.0.1:{scheduler_port}");
     tokio::select! {
@@ -220,7 +220,7 @@ async fn start_embedded(vcores: usize) -> Result<String, JobError> {
         let _work = work;
         start_executor_process(Arc::new(executor))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| stopped("executor", e))
     }));
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     while !health.is_ready() {
@@ -247,6 +247,13 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Logs why an embedded task stopped (it may be long after the start, when nobody awaits it)
+/// and returns the reason.
+fn stopped(what: &str, error: impl std::fmt::Display) -> String {
+    tracing::error!("embedded {what} stopped: {error}");
+    error.to_string()
 }
 
 fn stopped_early(

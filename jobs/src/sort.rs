@@ -337,7 +337,7 @@ async fn merge_range(
     for slice in &task.slices {
         streams.push(read_slice(store.clone(), slice, task.lo, task.hi, batch_size).await?);
     }
-    let (first, cuts) = (task.first, task.cuts.clone());
+    let (first, cuts) = (task.first, task.cuts);
     let ts_index = schema.index_of(SORT_ORDER[0])?;
     let tag = move |batch: RecordBatch| -> Result<RecordBatch> {
         let ts = batch
@@ -355,8 +355,8 @@ async fn merge_range(
         )));
     }
     let ordering = sort_ordering(&schema)?;
-    let reservation = MemoryConsumer::new(format!("MergeRangeExec[{}]", task.first))
-        .register(context.memory_pool());
+    let reservation =
+        MemoryConsumer::new(format!("MergeRangeExec[{}]", first)).register(context.memory_pool());
     let merged = StreamingMergeBuilder::new()
         .with_streams(streams)
         .with_schema(schema)
