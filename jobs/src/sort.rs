@@ -356,7 +356,7 @@ async fn merge_range(
     }
     let ordering = sort_ordering(&schema)?;
     let reservation =
-        MemoryConsumer::new(format!("MergeRangeExec[{}]", first)).register(context.memory_pool());
+        MemoryConsumer::new(format!("MergeRangeExec[{first}]")).register(context.memory_pool());
     let merged = StreamingMergeBuilder::new()
         .with_streams(streams)
         .with_schema(schema)
