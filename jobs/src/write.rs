@@ -29,7 +29,6 @@ use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -37,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use recsys_core::encoding::lake_columns;
 
+use crate::parquet_file::{ParquetFile, plain_schema};
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndexBuilder};
 
 /// Rows per Parquet row group: small enough to bound writer memory, large enough to scan fast.
@@ -227,10 +227,10 @@ fn open_writer(
     schema: SchemaRef,
     payload: Payload,
     metadata: Vec<(String, String)>,
-) -> Result<AsyncArrowWriter<BufWriter>> {
+) -> Result<ParquetFile> {
     let sink = BufWriter::new(store.clone(), path.clone());
-    let properties = writer_properties(&schema, payload, metadata);
-    Ok(AsyncArrowWriter::try_new(sink, schema, Some(properties))?)
+    let properties = writer_properties(&plain_schema(&schema), payload, metadata);
+    Ok(ParquetFile::try_new(sink, &schema, properties)?)
 }
 
 /// Writes `batches` to one Parquet file at `path`, with key-value `metadata` in its footer.
@@ -254,7 +254,7 @@ struct OpenFile {
     key: i64,
     path: Path,
     rows: u64,
-    writer: AsyncArrowWriter<BufWriter>,
+    writer: ParquetFile,
     index: Option<SparseIndexBuilder>,
 }
 

@@ -8,13 +8,13 @@
 //! every line is parsed exactly once whatever the chunk boundaries.
 
 use datafusion::physical_plan::metrics::BaselineMetrics;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 
 use arrow::array::{
-    BinaryBuilder, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-    UInt64Builder,
+    BinaryBuilder, DictionaryArray, Int64Array, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray, UInt32Array, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::{Bytes, BytesMut};
@@ -26,7 +26,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use recsys_core::schema::timestamp_type;
 use serde::{Deserialize, Serialize};
 
-use super::tsv::{RejectReason, lines, parse_line};
+use super::tsv::{RejectReason, lines, split_line, split_tail};
+use crate::intern::Interner;
 use crate::worklist::{Work, WorkExec};
 use crate::write::{Payload, write_parquet_file};
 
@@ -89,14 +90,18 @@ pub fn plan_chunks(files: &[(String, u64)], chunk_size: u64) -> Vec<Chunk> {
 pub const CHUNK_COLUMN: &str = "__recsys_chunk";
 
 /// The output schema of the scan: parsed fields (MBIDs possibly empty) and the chunk ordinal.
+/// The string fields are dictionaries over the chunk's distinct values: the user id over the
+/// chunk's users, the four artist and track fields over its distinct (artist, track) tails,
+/// all four sharing one key array (see [`crate::udf`], which derives ids once per tail).
 pub fn raw_listen_schema() -> SchemaRef {
+    let text = || DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
     Arc::new(Schema::new(vec![
-        Field::new("user_id", DataType::Utf8, false),
+        Field::new("user_id", text(), false),
         Field::new("ts", timestamp_type(), false),
-        Field::new("artist_mbid", DataType::Utf8, false),
-        Field::new("artist_name", DataType::Utf8, false),
-        Field::new("track_mbid", DataType::Utf8, false),
-        Field::new("track_name", DataType::Utf8, false),
+        Field::new("artist_mbid", text(), false),
+        Field::new("artist_name", text(), false),
+        Field::new("track_mbid", text(), false),
+        Field::new("track_name", text(), false),
         Field::new(CHUNK_COLUMN, DataType::Int64, false),
     ]))
 }
@@ -137,56 +142,36 @@ impl Work for TsvScanSpec {
             "{:05}-{:06}.parquet",
             chunk.file_index, chunk.chunk_index
         ));
-        let batch_size = context.session_config().batch_size().max(1024);
-        Ok(scan_chunk(input, output, chunk, part, raw_listen_schema(), batch_size).boxed())
+        Ok(scan_chunk(input, output, chunk, part).boxed())
     }
 }
 
-/// Parses one chunk lazily, a batch per poll; its rejects part is written when the chunk ends.
+/// Parses one chunk into one batch (none if it has no accepted line) and writes its rejects
+/// part.
 fn scan_chunk(
     input: Arc<dyn ObjectStore>,
     output: Arc<dyn ObjectStore>,
     chunk: Chunk,
     part: Path,
-    schema: SchemaRef,
-    batch_size: usize,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
-    futures::stream::try_unfold(None::<ChunkParser>, move |parser| {
-        let (input, output, chunk, part, schema) = (
-            input.clone(),
-            output.clone(),
-            chunk.clone(),
-            part.clone(),
-            schema.clone(),
-        );
-        async move {
-            let mut parser = match parser {
-                Some(parser) => parser,
-                None => ChunkParser::new(
-                    read_owned_lines(input.as_ref(), &chunk).await?,
-                    batch_size,
-                    chunk.ordinal as i64,
-                ),
-            };
-            while let Some(batch) = parser.next_batch(&schema)? {
-                if batch.num_rows() > 0 {
-                    return Ok(Some((batch, Some(parser))));
-                }
-            }
-            let rejects = parser.rejects_batch()?;
-            let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
-            write_parquet_file(
-                output,
-                &part,
-                rejects.schema(),
-                vec![rejects],
-                Payload::Records,
-                metadata,
-            )
-            .await?;
-            Ok(None)
-        }
+    futures::stream::once(async move {
+        let bytes = read_owned_lines(input.as_ref(), &chunk).await?;
+        let mut parser = ChunkParser::new(bytes, chunk.ordinal as i64);
+        let batch = parser.parse()?;
+        let rejects = parser.rejects_batch()?;
+        let metadata = vec![(LINES_KEY.to_string(), parser.lines().to_string())];
+        write_parquet_file(
+            output,
+            &part,
+            rejects.schema(),
+            vec![rejects],
+            Payload::Records,
+            metadata,
+        )
+        .await?;
+        Ok(batch)
     })
+    .try_filter(|batch| futures::future::ready(batch.num_rows() > 0))
 }
 
 /// Reads the bytes of the lines `chunk` owns (possibly empty), ending with the last line's `\n`
@@ -240,25 +225,25 @@ pub(crate) async fn read_owned_lines(store: &dyn ObjectStore, chunk: &Chunk) -> 
     }
 }
 
-/// Turns the owned bytes of one chunk into listen batches, collecting rejects on the way.
+/// Turns the owned bytes of one chunk into a listen batch, collecting rejects on the way.
 pub(crate) struct ChunkParser {
     bytes: Bytes,
     ordinal: i64,
-    pos: usize,
-    batch_size: usize,
     line: u64,
     reject_lines: UInt64Builder,
     reject_reasons: StringBuilder,
     reject_raw: BinaryBuilder,
 }
 
+fn utf8(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+}
+
 impl ChunkParser {
-    pub(crate) fn new(bytes: Bytes, batch_size: usize, ordinal: i64) -> Self {
+    pub(crate) fn new(bytes: Bytes, ordinal: i64) -> Self {
         ChunkParser {
             bytes,
             ordinal,
-            pos: 0,
-            batch_size,
             line: 0,
             reject_lines: UInt64Builder::new(),
             reject_reasons: StringBuilder::new(),
@@ -266,7 +251,7 @@ impl ChunkParser {
         }
     }
 
-    /// Lines seen so far (all of them once `next_batch` returned `None`).
+    /// Lines seen so far (all of them once `parse` returned).
     pub(crate) fn lines(&self) -> u64 {
         self.line
     }
@@ -277,53 +262,62 @@ impl ChunkParser {
         self.reject_raw.append_value(line);
     }
 
-    pub(crate) fn next_batch(&mut self, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
-        if self.pos >= self.bytes.len() {
-            return Ok(None);
-        }
-        let n = self.batch_size;
-        let mut user = StringBuilder::with_capacity(n, n * 12);
-        let mut ts = TimestampMicrosecondBuilder::with_capacity(n);
-        let mut artist_mbid = StringBuilder::with_capacity(n, n * 36);
-        let mut artist_name = StringBuilder::with_capacity(n, n * 16);
-        let mut track_mbid = StringBuilder::with_capacity(n, n * 36);
-        let mut track_name = StringBuilder::with_capacity(n, n * 24);
+    /// Parses every line of the chunk: the accepted ones as one batch of
+    /// [`raw_listen_schema`]. Each distinct user id and (artist, track) tail is interned, and
+    /// checked for UTF-8, once.
+    pub(crate) fn parse(&mut self) -> Result<RecordBatch> {
         let bytes = self.bytes.clone();
-        let mut rows = 0;
-        let mut consumed = self.pos;
-        for line in lines(&bytes[self.pos..]) {
-            consumed += line.len() + 1;
-            match parse_line(line) {
-                Ok(l) => {
-                    user.append_value(l.user_id);
-                    ts.append_value(l.ts_micros);
-                    artist_mbid.append_value(l.artist_mbid);
-                    artist_name.append_value(l.artist_name);
-                    track_mbid.append_value(l.track_mbid);
-                    track_name.append_value(l.track_name);
-                    rows += 1;
+        let mut users = Interner::new();
+        let mut tails = Interner::new();
+        let mut user_keys = Vec::new();
+        let mut tail_keys = Vec::new();
+        let mut ts = Vec::new();
+        for line in lines(&bytes) {
+            let parsed = split_line(line).and_then(|f| {
+                let user = users.intern_if(f.user_id, utf8);
+                let tail = tails.intern_if(f.tail, utf8);
+                match (user, tail) {
+                    (Some(user), Some(tail)) => Ok((user, f.ts_micros, tail)),
+                    _ => Err(RejectReason::InvalidUtf8),
+                }
+            });
+            match parsed {
+                Ok((user, micros, tail)) => {
+                    user_keys.push(user);
+                    ts.push(micros);
+                    tail_keys.push(tail);
                 }
                 Err(reason) => self.reject(line, reason),
             }
             self.line += 1;
-            if rows == n {
-                break;
+        }
+        let tails = tails.to_strings()?;
+        let mut fields: [StringBuilder; 4] = std::array::from_fn(|_| StringBuilder::new());
+        for tail in tails.iter().flatten() {
+            for (builder, field) in fields.iter_mut().zip(split_tail(tail)) {
+                builder.append_value(field);
             }
         }
-        self.pos = consumed.min(bytes.len());
-        let batch = RecordBatch::try_new(
-            schema.clone(),
+        let tail_keys = UInt32Array::from(tail_keys);
+        let [artist_mbid, artist_name, track_mbid, track_name] = fields.map(|mut values| {
+            DictionaryArray::try_new(tail_keys.clone(), Arc::new(values.finish()))
+        });
+        let rows = ts.len();
+        Ok(RecordBatch::try_new(
+            raw_listen_schema(),
             vec![
-                Arc::new(user.finish()),
-                Arc::new(ts.finish().with_timezone("UTC")),
-                Arc::new(artist_mbid.finish()),
-                Arc::new(artist_name.finish()),
-                Arc::new(track_mbid.finish()),
-                Arc::new(track_name.finish()),
+                Arc::new(DictionaryArray::try_new(
+                    UInt32Array::from(user_keys),
+                    Arc::new(users.to_strings()?),
+                )?),
+                Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+                Arc::new(artist_mbid?),
+                Arc::new(artist_name?),
+                Arc::new(track_mbid?),
+                Arc::new(track_name?),
                 Arc::new(Int64Array::from_value(self.ordinal, rows)),
             ],
-        )?;
-        Ok(Some(batch))
+        )?)
     }
 
     pub(crate) fn rejects_batch(&mut self) -> Result<RecordBatch> {
@@ -392,12 +386,8 @@ mod tests {
     #[test]
     fn parser_counts_every_line() {
         let text = b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\nbroken line\nu\t2009-05-04T23:08:58Z\ta\tA\tt\tT\r\n\n";
-        let mut p = ChunkParser::new(Bytes::from_static(text), 1, 0);
-        let schema = raw_listen_schema();
-        let mut rows = 0;
-        while let Some(b) = p.next_batch(&schema).unwrap() {
-            rows += b.num_rows();
-        }
+        let mut p = ChunkParser::new(Bytes::from_static(text), 0);
+        let rows = p.parse().unwrap().num_rows();
         let rejects = p.rejects_batch().unwrap();
         assert_eq!(rows, 2);
         assert_eq!(p.lines(), 4);
@@ -409,12 +399,8 @@ mod tests {
         fn any_bytes_any_chunking(data in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\t'), Just(b'\r'), any::<u8>()], 0..300), chunk in 1u64..64) {
             check_chunking(data.clone(), chunk);
             // clean + rejected = lines, whatever the bytes.
-            let mut p = ChunkParser::new(Bytes::from(data.clone()), 7, 3);
-            let schema = raw_listen_schema();
-            let mut rows = 0u64;
-            while let Some(b) = p.next_batch(&schema).unwrap() {
-                rows += b.num_rows() as u64;
-            }
+            let mut p = ChunkParser::new(Bytes::from(data.clone()), 3);
+            let rows = p.parse().unwrap().num_rows() as u64;
             let rejected = p.rejects_batch().unwrap().num_rows() as u64;
             prop_assert_eq!(rows + rejected, p.lines());
             prop_assert_eq!(p.lines(), lines(&data).count() as u64);

@@ -67,16 +67,56 @@ pub struct RawListen<'a> {
     pub track_name: &'a str,
 }
 
+/// The fields of a line that passed every check except, possibly, UTF-8: the user id and the
+/// four artist and track fields are still bytes, so a caller that sees the same values again
+/// and again (the clean scan) validates each distinct value once instead of every line. The
+/// timestamp parsed, so it was ASCII. The line is valid UTF-8 exactly when `user_id` and
+/// `tail` are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineFields<'a> {
+    pub user_id: &'a [u8],
+    pub ts_micros: i64,
+    /// `artist_mbid \t artist_name \t track_mbid \t track_name`.
+    pub tail: &'a [u8],
+}
+
 /// Parses one line, given without its `\n` terminator (a trailing `\r` is removed here).
 pub fn parse_line(line: &[u8]) -> Result<RawListen<'_>, RejectReason> {
+    let fields = split_line(line)?;
+    let user_id = std::str::from_utf8(fields.user_id).map_err(|_| RejectReason::InvalidUtf8)?;
+    let tail = std::str::from_utf8(fields.tail).map_err(|_| RejectReason::InvalidUtf8)?;
+    let [artist_mbid, artist_name, track_mbid, track_name] = split_tail(tail);
+    Ok(RawListen {
+        user_id,
+        ts_micros: fields.ts_micros,
+        artist_mbid,
+        artist_name,
+        track_mbid,
+        track_name,
+    })
+}
+
+/// The four fields of a [`LineFields::tail`].
+pub fn split_tail(tail: &str) -> [&str; 4] {
+    let mut parts = tail.splitn(4, '\t');
+    std::array::from_fn(|_| parts.next().unwrap_or(""))
+}
+
+/// Checks one line (without its `\n`; a trailing `\r` is removed here) and splits it. Every
+/// check but UTF-8 is done here; a line that fails one is also checked for UTF-8, which
+/// outranks every other reason.
+pub fn split_line(line: &[u8]) -> Result<LineFields<'_>, RejectReason> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let text = std::str::from_utf8(line).map_err(|_| RejectReason::InvalidUtf8)?;
+    let reject = |reason: RejectReason| match std::str::from_utf8(line) {
+        Ok(_) => reason,
+        Err(_) => RejectReason::InvalidUtf8,
+    };
     // One pass finds the five tabs and any carriage return (which outranks a bad field count).
     let mut tabs = [0usize; 5];
     let mut n = 0;
     for pos in memchr::memchr2_iter(b'\t', b'\r', line) {
         if line[pos] == b'\r' {
-            return Err(RejectReason::StrayCr);
+            return Err(reject(RejectReason::StrayCr));
         }
         if n < 5 {
             tabs[n] = pos;
@@ -84,35 +124,37 @@ pub fn parse_line(line: &[u8]) -> Result<RawListen<'_>, RejectReason> {
         n += 1;
     }
     if n != 5 {
-        return Err(RejectReason::FieldCount);
+        return Err(reject(RejectReason::FieldCount));
     }
-    // Tabs are ASCII, so these are char boundaries.
-    let field = |i: usize| {
-        let start = if i == 0 { 0 } else { tabs[i - 1] + 1 };
-        let end = if i == 5 { text.len() } else { tabs[i] };
-        &text[start..end]
-    };
-    let user_id = field(0);
-    if user_id.trim().is_empty() {
-        return Err(RejectReason::EmptyUser);
+    let user_id = &line[..tabs[0]];
+    if blank(user_id) {
+        return Err(reject(RejectReason::EmptyUser));
     }
-    let ts_micros = parse_timestamp_micros(field(1).as_bytes()).map_err(|e| match e {
-        TimestampError::Syntax => RejectReason::BadTimestamp,
-        TimestampError::Impossible => RejectReason::ImpossibleTimestamp,
-        TimestampError::OutOfRange => RejectReason::TimestampOutOfRange,
+    let ts_micros = parse_timestamp_micros(&line[tabs[0] + 1..tabs[1]]).map_err(|e| {
+        reject(match e {
+            TimestampError::Syntax => RejectReason::BadTimestamp,
+            TimestampError::Impossible => RejectReason::ImpossibleTimestamp,
+            TimestampError::OutOfRange => RejectReason::TimestampOutOfRange,
+        })
     })?;
-    let (track_mbid, track_name) = (field(4), field(5));
-    if track_mbid.is_empty() && track_name.trim().is_empty() {
-        return Err(RejectReason::MissingTrack);
+    if tabs[3] + 1 == tabs[4] && blank(&line[tabs[4] + 1..]) {
+        return Err(reject(RejectReason::MissingTrack));
     }
-    Ok(RawListen {
+    Ok(LineFields {
         user_id,
         ts_micros,
-        artist_mbid: field(2),
-        artist_name: field(3),
-        track_mbid,
-        track_name,
+        tail: &line[tabs[1] + 1..],
     })
+}
+
+/// Whether a field is empty or only white space (Unicode's, as `str::trim`); bytes that are not
+/// UTF-8 are not blank (the line is rejected for its encoding instead).
+fn blank(field: &[u8]) -> bool {
+    match field.first() {
+        None => true,
+        Some(c) if c.is_ascii_alphanumeric() => false,
+        Some(_) => std::str::from_utf8(field).is_ok_and(|s| s.trim().is_empty()),
+    }
 }
 
 /// Iterates over the lines of `buf` (without terminators); a last line without `\n` counts.
