@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::lake::{LakeFileReader, clear, list};
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndex, sort_ordering};
 use crate::worklist::{Work, WorkExec, work_list};
-use crate::write::{ParquetWriterExec, SplitSpec, WriteSpec};
+use crate::write::{ParquetWriterExec, Payload, SplitSpec, WriteSpec};
 use crate::{Cluster, JobError};
 
 /// Rows per sorted file the job aims for when the caller does not choose.
@@ -144,6 +144,7 @@ pub async fn run_sort(
                 names,
             },
             sorted_runs: true,
+            payload: Payload::Records,
         },
     )?);
     let mut written = Vec::new();

@@ -173,6 +173,7 @@ pub fn clean_plan(
                 names,
             },
             sorted_runs: true,
+            payload: Payload::Runs,
         },
     )?))
 }

@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 
 use arrow::array::{
-    BinaryBuilder, DictionaryArray, Int64Array, RecordBatch, StringBuilder,
+    Array, BinaryBuilder, DictionaryArray, Int64Array, RecordBatch, StringArray, StringBuilder,
     TimestampMicrosecondArray, UInt32Array, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -291,14 +291,19 @@ impl ChunkParser {
             }
             self.line += 1;
         }
+        let users = users.to_strings()?;
         let tails = tails.to_strings()?;
+        let order = listen_order(&ts, &user_keys, &users, &tail_keys, &tails);
+        let gather = |v: &[u32]| order.iter().map(|&r| v[r as usize]).collect::<Vec<u32>>();
+        let user_keys = UInt32Array::from(gather(&user_keys));
+        let tail_keys = UInt32Array::from(gather(&tail_keys));
+        let ts: Vec<i64> = order.iter().map(|&r| ts[r as usize]).collect();
         let mut fields: [StringBuilder; 4] = std::array::from_fn(|_| StringBuilder::new());
         for tail in tails.iter().flatten() {
             for (builder, field) in fields.iter_mut().zip(split_tail(tail)) {
                 builder.append_value(field);
             }
         }
-        let tail_keys = UInt32Array::from(tail_keys);
         let [artist_mbid, artist_name, track_mbid, track_name] = fields.map(|mut values| {
             DictionaryArray::try_new(tail_keys.clone(), Arc::new(values.finish()))
         });
@@ -306,10 +311,7 @@ impl ChunkParser {
         Ok(RecordBatch::try_new(
             raw_listen_schema(),
             vec![
-                Arc::new(DictionaryArray::try_new(
-                    UInt32Array::from(user_keys),
-                    Arc::new(users.to_strings()?),
-                )?),
+                Arc::new(DictionaryArray::try_new(user_keys, Arc::new(users))?),
                 Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
                 Arc::new(artist_mbid?),
                 Arc::new(artist_name?),
@@ -332,9 +334,71 @@ impl ChunkParser {
     }
 }
 
+/// The rows of a chunk (numbers into its parsed columns) in the clean plan's sort order:
+/// timestamp, user id, track id. The plan's `SortExec` then only has to confirm the order (one
+/// comparison per row) instead of sorting every chunk with a comparator per column.
+///
+/// Logs come as per-user runs (Last.fm-1K lists each user's listens newest first), so the
+/// stable sort of (timestamp, user rank) keys mostly merges those runs. Rows equal on both, a
+/// user's repeated listens within one second, are ordered by their track id.
+fn listen_order(
+    ts: &[i64],
+    user_keys: &[u32],
+    users: &StringArray,
+    tail_keys: &[u32],
+    tails: &StringArray,
+) -> Vec<u32> {
+    let mut by_name: Vec<u32> = (0..users.len() as u32).collect();
+    by_name.sort_unstable_by(|&a, &b| users.value(a as usize).cmp(users.value(b as usize)));
+    let mut rank = vec![0u32; users.len()];
+    for (r, &u) in by_name.iter().enumerate() {
+        rank[u as usize] = r as u32;
+    }
+    let min = ts.iter().copied().min().unwrap_or(0);
+    let span = ts.iter().copied().max().unwrap_or(0).abs_diff(min);
+    let user_bits = u64::BITS - (users.len() as u64).leading_zeros();
+    let fits = u64::BITS - span.leading_zeros() + user_bits <= u64::BITS;
+    let user_of = |row: usize| rank[user_keys[row] as usize];
+    let mut rows = match fits {
+        true => sorted_by_key(ts.len(), |row| {
+            (ts[row].abs_diff(min) << user_bits) | user_of(row) as u64
+        }),
+        false => sorted_by_key(ts.len(), |row| (ts[row], user_of(row))),
+    };
+    let same = |a: u32, b: u32| {
+        ts[a as usize] == ts[b as usize] && user_keys[a as usize] == user_keys[b as usize]
+    };
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start + 1;
+        while end < rows.len() && same(rows[start], rows[end]) {
+            end += 1;
+        }
+        if end - start > 1 {
+            rows[start..end].sort_by_cached_key(|&row| {
+                let tail = tails.value(tail_keys[row as usize] as usize);
+                let [_, artist_name, track_mbid, track_name] = split_tail(tail);
+                recsys_core::ids::track_id(track_mbid, artist_name, track_name)
+            });
+        }
+        start = end;
+    }
+    rows
+}
+
+/// Row numbers `0..n` stably sorted by `key` (an adaptive merge sort: natural runs, ascending
+/// or descending, cost little).
+fn sorted_by_key<K: Ord + Copy>(n: usize, key: impl Fn(usize) -> K) -> Vec<u32> {
+    let mut keyed: Vec<(K, u32)> = (0..n).map(|row| (key(row), row as u32)).collect();
+    keyed.sort_by_key(|&(k, _)| k);
+    keyed.into_iter().map(|(_, row)| row).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::tsv::parse_line;
     use super::*;
+    use arrow::array::AsArray;
     use object_store::memory::InMemory;
     use object_store::{ObjectStoreExt, PutPayload};
     use proptest::prelude::*;
@@ -394,7 +458,68 @@ mod tests {
         assert_eq!(rejects.num_rows(), 2);
     }
 
+    /// Rows leave the parser in (timestamp, user id, track id) order, whatever order the lines
+    /// came in and however many ties they have.
+    fn check_listen_order(lines: &[(u8, u8, u8, bool)]) {
+        let text: String = lines
+            .iter()
+            .map(|&(user, second, track, mbid)| {
+                let track_mbid = if mbid {
+                    format!("mbid-{track}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "user_{user}\t2009-05-04T23:08:{:02}Z\t\tArtist\t{track_mbid}\tSong {track}\n",
+                    second % 60
+                )
+            })
+            .collect();
+        let mut p = ChunkParser::new(Bytes::from(text), 0);
+        let batch = p.parse().unwrap();
+        let plain = |i: usize| {
+            let c = arrow::compute::cast(batch.column(i), &DataType::Utf8).unwrap();
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let (users, mbids, names) = (plain(0), plain(4), plain(5));
+        let ts = batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let keys: Vec<(i64, String, String)> = (0..batch.num_rows())
+            .map(|i| {
+                let track = recsys_core::ids::track_id(&mbids[i], "Artist", &names[i]);
+                (ts.value(i), users[i].clone(), track)
+            })
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys.len(), lines.len());
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn rows_leave_in_listen_order() {
+        // Per-user runs, newest first, with same-second repeats of different tracks.
+        check_listen_order(&[
+            (2, 9, 1, true),
+            (2, 9, 0, false),
+            (2, 5, 3, true),
+            (1, 9, 2, false),
+            (1, 9, 2, true),
+            (1, 9, 1, true),
+            (1, 1, 0, true),
+        ]);
+    }
+
     proptest! {
+        #[test]
+        fn any_lines_leave_in_listen_order(lines in proptest::collection::vec((0u8..4, 0u8..6, 0u8..5, any::<bool>()), 0..60)) {
+            check_listen_order(&lines);
+        }
+
         #[test]
         fn any_bytes_any_chunking(data in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\t'), Just(b'\r'), any::<u8>()], 0..300), chunk in 1u64..64) {
             check_chunking(data.clone(), chunk);
@@ -404,6 +529,36 @@ mod tests {
             let rejected = p.rejects_batch().unwrap().num_rows() as u64;
             prop_assert_eq!(rows + rejected, p.lines());
             prop_assert_eq!(p.lines(), lines(&data).count() as u64);
+        }
+
+        /// The parser checks UTF-8 once per distinct value, yet rejects exactly the lines, for
+        /// exactly the reasons, that `parse_line` (which checks every line) gives.
+        #[test]
+        fn reasons_match_parse_line(fields in proptest::collection::vec(proptest::collection::vec(0usize..6, 6..8), 1..40)) {
+            const POOL: [&[u8]; 6] = [b"a", b"", b"  ", b"\xff", "é".as_bytes(), b"2009-05-04T23:08:57Z"];
+            let text: Vec<u8> = fields
+                .iter()
+                .flat_map(|f| {
+                    let mut line = f.iter().map(|&i| POOL[i].to_vec()).collect::<Vec<_>>().join(&b'\t');
+                    line.push(b'\n');
+                    line
+                })
+                .collect();
+            let mut p = ChunkParser::new(Bytes::from(text.clone()), 0);
+            let rows = p.parse().unwrap().num_rows();
+            let rejects = p.rejects_batch().unwrap();
+            let got: Vec<(u64, String)> = (0..rejects.num_rows())
+                .map(|i| {
+                    let line = rejects.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(i);
+                    (line, rejects.column(1).as_string::<i32>().value(i).to_string())
+                })
+                .collect();
+            let expected: Vec<(u64, String)> = lines(&text)
+                .enumerate()
+                .filter_map(|(i, l)| parse_line(l).err().map(|r| (i as u64, r.as_str().to_string())))
+                .collect();
+            prop_assert_eq!(rows + expected.len(), fields.len());
+            prop_assert_eq!(got, expected);
         }
     }
 }

@@ -212,6 +212,14 @@ mod tests {
         use RejectReason::*;
         let cases: &[(&[u8], RejectReason)] = &[
             (b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\xff", InvalidUtf8),
+            // Bad UTF-8 outranks every other reason, wherever it is.
+            (b"u\xff\t2009-05-04T23:08:57Z\ta\tA\tt", InvalidUtf8),
+            (b"u\xff\t2009-05-04T23:08:57Z\ta\rA\tt\tT", InvalidUtf8),
+            (b"  \t2009-05-04T23:08:57Z\t\xff\tA\tt\tT", InvalidUtf8),
+            (b"u\t2009\xff\ta\tA\tt\tT", InvalidUtf8),
+            (b"u\tbad\ta\tA\tt\tT\xc3", InvalidUtf8),
+            (b"u\t2009-05-04T23:08:57Z\ta\tA\t\t\xff", InvalidUtf8),
+            (b"\xe3\x80\x80\t2009-05-04T23:08:57Z\ta\tA\tt\tT", EmptyUser),
             (b"u\t2009-05-04T23:08:57Z\ta\tA\rB\tt\tT", StrayCr),
             (b"u\t2009-05-04T23:08:57Z\ta\tA\tt\tT\r\r", StrayCr),
             (b"u\t2009-05-04T23:08:57Z\ta\tA\tt", FieldCount),
