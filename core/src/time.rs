@@ -76,64 +76,90 @@ fn digits(b: &[u8]) -> Option<u32> {
 /// Parses an ISO-8601 UTC timestamp as Last.fm writes it (`2009-05-04T23:08:57Z`), also accepting
 /// fractional seconds and a numeric offset, into microseconds since the epoch.
 pub fn parse_timestamp_micros(s: &[u8]) -> Result<i64, TimestampError> {
-    use TimestampError::*;
-    if s.len() < 20
-        || s[4] != b'-'
-        || s[7] != b'-'
-        || (s[10] != b'T' && s[10] != b' ')
-        || s[13] != b':'
-        || s[16] != b':'
-    {
-        return Err(Syntax);
-    }
-    let year = digits(&s[0..4]).ok_or(Syntax)? as i64;
-    let month = digits(&s[5..7]).ok_or(Syntax)?;
-    let day = digits(&s[8..10]).ok_or(Syntax)?;
-    let hour = digits(&s[11..13]).ok_or(Syntax)?;
-    let minute = digits(&s[14..16]).ok_or(Syntax)?;
-    let second = digits(&s[17..19]).ok_or(Syntax)?;
-    let mut rest = &s[19..];
-    let mut frac_micros = 0i64;
-    if rest.first() == Some(&b'.') {
-        let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if n == 0 || n > 9 {
+    TimestampParser::default().parse(s)
+}
+
+/// [`parse_timestamp_micros`] for many timestamps in a row: it remembers the last valid date
+/// (`YYYY-MM-DD`) and its day number, which consecutive lines of a log mostly share (a user's
+/// listens come in time order), so the date is parsed and checked once per day, not per line.
+#[derive(Debug, Default)]
+pub struct TimestampParser {
+    date: [u8; 10],
+    days: Option<i64>,
+}
+
+impl TimestampParser {
+    pub fn parse(&mut self, s: &[u8]) -> Result<i64, TimestampError> {
+        use TimestampError::*;
+        if s.len() < 20
+            || s[4] != b'-'
+            || s[7] != b'-'
+            || (s[10] != b'T' && s[10] != b' ')
+            || s[13] != b':'
+            || s[16] != b':'
+        {
             return Err(Syntax);
         }
-        let frac = &rest[1..1 + n];
-        for i in 0..6 {
-            frac_micros = frac_micros * 10 + frac.get(i).map_or(0, |c| (c - b'0') as i64);
-        }
-        rest = &rest[1 + n..];
-    }
-    let offset_secs: i64 = match rest {
-        b"Z" => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let h = digits(&[*h1, *h2]).ok_or(Syntax)? as i64;
-            let m = digits(&[*m1, *m2]).ok_or(Syntax)? as i64;
-            if h > 23 || m > 59 {
-                return Err(Impossible);
+        // The date's day number if it is the remembered one, else its fields.
+        let date = match self.days.filter(|_| s[..10] == self.date) {
+            Some(days) => Ok(days),
+            None => Err((
+                digits(&s[0..4]).ok_or(Syntax)? as i64,
+                digits(&s[5..7]).ok_or(Syntax)?,
+                digits(&s[8..10]).ok_or(Syntax)?,
+            )),
+        };
+        let hour = digits(&s[11..13]).ok_or(Syntax)?;
+        let minute = digits(&s[14..16]).ok_or(Syntax)?;
+        let second = digits(&s[17..19]).ok_or(Syntax)?;
+        let mut rest = &s[19..];
+        let mut frac_micros = 0i64;
+        if rest.first() == Some(&b'.') {
+            let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 || n > 9 {
+                return Err(Syntax);
             }
-            let secs = h * 3600 + m * 60;
-            if *sign == b'+' { secs } else { -secs }
+            let frac = &rest[1..1 + n];
+            for i in 0..6 {
+                frac_micros = frac_micros * 10 + frac.get(i).map_or(0, |c| (c - b'0') as i64);
+            }
+            rest = &rest[1 + n..];
         }
-        _ => return Err(Syntax),
-    };
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return Err(Impossible);
+        let offset_secs: i64 = match rest {
+            b"Z" => 0,
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+                let h = digits(&[*h1, *h2]).ok_or(Syntax)? as i64;
+                let m = digits(&[*m1, *m2]).ok_or(Syntax)? as i64;
+                if h > 23 || m > 59 {
+                    return Err(Impossible);
+                }
+                let secs = h * 3600 + m * 60;
+                if *sign == b'+' { secs } else { -secs }
+            }
+            _ => return Err(Syntax),
+        };
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(Impossible);
+        }
+        let days = match date {
+            Ok(days) => days,
+            Err((year, month, day)) => {
+                if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+                    return Err(Impossible);
+                }
+                let days = days_from_civil(year, month, day);
+                self.date.copy_from_slice(&s[..10]);
+                self.days = Some(days);
+                days
+            }
+        };
+        let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset_secs;
+        let micros = secs * MICROS_PER_SEC + frac_micros;
+        if !(SANE_MIN_MICROS..SANE_MAX_MICROS).contains(&micros) {
+            return Err(OutOfRange);
+        }
+        Ok(micros)
     }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset_secs;
-    let micros = secs * MICROS_PER_SEC + frac_micros;
-    if !(SANE_MIN_MICROS..SANE_MAX_MICROS).contains(&micros) {
-        return Err(OutOfRange);
-    }
-    Ok(micros)
 }
 
 /// Writes `micros` as `YYYY-MM-DDTHH:MM:SSZ` (whole seconds) into `out`.
@@ -235,6 +261,32 @@ mod tests {
             Err(OutOfRange)
         );
         assert_eq!(parse_timestamp_micros(b""), Err(Syntax));
+    }
+
+    #[test]
+    fn remembered_dates_change_nothing() {
+        let inputs: [&[u8]; 9] = [
+            b"2009-05-04T23:08:57Z",
+            b"2009-05-04T23:08:58Z",
+            b"2009-05-04T24:00:00Z",
+            b"2009-05-04X23:08:57Z",
+            b"2009-05-04T23:08:57+01:00",
+            b"2009-02-30T00:00:00Z",
+            b"2009-02-30T00:00:01Z",
+            b"2009-05-03T23:59:59.5Z",
+            b"2009-05-04T00:00:00Z",
+        ];
+        let mut parser = TimestampParser::default();
+        for _ in 0..2 {
+            for s in inputs {
+                assert_eq!(
+                    parser.parse(s),
+                    parse_timestamp_micros(s),
+                    "{}",
+                    String::from_utf8_lossy(s)
+                );
+            }
+        }
     }
 
     #[test]

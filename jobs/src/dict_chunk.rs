@@ -2,14 +2,14 @@
 //!
 //! parquet-rs dictionary-encodes a string column by hashing and comparing every row's bytes,
 //! also when its input already is an Arrow dictionary (about a quarter of the clean job's time).
-//! This encoder maps each Arrow dictionary *entry* to a chunk-local id once, on its first use,
-//! and every row after that is an array lookup. It writes what parquet-rs writes for such a
+//! This encoder maps each Arrow dictionary *entry* to an id once, on its first use (the only
+//! hash of its string), and every row after that is two array lookups. It writes what parquet-rs writes for such a
 //! column: a PLAIN dictionary page and `RLE_DICTIONARY` data pages of bit-packed ids, compressed
 //! with the column's codec, plus the chunk's offset index. Statistics are not computed (the
 //! lake's string columns have none, see [`recsys_core::encoding::lake_columns`]).
 //!
 //! Only required (non-nullable) `Dictionary(UInt32, Utf8)` columns written with zstd or without
-//! compression take this path ([`DictChunk::supports`]); every other column goes through
+//! compression take this path ([`DictColumn::for_column`]); every other column goes through
 //! parquet-rs.
 
 use std::sync::Arc;
@@ -29,24 +29,34 @@ use parquet::schema::types::ColumnDescPtr;
 
 use crate::intern::Interner;
 
-/// The rows of one column in one row group, as chunk-local dictionary ids.
-pub(crate) struct DictChunk {
-    dictionary: Interner,
-    ids: Vec<u32>,
-    /// The Arrow dictionary seen last, and the chunk id of each of its entries (`u32::MAX`:
-    /// not used yet). Batches sliced or sorted from one array share it.
+/// One dictionary column of a file being written. Each distinct string gets a file-wide id the
+/// first time an Arrow dictionary entry holding it is used; each row group numbers the ids it
+/// uses again, densely, for its own dictionary page.
+pub(crate) struct DictColumn {
+    column: ColumnDescPtr,
+    codec: PageCodec,
+    /// The file's distinct strings so far.
+    strings: Interner,
+    /// The Arrow dictionary seen last, and the file-wide id of each of its entries
+    /// (`u32::MAX`: not used yet). Batches sliced or sorted from one array share it.
     seen: Option<(ArrayRef, Vec<u32>)>,
+    /// File-wide id → id in the current row group's dictionary (`u32::MAX`: not in it).
+    local: Vec<u32>,
+    /// The current row group's dictionary, as file-wide ids.
+    dictionary: Vec<u32>,
+    /// The current row group's rows, as its dictionary's ids.
+    ids: Vec<u32>,
 }
 
 /// How a dictionary chunk's pages are compressed.
-pub(crate) enum PageCodec {
+enum PageCodec {
     Uncompressed,
     Zstd(zstd::bulk::Compressor<'static>),
 }
 
 impl PageCodec {
     /// The codec for `column` under `props`, if this encoder supports it.
-    pub(crate) fn for_column(column: &ColumnDescPtr, props: &WriterProperties) -> Option<Self> {
+    fn for_column(column: &ColumnDescPtr, props: &WriterProperties) -> Option<Self> {
         match props.compression(column.path()) {
             Compression::UNCOMPRESSED => Some(PageCodec::Uncompressed),
             Compression::ZSTD(level) => zstd::bulk::Compressor::new(level.compression_level())
@@ -116,25 +126,33 @@ fn compress(z: &mut zstd::bulk::Compressor<'static>, buf: &[u8]) -> Result<Bytes
         .map_err(|e| ParquetError::External(Box::new(e)))
 }
 
-impl DictChunk {
-    /// Whether a column of `data_type` (as written) with this `column` descriptor can be
-    /// encoded here.
-    pub(crate) fn supports(data_type: &DataType, column: &ColumnDescPtr) -> bool {
-        matches!(data_type, DataType::Dictionary(k, v)
-            if **k == DataType::UInt32 && **v == DataType::Utf8)
-            && column.max_def_level() == 0
-            && column.max_rep_level() == 0
-    }
-
-    pub(crate) fn new() -> Self {
-        DictChunk {
-            dictionary: Interner::new(),
-            ids: Vec::new(),
-            seen: None,
+impl DictColumn {
+    /// The encoder for a column of `data_type` (as written) with this descriptor and
+    /// properties, if it takes this path: a required `Dictionary(UInt32, Utf8)` column written
+    /// with zstd or without compression.
+    pub(crate) fn for_column(
+        data_type: &DataType,
+        column: &ColumnDescPtr,
+        props: &WriterProperties,
+    ) -> Option<Self> {
+        let dictionary = matches!(data_type, DataType::Dictionary(k, v)
+            if **k == DataType::UInt32 && **v == DataType::Utf8);
+        if !dictionary || column.max_def_level() > 0 || column.max_rep_level() > 0 {
+            return None;
         }
+        Some(DictColumn {
+            column: column.clone(),
+            codec: PageCodec::for_column(column, props)?,
+            strings: Interner::new(),
+            seen: None,
+            local: Vec::new(),
+            dictionary: Vec::new(),
+            ids: Vec::new(),
+        })
     }
 
-    /// Appends the rows of `array`, a `Dictionary(UInt32, Utf8)` without nulls.
+    /// Appends the rows of `array`, a `Dictionary(UInt32, Utf8)` without nulls, to the current
+    /// row group.
     pub(crate) fn push(&mut self, array: &dyn Array) -> Result<()> {
         let array: &DictionaryArray<UInt32Type> = array.as_dictionary_opt().ok_or_else(|| {
             ParquetError::General(format!(
@@ -158,43 +176,54 @@ impl DictChunk {
         if !same {
             self.seen = Some((values.clone(), vec![u32::MAX; values.len()]));
         }
-        let (_, map) = self.seen.as_mut().expect("set above");
+        let (_, file_ids) = self.seen.as_mut().expect("set above");
         self.ids.reserve(array.len());
         for &key in array.keys().values() {
-            let slot = &mut map[key as usize];
+            let slot = &mut file_ids[key as usize];
             if *slot == u32::MAX {
-                *slot = self
-                    .dictionary
-                    .intern(strings.value(key as usize).as_bytes());
+                *slot = self.strings.intern(strings.value(key as usize).as_bytes());
+                if self.local.len() < self.strings.len() {
+                    self.local.resize(self.strings.len(), u32::MAX);
+                }
             }
-            self.ids.push(*slot);
+            let local = &mut self.local[*slot as usize];
+            if *local == u32::MAX {
+                *local = self.dictionary.len() as u32;
+                self.dictionary.push(*slot);
+            }
+            self.ids.push(*local);
         }
         Ok(())
     }
 
-    /// Encodes the chunk: its bytes (offsets relative to their start) and what
-    /// `SerializedRowGroupWriter::append_column` needs to splice them into a file.
-    pub(crate) fn finish(
-        self,
-        column: ColumnDescPtr,
+    /// Encodes the current row group's column chunk, and starts the next one: the chunk's
+    /// bytes (offsets relative to their start) and what
+    /// `SerializedRowGroupWriter::append_column` needs to splice them into the file.
+    pub(crate) fn finish_chunk(
+        &mut self,
         props: &WriterProperties,
-        codec: &mut PageCodec,
         page_rows: usize,
     ) -> Result<(Bytes, ColumnCloseResult)> {
+        for &id in &self.dictionary {
+            self.local[id as usize] = u32::MAX;
+        }
+        let dictionary = std::mem::take(&mut self.dictionary);
+        let ids = std::mem::take(&mut self.ids);
+        let (column, codec) = (self.column.clone(), &mut self.codec);
         let mut sink = TrackedWrite::new(Vec::new());
         let mut pages = SerializedPageWriter::new(&mut sink);
-        let dictionary = pages.write_page(codec.page(Page::DictionaryPage {
-            buf: Bytes::from(self.dictionary.plain_encoded()),
-            num_values: self.dictionary.len() as u32,
+        let dictionary_page = pages.write_page(codec.page(Page::DictionaryPage {
+            buf: Bytes::from(self.strings.plain_encoded(&dictionary)),
+            num_values: dictionary.len() as u32,
             encoding: Encoding::PLAIN,
             is_sorted: false,
         })?)?;
-        let mut compressed = dictionary.compressed_size as i64;
-        let mut uncompressed = dictionary.uncompressed_size as i64;
+        let mut compressed = dictionary_page.compressed_size as i64;
+        let mut uncompressed = dictionary_page.uncompressed_size as i64;
         // Bit width of the largest id; at least 1, so a one-entry dictionary packs zeros.
-        let width = (u32::BITS - (self.dictionary.len().max(2) as u32 - 1).leading_zeros()) as u8;
-        let mut locations = Vec::with_capacity(self.ids.len().div_ceil(page_rows));
-        for (i, ids) in self.ids.chunks(page_rows.max(1)).enumerate() {
+        let width = (u32::BITS - (dictionary.len().max(2) as u32 - 1).leading_zeros()) as u8;
+        let mut locations = Vec::with_capacity(ids.len().div_ceil(page_rows));
+        for (i, ids) in ids.chunks(page_rows.max(1)).enumerate() {
             let mut buf = Vec::with_capacity(8 + ids.len() * width as usize / 8 + 8);
             buf.push(width);
             bit_pack(ids, width, &mut buf);
@@ -223,10 +252,10 @@ impl DictChunk {
                 Encoding::RLE,
                 Encoding::RLE_DICTIONARY,
             ])
-            .set_num_values(self.ids.len() as i64)
+            .set_num_values(ids.len() as i64)
             .set_total_compressed_size(compressed)
             .set_total_uncompressed_size(uncompressed)
-            .set_dictionary_page_offset(Some(dictionary.offset as i64))
+            .set_dictionary_page_offset(Some(dictionary_page.offset as i64))
             .set_data_page_offset(first_data_page)
             .build()?;
         let bytes = Bytes::from(sink.into_inner()?);
@@ -234,7 +263,7 @@ impl DictChunk {
             bytes,
             ColumnCloseResult {
                 bytes_written: compressed as u64,
-                rows_written: self.ids.len() as u64,
+                rows_written: ids.len() as u64,
                 metadata,
                 bloom_filter: None,
                 column_index: None,

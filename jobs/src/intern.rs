@@ -84,13 +84,18 @@ impl Interner {
         )
     }
 
-    /// Parquet's PLAIN encoding of the values in id order (4-byte little-endian length, bytes):
-    /// the body of a dictionary page.
-    pub(crate) fn plain_encoded(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + 4 * self.len());
-        for w in self.ends.windows(2) {
-            out.extend_from_slice(&((w[1] - w[0]) as u32).to_le_bytes());
-            out.extend_from_slice(&self.bytes[w[0]..w[1]]);
+    pub(crate) fn get(&self, id: u32) -> &[u8] {
+        &self.bytes[self.ends[id as usize]..self.ends[id as usize + 1]]
+    }
+
+    /// Parquet's PLAIN encoding of the values `ids` (4-byte little-endian length, bytes): the
+    /// body of a dictionary page.
+    pub(crate) fn plain_encoded(&self, ids: &[u32]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ids.len() * 40);
+        for &id in ids {
+            let value = self.get(id);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
         }
         out
     }
@@ -113,7 +118,11 @@ mod tests {
         assert_eq!(i.len(), 3);
         let strings = i.to_strings().unwrap();
         assert_eq!(strings.iter().flatten().collect::<Vec<_>>(), ["b", "a", ""]);
-        assert_eq!(i.plain_encoded(), b"\x01\0\0\0b\x01\0\0\0a\0\0\0\0");
+        assert_eq!(i.get(1), b"a");
+        assert_eq!(
+            i.plain_encoded(&[1, 2, 0]),
+            b"\x01\0\0\0a\0\0\0\0\x01\0\0\0b"
+        );
     }
 
     #[test]

@@ -17,9 +17,8 @@ use parquet::errors::{ParquetError, Result};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::ColumnDescPtr;
 
-use crate::dict_chunk::{DictChunk, PageCodec};
+use crate::dict_chunk::DictColumn;
 
 /// `schema` with every dictionary column replaced by its value type.
 pub(crate) fn plain_schema(schema: &Schema) -> Schema {
@@ -34,11 +33,6 @@ pub(crate) fn plain_schema(schema: &Schema) -> Schema {
     Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
-enum ColumnSink {
-    Arrow(Box<ArrowColumnWriter>),
-    Dictionary(DictChunk),
-}
-
 pub(crate) struct ParquetFile {
     file: SerializedFileWriter<Vec<u8>>,
     factory: ArrowRowGroupWriterFactory,
@@ -46,10 +40,10 @@ pub(crate) struct ParquetFile {
     /// The file's schema (no dictionaries).
     schema: SchemaRef,
     props: WriterPropertiesPtr,
-    /// Leaf columns of the file; `codecs[i]` is set when leaf i takes the dictionary path.
-    leaves: Vec<ColumnDescPtr>,
-    codecs: Vec<Option<PageCodec>>,
-    group: Option<Vec<ColumnSink>>,
+    /// Per leaf column of the file: its encoder if it takes the dictionary path.
+    dictionaries: Vec<Option<DictColumn>>,
+    /// The current row group's parquet-rs writers, per leaf (`None`: a dictionary leaf).
+    group: Option<Vec<Option<Box<ArrowColumnWriter>>>>,
     group_rows: usize,
     row_groups: usize,
     max_group_rows: usize,
@@ -70,16 +64,14 @@ impl ParquetFile {
         let (file, factory) = ArrowWriter::try_new(Vec::new(), file_schema.clone(), Some(props))?
             .into_serialized_writer()?;
         let props = file.properties().clone();
-        let leaves: Vec<ColumnDescPtr> = file.schema_descr().columns().to_vec();
+        let leaves = file.schema_descr().columns();
         // The dictionary path needs one leaf per field, to know which leaf a column is.
         let flat = leaves.len() == schema.fields().len();
-        let codecs = leaves
+        let dictionaries = leaves
             .iter()
             .enumerate()
             .map(|(i, leaf)| {
-                let dictionary = flat && DictChunk::supports(schema.field(i).data_type(), leaf);
-                dictionary
-                    .then(|| PageCodec::for_column(leaf, &props))
+                flat.then(|| DictColumn::for_column(schema.field(i).data_type(), leaf, &props))
                     .flatten()
             })
             .collect();
@@ -89,8 +81,7 @@ impl ParquetFile {
             sink,
             schema: file_schema,
             props,
-            leaves,
-            codecs,
+            dictionaries,
             group: None,
             group_rows: 0,
             row_groups: 0,
@@ -117,20 +108,17 @@ impl ParquetFile {
             self.group = Some(
                 writers
                     .into_iter()
-                    .zip(&self.codecs)
-                    .map(|(writer, codec)| match codec {
-                        Some(_) => ColumnSink::Dictionary(DictChunk::new()),
-                        None => ColumnSink::Arrow(Box::new(writer)),
-                    })
+                    .zip(&self.dictionaries)
+                    .map(|(writer, dictionary)| dictionary.is_none().then(|| Box::new(writer)))
                     .collect(),
             );
         }
-        let sinks = self.group.as_mut().expect("set above");
-        // Dictionary sinks exist only in flat schemas, where field i is leaf i.
+        let writers = self.group.as_mut().expect("set above");
+        // Dictionary leaves exist only in flat schemas, where field i is leaf i.
         let mut next = 0;
         for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-            if let ColumnSink::Dictionary(chunk) = &mut sinks[next] {
-                chunk.push(column.as_ref())?;
+            if let Some(dictionary) = &mut self.dictionaries[next] {
+                dictionary.push(column.as_ref())?;
                 next += 1;
                 continue;
             }
@@ -139,15 +127,13 @@ impl ParquetFile {
                 false => cast(column, field.data_type())?,
             };
             for leaf in compute_leaves(field, &plain)? {
-                match &mut sinks[next] {
-                    ColumnSink::Arrow(writer) => writer.write(&leaf)?,
-                    ColumnSink::Dictionary(_) => {
-                        return Err(ParquetError::General(format!(
-                            "leaf {next} of `{}` is not a dictionary leaf",
-                            field.name()
-                        )));
-                    }
-                }
+                let writer = writers[next].as_mut().ok_or_else(|| {
+                    ParquetError::General(format!(
+                        "leaf {next} of `{}` is a dictionary leaf",
+                        field.name()
+                    ))
+                })?;
+                writer.write(&leaf)?;
                 next += 1;
             }
         }
@@ -157,24 +143,20 @@ impl ParquetFile {
 
     /// Writes the rows buffered so far as a row group and hands its bytes to the sink.
     async fn flush(&mut self) -> Result<()> {
-        let Some(group) = self.group.take() else {
+        let Some(writers) = self.group.take() else {
             return Ok(());
         };
         let mut row_group = self.file.next_row_group()?;
-        for (i, sink) in group.into_iter().enumerate() {
-            match sink {
-                ColumnSink::Arrow(writer) => writer.close()?.append_to_row_group(&mut row_group)?,
-                ColumnSink::Dictionary(chunk) => {
-                    let codec = self.codecs[i]
-                        .as_mut()
-                        .expect("dictionary leaves have a codec");
-                    let (bytes, close) = chunk.finish(
-                        self.leaves[i].clone(),
-                        &self.props,
-                        codec,
-                        self.props.data_page_row_count_limit(),
-                    )?;
+        for (writer, dictionary) in writers.into_iter().zip(&mut self.dictionaries) {
+            match (writer, dictionary) {
+                (Some(writer), _) => writer.close()?.append_to_row_group(&mut row_group)?,
+                (None, Some(dictionary)) => {
+                    let (bytes, close) = dictionary
+                        .finish_chunk(&self.props, self.props.data_page_row_count_limit())?;
                     row_group.append_column(&bytes, close)?;
+                }
+                (None, None) => {
+                    return Err(ParquetError::General("a leaf has no writer".into()));
                 }
             }
         }
@@ -287,11 +269,9 @@ mod tests {
                     props,
                 )
                 .unwrap();
-                assert!(
-                    file.codecs[1].is_some()
-                        && file.codecs[0].is_none()
-                        && file.codecs[2].is_none()
-                );
+                let dictionary_leaves: Vec<bool> =
+                    file.dictionaries.iter().map(Option::is_some).collect();
+                assert_eq!(dictionary_leaves, [false, true, false]);
                 for batch in &batches {
                     file.write(batch).await.unwrap();
                 }

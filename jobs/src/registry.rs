@@ -327,7 +327,7 @@ mod tests {
         for name in [
             crate::udf::TRACK_ID,
             crate::udf::ARTIST_ID,
-            crate::udf::RANGE_BUCKET,
+            crate::udf::BUCKET,
         ] {
             assert!(state.scalar_functions().contains_key(name), "{name}");
         }

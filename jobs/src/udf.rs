@@ -8,12 +8,12 @@ use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Int64Array, StringArray, StringBuilder,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit, UInt32Type};
+use arrow::datatypes::{DataType, Field, FieldRef, UInt32Type};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    TypeSignature, Volatility,
+    Volatility,
 };
 use recsys_core::ids;
 
@@ -30,15 +30,6 @@ pub struct ArtistIdUdf {
     signature: Signature,
 }
 
-/// `recsys_range_bucket(ts, boundaries, keys)`: the key of the half-open range `ts` falls in.
-/// `boundaries` is an ascending `List<Int64>` of k cut points (µs); `keys` a `List<Int64>` of
-/// k + 1 values, `keys[i]` for `[boundaries[i-1], boundaries[i])`. The sort job uses it to route
-/// rows to time-ranged output partitions.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct RangeBucketUdf {
-    signature: Signature,
-}
-
 /// `recsys_bucket(text, n)`: a stable bucket in `0..n` for a string (FNV-1a 64 of its bytes,
 /// modulo `n`), the same on every process and every run: jobs use it to spread rows over a fixed
 /// set of output files.
@@ -49,7 +40,6 @@ pub struct BucketUdf {
 
 pub const TRACK_ID: &str = "recsys_track_id";
 pub const ARTIST_ID: &str = "recsys_artist_id";
-pub const RANGE_BUCKET: &str = "recsys_range_bucket";
 pub const BUCKET: &str = "recsys_bucket";
 
 /// Every project UDF, in one list for the registry.
@@ -61,9 +51,6 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
         })),
         Arc::new(ScalarUDF::from(ArtistIdUdf {
             signature: Signature::any(2, Volatility::Immutable),
-        })),
-        Arc::new(ScalarUDF::from(RangeBucketUdf {
-            signature: Signature::new(TypeSignature::Any(3), Volatility::Immutable),
         })),
         Arc::new(ScalarUDF::from(BucketUdf {
             signature: Signature::exact(
@@ -237,57 +224,6 @@ impl ScalarUDFImpl for ArtistIdUdf {
     }
 }
 
-fn int64_list(value: &ColumnarValue, what: &str) -> Result<Vec<i64>> {
-    let ColumnarValue::Scalar(ScalarValue::List(list)) = value else {
-        return exec_err!("{RANGE_BUCKET}: {what} must be a constant list");
-    };
-    if list.is_empty() || list.is_null(0) {
-        return Ok(vec![]);
-    }
-    let values = list.value(0);
-    let Some(values) = values.as_primitive_opt::<Int64Type>() else {
-        return exec_err!("{RANGE_BUCKET}: {what} must be a list of Int64");
-    };
-    Ok(values.values().to_vec())
-}
-
-impl ScalarUDFImpl for RangeBucketUdf {
-    fn name(&self) -> &str {
-        RANGE_BUCKET
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        match &args[0] {
-            DataType::Int64 | DataType::Timestamp(TimeUnit::Microsecond, _) => Ok(DataType::Int64),
-            other => plan_err!(
-                "{RANGE_BUCKET}: first argument must be Int64 or a µs timestamp, got {other}"
-            ),
-        }
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let boundaries = int64_list(&args.args[1], "boundaries")?;
-        let keys = int64_list(&args.args[2], "keys")?;
-        if keys.len() != boundaries.len() + 1 {
-            return exec_err!(
-                "{RANGE_BUCKET}: {} boundaries need {} keys, got {}",
-                boundaries.len(),
-                boundaries.len() + 1,
-                keys.len()
-            );
-        }
-        if !boundaries.is_sorted() {
-            return exec_err!("{RANGE_BUCKET}: boundaries must ascend");
-        }
-        let values = args.args[0].to_array(args.number_rows)?;
-        let values = arrow::compute::cast(&values, &DataType::Int64)?;
-        let values = values.as_primitive::<Int64Type>();
-        let out: Int64Array = values.unary(|v| keys[boundaries.partition_point(|&b| b <= v)]);
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-}
-
 /// FNV-1a, 64 bits: tiny, stable across versions and platforms (unlike std's hashers).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -325,7 +261,7 @@ impl ScalarUDFImpl for BucketUdf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::Field;
+    use arrow::datatypes::{Field, Int64Type};
     use datafusion::config::ConfigOptions;
 
     fn invoke(udf: &ScalarUDF, args: Vec<ColumnarValue>, rows: usize) -> ArrayRef {
@@ -429,33 +365,10 @@ mod tests {
     }
 
     #[test]
-    fn range_buckets() {
-        let udfs = all();
-        let list = |v: Vec<i64>| {
-            ColumnarValue::Scalar(ScalarValue::List(ScalarValue::new_list_nullable(
-                &v.into_iter()
-                    .map(|x| ScalarValue::Int64(Some(x)))
-                    .collect::<Vec<_>>(),
-                &DataType::Int64,
-            )))
-        };
-        let ts = ColumnarValue::Array(Arc::new(Int64Array::from(vec![-5, 10, 19, 20, 35, 1000])));
-        let out = invoke(
-            &udfs[2],
-            vec![ts, list(vec![10, 20, 30]), list(vec![7, 8, 9, 6])],
-            6,
-        );
-        assert_eq!(
-            out.as_primitive::<Int64Type>().values().to_vec(),
-            vec![7, 8, 8, 9, 6, 6]
-        );
-    }
-
-    #[test]
     fn buckets_are_stable_and_in_range() {
         let udfs = all();
         let out = invoke(
-            &udfs[3],
+            &udfs[2],
             vec![
                 strings(&[Some("user_000001"), Some(""), None, Some("user_000001")]),
                 ColumnarValue::Scalar(ScalarValue::Int64(Some(7))),

@@ -24,6 +24,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use recsys_core::schema::timestamp_type;
+use recsys_core::time::TimestampParser;
 use serde::{Deserialize, Serialize};
 
 use super::tsv::{RejectReason, lines, split_line, split_tail};
@@ -272,8 +273,9 @@ impl ChunkParser {
         let mut user_keys = Vec::new();
         let mut tail_keys = Vec::new();
         let mut ts = Vec::new();
+        let mut timestamps = TimestampParser::default();
         for line in lines(&bytes) {
-            let parsed = split_line(line).and_then(|f| {
+            let parsed = split_line(line, &mut timestamps).and_then(|f| {
                 let user = users.intern_if(f.user_id, utf8);
                 let tail = tails.intern_if(f.tail, utf8);
                 match (user, tail) {
@@ -375,10 +377,16 @@ fn listen_order(
             end += 1;
         }
         if end - start > 1 {
+            // The rest of the sort order: track id, artist id, names.
             rows[start..end].sort_by_cached_key(|&row| {
                 let tail = tails.value(tail_keys[row as usize] as usize);
-                let [_, artist_name, track_mbid, track_name] = split_tail(tail);
-                recsys_core::ids::track_id(track_mbid, artist_name, track_name)
+                let [artist_mbid, artist_name, track_mbid, track_name] = split_tail(tail);
+                (
+                    recsys_core::ids::track_id(track_mbid, artist_name, track_name),
+                    recsys_core::ids::artist_id(artist_mbid, artist_name),
+                    artist_name,
+                    track_name,
+                )
             });
         }
         start = end;
@@ -386,10 +394,16 @@ fn listen_order(
     rows
 }
 
-/// Row numbers `0..n` stably sorted by `key` (an adaptive merge sort: natural runs, ascending
-/// or descending, cost little).
+/// Row numbers `0..n` sorted by `key` with an adaptive merge sort, for which runs of ascending
+/// keys cost little. Rows newest first (as Last.fm-1K lists them) are keyed from the last row
+/// backwards, so a user's listens form one ascending run even where two share a second (a
+/// descending run only counts while strictly descending).
 fn sorted_by_key<K: Ord + Copy>(n: usize, key: impl Fn(usize) -> K) -> Vec<u32> {
     let mut keyed: Vec<(K, u32)> = (0..n).map(|row| (key(row), row as u32)).collect();
+    let descents = keyed.windows(2).filter(|w| w[0].0 > w[1].0).count();
+    if descents > n / 2 {
+        keyed.reverse();
+    }
     keyed.sort_by_key(|&(k, _)| k);
     keyed.into_iter().map(|(_, row)| row).collect()
 }

@@ -3,7 +3,7 @@
 //! A line is accepted or rejected with exactly one [`RejectReason`], checked in the order the
 //! variants are declared, so every line has one well-defined reason.
 
-use recsys_core::time::{TimestampError, parse_timestamp_micros};
+use recsys_core::time::{TimestampError, TimestampParser};
 
 /// Why an input line was rejected. The `as_str` names appear in the rejects table and summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,7 +82,7 @@ pub struct LineFields<'a> {
 
 /// Parses one line, given without its `\n` terminator (a trailing `\r` is removed here).
 pub fn parse_line(line: &[u8]) -> Result<RawListen<'_>, RejectReason> {
-    let fields = split_line(line)?;
+    let fields = split_line(line, &mut TimestampParser::default())?;
     let user_id = std::str::from_utf8(fields.user_id).map_err(|_| RejectReason::InvalidUtf8)?;
     let tail = std::str::from_utf8(fields.tail).map_err(|_| RejectReason::InvalidUtf8)?;
     let [artist_mbid, artist_name, track_mbid, track_name] = split_tail(tail);
@@ -105,7 +105,10 @@ pub fn split_tail(tail: &str) -> [&str; 4] {
 /// Checks one line (without its `\n`; a trailing `\r` is removed here) and splits it. Every
 /// check but UTF-8 is done here; a line that fails one is also checked for UTF-8, which
 /// outranks every other reason.
-pub fn split_line(line: &[u8]) -> Result<LineFields<'_>, RejectReason> {
+pub fn split_line<'a>(
+    line: &'a [u8],
+    timestamps: &mut TimestampParser,
+) -> Result<LineFields<'a>, RejectReason> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let reject = |reason: RejectReason| match std::str::from_utf8(line) {
         Ok(_) => reason,
@@ -130,7 +133,7 @@ pub fn split_line(line: &[u8]) -> Result<LineFields<'_>, RejectReason> {
     if blank(user_id) {
         return Err(reject(RejectReason::EmptyUser));
     }
-    let ts_micros = parse_timestamp_micros(&line[tabs[0] + 1..tabs[1]]).map_err(|e| {
+    let ts_micros = timestamps.parse(&line[tabs[0] + 1..tabs[1]]).map_err(|e| {
         reject(match e {
             TimestampError::Syntax => RejectReason::BadTimestamp,
             TimestampError::Impossible => RejectReason::ImpossibleTimestamp,
