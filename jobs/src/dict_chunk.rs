@@ -3,10 +3,11 @@
 //! parquet-rs dictionary-encodes a string column by hashing and comparing every row's bytes,
 //! also when its input already is an Arrow dictionary (about a quarter of the clean job's time).
 //! This encoder maps each Arrow dictionary *entry* to an id once, on its first use (the only
-//! hash of its string), and every row after that is two array lookups. It writes what parquet-rs writes for such a
-//! column: a PLAIN dictionary page and `RLE_DICTIONARY` data pages of bit-packed ids, compressed
-//! with the column's codec, plus the chunk's offset index. Statistics are not computed (the
-//! lake's string columns have none, see [`recsys_core::encoding::lake_columns`]).
+//! hash of its string), and every row after that is two array lookups. It writes what
+//! parquet-rs writes for such a column: a PLAIN dictionary page and `RLE_DICTIONARY` data pages
+//! of bit-packed ids, compressed with the column's codec, plus the chunk's offset index.
+//! Statistics are not computed (the lake's string columns have none, see
+//! [`recsys_core::encoding::lake_columns`]).
 //!
 //! Only required (non-nullable) `Dictionary(UInt32, Utf8)` columns written with zstd or without
 //! compression take this path ([`DictColumn::for_column`]); every other column goes through
@@ -172,8 +173,9 @@ impl DictColumn {
                 values.data_type()
             ))
         })?;
-        let same = matches!(&self.seen, Some((v, _)) if std::ptr::addr_eq(Arc::as_ptr(v), Arc::as_ptr(values)));
-        if !same {
+        let seen =
+            |(v, _): &(ArrayRef, Vec<u32>)| std::ptr::addr_eq(Arc::as_ptr(v), Arc::as_ptr(values));
+        if !self.seen.as_ref().is_some_and(seen) {
             self.seen = Some((values.clone(), vec![u32::MAX; values.len()]));
         }
         let (_, file_ids) = self.seen.as_mut().expect("set above");

@@ -337,12 +337,13 @@ impl ChunkParser {
 }
 
 /// The rows of a chunk (numbers into its parsed columns) in the clean plan's sort order:
-/// timestamp, user id, track id. The plan's `SortExec` then only has to confirm the order (one
+/// timestamp, user id, track id, …. The plan's `SortExec` then only has to confirm the order (one
 /// comparison per row) instead of sorting every chunk with a comparator per column.
 ///
 /// Logs come as per-user runs (Last.fm-1K lists each user's listens newest first), so the
 /// stable sort of (timestamp, user rank) keys mostly merges those runs. Rows equal on both, a
-/// user's repeated listens within one second, are ordered by their track id.
+/// user's repeated listens within one second, are ordered by the rest of the sort order (track
+/// id, artist id, names).
 fn listen_order(
     ts: &[i64],
     user_keys: &[u32],
