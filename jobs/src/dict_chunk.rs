@@ -27,6 +27,7 @@ use parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation}
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnDescPtr;
+use zstd::bulk::Compressor;
 
 use crate::intern::Interner;
 
@@ -35,7 +36,11 @@ use crate::intern::Interner;
 /// uses again, densely, for its own dictionary page.
 pub(crate) struct DictColumn {
     column: ColumnDescPtr,
-    codec: PageCodec,
+    /// The column's codec: none, or zstd with its compressor.
+    compression: Compression,
+    zstd: Option<Compressor<'static>>,
+    /// Rows per data page.
+    page_rows: usize,
     /// The file's distinct strings so far.
     strings: Interner,
     /// The Arrow dictionary seen last, and the file-wide id of each of its entries
@@ -49,82 +54,20 @@ pub(crate) struct DictColumn {
     ids: Vec<u32>,
 }
 
-/// How a dictionary chunk's pages are compressed.
-enum PageCodec {
-    Uncompressed,
-    Zstd(zstd::bulk::Compressor<'static>),
-}
-
-impl PageCodec {
-    /// The codec for `column` under `props`, if this encoder supports it.
-    fn for_column(column: &ColumnDescPtr, props: &WriterProperties) -> Option<Self> {
-        match props.compression(column.path()) {
-            Compression::UNCOMPRESSED => Some(PageCodec::Uncompressed),
-            Compression::ZSTD(level) => zstd::bulk::Compressor::new(level.compression_level())
-                .ok()
-                .map(PageCodec::Zstd),
-            _ => None,
-        }
-    }
-
-    fn compression(&self, column: &ColumnDescPtr, props: &WriterProperties) -> Compression {
-        match self {
-            PageCodec::Uncompressed => Compression::UNCOMPRESSED,
-            PageCodec::Zstd(_) => props.compression(column.path()),
-        }
-    }
-
-    fn page(&mut self, page: Page) -> Result<CompressedPage> {
-        let size = page.buffer().len();
-        let page = match (self, page) {
-            (PageCodec::Uncompressed, page) => page,
-            (
-                PageCodec::Zstd(z),
-                Page::DataPage {
-                    buf,
-                    num_values,
-                    encoding,
-                    def_level_encoding,
-                    rep_level_encoding,
-                    statistics,
-                },
-            ) => Page::DataPage {
-                buf: compress(z, &buf)?,
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                statistics,
-            },
-            (
-                PageCodec::Zstd(z),
-                Page::DictionaryPage {
-                    buf,
-                    num_values,
-                    encoding,
-                    is_sorted,
-                },
-            ) => Page::DictionaryPage {
-                buf: compress(z, &buf)?,
-                num_values,
-                encoding,
-                is_sorted,
-            },
-            (PageCodec::Zstd(_), page) => {
-                return Err(ParquetError::General(format!(
-                    "unexpected {:?} page in a dictionary chunk",
-                    page.page_type()
-                )));
-            }
-        };
-        Ok(CompressedPage::new(page, size))
-    }
-}
-
-fn compress(z: &mut zstd::bulk::Compressor<'static>, buf: &[u8]) -> Result<Bytes> {
-    z.compress(buf)
-        .map(Bytes::from)
-        .map_err(|e| ParquetError::External(Box::new(e)))
+/// A page of `buf`, compressed with `zstd` when there is one.
+fn compressed_page(
+    zstd: &mut Option<Compressor<'static>>,
+    buf: Vec<u8>,
+    page: impl FnOnce(Bytes) -> Page,
+) -> Result<CompressedPage> {
+    let size = buf.len();
+    let buf = match zstd {
+        Some(z) => z
+            .compress(&buf)
+            .map_err(|e| ParquetError::External(Box::new(e)))?,
+        None => buf,
+    };
+    Ok(CompressedPage::new(page(Bytes::from(buf)), size))
 }
 
 impl DictColumn {
@@ -141,9 +84,17 @@ impl DictColumn {
         if !dictionary || column.max_def_level() > 0 || column.max_rep_level() > 0 {
             return None;
         }
+        let compression = props.compression(column.path());
+        let zstd = match compression {
+            Compression::UNCOMPRESSED => None,
+            Compression::ZSTD(level) => Some(Compressor::new(level.compression_level()).ok()?),
+            _ => return None,
+        };
         Some(DictColumn {
             column: column.clone(),
-            codec: PageCodec::for_column(column, props)?,
+            compression,
+            zstd,
+            page_rows: props.data_page_row_count_limit().max(1),
             strings: Interner::new(),
             seen: None,
             local: Vec::new(),
@@ -201,41 +152,43 @@ impl DictColumn {
     /// Encodes the current row group's column chunk, and starts the next one: the chunk's
     /// bytes (offsets relative to their start) and what
     /// `SerializedRowGroupWriter::append_column` needs to splice them into the file.
-    pub(crate) fn finish_chunk(
-        &mut self,
-        props: &WriterProperties,
-        page_rows: usize,
-    ) -> Result<(Bytes, ColumnCloseResult)> {
+    pub(crate) fn finish_chunk(&mut self) -> Result<(Bytes, ColumnCloseResult)> {
         for &id in &self.dictionary {
             self.local[id as usize] = u32::MAX;
         }
         let dictionary = std::mem::take(&mut self.dictionary);
         let ids = std::mem::take(&mut self.ids);
-        let (column, codec) = (self.column.clone(), &mut self.codec);
+        let page_rows = self.page_rows;
         let mut sink = TrackedWrite::new(Vec::new());
         let mut pages = SerializedPageWriter::new(&mut sink);
-        let dictionary_page = pages.write_page(codec.page(Page::DictionaryPage {
-            buf: Bytes::from(self.strings.plain_encoded(&dictionary)),
-            num_values: dictionary.len() as u32,
-            encoding: Encoding::PLAIN,
-            is_sorted: false,
-        })?)?;
+        let dictionary_page = pages.write_page(compressed_page(
+            &mut self.zstd,
+            self.strings.plain_encoded(&dictionary),
+            |buf| Page::DictionaryPage {
+                buf,
+                num_values: dictionary.len() as u32,
+                encoding: Encoding::PLAIN,
+                is_sorted: false,
+            },
+        )?)?;
         let mut compressed = dictionary_page.compressed_size as i64;
         let mut uncompressed = dictionary_page.uncompressed_size as i64;
         // Bit width of the largest id; at least 1, so a one-entry dictionary packs zeros.
         let width = (u32::BITS - (dictionary.len().max(2) as u32 - 1).leading_zeros()) as u8;
         let mut locations = Vec::with_capacity(ids.len().div_ceil(page_rows));
-        for (i, ids) in ids.chunks(page_rows.max(1)).enumerate() {
+        for (i, ids) in ids.chunks(page_rows).enumerate() {
             let mut buf = Vec::with_capacity(8 + ids.len() * width as usize / 8 + 8);
             buf.push(width);
             bit_pack(ids, width, &mut buf);
-            let spec = pages.write_page(codec.page(Page::DataPage {
-                buf: Bytes::from(buf),
-                num_values: ids.len() as u32,
-                encoding: Encoding::RLE_DICTIONARY,
-                def_level_encoding: Encoding::RLE,
-                rep_level_encoding: Encoding::RLE,
-                statistics: None,
+            let spec = pages.write_page(compressed_page(&mut self.zstd, buf, |buf| {
+                Page::DataPage {
+                    buf,
+                    num_values: ids.len() as u32,
+                    encoding: Encoding::RLE_DICTIONARY,
+                    def_level_encoding: Encoding::RLE,
+                    rep_level_encoding: Encoding::RLE,
+                    statistics: None,
+                }
             })?)?;
             compressed += spec.compressed_size as i64;
             uncompressed += spec.uncompressed_size as i64;
@@ -247,8 +200,8 @@ impl DictColumn {
         }
         pages.close()?;
         let first_data_page = locations.first().map_or(compressed, |l| l.offset);
-        let metadata = ColumnChunkMetaData::builder(column.clone())
-            .set_compression_codec(codec.compression(&column, props).into())
+        let metadata = ColumnChunkMetaData::builder(self.column.clone())
+            .set_compression_codec(self.compression.into())
             .set_encodings(vec![
                 Encoding::PLAIN,
                 Encoding::RLE,

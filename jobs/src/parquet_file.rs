@@ -13,9 +13,9 @@ use object_store::buffered::BufWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::arrow::async_writer::AsyncFileWriter;
-use parquet::errors::{ParquetError, Result};
+use parquet::errors::Result;
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
+use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
 use crate::dict_chunk::DictColumn;
@@ -39,11 +39,11 @@ pub(crate) struct ParquetFile {
     sink: BufWriter,
     /// The file's schema (no dictionaries).
     schema: SchemaRef,
-    props: WriterPropertiesPtr,
     /// Per leaf column of the file: its encoder if it takes the dictionary path.
     dictionaries: Vec<Option<DictColumn>>,
-    /// The current row group's parquet-rs writers, per leaf (`None`: a dictionary leaf).
-    group: Option<Vec<Option<Box<ArrowColumnWriter>>>>,
+    /// The current row group's parquet-rs writers, per leaf (those of dictionary leaves stay
+    /// unused).
+    group: Option<Vec<ArrowColumnWriter>>,
     group_rows: usize,
     row_groups: usize,
     max_group_rows: usize,
@@ -63,7 +63,7 @@ impl ParquetFile {
             .max(1);
         let (file, factory) = ArrowWriter::try_new(Vec::new(), file_schema.clone(), Some(props))?
             .into_serialized_writer()?;
-        let props = file.properties().clone();
+        let props = file.properties();
         let leaves = file.schema_descr().columns();
         // The dictionary path needs one leaf per field, to know which leaf a column is.
         let flat = leaves.len() == schema.fields().len();
@@ -71,7 +71,7 @@ impl ParquetFile {
             .iter()
             .enumerate()
             .map(|(i, leaf)| {
-                flat.then(|| DictColumn::for_column(schema.field(i).data_type(), leaf, &props))
+                flat.then(|| DictColumn::for_column(schema.field(i).data_type(), leaf, props))
                     .flatten()
             })
             .collect();
@@ -80,7 +80,6 @@ impl ParquetFile {
             factory,
             sink,
             schema: file_schema,
-            props,
             dictionaries,
             group: None,
             group_rows: 0,
@@ -104,14 +103,7 @@ impl ParquetFile {
 
     fn encode(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.group.is_none() {
-            let writers = self.factory.create_column_writers(self.row_groups)?;
-            self.group = Some(
-                writers
-                    .into_iter()
-                    .zip(&self.dictionaries)
-                    .map(|(writer, dictionary)| dictionary.is_none().then(|| Box::new(writer)))
-                    .collect(),
-            );
+            self.group = Some(self.factory.create_column_writers(self.row_groups)?);
         }
         let writers = self.group.as_mut().expect("set above");
         // Dictionary leaves exist only in flat schemas, where field i is leaf i.
@@ -127,13 +119,7 @@ impl ParquetFile {
                 false => cast(column, field.data_type())?,
             };
             for leaf in compute_leaves(field, &plain)? {
-                let writer = writers[next].as_mut().ok_or_else(|| {
-                    ParquetError::General(format!(
-                        "leaf {next} of `{}` is a dictionary leaf",
-                        field.name()
-                    ))
-                })?;
-                writer.write(&leaf)?;
+                writers[next].write(&leaf)?;
                 next += 1;
             }
         }
@@ -148,16 +134,12 @@ impl ParquetFile {
         };
         let mut row_group = self.file.next_row_group()?;
         for (writer, dictionary) in writers.into_iter().zip(&mut self.dictionaries) {
-            match (writer, dictionary) {
-                (Some(writer), _) => writer.close()?.append_to_row_group(&mut row_group)?,
-                (None, Some(dictionary)) => {
-                    let (bytes, close) = dictionary
-                        .finish_chunk(&self.props, self.props.data_page_row_count_limit())?;
+            match dictionary {
+                Some(dictionary) => {
+                    let (bytes, close) = dictionary.finish_chunk()?;
                     row_group.append_column(&bytes, close)?;
                 }
-                (None, None) => {
-                    return Err(ParquetError::General("a leaf has no writer".into()));
-                }
+                None => writer.close()?.append_to_row_group(&mut row_group)?,
             }
         }
         row_group.close()?;
@@ -309,20 +291,15 @@ mod tests {
                         .iter()
                         .copied(),
                 );
-                names.extend(
-                    batch
-                        .column(1)
-                        .as_string::<i32>()
+                let strings = |i: usize| {
+                    let column = batch.column(i).as_string::<i32>();
+                    column
                         .iter()
-                        .map(|v| v.unwrap().to_string()),
-                );
-                nullable.extend(
-                    batch
-                        .column(2)
-                        .as_string::<i32>()
-                        .iter()
-                        .map(|v| v.unwrap().to_string()),
-                );
+                        .map(|v| v.unwrap().to_string())
+                        .collect::<Vec<_>>()
+                };
+                names.extend(strings(1));
+                nullable.extend(strings(2));
             }
             assert_eq!(numbers, (0..n).collect::<Vec<_>>());
             assert_eq!(names, expected);
