@@ -37,4 +37,4 @@ t = time.perf_counter()
 con.execute(f"COPY (SELECT * FROM '{clean}' ORDER BY ts, user_id, track_id) TO '{sorted_}' (FORMAT parquet, COMPRESSION zstd)")
 sort_s = time.perf_counter() - t
 rows = con.execute(f"SELECT count(*) FROM '{sorted_}'").fetchone()[0]
-print(json.dumps({"clean_s": clean_s, "sort_s": sort_s, "rows": rows}))
+print(json.dumps({"peer": f"DuckDB {duckdb.__version__} ({threads} threads)", "clean_s": clean_s, "sort_s": sort_s, "rows": rows}))

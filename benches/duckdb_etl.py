@@ -54,4 +54,4 @@ COPY (
 users_s = time.perf_counter() - t
 songs = con.execute(f"SELECT count(*) FROM '{scratch}/songs.parquet'").fetchone()[0]
 users = con.execute(f"SELECT count(*) FROM '{scratch}/users.parquet'").fetchone()[0]
-print(json.dumps({"songs_s": songs_s, "users_s": users_s, "songs": songs, "users": users}))
+print(json.dumps({"peer": f"DuckDB {duckdb.__version__} ({threads} threads)", "songs_s": songs_s, "users_s": users_s, "songs": songs, "users": users}))

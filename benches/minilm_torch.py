@@ -1,7 +1,7 @@
 """sentence-transformers (PyTorch) on the same texts as `recsys bench embed`.
 
 usage: minilm_torch.py MODEL_DIR TEXTS BATCHES(comma-separated) THREADS
-prints JSON: {"torch": version, "threads": n, "tokens": tokens per text, "<batch>": texts/s, ...}
+prints JSON: {"peer": what ran, "torch": version, "threads": n, "tokens": tokens per text, "<batch>": texts/s, ...}
 """
 import json
 import sys
@@ -26,7 +26,10 @@ def main():
     model.max_seq_length = 256
     texts = [text(i) for i in range(n)]
     tokens = len(model.tokenizer(texts[0], truncation=True, max_length=256)["input_ids"])
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "tokens": tokens}
+    import sentence_transformers
+
+    out = {"peer": f"sentence-transformers {sentence_transformers.__version__} on torch {torch.__version__}",
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "tokens": tokens}
     with torch.inference_mode():
         for b in (int(x) for x in batches.split(",")):
             model.encode(texts[: max(b, 4)], batch_size=b, normalize_embeddings=True)

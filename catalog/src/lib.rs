@@ -1,5 +1,8 @@
 //! The catalog of songs and users that lyrics enrichment, clean & sync and serving read and write.
 //!
+//! It depends on `recsys-core` only: it must not depend on the batch jobs (it reads the ETL's
+//! Parquet output through the lake), on embedding, the vector store or serving.
+//!
 //! One trait, [`Catalog`], two implementations with the same semantics:
 //! - [`MongoCatalog`]: MongoDB (database `music_recsys`, collections `songs`, `users`,
 //!   `job_metadata`), bulk upserts by `_id`, indexes for every query below;

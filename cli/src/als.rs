@@ -37,23 +37,27 @@ pub struct AlsArgs {
     /// Latent factors per user and item.
     #[arg(long, env = "RECSYS_ALS_RANK", default_value_t = 64)]
     pub rank: usize,
+    /// ALS iterations (each solves the user side, then the item side).
     #[arg(long, env = "RECSYS_ALS_ITERATIONS", default_value_t = 15)]
     pub iterations: usize,
     /// Regularisation λ.
     #[arg(long, env = "RECSYS_ALS_REG", default_value_t = 0.1)]
     pub reg: f32,
-    /// Defaults (log confidence, α = 1, λ scaled by count) won NDCG@10 on the generated 2 M set;
-    /// the seed's settings are `--confidence linear --alpha 40 --reg-scaling count`.
+    /// How λ scales per row. The defaults (log confidence, α = 1, λ scaled by count) won NDCG@10
+    /// on the generated 2 M set; the seed's settings are `--confidence linear --alpha 40
+    /// --reg-scaling count`.
     #[arg(long, env = "RECSYS_ALS_REG_SCALING", value_enum, default_value_t = RegScaling::Count)]
     pub reg_scaling: RegScaling,
     /// Confidence scale α.
     #[arg(long, env = "RECSYS_ALS_ALPHA", default_value_t = 1.0)]
     pub alpha: f32,
+    /// How a rating r becomes a confidence c.
     #[arg(long, env = "RECSYS_ALS_CONFIDENCE", value_enum, default_value_t = Confidence::Log)]
     pub confidence: Confidence,
     /// ε of the log confidence.
     #[arg(long, env = "RECSYS_ALS_EPSILON", default_value_t = 1.0)]
     pub epsilon: f32,
+    /// How each row's least-squares problem is solved.
     #[arg(long, env = "RECSYS_ALS_SOLVER", value_enum, default_value_t = SolverKind::Cg)]
     pub solver: SolverKind,
     /// Conjugate-gradient steps per row per iteration.

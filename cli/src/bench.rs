@@ -1,23 +1,26 @@
-//! `recsys bench …`: measured figures, printed with their ratio to the baselines the issues
-//! state (and, with `--duckdb`, to DuckDB run side by side on the same file).
+//! `recsys bench …`: measured figures, each beside its peers (Spark, DuckDB, `implicit`,
+//! sentence-transformers) run in the same run on the same files (see [`crate::peers`]).
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use recsys_core::schema::RAW_DIR;
 use recsys_datasets::generate::LISTENS_FILE;
 
 use crate::data::{GenerateArgs, generate};
+use crate::peers::Peer;
 use crate::submit::{clean, clean_input, sort};
 use crate::{ClusterArgs, LakeArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// generate → clean → sort at several sizes: rows/s and peak memory per step.
+    /// generate → clean → sort at several sizes: rows/s and peak memory per step, beside Spark
+    /// and DuckDB cleaning and sorting the same file.
     Pipeline(PipelineBench),
     /// Implicit ALS: seconds per iteration, GFLOP/s and NDCG@10, embedded and on a local
-    /// cluster of executor processes, against the `implicit` library.
+    /// cluster of executor processes, beside the `implicit` library and Spark MLlib on the same
+    /// split.
     Als(AlsBench),
     /// Streaming: replay at full speed into the embedded log and, with --kafka, through a
     /// broker into the sink; events/s end to end, producer- and sink-side, and peak memory.
@@ -41,9 +44,14 @@ pub struct AlsBench {
     /// Executor processes of the local cluster run (0: embedded only).
     #[arg(long, env = "RECSYS_BENCH_EXECUTORS", default_value_t = 2)]
     pub executors: usize,
-    /// Also run the `implicit` library (Python package) on the same split.
-    #[arg(long, env = "RECSYS_BENCH_IMPLICIT")]
-    pub implicit: bool,
+    /// Leave out the `implicit` library (Python package) on the same split.
+    #[arg(long, env = "RECSYS_BENCH_NO_IMPLICIT")]
+    pub no_implicit: bool,
+    /// Leave out Spark MLlib's ALS on the same split.
+    #[arg(long, env = "RECSYS_BENCH_NO_SPARK")]
+    pub no_spark: bool,
+    #[command(flatten)]
+    pub python: crate::peers::PeerPython,
     #[command(flatten)]
     pub als: crate::als::AlsArgs,
 }
@@ -56,7 +64,7 @@ pub struct PipelineBench {
     pub sizes: Sizes,
 }
 
-/// The sizes a benchmark measures, and whether DuckDB runs beside it.
+/// The sizes a benchmark measures, and the SQL peers that run beside it.
 #[derive(Debug, Args)]
 pub struct Sizes {
     /// Row counts of the generated log to measure (comma separated).
@@ -67,36 +75,9 @@ pub struct Sizes {
         default_value = "2000000,20000000"
     )]
     pub rows: Vec<u64>,
-    /// Also run DuckDB (Python package `duckdb`) on the same files, with as many threads.
-    #[arg(long, env = "RECSYS_BENCH_DUCKDB")]
-    pub duckdb: bool,
+    #[command(flatten)]
+    pub peers: crate::peers::SqlPeers,
 }
-
-/// Reference timings on this machine class (seconds), from the foundation issue.
-struct Reference {
-    rows: u64,
-    spark_clean: f64,
-    spark_clean_sort: f64,
-    duckdb_clean: f64,
-    duckdb_sort: f64,
-}
-
-const REFERENCES: &[Reference] = &[
-    Reference {
-        rows: 2_000_000,
-        spark_clean: 27.0,
-        spark_clean_sort: 45.0,
-        duckdb_clean: 2.5,
-        duckdb_sort: 2.3,
-    },
-    Reference {
-        rows: 20_000_000,
-        spark_clean: 83.0,
-        spark_clean_sort: 342.0,
-        duckdb_clean: 33.0,
-        duckdb_sort: 46.0,
-    },
-];
 
 /// Peak resident memory since the last [`reset_peak_memory`], in MB (Linux; 0 elsewhere).
 pub fn peak_memory_mb() -> u64 {
@@ -150,39 +131,15 @@ async fn measure<T, F: std::future::Future<Output = Result<T>>>(
     Ok((out, m))
 }
 
-/// Runs `benches/<script>` with `python3` and `args`; the JSON object it prints.
-pub fn python_bench(script: &str, what: &str, args: &[String]) -> Result<serde_json::Value> {
-    let path = format!("{}/../benches/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("python3")
-        .arg(path)
-        .args(args)
-        .output()
-        .with_context(|| format!("running python3 for the {what} comparison"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{what} comparison failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn duckdb(tsv: &std::path::Path, scratch: &std::path::Path, threads: usize) -> Result<(f64, f64)> {
-    let v = python_bench(
-        "duckdb_clean_sort.py",
-        "DuckDB",
-        &[
-            tsv.display().to_string(),
-            scratch.display().to_string(),
-            threads.to_string(),
-        ],
-    )?;
-    Ok((
-        v["clean_s"].as_f64().unwrap_or(f64::NAN),
-        v["sort_s"].as_f64().unwrap_or(f64::NAN),
-    ))
-}
-
 pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
+    crate::peers::print_context(match &cmd {
+        BenchCommand::Pipeline(_) => "pipeline",
+        BenchCommand::Als(_) => "als",
+        BenchCommand::Ingest(_) => "ingest",
+        BenchCommand::Etl(_) => "etl",
+        BenchCommand::Embed(_) => "embed",
+        BenchCommand::Serve(_) => "serve",
+    });
     match cmd {
         BenchCommand::Pipeline(args) => pipeline(lake_args, args).await,
         BenchCommand::Als(args) => als(lake_args, args).await,
@@ -304,30 +261,31 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
             println!("  cluster / embedded time: {:.2}x", mean / embedded_secs);
         }
     }
-    if args.implicit {
-        let v = python_bench(
-            "implicit_als.py",
-            "implicit",
-            &[
-                lake.location().to_string(),
-                als_args.rank.to_string(),
-                als_args.iterations.to_string(),
-                als_args.reg.to_string(),
-                als_args.alpha.to_string(),
-                embedded.parallelism().to_string(),
-            ],
-        )?;
-        let secs = v["seconds_per_iteration"].as_f64().unwrap_or(f64::NAN);
+    let peer_args = [
+        lake.location().to_string(),
+        als_args.rank.to_string(),
+        als_args.iterations.to_string(),
+        als_args.reg.to_string(),
+        als_args.alpha.to_string(),
+        embedded.parallelism().to_string(),
+    ];
+    let peers = [
+        (Peer::Implicit, "implicit_als.py", args.no_implicit),
+        (Peer::Spark, "spark_als.py", args.no_spark),
+    ];
+    for (peer, script, skip) in peers {
+        if skip {
+            continue;
+        }
+        let v = args.python.run(peer, script, &peer_args)?;
+        let theirs = crate::peers::secs(&v, "seconds_per_iteration")?;
         println!(
-            "  {:<26} {secs:>9.3} {:>9} {:>9} {:>9.4}",
-            "implicit (same split)",
+            "  {:<26} {theirs:>9.3} {:>9} {:>9} {:>9.4}   recsys embedded {} faster per iteration",
+            crate::peers::described(&v),
             "",
             "",
-            v["ndcg_at_10"].as_f64().unwrap_or(f64::NAN)
-        );
-        println!(
-            "  implicit / embedded time: {:.2}x (>1 = recsys faster)",
-            secs / embedded_secs
+            v["ndcg_at_10"].as_f64().unwrap_or(f64::NAN),
+            crate::peers::ratio(theirs, embedded_secs)
         );
     }
     Ok(())
@@ -382,29 +340,29 @@ async fn pipeline(lake_args: &LakeArgs, args: PipelineBench) -> Result<()> {
                 m.peak_mb
             );
         }
-        let clean_sort = clean_m.secs + sort_m.secs;
-        if let Some(r) = REFERENCES.iter().find(|r| r.rows == rows) {
-            println!(
-                "  vs Spark local[2] (reference): clean {:.1}x faster, clean+sort {:.1}x faster",
-                r.spark_clean / clean_m.secs,
-                r.spark_clean_sort / clean_sort
-            );
-            println!(
-                "  vs DuckDB 2 threads (reference): clean {:.2}x, sort {:.2}x (>1 = recsys faster)",
-                r.duckdb_clean / clean_m.secs,
-                r.duckdb_sort / sort_m.secs
-            );
-        }
-        if args.sizes.duckdb {
-            let scratch = tempfile::tempdir()?;
-            let tsv = std::path::Path::new(raw.location()).join(LISTENS_FILE);
-            let (dc, ds) = duckdb(&tsv, scratch.path(), cluster.parallelism())?;
-            println!(
-                "  vs DuckDB measured now: clean {dc:.2}s ({:.2}x), sort {ds:.2}s ({:.2}x) (>1 = recsys faster)",
-                dc / clean_m.secs,
-                ds / sort_m.secs
-            );
-        }
+        let scratch = tempfile::tempdir()?;
+        let tsv = std::path::Path::new(raw.location()).join(LISTENS_FILE);
+        let peers = args.sizes.peers.run(
+            "spark_clean_sort.py",
+            "duckdb_clean_sort.py",
+            &[
+                tsv.display().to_string(),
+                scratch.path().display().to_string(),
+                cluster.parallelism().to_string(),
+            ],
+        )?;
+        crate::peers::print_comparison(
+            &[
+                ("clean", clean_m.secs, &["clean_s"]),
+                ("sort", sort_m.secs, &["sort_s"]),
+                (
+                    "clean+sort",
+                    clean_m.secs + sort_m.secs,
+                    &["clean_s", "sort_s"],
+                ),
+            ],
+            &peers,
+        )?;
     }
     Ok(())
 }

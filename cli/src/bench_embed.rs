@@ -1,11 +1,10 @@
 //! `recsys bench embed`: MiniLM-L6 texts/s at 256 tokens per text for several batch sizes on a
-//! fixed number of threads, beside sentence-transformers (PyTorch) on the same texts when it can
-//! be imported (`--torch-path` adds a folder to Python's path, e.g. where torch was installed
-//! with `pip install --target`).
+//! fixed number of threads, beside sentence-transformers (PyTorch) on the same texts in the
+//! same run.
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::lyrics::ModelArgs;
@@ -28,12 +27,11 @@ pub struct EmbedBench {
     /// Threads for both sides.
     #[arg(long, env = "RECSYS_BENCH_THREADS", default_value_t = 2)]
     pub threads: usize,
-    /// Folder holding an importable torch + sentence-transformers (added to PYTHONPATH).
-    #[arg(long, env = "RECSYS_BENCH_TORCH_PATH")]
-    pub torch_path: Option<String>,
-    /// Skip the PyTorch comparison.
+    /// Leave out sentence-transformers (PyTorch).
     #[arg(long, env = "RECSYS_BENCH_NO_TORCH")]
     pub no_torch: bool,
+    #[command(flatten)]
+    pub python: crate::peers::PeerPython,
 }
 
 const WORDS: [&str; 16] = [
@@ -74,13 +72,18 @@ pub async fn run(args: EmbedBench) -> Result<()> {
     let torch = if args.no_torch {
         None
     } else {
-        match torch_bench(&args) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                println!("PyTorch comparison skipped: {e:#}");
-                None
-            }
-        }
+        let dir = recsys_embed::model_dir::locate(args.model.model_dir.as_deref(), false)?;
+        let batches: Vec<String> = args.batches.iter().map(usize::to_string).collect();
+        Some(args.python.run(
+            crate::peers::Peer::Torch,
+            "minilm_torch.py",
+            &[
+                dir.display().to_string(),
+                args.texts.to_string(),
+                batches.join(","),
+                args.threads.to_string(),
+            ],
+        )?)
     };
     println!(
         "MiniLM-L6 embeddings, {tokens} tokens per text, {} texts, {} threads{}",
@@ -88,7 +91,7 @@ pub async fn run(args: EmbedBench) -> Result<()> {
         args.threads,
         torch
             .as_ref()
-            .map(|t| format!(", torch {}", t["torch"].as_str().unwrap_or("?")))
+            .map(|t| format!(", beside {}", crate::peers::described(t)))
             .unwrap_or_default()
     );
     println!(
@@ -104,29 +107,4 @@ pub async fn run(args: EmbedBench) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn torch_bench(args: &EmbedBench) -> Result<serde_json::Value> {
-    let dir = recsys_embed::model_dir::locate(args.model.model_dir.as_deref(), false)?;
-    let batches: Vec<String> = args.batches.iter().map(usize::to_string).collect();
-    let script = format!("{}/../benches/minilm_torch.py", env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(script)
-        .arg(&dir)
-        .arg(args.texts.to_string())
-        .arg(batches.join(","))
-        .arg(args.threads.to_string());
-    if let Some(path) = &args.torch_path {
-        cmd.env("PYTHONPATH", path);
-    }
-    let out = cmd.output().context("running python3")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "sentence-transformers did not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or("no message")
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
 }

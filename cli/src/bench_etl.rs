@@ -1,6 +1,6 @@
-//! `recsys bench etl`: the master-data ETL (both tables to Parquet) at several sizes against the
-//! catalog issue's Spark and DuckDB references, and the load into a fresh embedded catalog in
-//! documents per second.
+//! `recsys bench etl`: the master-data ETL (both tables to Parquet) at several sizes beside
+//! Spark and DuckDB computing the same tables from the same files, and the load into a fresh
+//! embedded catalog in documents per second.
 
 use std::time::Instant;
 
@@ -22,24 +22,8 @@ pub struct EtlBench {
     pub load: LoadArgs,
 }
 
-/// The reference timings on this machine class (seconds, both tables to Parquet).
-const REFERENCES: &[(u64, f64, f64)] = &[(2_000_000, 41.0, 1.1), (20_000_000, 298.0, 22.0)];
 /// Catalog loading target, documents per second into the embedded store.
 const LOAD_TARGET: f64 = 50_000.0;
-
-fn duckdb(sorted: &std::path::Path, threads: usize) -> Result<f64> {
-    let scratch = tempfile::tempdir()?;
-    let v = crate::bench::python_bench(
-        "duckdb_etl.py",
-        "DuckDB",
-        &[
-            sorted.display().to_string(),
-            scratch.path().display().to_string(),
-            threads.to_string(),
-        ],
-    )?;
-    Ok(v["songs_s"].as_f64().unwrap_or_default() + v["users_s"].as_f64().unwrap_or_default())
-}
 
 pub async fn run(lake_args: &LakeArgs, args: EtlBench) -> Result<()> {
     let cluster = embedded_cluster(lake_args).await?;
@@ -58,21 +42,18 @@ pub async fn run(lake_args: &LakeArgs, args: EtlBench) -> Result<()> {
             m.users.rows,
             cluster.describe()
         );
-        if let Some(&(_, spark, duck)) = REFERENCES.iter().find(|r| r.0 == rows) {
-            println!(
-                "  vs Spark local[2] (reference {spark} s): {:.1}x faster (target ≥ 20x); vs DuckDB 2 threads (reference {duck} s): {:.2}x (target ≥ 1)",
-                spark / secs,
-                duck / secs
-            );
-        }
-        if args.sizes.duckdb {
-            let local = std::path::Path::new(lake.location()).join(recsys_core::schema::SORTED_DIR);
-            let d = duckdb(&local, cluster.parallelism())?;
-            println!(
-                "  vs DuckDB measured now: {d:.2} s ({:.2}x, >1 = recsys faster)",
-                d / secs
-            );
-        }
+        let scratch = tempfile::tempdir()?;
+        let sorted = std::path::Path::new(lake.location()).join(recsys_core::schema::SORTED_DIR);
+        let peers = args.sizes.peers.run(
+            "spark_etl.py",
+            "duckdb_etl.py",
+            &[
+                sorted.display().to_string(),
+                scratch.path().display().to_string(),
+                cluster.parallelism().to_string(),
+            ],
+        )?;
+        crate::peers::print_comparison(&[("etl", secs, &["songs_s", "users_s"])], &peers)?;
 
         let dir = tempfile::tempdir()?;
         let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).await?;

@@ -135,9 +135,11 @@ pub enum CatalogCommand {
         catalog: CatalogArgs,
         /// Words to find (every word must match).
         query: String,
-        #[arg(long, default_value_t = 10)]
+        /// Songs to show.
+        #[arg(long, env = "RECSYS_SEARCH_LIMIT", default_value_t = 10)]
         limit: usize,
-        #[arg(long, default_value_t = 0)]
+        /// Matches to skip first (paging).
+        #[arg(long, env = "RECSYS_SEARCH_SKIP", default_value_t = 0)]
         skip: usize,
     },
 }

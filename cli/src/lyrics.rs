@@ -75,7 +75,7 @@ impl ModelArgs {
 /// Where lyrics come from.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
-    /// LRCLIB API base URL (e.g. https://lrclib.net); without it the generator's lyrics file is
+    /// LRCLIB API base URL (e.g. `https://lrclib.net`); without it the generator's lyrics file is
     /// read through the same interface.
     #[arg(long, env = "RECSYS_LRCLIB_URL")]
     pub lrclib_url: Option<String>,
@@ -185,7 +185,7 @@ pub enum EmbedCommand {
         /// Texts to embed.
         texts: Vec<String>,
         /// Also embed this file's text (one text for the whole file).
-        #[arg(long)]
+        #[arg(long, env = "RECSYS_EMBED_FILE")]
         file: Option<PathBuf>,
     },
 }

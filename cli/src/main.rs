@@ -10,7 +10,9 @@ mod bench_ingest;
 mod bench_serve;
 mod catalog;
 mod data;
+mod docs;
 mod lyrics;
+mod peers;
 mod pipeline;
 mod progress;
 mod serve;
@@ -117,13 +119,16 @@ enum Commands {
     Ingest(stream::IngestArgs),
     /// Consume Kafka into `events/date=…/` Parquet, exactly once.
     Sink(stream::SinkArgs),
-    /// Measure the pipeline against its published baselines.
     /// The gRPC recommendation service (home feed, next songs, search, users, event logging).
     Serve(serve::ServeArgs),
     /// Checks a live recommendation service end to end and prints a pass/fail table.
     Verify(serve::VerifyArgs),
+    /// Measure a step against its peers (Spark, DuckDB, implicit, PyTorch) run beside it.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print reference documentation generated from the code (docs/configuration.md).
+    #[command(subcommand)]
+    Docs(docs::DocsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +208,10 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Serve(args) => serve::run_serve(&cli.lake, &args).await,
         Commands::Verify(args) => serve::run_verify(&cli.lake, &args).await,
         Commands::Bench(cmd) => bench::run(&cli.lake, cmd).await,
+        Commands::Docs(cmd) => {
+            docs::run(cmd);
+            Ok(())
+        }
     }
 }
 

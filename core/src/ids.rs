@@ -10,9 +10,9 @@
 
 use uuid::Uuid;
 
-/// Name space of derived track ids: UUIDv5(URL name space, "https://recsys.dev/ns/track").
+/// Name space of derived track ids: UUIDv5(URL name space, `"https://recsys.dev/ns/track"`).
 pub const RECSYS_TRACK_NAMESPACE: Uuid = Uuid::from_u128(0x07ad_5128_1ded_5b7f_bff4_af90_fba0_2a8a);
-/// Name space of derived artist ids: UUIDv5(URL name space, "https://recsys.dev/ns/artist").
+/// Name space of derived artist ids: UUIDv5(URL name space, `"https://recsys.dev/ns/artist"`).
 pub const RECSYS_ARTIST_NAMESPACE: Uuid =
     Uuid::from_u128(0x5fd7_7238_0449_5270_b7e3_d7d1_e1f9_4212);
 

@@ -1,5 +1,9 @@
 //! Getting listening data: the seeded generator (offline default) and the real Last.fm-1K
 //! download.
+//!
+//! The first step of the data flow (raw → clean → sorted → events → catalog/model/vectors →
+//! serving): it writes `raw/` and nothing else, and depends only on `recsys-core`. It must not
+//! depend on the jobs, the stores or serving.
 
 pub mod fetch;
 pub mod generate;

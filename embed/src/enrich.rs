@@ -143,7 +143,7 @@ async fn enrich_one(api: &Counted<'_>, song: Song) -> (String, Lyrics) {
 }
 
 /// How many songs a run with `options` will look up, from the catalog's counts (the same rule as
-/// [`songs_to_do`]).
+/// `songs_to_do`).
 pub fn songs_to_look_up(stats: &CatalogStats, options: &EnrichOptions) -> u64 {
     let errors = if options.retry_errors {
         stats.with_lyrics(LyricsStatus::Error)

@@ -2,6 +2,11 @@
 //! [`lyrics::LyricsApi`] interface, enrichment into the catalog ([`enrich`]), clean & sync
 //! ([`clean`]), all-MiniLM-L6-v2 sentence embeddings in burn ([`model`], [`tokenize`],
 //! [`kernels`], [`Embedder`]) and the embedding job ([`job`]).
+//!
+//! It writes lyrics into the catalog and vectors into the vector store, so it depends on
+//! `recsys-catalog`, `recsys-vectors`, `recsys-datasets` (the offline lyrics file's format) and
+//! `recsys-core`. It must not depend on the batch jobs, the event log or serving: serving reads
+//! what this crate wrote and never embeds.
 
 pub mod clean;
 pub mod embedder;

@@ -121,7 +121,7 @@ fn strip_lrc(synced: &str) -> String {
         .join("\n")
 }
 
-/// Lowercased words without bracketed parts ("(Live)", "[Remastered]") or punctuation.
+/// Lowercased words without bracketed parts ("(Live)", "\[Remastered\]") or punctuation.
 pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut depth = 0usize;

@@ -1,5 +1,5 @@
 //! all-MiniLM-L6-v2 in burn: the BERT encoder (6 post-LayerNorm layers, 384 hidden, 12 heads,
-//! exact-erf GELU, LayerNorm eps 1e-12), mean pooling over the attention mask ([CLS] and [SEP]
+//! exact-erf GELU, LayerNorm eps 1e-12), mean pooling over the attention mask (`[CLS]` and `[SEP]`
 //! included, as sentence-transformers does) and L2 normalisation.
 //!
 //! Weights come from the model's `model.safetensors` (HuggingFace `BertModel` names), read once;

@@ -1,5 +1,5 @@
 //! WordPiece tokenisation with the model's own `tokenizer.json`, set up as sentence-transformers
-//! runs it: truncation at 256 tokens including [CLS] and [SEP], no fixed padding (the shipped file
+//! runs it: truncation at 256 tokens including `[CLS]` and `[SEP]`, no fixed padding (the shipped file
 //! truncates and pads to 128).
 
 use std::path::Path;
@@ -34,7 +34,7 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
-    /// Token ids of `text`, with [CLS] and [SEP], at most [`MAX_TOKENS`].
+    /// Token ids of `text`, with `[CLS]` and `[SEP]`, at most [`MAX_TOKENS`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EmbedError> {
         self.inner
             .encode_fast(text, true)

@@ -1,5 +1,8 @@
 //! The recsys Ballista executor: Ballista's own executor process with every standard flag, and
 //! our functions, plan codecs and object-store registry installed from `recsys_jobs::registry`.
+//!
+//! A thin process: functions, codecs and the runtime come from `recsys-jobs`; it depends on no
+//! other recsys crate (an executor links the jobs' code and nothing downstream of them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

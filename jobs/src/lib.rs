@@ -1,5 +1,12 @@
 //! recsys batch jobs: DataFusion physical plans that run on a Ballista cluster (remote or
 //! embedded), plus the one registry of functions and codecs every process installs.
+//!
+//! Clean, sort, the catalog ETL and ALS (prepare, iterate, evaluate, store) read and write the
+//! lake only; the [`registry`] is what the client, `recsys-scheduler` and `recsys-executor`
+//! install so that a plan built on one side decodes and runs on the other. It depends only on
+//! `recsys-core` among our crates: it must not depend on the event log, the catalog, the vector
+//! store, embedding or serving (those are downstream of what the jobs write, and executors
+//! should not link them).
 
 pub mod als;
 pub mod clean;

@@ -1,5 +1,8 @@
 //! The recsys Ballista scheduler: Ballista's own scheduler process with every standard flag, and
 //! our functions and plan codecs installed from `recsys_jobs::registry`.
+//!
+//! A thin process: the configuration and codecs come from `recsys-jobs`; it depends on no other
+//! recsys crate (no event log, catalog, vector store or serving in a scheduler).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,10 @@
 //! Hybrid recommendation serving over gRPC (`recsys.v1.RecommendService`).
 //!
+//! The last step of the data flow: it reads the model (lake), the catalog and the vector store,
+//! and logs events into the event log. It depends on `recsys-core`, `recsys-proto`,
+//! `recsys-catalog`, `recsys-vectors` and `recsys-ingest`; it must not depend on the batch jobs
+//! (no DataFusion or Ballista in a serving process) or on embedding (no burn, no model weights).
+//!
 //! The I/O-free logic every RPC uses is unit-tested exactly: score fusion and min-max
 //! normalisation ([`rank`]), popularity sampling, session vectors and the short-term update
 //! ([`vectors`]), the per-user queues with caps and TTLs ([`session`]) and real-time fold-in of

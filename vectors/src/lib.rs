@@ -1,5 +1,8 @@
 //! The lyrics vector store that embedding writes and serving searches.
 //!
+//! It depends on `recsys-core` only: it must not depend on the catalog, embedding, the jobs or
+//! serving (both sides of it depend on this crate).
+//!
 //! One trait, [`VectorStore`], two implementations with the same semantics (cosine similarity,
 //! point key = track id, upsert replaces, search can exclude ids):
 //! - [`QdrantStore`]: a Qdrant server over gRPC (collection `lyrics`, HNSW m=16,

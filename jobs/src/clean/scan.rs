@@ -1,7 +1,7 @@
 //! `TsvScanExec`: reads Last.fm TSV files in byte-range chunks, one chunk per partition, so a
 //! cluster parses one file in parallel. Accepted lines stream out as Arrow batches; rejected lines
 //! go, with their position and reason, to one small Parquet part per chunk that
-//! [`super::finish_rejects`] turns into the final rejects table.
+//! `super::finish_rejects` turns into the final rejects table.
 //!
 //! Chunk ownership (the Hadoop rule): a chunk `[start, end)` owns every line whose first byte lies
 //! in it. It skips the partial line it starts in and reads past `end` to finish its last line, so
