@@ -167,6 +167,7 @@ pub async fn embedded_cluster(lake_args: &LakeArgs) -> Result<recsys_jobs::Clust
     ClusterArgs {
         scheduler: None,
         vcores: 0,
+        shared_lake: false,
     }
     .connect(&lake_args.s3)
     .await
@@ -213,9 +214,11 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
     let processes;
     if args.executors > 0 {
         processes = recsys_jobs::ProcessCluster::start(&std::env::current_exe()?, args.executors)?;
+        // The processes run on this machine: they share the bench lake's folder.
         let remote = ClusterArgs {
             scheduler: Some(processes.url().to_string()),
-            vcores: args.executors,
+            vcores: 0,
+            shared_lake: true,
         }
         .connect(&lake_args.s3)
         .await?;

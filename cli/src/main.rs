@@ -9,6 +9,7 @@ mod bench_etl;
 mod bench_ingest;
 mod bench_serve;
 mod catalog;
+mod cluster;
 mod data;
 mod docs;
 mod lyrics;
@@ -72,21 +73,28 @@ pub struct ClusterArgs {
     /// Ballista scheduler, e.g. `df://scheduler:50050`; without it jobs run on an embedded cluster.
     #[arg(long, env = "RECSYS_SCHEDULER")]
     pub scheduler: Option<String>,
-    /// Task slots to plan for (embedded: executor cores; remote: the cluster's total). 0 = this machine's cores.
+    /// Task slots to plan for. 0: the embedded cluster gets this machine's cores, a remote one
+    /// is asked for the slots of the executors registered with it.
     #[arg(long, env = "RECSYS_VCORES", default_value_t = 0)]
     pub vcores: usize,
+    /// Every executor of the remote cluster mounts the lake's local folder at the same path (one
+    /// machine, or a shared file system). Without it a remote cluster only takes an S3 lake.
+    #[arg(long, env = "RECSYS_SHARED_LAKE")]
+    pub shared_lake: bool,
 }
 
 impl ClusterArgs {
     pub async fn connect(&self, s3: &S3Options) -> Result<recsys_jobs::Cluster> {
-        let vcores = if self.vcores == 0 {
-            std::thread::available_parallelism()
+        let vcores = match (&self.scheduler, self.vcores) {
+            (None, 0) => std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            self.vcores
+                .unwrap_or(2),
+            (_, n) => n,
         };
-        Ok(recsys_jobs::Cluster::connect(self.scheduler.as_deref(), s3, vcores).await?)
+        Ok(
+            recsys_jobs::Cluster::connect(self.scheduler.as_deref(), s3, vcores, self.shared_lake)
+                .await?,
+        )
     }
 }
 
@@ -109,6 +117,8 @@ enum Commands {
     /// Embed texts with all-MiniLM-L6-v2 and print token ids and vectors.
     #[command(subcommand)]
     Embed(lyrics::EmbedCommand),
+    /// Show a cluster's executors, their task slots, and its jobs.
+    Cluster(cluster::ClusterCommand),
     /// Run a Ballista scheduler with recsys functions (all standard Ballista flags).
     Scheduler(SchedulerCommand),
     /// Run a Ballista executor with recsys functions (all standard Ballista flags).
@@ -158,10 +168,24 @@ fn env_for_all_flags(sub: Command, prefix: &str) -> Command {
     })
 }
 
+/// The command, with our environment variables for Ballista's flags and failure detection that
+/// fits a small cluster (`recsys_jobs::cluster::HEARTBEAT_S` and its siblings) as their defaults.
 fn command() -> Command {
+    use recsys_jobs::cluster::{EXECUTOR_TIMEOUT_S, EXPIRE_CHECK_S, HEARTBEAT_S};
+    let default = |value: u64| move |a: clap::Arg| a.default_value(value.to_string());
     Cli::command()
-        .mut_subcommand("scheduler", |c| env_for_all_flags(c, "RECSYS_SCHEDULER"))
-        .mut_subcommand("executor", |c| env_for_all_flags(c, "RECSYS_EXECUTOR"))
+        .mut_subcommand("scheduler", |c| {
+            env_for_all_flags(c, "RECSYS_SCHEDULER")
+                .mut_arg("executor_timeout_seconds", default(EXECUTOR_TIMEOUT_S))
+                .mut_arg(
+                    "expire_dead_executor_interval_seconds",
+                    default(EXPIRE_CHECK_S),
+                )
+        })
+        .mut_subcommand("executor", |c| {
+            env_for_all_flags(c, "RECSYS_EXECUTOR")
+                .mut_arg("executor_heartbeat_interval_seconds", default(HEARTBEAT_S))
+        })
 }
 
 fn parse() -> Result<Cli> {
@@ -200,8 +224,9 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Catalog(cmd) => catalog::run(&cli.lake, cmd).await,
         Commands::Lyrics(cmd) => lyrics::run(&cli.lake, cmd).await,
         Commands::Embed(cmd) => lyrics::run_embed_command(cmd).await,
-        Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista).await?),
-        Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista).await?),
+        Commands::Cluster(args) => cluster::run(&cli.lake, args).await,
+        Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista, &cli.lake.s3).await?),
+        Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista, &cli.lake.s3).await?),
         Commands::Replay(args) => stream::run_replay(&cli.lake, &args).await.map(|_| ()),
         Commands::Ingest(args) => stream::run_ingest(&cli.lake, &args).await,
         Commands::Sink(args) => stream::run_sink_command(&cli.lake, &args).await.map(|_| ()),

@@ -138,7 +138,7 @@ async fn embedded_and_process_cluster_agree() {
         );
 
         let processes = process_cluster(2);
-        let remote = Cluster::remote(processes.url(), &Default::default(), 2)
+        let remote = Cluster::remote(processes.url(), &Default::default(), 2, true)
             .await
             .unwrap();
         let lake_b = local_store(&dir.path().join("b"));
@@ -380,7 +380,7 @@ async fn als_on_a_process_cluster_matches_the_embedded_model() {
             .await
             .unwrap();
         let processes = process_cluster(2);
-        let remote = Cluster::remote(processes.url(), &Default::default(), 2)
+        let remote = Cluster::remote(processes.url(), &Default::default(), 2, true)
             .await
             .unwrap();
         let b = train(&remote, &lake, &params, &options, |_| {})

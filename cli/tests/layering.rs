@@ -29,8 +29,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "recsys-ingest",
         ],
     ),
-    ("scheduler", &["recsys-jobs"]),
-    ("executor", &["recsys-jobs"]),
+    ("scheduler", &["recsys-jobs", "recsys-core"]),
+    ("executor", &["recsys-jobs", "recsys-core"]),
 ];
 
 /// The recsys crates named in the `[dependencies]` table of `folder/Cargo.toml`.

@@ -1,14 +1,16 @@
 //! The recsys Ballista executor: Ballista's own executor process with every standard flag, and
 //! our functions, plan codecs and object-store registry installed from `recsys_jobs::registry`.
 //!
-//! A thin process: functions, codecs and the runtime come from `recsys-jobs`; it depends on no
-//! other recsys crate (an executor links the jobs' code and nothing downstream of them).
+//! A thin process: functions, codecs and the runtime come from `recsys-jobs`, its own S3
+//! settings from `recsys-core`; it depends on no other recsys crate (an executor links the
+//! jobs' code and nothing downstream of them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_executor::health::spawn_health_server;
+use recsys_core::S3Options;
 use recsys_jobs::registry;
 
 /// Every standard `ballista-executor` flag (`--scheduler-host`, `--vcores`, `--work-dir`, …).
@@ -25,20 +27,15 @@ pub enum ExecutorError {
 }
 
 /// Runs the executor until it is stopped; `/healthz` and `/readyz` answer on the health port.
-pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
+/// It reaches the lake with its `own` S3 settings (its environment or flags): jobs carry no
+/// credentials.
+pub async fn run(args: ExecutorArgs, own: &S3Options) -> Result<(), ExecutorError> {
     let health_bind = format!("{}:{}", args.bind_host, args.bind_health_port);
     let health_addr: SocketAddr = health_bind
         .parse()
         .map_err(|e| ExecutorError::Address(health_bind.clone(), e))?;
     let mut config: ExecutorProcessConfig = args.try_into()?;
-    let work_dir = config.work_dir.clone();
-    config.override_config_producer = Some(Arc::new(registry::default_session_config));
-    config.override_runtime_producer = Some(Arc::new(move |session| {
-        registry::runtime_env(session, work_dir.as_deref())
-    }));
-    config.override_function_registry = Some(Arc::new(registry::function_registry()?));
-    config.override_logical_codec = Some(registry::logical_codec());
-    config.override_physical_codec = Some(registry::physical_codec());
+    registry::configure_executor(&mut config, own)?;
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = spawn_health_server(health_addr, config.health.clone(), health_stopped);
     tracing::info!(scheduler = %format!("{}:{}", config.scheduler_host, config.scheduler_port), "recsys executor starting");

@@ -15,7 +15,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use recsys_core::S3Options;
+use recsys_core::{S3Options, Store};
 
 use crate::JobError;
 use crate::registry::{RecsysOptions, physical_codec, session_config, session_state};
@@ -23,24 +23,41 @@ use crate::registry::{RecsysOptions, physical_codec, session_config, session_sta
 /// How long to wait for a scheduler to answer before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Failure detection for a small cluster (Ballista's own defaults take minutes): executors send
+/// a heartbeat every [`HEARTBEAT_S`] seconds; the scheduler checks every [`EXPIRE_CHECK_S`]
+/// seconds and declares an executor lost after [`EXECUTOR_TIMEOUT_S`] seconds of silence, then
+/// runs its tasks elsewhere. `recsys scheduler` and `recsys executor` default to these; their
+/// flags (`--executor-timeout-seconds`, `--expire-dead-executor-interval-seconds`,
+/// `--executor-heartbeat-interval-seconds`) change them.
+pub const HEARTBEAT_S: u64 = 2;
+pub const EXECUTOR_TIMEOUT_S: u64 = 10;
+pub const EXPIRE_CHECK_S: u64 = 2;
+
 /// A connection to a Ballista scheduler, plus the local session that plans jobs for it.
 pub struct Cluster {
     scheduler_url: String,
     display_url: String,
     config: SessionConfig,
     session_id: String,
+    /// This process's own S3 settings (credentials included), for planning here; jobs carry
+    /// only their non-secret part.
+    own: S3Options,
+    /// Whether the executors can read this process's local folders: the embedded cluster, or
+    /// a remote one whose every executor mounts them at the same paths (`--shared-lake`).
+    shares_folders: bool,
 }
 
 impl Cluster {
-    /// Connects to `scheduler` (`df://host:port`), or starts an embedded cluster with `vcores`
-    /// task slots when it is `None`.
+    /// Connects to `scheduler` (`df://host:port`, see [`Cluster::remote`]), or starts an
+    /// embedded cluster with `vcores` task slots when it is `None`.
     pub async fn connect(
         scheduler: Option<&str>,
         s3: &S3Options,
         vcores: usize,
+        shared_folders: bool,
     ) -> Result<Cluster, JobError> {
         match scheduler {
-            Some(url) => Cluster::remote(url, s3, vcores).await,
+            Some(url) => Cluster::remote(url, s3, vcores, shared_folders).await,
             None => Cluster::embedded(s3, vcores).await,
         }
     }
@@ -55,13 +72,9 @@ impl Cluster {
         let vcores = vcores.max(1);
         let mut attempt = 1;
         loop {
-            match start_embedded(vcores).await {
+            match start_embedded(s3, vcores).await {
                 Ok(url) => {
-                    return Ok(Cluster::new(
-                        url,
-                        "embedded".into(),
-                        Self::job_config(s3, vcores),
-                    ));
+                    return Ok(Cluster::new(url, "embedded".into(), s3, vcores, true));
                 }
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "the embedded cluster did not start; trying fresh ports");
@@ -72,8 +85,17 @@ impl Cluster {
         }
     }
 
-    /// A running cluster. `vcores` is the total task slots to plan for (partition counts).
-    pub async fn remote(url: &str, s3: &S3Options, vcores: usize) -> Result<Cluster, JobError> {
+    /// A running cluster. `vcores` is the total task slots to plan for (partition counts); 0
+    /// asks the scheduler for the task slots of the executors registered with it (waiting up to
+    /// 15 s for the first one). `shared_folders` says every executor mounts this machine's lake
+    /// folder at the same path; otherwise only an S3 lake is accepted (see
+    /// [`Cluster::check_lake`]).
+    pub async fn remote(
+        url: &str,
+        s3: &S3Options,
+        vcores: usize,
+        shared_folders: bool,
+    ) -> Result<Cluster, JobError> {
         let parsed = url::Url::parse(url)
             .map_err(|e| JobError::Cluster(format!("invalid scheduler URL `{url}`: {e}")))?;
         let host = parsed
@@ -82,14 +104,36 @@ impl Cluster {
         let port = parsed.port().unwrap_or(50050);
         let grpc_url = format!("http://{host}:{port}");
         connect(&grpc_url, url).await?;
+        let vcores = match vcores {
+            0 => registered_slots(&grpc_url, url).await?,
+            n => n,
+        };
         Ok(Cluster::new(
             grpc_url,
             url.to_string(),
-            Self::job_config(s3, vcores.max(1)),
+            s3,
+            vcores,
+            shared_folders,
         ))
     }
 
-    fn new(scheduler_url: String, display_url: String, config: SessionConfig) -> Cluster {
+    /// The executors registered with the scheduler now.
+    pub async fn executors(&self) -> Result<Vec<ExecutorInfo>, JobError> {
+        rest(&self.scheduler_url, &self.display_url, "executors").await
+    }
+
+    /// The jobs the scheduler knows (running, queued and recently finished).
+    pub async fn jobs(&self) -> Result<Vec<JobInfo>, JobError> {
+        rest(&self.scheduler_url, &self.display_url, "jobs").await
+    }
+
+    fn new(
+        scheduler_url: String,
+        display_url: String,
+        s3: &S3Options,
+        vcores: usize,
+        shares_folders: bool,
+    ) -> Cluster {
         let session_id = format!(
             "recsys-{}-{}",
             std::process::id(),
@@ -101,9 +145,27 @@ impl Cluster {
         Cluster {
             scheduler_url,
             display_url,
-            config,
+            config: Self::job_config(s3, vcores),
             session_id,
+            own: s3.clone(),
+            shares_folders,
         }
+    }
+
+    /// Fails unless this cluster's executors can reach `lake`: a remote cluster's executors run
+    /// on other hosts and cannot read a folder of this one, unless it was declared shared.
+    pub fn check_lake(&self, lake: &Store) -> Result<(), JobError> {
+        if self.shares_folders || lake.base_url().scheme() != "file" {
+            return Ok(());
+        }
+        Err(JobError::Cluster(format!(
+            "the cluster at {} cannot work on the local folder `{}`: its executors run on other \
+             hosts and would not find it. Put the lake on S3 (--object-store \
+             s3://bucket/prefix), or pass --shared-lake if every executor mounts this folder at \
+             the same path",
+            self.display_url,
+            lake.location()
+        )))
     }
 
     fn job_config(s3: &S3Options, vcores: usize) -> SessionConfig {
@@ -137,6 +199,7 @@ impl Cluster {
     pub fn planner(&self) -> Result<SessionContext, JobError> {
         Ok(SessionContext::new_with_state(session_state(
             self.config.clone(),
+            &self.own,
         )?))
     }
 
@@ -172,10 +235,101 @@ impl Cluster {
     }
 }
 
+/// An executor as the scheduler's REST API (`GET /api/executors`) lists it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ExecutorInfo {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    /// When its last heartbeat arrived, milliseconds since the Unix epoch.
+    pub last_seen: Option<u64>,
+    pub specification: ExecutorSlots,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ExecutorSlots {
+    /// Task slots: tasks it runs at once.
+    pub vcores: u32,
+}
+
+/// A job as the scheduler's REST API (`GET /api/jobs`) lists it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct JobInfo {
+    pub job_id: String,
+    #[serde(default)]
+    pub job_name: String,
+    /// `Queued`, `Running`, `Completed` or `Failed`.
+    pub status: String,
+    /// The status with its detail (elapsed time, failure).
+    #[serde(default)]
+    pub job_status: String,
+    #[serde(default)]
+    pub num_stages: u64,
+    #[serde(default)]
+    pub completed_stages: u64,
+}
+
+/// `GET <scheduler>/api/<what>`, as JSON.
+async fn rest<T: serde::de::DeserializeOwned>(
+    grpc_url: &str,
+    shown: &str,
+    what: &str,
+) -> Result<T, JobError> {
+    let url = format!("{grpc_url}/api/{what}");
+    let failed = |e: reqwest::Error| {
+        JobError::Cluster(format!(
+            "cannot list the {what} of the Ballista scheduler at {shown} ({url}): {e}"
+        ))
+    };
+    let body = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(failed)?
+        .bytes()
+        .await
+        .map_err(failed)?;
+    serde_json::from_slice(&body).map_err(|e| {
+        JobError::Cluster(format!(
+            "the Ballista scheduler at {shown} answered {url} with unexpected JSON: {e}"
+        ))
+    })
+}
+
+/// The task slots of the executors registered with the scheduler, once there is one.
+async fn registered_slots(grpc_url: &str, shown: &str) -> Result<usize, JobError> {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let executors: Vec<ExecutorInfo> = rest(grpc_url, shown, "executors").await?;
+        let slots: usize = executors
+            .iter()
+            .map(|e| e.specification.vcores as usize)
+            .sum();
+        if slots > 0 {
+            tracing::info!(
+                executors = executors.len(),
+                slots,
+                scheduler = shown,
+                "planning for the cluster's task slots"
+            );
+            return Ok(slots);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(JobError::Cluster(format!(
+                "no executor registered with the Ballista scheduler at {shown} within \
+                 {CONNECT_TIMEOUT:?}: start one (`recsys executor --scheduler-host …`)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Starts an embedded scheduler and executor on free loopback ports; returns the scheduler's
 /// gRPC URL once the executor has registered. Either task stopping (a port taken meanwhile)
 /// ends the wait at once with its error, and stops the other task.
-async fn start_embedded(vcores: usize) -> Result<String, JobError> {
+async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobError> {
     use ballista_core::config::TaskSchedulingPolicy::PushStaged;
     use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
     use ballista_scheduler::config::SchedulerConfig;
@@ -186,7 +340,10 @@ async fn start_embedded(vcores: usize) -> Result<String, JobError> {
     scheduler.bind_host = "127.0.0.1".into();
     scheduler.external_host = "127.0.0.1".into();
     scheduler.bind_port = scheduler_port;
-    crate::registry::configure_scheduler(&mut scheduler);
+    scheduler.executor_timeout_seconds = EXECUTOR_TIMEOUT_S;
+    scheduler.expire_dead_executor_interval_seconds = EXPIRE_CHECK_S;
+    scheduler.no_executors_grace_period_seconds = EXECUTOR_TIMEOUT_S;
+    crate::registry::configure_scheduler(&mut scheduler, s3);
     let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&scheduler).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], scheduler_port));
     let mut scheduler_task = AbortOnDrop(tokio::spawn(async move {
@@ -211,10 +368,11 @@ async fn start_embedded(vcores: usize) -> Result<String, JobError> {
         scheduler_connect_timeout_seconds: 15,
         vcores,
         task_scheduling_policy: PushStaged,
+        executor_heartbeat_interval_seconds: HEARTBEAT_S,
         work_dir: Some(work.path().to_string_lossy().into_owned()),
         ..ExecutorProcessConfig::default()
     };
-    crate::registry::configure_executor(&mut executor)?;
+    crate::registry::configure_executor(&mut executor, s3)?;
     let health = executor.health.clone();
     let mut executor_task = AbortOnDrop(tokio::spawn(async move {
         let _work = work;

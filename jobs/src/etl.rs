@@ -48,6 +48,7 @@ pub async fn run_etl(
     source: ListenSource,
     files: usize,
 ) -> Result<EtlSummary, JobError> {
+    cluster.check_lake(lake)?;
     let started = Instant::now();
     let files = files.clamp(1, 256);
     let source = source.resolve(lake).await?;

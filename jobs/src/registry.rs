@@ -27,14 +27,14 @@ use url::Url;
 
 use crate::codec::RecsysPhysicalCodec;
 
-/// Settings every recsys job carries to the scheduler and executors (`SET recsys.… = …`), so
-/// a cluster reaches whichever object store the submitting client points at.
+/// Settings every recsys job carries to the scheduler and executors (`SET recsys.… = …`): where
+/// the lake's S3 store is and how to address it, never a credential. Executors and the
+/// scheduler take S3 credentials from their own environment or flags (see [`lake_s3`]), so no
+/// secret travels in a job's plan or session.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecsysOptions {
     /// S3 endpoint (MinIO: `http://minio:9000`).
     pub s3_endpoint: Option<String>,
-    pub s3_access_key_id: Option<String>,
-    pub s3_secret_access_key: Option<String>,
     pub s3_region: Option<String>,
     /// Allow `http://` S3 endpoints.
     pub s3_allow_http: bool,
@@ -72,8 +72,6 @@ impl ExtensionOptions for RecsysOptions {
         };
         match key {
             "s3_endpoint" => self.s3_endpoint = text(),
-            "s3_access_key_id" => self.s3_access_key_id = text(),
-            "s3_secret_access_key" => self.s3_secret_access_key = text(),
             "s3_region" => self.s3_region = text(),
             "s3_allow_http" => self.s3_allow_http = flag()?,
             "s3_virtual_hosted" => self.s3_virtual_hosted = flag()?,
@@ -94,16 +92,6 @@ impl ExtensionOptions for RecsysOptions {
         };
         vec![
             entry("s3_endpoint", self.s3_endpoint.clone(), "S3 endpoint"),
-            entry(
-                "s3_access_key_id",
-                self.s3_access_key_id.clone(),
-                "S3 access key id",
-            ),
-            entry(
-                "s3_secret_access_key",
-                self.s3_secret_access_key.clone(),
-                "S3 secret access key",
-            ),
             entry("s3_region", self.s3_region.clone(), "S3 region"),
             entry(
                 "s3_allow_http",
@@ -120,26 +108,29 @@ impl ExtensionOptions for RecsysOptions {
 }
 
 impl RecsysOptions {
+    /// The non-secret part of `s3`: what a job may carry.
     pub fn from_s3(s3: &S3Options) -> Self {
         RecsysOptions {
             s3_endpoint: s3.endpoint.clone(),
-            s3_access_key_id: s3.access_key_id.clone(),
-            s3_secret_access_key: s3.secret_access_key.clone(),
             s3_region: s3.region.clone(),
             s3_allow_http: s3.allow_http,
             s3_virtual_hosted: s3.virtual_hosted,
         }
     }
+}
 
-    pub fn s3(&self) -> S3Options {
-        S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            access_key_id: self.s3_access_key_id.clone(),
-            secret_access_key: self.s3_secret_access_key.clone(),
-            region: self.s3_region.clone(),
-            allow_http: self.s3_allow_http,
-            virtual_hosted: self.s3_virtual_hosted,
-        }
+/// The S3 settings a process uses for a job: its `own` (its environment or flags: the only
+/// source of credentials), with the job's non-secret options where its own leave a setting
+/// open. An executor configured with its own endpoint (e.g. `http://minio:9000` inside compose)
+/// keeps it whatever endpoint the submitting client used.
+pub fn lake_s3(own: &S3Options, job: &RecsysOptions) -> S3Options {
+    S3Options {
+        endpoint: own.endpoint.clone().or_else(|| job.s3_endpoint.clone()),
+        access_key_id: own.access_key_id.clone(),
+        secret_access_key: own.secret_access_key.clone(),
+        region: own.region.clone().or_else(|| job.s3_region.clone()),
+        allow_http: own.allow_http || job.s3_allow_http,
+        virtual_hosted: own.virtual_hosted || job.s3_virtual_hosted,
     }
 }
 
@@ -220,26 +211,31 @@ pub fn default_session_config() -> SessionConfig {
     session_config(RecsysOptions::default())
 }
 
-/// A runtime whose object-store registry reaches the lake described by `config`'s options.
-pub fn runtime_env(config: &SessionConfig, work_dir: Option<&str>) -> Result<Arc<RuntimeEnv>> {
-    let s3 = config
+/// A runtime whose object-store registry reaches the lake of `config`'s job with this process's
+/// `own` S3 settings (see [`lake_s3`]); temporary files go to `work_dir`.
+pub fn runtime_env(
+    config: &SessionConfig,
+    own: &S3Options,
+    work_dir: Option<&str>,
+) -> Result<Arc<RuntimeEnv>> {
+    let job = config
         .options()
         .extensions
         .get::<RecsysOptions>()
-        .map(RecsysOptions::s3)
+        .cloned()
         .unwrap_or_default();
     let mut builder = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(LakeObjectStoreRegistry::new(s3)));
+        .with_object_store_registry(Arc::new(LakeObjectStoreRegistry::new(lake_s3(own, &job))));
     if let Some(dir) = work_dir {
         builder = builder.with_temp_file_path(dir);
     }
     Ok(Arc::new(builder.build()?))
 }
 
-/// A full session state: DataFusion's and Ballista's functions plus ours, the lake runtime.
-/// Installed as the scheduler's session builder and used by clients to plan jobs.
-pub fn session_state(config: SessionConfig) -> Result<SessionState> {
-    let runtime = runtime_env(&config, None)?;
+/// A full session state: DataFusion's and Ballista's functions plus ours, the lake runtime with
+/// this process's `own` S3 settings. Clients plan jobs with it; schedulers build sessions with it.
+pub fn session_state(config: SessionConfig, own: &S3Options) -> Result<SessionState> {
+    let runtime = runtime_env(&config, own, None)?;
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -261,6 +257,7 @@ pub fn register_functions(state: &mut SessionState) -> Result<()> {
 pub fn function_registry() -> Result<BallistaFunctionRegistry> {
     Ok(BallistaFunctionRegistry::from(&session_state(
         default_session_config(),
+        &S3Options::default(),
     )?))
 }
 
@@ -274,22 +271,30 @@ pub fn logical_codec() -> Arc<dyn LogicalExtensionCodec> {
     Arc::new(BallistaLogicalExtensionCodec::default())
 }
 
-/// Installs our session builder, config producer and codecs on a scheduler.
-pub fn configure_scheduler(config: &mut ballista_scheduler::config::SchedulerConfig) {
+/// Installs our session builder, config producer and codecs on a scheduler, which reaches the
+/// lake with its `own` S3 settings.
+pub fn configure_scheduler(
+    config: &mut ballista_scheduler::config::SchedulerConfig,
+    own: &S3Options,
+) {
+    let own = own.clone();
     config.override_config_producer = Some(Arc::new(default_session_config));
-    config.override_session_builder = Some(Arc::new(session_state));
+    config.override_session_builder = Some(Arc::new(move |c| session_state(c, &own)));
     config.override_logical_codec = Some(logical_codec());
     config.override_physical_codec = Some(physical_codec());
 }
 
-/// Installs our functions, codecs and lake runtime on an executor.
+/// Installs our functions, codecs and lake runtime on an executor, which reaches the lake with
+/// its `own` S3 settings.
 pub fn configure_executor(
     config: &mut ballista_executor::executor_process::ExecutorProcessConfig,
+    own: &S3Options,
 ) -> Result<()> {
     let work_dir = config.work_dir.clone();
+    let own = own.clone();
     config.override_config_producer = Some(Arc::new(default_session_config));
     config.override_runtime_producer = Some(Arc::new(move |session| {
-        runtime_env(session, work_dir.as_deref())
+        runtime_env(session, &own, work_dir.as_deref())
     }));
     config.override_function_registry = Some(Arc::new(function_registry()?));
     config.override_logical_codec = Some(logical_codec());
@@ -303,27 +308,47 @@ mod tests {
     use ballista_core::extension::SessionConfigHelperExt;
 
     #[test]
-    fn options_travel_as_key_values() {
-        let options = RecsysOptions::from_s3(&S3Options {
+    fn options_travel_as_key_values_without_credentials() {
+        let client = S3Options {
             endpoint: Some("http://minio:9000".into()),
+            access_key_id: Some("client-key".into()),
+            secret_access_key: Some("client-secret".into()),
             allow_http: true,
             ..Default::default()
-        });
-        let sent = session_config(options).to_key_value_pairs();
+        };
+        let sent = session_config(RecsysOptions::from_s3(&client)).to_key_value_pairs();
+        assert!(
+            !format!("{sent:?}").contains("client-"),
+            "credentials in the job's settings: {sent:?}"
+        );
         let received = default_session_config().update_from_key_value_pair(&sent);
-        let got = received
+        let job = received
             .options()
             .extensions
             .get::<RecsysOptions>()
-            .unwrap()
-            .s3();
-        assert_eq!(got.endpoint.as_deref(), Some("http://minio:9000"));
-        assert!(got.allow_http);
+            .unwrap();
+        let executor = S3Options {
+            access_key_id: Some("executor-key".into()),
+            secret_access_key: Some("executor-secret".into()),
+            ..Default::default()
+        };
+        let used = lake_s3(&executor, job);
+        assert_eq!(used.endpoint.as_deref(), Some("http://minio:9000"));
+        assert!(used.allow_http);
+        assert_eq!(used.secret_access_key.as_deref(), Some("executor-secret"));
+        let own_endpoint = S3Options {
+            endpoint: Some("http://minio.internal:9000".into()),
+            ..executor
+        };
+        assert_eq!(
+            lake_s3(&own_endpoint, job).endpoint.as_deref(),
+            Some("http://minio.internal:9000")
+        );
     }
 
     #[test]
     fn functions_are_registered() {
-        let state = session_state(default_session_config()).unwrap();
+        let state = session_state(default_session_config(), &S3Options::default()).unwrap();
         for name in [
             crate::udf::TRACK_ID,
             crate::udf::ARTIST_ID,

@@ -113,6 +113,7 @@ pub async fn run_sort(
     lake: &Store,
     files: Option<usize>,
 ) -> Result<SortSummary, JobError> {
+    cluster.check_lake(lake)?;
     let started = Instant::now();
     let runs = read_runs(lake).await?;
     let rows: u64 = runs.iter().map(|r| r.index.rows).sum();

@@ -1,8 +1,9 @@
 //! The recsys Ballista scheduler: Ballista's own scheduler process with every standard flag, and
 //! our functions and plan codecs installed from `recsys_jobs::registry`.
 //!
-//! A thin process: the configuration and codecs come from `recsys-jobs`; it depends on no other
-//! recsys crate (no event log, catalog, vector store or serving in a scheduler).
+//! A thin process: the configuration and codecs come from `recsys-jobs`, its own S3 settings
+//! from `recsys-core`; it depends on no other recsys crate (no event log, catalog, vector store
+//! or serving in a scheduler).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
+use recsys_core::S3Options;
 use recsys_jobs::registry;
 
 /// Every standard `ballista-scheduler` flag (`--bind-port`, `--scheduler-policy`, …).
@@ -23,14 +25,15 @@ pub enum SchedulerError {
     Ballista(#[from] ballista_core::error::BallistaError),
 }
 
-/// Runs the scheduler until it is stopped.
-pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
+/// Runs the scheduler until it is stopped. It reaches the lake (to plan SQL over it) with its
+/// `own` S3 settings, never with credentials a client sent.
+pub async fn run(args: SchedulerArgs, own: &S3Options) -> Result<(), SchedulerError> {
     let bind = format!("{}:{}", args.bind_host, args.bind_port);
     let addr: SocketAddr = bind
         .parse()
         .map_err(|e| SchedulerError::Address(bind.clone(), e))?;
     let mut config: SchedulerConfig = args.try_into()?;
-    registry::configure_scheduler(&mut config);
+    registry::configure_scheduler(&mut config, own);
     let cluster = BallistaCluster::new_from_config(&config).await?;
     tracing::info!(%addr, "recsys scheduler listening");
     start_server(cluster, addr, Arc::new(config)).await?;

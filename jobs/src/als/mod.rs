@@ -187,6 +187,7 @@ pub async fn train(
     options: &TrainOptions,
     progress: impl Fn(&IterationStat),
 ) -> Result<AlsSummary, JobError> {
+    cluster.check_lake(lake)?;
     let version = model::new_version(lake).await?;
     let work = format!("{MODELS_DIR}/{version}/work");
     let started = Instant::now();

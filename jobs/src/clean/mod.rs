@@ -184,6 +184,8 @@ pub async fn run_clean(
     input: &TsvInput,
     lake: &Store,
 ) -> Result<CleanSummary, JobError> {
+    cluster.check_lake(lake)?;
+    cluster.check_lake(&input.store)?;
     let started = Instant::now();
     let store = lake.object_store();
     clear(store.as_ref(), &lake.path(CLEAN_DIR)).await?;
