@@ -7,6 +7,34 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+/// The peer scripts (`benches/`), by file name; they import each other's common parts.
+const SCRIPTS: &[(&str, &str)] = &[
+    ("als_common.py", include_str!("../../benches/als_common.py")),
+    (
+        "duckdb_clean_sort.py",
+        include_str!("../../benches/duckdb_clean_sort.py"),
+    ),
+    ("duckdb_etl.py", include_str!("../../benches/duckdb_etl.py")),
+    (
+        "implicit_als.py",
+        include_str!("../../benches/implicit_als.py"),
+    ),
+    (
+        "minilm_torch.py",
+        include_str!("../../benches/minilm_torch.py"),
+    ),
+    ("spark_als.py", include_str!("../../benches/spark_als.py")),
+    (
+        "spark_clean_sort.py",
+        include_str!("../../benches/spark_clean_sort.py"),
+    ),
+    (
+        "spark_common.py",
+        include_str!("../../benches/spark_common.py"),
+    ),
+    ("spark_etl.py", include_str!("../../benches/spark_etl.py")),
+];
+
 /// A peer benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -64,13 +92,19 @@ impl PeerPython {
         }
     }
 
-    /// Runs `benches/<script>` for `peer` with `args`; the JSON object it prints.
+    /// Runs `benches/<script>` for `peer` with `args`; the JSON object it prints. The scripts
+    /// are part of the binary and written to a temporary folder for the run, so a benchmark
+    /// runs the scripts of the source it was built from, wherever that clone is now.
     pub fn run(&self, peer: Peer, script: &str, args: &[String]) -> Result<serde_json::Value> {
         let python = self.interpreter();
-        let path = format!("{}/../benches/{script}", env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().context("a temporary folder for the peer scripts")?;
+        for (name, text) in SCRIPTS {
+            std::fs::write(dir.path().join(name), text)
+                .with_context(|| format!("writing {name} to {}", dir.path().display()))?;
+        }
         tracing::info!(peer = peer.name(), %python, script, "running the peer");
         let out = std::process::Command::new(&python)
-            .arg(&path)
+            .arg(dir.path().join(script))
             .args(args)
             .output()
             .with_context(|| format!("running {python} for the {} peer", peer.name()))?;
@@ -193,4 +227,21 @@ pub fn print_comparison(steps: &[(&str, f64, &[&str])], peers: &[serde_json::Val
     }
     println!("  (×: the peer's time over recsys's, above 1 = recsys faster)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every script in `benches/` is in the binary, so no peer runs a stale copy or none.
+    #[test]
+    fn every_peer_script_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".py"))
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<String> = super::SCRIPTS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(on_disk, embedded);
+    }
 }
