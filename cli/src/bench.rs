@@ -168,6 +168,7 @@ pub async fn embedded_cluster(lake_args: &LakeArgs) -> Result<recsys_jobs::Clust
         scheduler: None,
         vcores: 0,
         shared_lake: false,
+        retries: 0,
     }
     .connect(&lake_args.s3)
     .await
@@ -219,6 +220,7 @@ async fn als(lake_args: &LakeArgs, args: AlsBench) -> Result<()> {
             scheduler: Some(processes.url().to_string()),
             vcores: 0,
             shared_lake: true,
+            retries: 0,
         }
         .connect(&lake_args.s3)
         .await?;

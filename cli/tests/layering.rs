@@ -6,7 +6,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("core", &[]),
     ("datasets", &["recsys-core"]),
-    ("jobs", &["recsys-core"]),
+    ("minilm", &[]),
+    ("jobs", &["recsys-core", "recsys-minilm"]),
     ("ingest", &["recsys-core", "recsys-proto"]),
     ("catalog", &["recsys-core"]),
     ("vectors", &["recsys-core"]),
@@ -17,6 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "recsys-catalog",
             "recsys-datasets",
             "recsys-vectors",
+            "recsys-minilm",
         ],
     ),
     (

@@ -400,6 +400,31 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // What `recsys pipeline` waits for with Kafka: the topic's end offsets, all in events/.
+    let ends =
+        recsys_ingest::consume::end_offsets(&broker.brokers, "music_log", Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(ends.values().sum::<i64>() as u64, expected);
+    let wait = |ends| {
+        let lake = lake.clone();
+        async move {
+            recsys_ingest::consume::wait_for_sink(
+                &lake,
+                "music_log",
+                &ends,
+                Duration::from_secs(1),
+                |_, _| {},
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(wait(ends.clone()).await, 0);
+    let mut ahead = ends.clone();
+    *ahead.get_mut(&0).unwrap() += 2;
+    assert_eq!(wait(ahead).await, 2, "two events not written yet");
+
     // One more crash after everything is written: a restart must not write anything again.
     sink.kill().unwrap();
     sink.wait().unwrap();

@@ -1,31 +1,56 @@
 //! `recsys submit embed`: every catalog song with lyrics gets a MiniLM embedding, in the vector
-//! store and in Parquet (`embeddings/lyrics/part-NNNNN.parquet`). Resumable: songs already in
-//! the Parquet files are skipped, and each chunk goes to the vector store before its Parquet
-//! part is written, so a crash costs at most one chunk, which the next run embeds again
-//! (vector upserts are idempotent).
+//! store and in Parquet (`embeddings/lyrics/part-NNNNN.parquet`). This side picks the songs and
+//! writes them as shards (`embeddings/lyrics-shards/shard-NNNNN.parquet`); a [`ShardRunner`]
+//! (the batch job `EmbedExec` on the cluster) turns shards into parts, a wave of shards per job;
+//! then each part's vectors go to the vector store and its shard is deleted.
+//!
+//! Resumable: songs already in a part are skipped. A shard outlives its part only until the
+//! part's vectors are stored, so a run that finds a shard whose part exists stores that part's
+//! vectors first (upserts are idempotent); a crash costs at most one wave.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use async_trait::async_trait;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use recsys_catalog::{Catalog, CatalogError, LyricsStatus, songs_with_lyrics_status};
 use recsys_core::reader::LakeFileReader;
-use recsys_core::schema::{EMBEDDINGS_DIR, col, embedding_schema};
+use recsys_core::schema::{EMBEDDINGS_DIR, col};
 use recsys_core::{Store, StoreError};
 use recsys_vectors::{Payload, Point, VectorError, VectorStore};
 
-use crate::{DIM, EmbedError, Embedder, prepare_lyrics};
+use crate::EmbedError;
+
+/// Where the shards wait for their task (beside, not inside, the parts' folder).
+pub const SHARDS_DIR: &str = "embeddings/lyrics-shards";
+
+/// Lyrics shorter than this (after trimming) are not embedded, as in the seed.
+pub const MIN_LYRICS_CHARS: usize = 50;
+/// Lyrics are cut to their first this many characters, as in the seed.
+pub const MAX_LYRICS_CHARS: usize = 5000;
+
+/// The text the seed embeds for these lyrics: `None` when too short, else the first
+/// [`MAX_LYRICS_CHARS`] characters.
+pub fn prepare_lyrics(lyrics: &str) -> Option<&str> {
+    if lyrics.trim().chars().count() < MIN_LYRICS_CHARS {
+        return None;
+    }
+    Some(match lyrics.char_indices().nth(MAX_LYRICS_CHARS) {
+        Some((cut, _)) => &lyrics[..cut],
+        None => lyrics,
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct EmbedJobOptions {
     /// Texts per forward pass at most (passes are also capped by tokens).
     pub batch: usize,
-    /// Songs per vector-store write and Parquet part.
+    /// Songs per shard (one task, one Parquet part, vector-store writes of 256).
     pub chunk: usize,
     /// Stop after embedding this many songs.
     pub limit: Option<u64>,
@@ -68,6 +93,9 @@ pub enum EmbedJobError {
     /// A Parquet part that cannot be read or written.
     #[error("{location}: {reason}")]
     Parquet { location: String, reason: String },
+    /// The job that embeds shards failed.
+    #[error("embedding shards: {0}")]
+    Runner(String),
 }
 
 fn parquet_err(location: String) -> impl Fn(String) -> EmbedJobError {
@@ -75,6 +103,24 @@ fn parquet_err(location: String) -> impl Fn(String) -> EmbedJobError {
         location: location.clone(),
         reason,
     }
+}
+
+/// Turns shards into parts: `SHARDS_DIR/shard-N.parquet` (track id, title, artist, text) into
+/// `EMBEDDINGS_DIR/part-N.parquet`, for every `N` of a wave.
+#[async_trait]
+pub trait ShardRunner: Send + Sync {
+    /// Shards per wave: enough to keep every task slot busy.
+    fn wave(&self) -> usize;
+    /// Embeds `shards`; the tokens embedded.
+    async fn embed(&self, shards: &[u64]) -> Result<u64, EmbedJobError>;
+}
+
+/// `<dir>/<prefix>NNNNN.parquet` → NNNNN.
+fn numbered(file: &str, prefix: &str) -> Option<u64> {
+    file.strip_prefix(prefix)?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
 }
 
 /// Track ids already in `embeddings/lyrics/`, and the next part number.
@@ -88,12 +134,7 @@ pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJ
     let mut ids = HashSet::new();
     let mut next = 0;
     for o in objects {
-        let Some(n) = o.location.filename().and_then(|f| {
-            f.strip_prefix("part-")?
-                .strip_suffix(".parquet")?
-                .parse::<u64>()
-                .ok()
-        }) else {
+        let Some(n) = o.location.filename().and_then(|f| numbered(f, "part-")) else {
             continue;
         };
         next = next.max(n + 1);
@@ -124,118 +165,167 @@ pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJ
     Ok((ids, next))
 }
 
-fn part_batch(songs: &[(Payload, String)], vectors: &[[f32; DIM]]) -> RecordBatch {
-    let text = |f: &dyn Fn(&Payload) -> &str| -> Arc<dyn Array> {
-        Arc::new(StringArray::from_iter_values(
-            songs.iter().map(|(p, _)| f(p)),
-        ))
+/// The songs of a part, with their vectors, as vector-store points.
+async fn part_points(lake: &Store, shard: u64) -> Result<Vec<Point>, EmbedJobError> {
+    let rel = format!("{EMBEDDINGS_DIR}/part-{shard:05}.parquet");
+    let err = parquet_err(lake.url(&rel));
+    let bytes = lake
+        .object_store()
+        .get(&lake.path(&rel))
+        .await
+        .map_err(|e| lake.error(&rel, e))?
+        .bytes()
+        .await
+        .map_err(|e| lake.error(&rel, e))?;
+    let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| err(e.to_string()))?
+        .build()
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<RecordBatch>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let mut points = Vec::new();
+    for b in batches {
+        let text = |name: &str| -> Result<&StringArray, EmbedJobError> {
+            b.column_by_name(name)
+                .map(|c| c.as_string::<i32>())
+                .ok_or_else(|| err(format!("no `{name}` column")))
+        };
+        let (ids, titles, artists) = (
+            text(col::TRACK_ID)?,
+            text(col::TRACK_NAME)?,
+            text(col::ARTIST_NAME)?,
+        );
+        let vectors = b
+            .column_by_name("embedding")
+            .ok_or_else(|| err("no `embedding` column".into()))?
+            .as_fixed_size_list();
+        for r in 0..b.num_rows() {
+            let v = vectors.value(r);
+            points.push(Point {
+                payload: Payload {
+                    track_id: ids.value(r).to_string(),
+                    title: titles.value(r).to_string(),
+                    artist: artists.value(r).to_string(),
+                },
+                vector: v
+                    .as_primitive::<arrow::datatypes::Float32Type>()
+                    .values()
+                    .to_vec(),
+            });
+        }
+    }
+    Ok(points)
+}
+
+/// Stores a part's vectors, then deletes its shard: from here on the part alone says "done".
+async fn store_part(
+    lake: &Store,
+    vectors: &dyn VectorStore,
+    shard: u64,
+) -> Result<u64, EmbedJobError> {
+    let points = part_points(lake, shard).await?;
+    for group in points.chunks(256) {
+        vectors.upsert(group).await?;
+    }
+    let rel = format!("{SHARDS_DIR}/shard-{shard:05}.parquet");
+    lake.object_store()
+        .delete(&lake.path(&rel))
+        .await
+        .map_err(|e| lake.error(&rel, e))?;
+    Ok(points.len() as u64)
+}
+
+/// Shards an earlier run left: those whose part exists get their vectors stored; the others
+/// are deleted (their songs are picked again).
+async fn finish_earlier_run(lake: &Store, vectors: &dyn VectorStore) -> Result<(), EmbedJobError> {
+    let store = lake.object_store();
+    let shards: Vec<_> = store
+        .list(Some(&lake.path(SHARDS_DIR)))
+        .try_collect()
+        .await
+        .map_err(|e| lake.error(SHARDS_DIR, e))?;
+    for shard in shards {
+        let Some(n) = shard
+            .location
+            .filename()
+            .and_then(|f| numbered(f, "shard-"))
+        else {
+            continue;
+        };
+        let part = lake.path(&format!("{EMBEDDINGS_DIR}/part-{n:05}.parquet"));
+        match store.head(&part).await {
+            Ok(_) => {
+                let stored = store_part(lake, vectors, n).await?;
+                tracing::info!(
+                    shard = n,
+                    songs = stored,
+                    "embed: stored the vectors of an earlier run's part"
+                );
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                store
+                    .delete(&shard.location)
+                    .await
+                    .map_err(|e| lake.error(SHARDS_DIR, e))?;
+            }
+            Err(e) => return Err(lake.error(&lake.relative(part.as_ref()), e).into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one shard file.
+async fn write_shard(
+    lake: &Store,
+    shard: u64,
+    songs: &[(Payload, String)],
+) -> Result<(), EmbedJobError> {
+    let rel = format!("{SHARDS_DIR}/shard-{shard:05}.parquet");
+    let err = parquet_err(lake.url(&rel));
+    let column = |f: &dyn Fn(&(Payload, String)) -> &str| -> Arc<dyn Array> {
+        Arc::new(StringArray::from_iter_values(songs.iter().map(f)))
     };
-    let values = Float32Array::from_iter_values(vectors.iter().flatten().copied());
-    let list = FixedSizeListArray::new(
-        Arc::new(arrow::datatypes::Field::new(
-            "item",
-            arrow::datatypes::DataType::Float32,
-            false,
-        )),
-        DIM as i32,
-        Arc::new(values),
-        None,
-    );
-    RecordBatch::try_new(
-        embedding_schema(DIM),
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        [col::TRACK_ID, col::TRACK_NAME, col::ARTIST_NAME, "text"]
+            .map(|n| arrow::datatypes::Field::new(n, arrow::datatypes::DataType::Utf8, false))
+            .to_vec(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema,
         vec![
-            text(&|p| &p.track_id),
-            text(&|p| &p.title),
-            text(&|p| &p.artist),
-            Arc::new(list),
+            column(&|(p, _)| &p.track_id),
+            column(&|(p, _)| &p.title),
+            column(&|(p, _)| &p.artist),
+            column(&|(_, t)| t),
         ],
     )
-    .expect("embedding batch matches its schema")
-}
-
-/// The chunk being filled and everything a full one is written with.
-struct Chunks<'a> {
-    songs: Vec<(Payload, String)>,
-    embedder: Arc<Embedder>,
-    options: &'a EmbedJobOptions,
-    vectors: &'a dyn VectorStore,
-    lake: &'a Store,
-    part: u64,
-    report: EmbedReport,
-}
-
-impl Chunks<'_> {
-    /// Embeds the chunk, upserts it and writes its Parquet part.
-    async fn flush(&mut self) -> Result<(), EmbedJobError> {
-        if self.songs.is_empty() {
-            return Ok(());
-        }
-        let texts: Vec<String> = self.songs.iter().map(|(_, t)| t.clone()).collect();
-        let (embedder, batch) = (self.embedder.clone(), self.options.batch);
-        let (embedded, tokens) = tokio::task::spawn_blocking(move || {
-            let ids = texts
-                .iter()
-                .map(|t| embedder.tokenizer.encode(t))
-                .collect::<Result<Vec<_>, _>>()?;
-            let tokens: usize = ids.iter().map(Vec::len).sum();
-            Ok::<_, EmbedError>((embedder.embed_ids(ids, batch)?, tokens))
-        })
+    .map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut bytes, batch.schema(), None).map_err(|e| err(e.to_string()))?;
+    writer.write(&batch).map_err(|e| err(e.to_string()))?;
+    writer.close().map_err(|e| err(e.to_string()))?;
+    lake.object_store()
+        .put(&lake.path(&rel), PutPayload::from(bytes))
         .await
-        .map_err(|e| EmbedError::Input(format!("embedding task failed: {e}")))??;
-        let points: Vec<Point> = self
-            .songs
-            .iter()
-            .zip(&embedded)
-            .map(|((payload, _), v)| Point {
-                payload: payload.clone(),
-                vector: v.to_vec(),
-            })
-            .collect();
-        for group in points.chunks(256) {
-            self.vectors.upsert(group).await?;
-        }
-        let rel = format!("{EMBEDDINGS_DIR}/part-{:05}.parquet", self.part);
-        let err = parquet_err(self.lake.url(&rel));
-        let mut bytes = Vec::new();
-        let batch = part_batch(&self.songs, &embedded);
-        let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None)
-            .map_err(|e| err(e.to_string()))?;
-        writer.write(&batch).map_err(|e| err(e.to_string()))?;
-        writer.close().map_err(|e| err(e.to_string()))?;
-        self.lake
-            .object_store()
-            .put(&self.lake.path(&rel), PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.lake.error(&rel, e))?;
-        self.part += 1;
-        self.report.parts_written += 1;
-        self.report.embedded += self.songs.len() as u64;
-        self.report.tokens += tokens as u64;
-        self.songs.clear();
-        Ok(())
-    }
+        .map_err(|e| lake.error(&rel, e))?;
+    Ok(())
 }
 
-/// Runs the job; `progress` sees the report after every chunk.
+/// Runs the step; `progress` sees the report after every wave.
 pub async fn run_embed(
     catalog: &dyn Catalog,
     vectors: &dyn VectorStore,
-    embedder: Arc<Embedder>,
+    runner: &dyn ShardRunner,
     lake: &Store,
     options: &EmbedJobOptions,
     progress: &(dyn Fn(&EmbedReport, Duration) + Sync),
 ) -> Result<EmbedReport, EmbedJobError> {
     let started = Instant::now();
-    let (done, part) = embedded_ids(lake).await?;
-    let mut chunks = Chunks {
-        songs: Vec::with_capacity(options.chunk),
-        embedder,
-        options,
-        vectors,
-        lake,
-        part,
-        report: EmbedReport::default(),
-    };
+    finish_earlier_run(lake, vectors).await?;
+    let (done, mut next) = embedded_ids(lake).await?;
+    let mut report = EmbedReport::default();
+    let mut pending: Vec<(Payload, String)> = Vec::new();
     let limit = options.limit.unwrap_or(u64::MAX);
     let mut songs = std::pin::pin!(songs_with_lyrics_status(
         catalog,
@@ -243,7 +333,6 @@ pub async fn run_embed(
         1000
     ));
     while let Some(song) = songs.try_next().await? {
-        let report = &mut chunks.report;
         report.songs += 1;
         if done.contains(&song.stats.id) {
             report.already_done += 1;
@@ -254,10 +343,10 @@ pub async fn run_embed(
             report.too_short += 1;
             continue;
         };
-        if report.embedded + chunks.songs.len() as u64 >= limit {
+        if pending.len() as u64 >= limit {
             break;
         }
-        chunks.songs.push((
+        pending.push((
             Payload {
                 track_id: song.stats.id.clone(),
                 title: song.stats.track_name.clone(),
@@ -265,12 +354,25 @@ pub async fn run_embed(
             },
             text.to_string(),
         ));
-        if chunks.songs.len() >= options.chunk.max(1) {
-            chunks.flush().await?;
-            progress(&chunks.report, started.elapsed());
-        }
     }
-    chunks.flush().await?;
-    progress(&chunks.report, started.elapsed());
-    Ok(chunks.report)
+    let shards: Vec<&[(Payload, String)]> = pending.chunks(options.chunk.max(1)).collect();
+    for wave in shards.chunks(runner.wave().max(1)) {
+        let numbers: Vec<u64> = (next..next + wave.len() as u64).collect();
+        futures::future::try_join_all(
+            numbers
+                .iter()
+                .zip(wave)
+                .map(|(&n, songs)| write_shard(lake, n, songs)),
+        )
+        .await?;
+        report.tokens += runner.embed(&numbers).await?;
+        for &n in &numbers {
+            report.embedded += store_part(lake, vectors, n).await?;
+            report.parts_written += 1;
+        }
+        next += wave.len() as u64;
+        progress(&report, started.elapsed());
+    }
+    progress(&report, started.elapsed());
+    Ok(report)
 }

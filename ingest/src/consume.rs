@@ -388,3 +388,71 @@ pub async fn run_sink(
     member.stats.sink = member.sink.stats();
     Ok(member.stats)
 }
+
+/// The end offset (the next offset to be written) of every partition of `topic`.
+pub async fn end_offsets(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, ConsumeError> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    let failed = {
+        let brokers = brokers.clone();
+        move |source| ConsumeError::Kafka {
+            brokers: brokers.clone(),
+            source,
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set_log_level(RDKafkaLogLevel::Error)
+            .create()
+            .map_err(&failed)?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(&failed)?;
+        let mut ends = BTreeMap::new();
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p.id(), timeout)
+                    .map_err(&failed)?;
+                ends.insert(p.id(), high);
+            }
+        }
+        Ok(ends)
+    })
+    .await
+    .expect("the watermark lookup does not panic")
+}
+
+/// Waits until the sink has written every offset below `ends` of `topic` into `store`'s
+/// `events/` (checking every second), or `timeout` has passed; `progress(written, total)` after
+/// each check. Returns the offsets still missing (0 when caught up).
+pub async fn wait_for_sink(
+    store: &Store,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    timeout: Duration,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, SinkError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let total: u64 = ends.values().map(|&e| e.max(0) as u64).sum();
+    loop {
+        let mut written: BTreeMap<i32, i64> = BTreeMap::new();
+        for (partition, _, last) in crate::sink::written_files(store, topic).await? {
+            let next = written.entry(partition).or_insert(0);
+            *next = (*next).max(last + 1);
+        }
+        let done: u64 = ends
+            .iter()
+            .map(|(p, &end)| written.get(p).copied().unwrap_or(0).min(end).max(0) as u64)
+            .sum();
+        progress(done, total);
+        if done >= total || tokio::time::Instant::now() >= deadline {
+            return Ok(total - done);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

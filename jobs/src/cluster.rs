@@ -45,6 +45,8 @@ pub struct Cluster {
     /// Whether the executors can read this process's local folders: the embedded cluster, or
     /// a remote one whose every executor mounts them at the same paths (`--shared-lake`).
     shares_folders: bool,
+    /// How many times a failed Ballista job is submitted again (see [`Cluster::with_retries`]).
+    retries: usize,
 }
 
 impl Cluster {
@@ -149,7 +151,18 @@ impl Cluster {
             session_id,
             own: s3.clone(),
             shares_folders,
+            retries: 0,
         }
+    }
+
+    /// Submits a failed Ballista job again, up to `retries` times, once the scheduler answers
+    /// and has executors again (a scheduler restarted mid-job forgets the job, which then
+    /// fails). Every job of ours reads the lake and writes deterministic objects that replace
+    /// their previous attempt's, so a retry repeats only the failed job: a multi-job step (the
+    /// sort's ranges, ALS's iterations) resumes at the job that failed, not from the start.
+    pub fn with_retries(mut self, retries: usize) -> Cluster {
+        self.retries = retries;
+        self
     }
 
     /// Fails unless this cluster's executors can reach `lake`: a remote cluster's executors run
@@ -211,8 +224,42 @@ impl Cluster {
         self.run(df.create_physical_plan().await?).await
     }
 
-    /// Runs `plan` on the cluster and collects its (small) output.
+    /// Runs `plan` on the cluster and collects its (small) output, retrying a failed job (see
+    /// [`Cluster::with_retries`]).
     pub async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
+        let mut attempt = 1;
+        loop {
+            let error = match self.run_once(plan.clone()).await {
+                Ok(batches) => return Ok(batches),
+                Err(e) => e,
+            };
+            if attempt > self.retries {
+                return Err(JobError::Job {
+                    scheduler: self.display_url.clone(),
+                    attempts: attempt,
+                    source: Box::new(error),
+                });
+            }
+            tracing::warn!(
+                attempt,
+                retries = self.retries,
+                scheduler = %self.display_url,
+                %error,
+                "a Ballista job failed; submitting it again once the scheduler has executors"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = registered_slots(&self.scheduler_url, &self.display_url).await {
+                return Err(JobError::Job {
+                    scheduler: self.display_url.clone(),
+                    attempts: attempt,
+                    source: Box::new(e),
+                });
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn run_once(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
         // The client fetches every result partition over its own new Flight connection, one
         // after the other (~40 ms each here): a last one-task stage that gathers the (small)
         // output costs one executor poll instead.
@@ -298,11 +345,19 @@ async fn rest<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// The task slots of the executors registered with the scheduler, once there is one.
+/// The task slots of the executors registered with the scheduler, once there is one (a
+/// scheduler that does not answer yet is asked again until [`CONNECT_TIMEOUT`]).
 async fn registered_slots(grpc_url: &str, shown: &str) -> Result<usize, JobError> {
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
-        let executors: Vec<ExecutorInfo> = rest(grpc_url, shown, "executors").await?;
+        let executors: Vec<ExecutorInfo> = match rest(grpc_url, shown, "executors").await {
+            Ok(executors) => executors,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         let slots: usize = executors
             .iter()
             .map(|e| e.specification.vcores as usize)
@@ -343,7 +398,7 @@ async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobErro
     scheduler.executor_timeout_seconds = EXECUTOR_TIMEOUT_S;
     scheduler.expire_dead_executor_interval_seconds = EXPIRE_CHECK_S;
     scheduler.no_executors_grace_period_seconds = EXECUTOR_TIMEOUT_S;
-    crate::registry::configure_scheduler(&mut scheduler, s3);
+    crate::registry::configure_scheduler(&mut scheduler, s3, None);
     let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&scheduler).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], scheduler_port));
     let mut scheduler_task = AbortOnDrop(tokio::spawn(async move {

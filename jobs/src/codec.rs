@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::als::evaluate::{AlsEvalExec, EvalSpec};
 use crate::als::solve::{AlsSolveExec, SolveSpec};
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
+use crate::embed::{EmbedExec, EmbedSpec};
 use crate::sort::{MergeRangeExec, MergeRangeSpec};
 use crate::write::{ParquetWriterExec, WriteSpec};
 
@@ -27,6 +28,7 @@ enum Node {
     AlsEval(EvalSpec),
     MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
+    Embed(EmbedSpec),
 }
 
 #[derive(Debug)]
@@ -68,6 +70,7 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
                 input("ParquetWriterExec")?,
                 spec,
             )?),
+            Node::Embed(spec) => Arc::new(EmbedExec::new(input("EmbedExec")?, spec)),
         })
     }
 
@@ -88,6 +91,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::MergeRange(merge.spec().clone())
         } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {
             Node::ParquetWriter(writer.spec().clone())
+        } else if let Some(embed) = any.downcast_ref::<EmbedExec>() {
+            Node::Embed(embed.spec().clone())
         } else {
             return self.inner.try_encode(node, buf, proto_converter);
         };

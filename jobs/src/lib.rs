@@ -1,18 +1,20 @@
 //! recsys batch jobs: DataFusion physical plans that run on a Ballista cluster (remote or
 //! embedded), plus the one registry of functions and codecs every process installs.
 //!
-//! Clean, sort, the catalog ETL and ALS (prepare, iterate, evaluate, store) read and write the
-//! lake only; the [`registry`] is what the client, `recsys-scheduler` and `recsys-executor`
-//! install so that a plan built on one side decodes and runs on the other. It depends only on
-//! `recsys-core` among our crates: it must not depend on the event log, the catalog, the vector
-//! store, embedding or serving (those are downstream of what the jobs write, and executors
-//! should not link them).
+//! Clean, sort, the catalog ETL, ALS (prepare, iterate, evaluate, store) and the lyrics
+//! embeddings ([`embed`]: shards in, vectors out) read and write the lake only; the [`registry`]
+//! is what the client, `recsys-scheduler` and `recsys-executor` install so that a plan built on
+//! one side decodes and runs on the other. Among our crates it depends only on `recsys-core`
+//! and the model, `recsys-minilm`: it must not depend on the event log, the catalog, the vector
+//! store, the lyrics step or serving (those are downstream of what the jobs write, and
+//! executors should not link them).
 
 pub mod als;
 pub mod clean;
 pub mod cluster;
 pub mod codec;
 mod dict_chunk;
+pub mod embed;
 pub mod etl;
 mod intern;
 pub mod lake;
@@ -21,6 +23,7 @@ pub mod registry;
 pub mod runs;
 pub mod sort;
 pub mod source;
+pub mod tables;
 pub mod udf;
 pub mod worklist;
 pub mod write;
@@ -44,6 +47,13 @@ pub enum JobError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("{0}")]
     Cluster(String),
+    /// A Ballista job that failed on every attempt; `source` is the last attempt's error.
+    #[error("a Ballista job failed on {scheduler} after {attempts} attempt(s): {source}")]
+    Job {
+        scheduler: String,
+        attempts: usize,
+        source: Box<JobError>,
+    },
     #[error("no input: {0}")]
     NoInput(String),
     #[error("invariant broken: {0}")]

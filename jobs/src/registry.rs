@@ -272,16 +272,49 @@ pub fn logical_codec() -> Arc<dyn LogicalExtensionCodec> {
 }
 
 /// Installs our session builder, config producer and codecs on a scheduler, which reaches the
-/// lake with its `own` S3 settings.
+/// lake with its `own` S3 settings. With a `lake`, every session it builds has the lake's
+/// tables ([`crate::tables`]) as its default schema, for SQL from Flight SQL clients; those
+/// sessions' jobs carry the scheduler's non-secret S3 options to the executors.
 pub fn configure_scheduler(
     config: &mut ballista_scheduler::config::SchedulerConfig,
     own: &S3Options,
+    lake: Option<recsys_core::Store>,
 ) {
     let own = own.clone();
-    config.override_config_producer = Some(Arc::new(default_session_config));
-    config.override_session_builder = Some(Arc::new(move |c| session_state(c, &own)));
+    let with_lake = lake.is_some();
+    let producer_own = own.clone();
+    config.override_config_producer = Some(Arc::new(move || {
+        let config = session_config(RecsysOptions::from_s3(&producer_own));
+        if with_lake {
+            config
+                .with_default_catalog_and_schema("datafusion", crate::tables::SCHEMA)
+                .with_information_schema(true)
+        } else {
+            config
+        }
+    }));
+    config.override_session_builder = Some(Arc::new(move |c| {
+        let state = session_state(c, &own)?;
+        match &lake {
+            Some(lake) => with_lake_tables(state, lake.clone()),
+            None => Ok(state),
+        }
+    }));
     config.override_logical_codec = Some(logical_codec());
     config.override_physical_codec = Some(physical_codec());
+}
+
+/// `state` with the lake's tables registered as schema [`crate::tables::SCHEMA`] of its default
+/// catalog.
+fn with_lake_tables(state: SessionState, lake: recsys_core::Store) -> Result<SessionState> {
+    let tables = Arc::new(crate::tables::LakeSchema::new(lake, state.clone()));
+    let name = state.config().options().catalog.default_catalog.clone();
+    let catalog = state
+        .catalog_list()
+        .catalog(&name)
+        .ok_or_else(|| DataFusionError::Plan(format!("no catalog `{name}` in the session")))?;
+    catalog.register_schema(crate::tables::SCHEMA, tables)?;
+    Ok(state)
 }
 
 /// Installs our functions, codecs and lake runtime on an executor, which reaches the lake with

@@ -26,14 +26,20 @@ pub enum SchedulerError {
 }
 
 /// Runs the scheduler until it is stopped. It reaches the lake (to plan SQL over it) with its
-/// `own` S3 settings, never with credentials a client sent.
-pub async fn run(args: SchedulerArgs, own: &S3Options) -> Result<(), SchedulerError> {
+/// `own` S3 settings, never with credentials a client sent; with `lake`, every session has the
+/// lake's tables by name (`recsys_jobs::tables`), which Flight SQL clients query when
+/// `--flight-sql` is on.
+pub async fn run(
+    args: SchedulerArgs,
+    own: &S3Options,
+    lake: Option<recsys_core::Store>,
+) -> Result<(), SchedulerError> {
     let bind = format!("{}:{}", args.bind_host, args.bind_port);
     let addr: SocketAddr = bind
         .parse()
         .map_err(|e| SchedulerError::Address(bind.clone(), e))?;
     let mut config: SchedulerConfig = args.try_into()?;
-    registry::configure_scheduler(&mut config, own);
+    registry::configure_scheduler(&mut config, own, lake);
     let cluster = BallistaCluster::new_from_config(&config).await?;
     tracing::info!(%addr, "recsys scheduler listening");
     start_server(cluster, addr, Arc::new(config)).await?;

@@ -1,7 +1,10 @@
 //! Shared test helpers: a Ballista cluster of real processes on 127.0.0.1, an S3 server
-//! (s3s-fs, in-process), generated data, and readers for the lake's Parquet output.
+//! (s3s-fs, in-process), generated data, and readers for the lake's Parquet output; separate
+//! hosts in network namespaces (`netns`).
 
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -88,6 +91,12 @@ impl Drop for S3Server {
 
 impl S3Server {
     pub async fn start(bucket: &str) -> S3Server {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        S3Server::serve(bucket, listener)
+    }
+
+    /// Serves `bucket` on `listener` (for one made inside another host's network namespace).
+    pub fn serve(bucket: &str, listener: std::net::TcpListener) -> S3Server {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::server::conn::auto::Builder;
         let root = tempfile::tempdir().unwrap();
@@ -99,7 +108,8 @@ impl S3Server {
             "recsys-test-secret",
         ));
         let service = builder.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             loop {
@@ -278,4 +288,24 @@ impl CongoDb {
         }
         server
     }
+}
+
+/// Two trainings of the same data agree: same ids, factors within 1e-4, the same evaluation.
+pub fn assert_same_model(a: &recsys_jobs::als::AlsSummary, b: &recsys_jobs::als::AlsSummary) {
+    assert_eq!(a.model.user_ids, b.model.user_ids);
+    assert_eq!(a.model.item_ids, b.model.item_ids);
+    let max_diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(max_diff(&a.model.users.values, &b.model.users.values) <= 1e-4);
+    assert!(max_diff(&a.model.items.values, &b.model.items.values) <= 1e-4);
+    let (ea, eb) = (
+        a.evaluation.as_ref().unwrap(),
+        b.evaluation.as_ref().unwrap(),
+    );
+    assert_eq!(ea.model.users, eb.model.users);
+    assert!((ea.model.ndcg_at_10 - eb.model.ndcg_at_10).abs() <= 1e-3);
 }

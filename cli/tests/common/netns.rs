@@ -164,13 +164,7 @@ impl Net {
     /// Takes `host`'s link down (`up = false`) or up again: its processes keep running but
     /// nothing reaches them and they reach nothing.
     pub fn link(&self, host: &Host, up: bool) {
-        ip(&[
-            "link",
-            "set",
-            &host.veth,
-            if up { "up" } else { "down" },
-        ])
-        .unwrap();
+        ip(&["link", "set", &host.veth, if up { "up" } else { "down" }]).unwrap();
     }
 
     /// A TCP listener on `host`'s address, made inside its namespace: the socket stays there
@@ -183,7 +177,12 @@ impl Net {
             // SAFETY: setns on this short-lived thread only moves this thread, which then binds
             // one socket and ends.
             let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into {ns}: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "setns into {ns}: {}",
+                std::io::Error::last_os_error()
+            );
             std::net::TcpListener::bind(&addr).unwrap()
         })
         .join()

@@ -1,7 +1,7 @@
 //! Parity with sentence-transformers: the fixture holds texts, the token ids and the 384-d
 //! embeddings `all-MiniLM-L6-v2` produced for them (PyTorch, float32, CPU).
 
-use recsys_embed::{DIM, Embedder, model_dir};
+use recsys_minilm::{DIM, Embedder, model_dir};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

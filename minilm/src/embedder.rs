@@ -7,23 +7,6 @@ use rayon::prelude::*;
 
 use crate::{DIM, EmbedError, MiniLm, Tokenizer};
 
-/// Lyrics shorter than this (after trimming) are not embedded, as in the seed.
-pub const MIN_LYRICS_CHARS: usize = 50;
-/// Lyrics are cut to their first this many characters, as in the seed.
-pub const MAX_LYRICS_CHARS: usize = 5000;
-
-/// The text the seed embeds for these lyrics: `None` when too short, else the first
-/// [`MAX_LYRICS_CHARS`] characters.
-pub fn prepare_lyrics(lyrics: &str) -> Option<&str> {
-    if lyrics.trim().chars().count() < MIN_LYRICS_CHARS {
-        return None;
-    }
-    Some(match lyrics.char_indices().nth(MAX_LYRICS_CHARS) {
-        Some((cut, _)) => &lyrics[..cut],
-        None => lyrics,
-    })
-}
-
 /// Padded tokens per forward pass: 256 keeps a pass's activations (the largest is
 /// tokens × 1536 floats) inside the L2 cache; measured faster than larger passes here.
 pub const TOKEN_BUDGET: usize = 256;
