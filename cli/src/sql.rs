@@ -35,13 +35,8 @@ pub struct SqlArgs {
 
 /// Runs `query` through the Flight SQL service at `scheduler` (`df://host:port`).
 pub async fn query(scheduler: &str, query: &str, timeout: Duration) -> Result<Vec<RecordBatch>> {
-    let parsed = url::Url::parse(scheduler)
-        .with_context(|| format!("invalid scheduler URL `{scheduler}`"))?;
-    let host = parsed
-        .host_str()
-        .with_context(|| format!("scheduler URL `{scheduler}` has no host"))?;
-    let endpoint = format!("http://{host}:{}", parsed.port().unwrap_or(50050));
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+    let endpoint = recsys_jobs::cluster::scheduler_endpoint(scheduler)?;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)?
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)
         .connect()

@@ -98,13 +98,7 @@ impl Cluster {
         vcores: usize,
         shared_folders: bool,
     ) -> Result<Cluster, JobError> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| JobError::Cluster(format!("invalid scheduler URL `{url}`: {e}")))?;
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| JobError::Cluster(format!("scheduler URL `{url}` has no host")))?;
-        let port = parsed.port().unwrap_or(50050);
-        let grpc_url = format!("http://{host}:{port}");
+        let grpc_url = scheduler_endpoint(url)?;
         connect(&grpc_url, url).await?;
         let vcores = match vcores {
             0 => registered_slots(&grpc_url, url).await?,
@@ -227,6 +221,11 @@ impl Cluster {
     /// Runs `plan` on the cluster and collects its (small) output, retrying a failed job (see
     /// [`Cluster::with_retries`]).
     pub async fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>, JobError> {
+        let failed = |attempts, error| JobError::Job {
+            scheduler: self.display_url.clone(),
+            attempts,
+            source: Box::new(error),
+        };
         let mut attempt = 1;
         loop {
             let error = match self.run_once(plan.clone()).await {
@@ -234,11 +233,7 @@ impl Cluster {
                 Err(e) => e,
             };
             if attempt > self.retries {
-                return Err(JobError::Job {
-                    scheduler: self.display_url.clone(),
-                    attempts: attempt,
-                    source: Box::new(error),
-                });
+                return Err(failed(attempt, error));
             }
             tracing::warn!(
                 attempt,
@@ -249,11 +244,7 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Err(e) = registered_slots(&self.scheduler_url, &self.display_url).await {
-                return Err(JobError::Job {
-                    scheduler: self.display_url.clone(),
-                    attempts: attempt,
-                    source: Box::new(e),
-                });
+                return Err(failed(attempt, e));
             }
             attempt += 1;
         }
@@ -343,6 +334,18 @@ async fn rest<T: serde::de::DeserializeOwned>(
             "the Ballista scheduler at {shown} answered {url} with unexpected JSON: {e}"
         ))
     })
+}
+
+/// The scheduler's gRPC endpoint (`http://host:port`, port 50050 when not given) for a
+/// scheduler URL such as `df://host:port`; the scheduler serves gRPC, its REST API and Flight
+/// SQL on that one port.
+pub fn scheduler_endpoint(url: &str) -> Result<String, JobError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| JobError::Cluster(format!("invalid scheduler URL `{url}`: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| JobError::Cluster(format!("scheduler URL `{url}` has no host")))?;
+    Ok(format!("http://{host}:{}", parsed.port().unwrap_or(50050)))
 }
 
 /// The task slots of the executors registered with the scheduler, once there is one (a

@@ -19,7 +19,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::metrics::BaselineMetrics;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -30,7 +29,7 @@ use recsys_core::schema::{col, embedding_schema};
 use recsys_minilm::{DIM, Embedder, model_dir};
 use serde::{Deserialize, Serialize};
 
-use crate::worklist::{Work, WorkExec};
+use crate::worklist::{Work, WorkExec, task_store};
 
 /// The columns of a shard: what to embed and what the part keeps beside the vector.
 pub const TEXT: &str = "text";
@@ -94,15 +93,15 @@ impl Work for EmbedSpec {
         context: Arc<TaskContext>,
         _metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        let store = context
-            .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        let store = task_store(&context, &self.store_url)?;
         Ok(futures::stream::once(async move { embed_shard(&store, &self, shard).await }).boxed())
     }
 }
 
-/// The models this process has loaded, by folder.
-static MODELS: Mutex<Option<HashMap<PathBuf, Arc<Embedder>>>> = Mutex::new(None);
+/// The models this process has loaded, by where the spec says to look (the executor's
+/// `RECSYS_MODEL_DIR` or the client's folder), so the folder is located once per process:
+/// finding the PyPI package runs Python.
+static MODELS: Mutex<Option<HashMap<Option<PathBuf>, Arc<Embedder>>>> = Mutex::new(None);
 
 /// The model for `spec`, loaded on first use in this process.
 fn model(spec: &EmbedSpec) -> Result<Arc<Embedder>> {
@@ -115,21 +114,21 @@ fn model(spec: &EmbedSpec) -> Result<Arc<Embedder>> {
                 .map(PathBuf::from)
                 .filter(|d| d.is_dir())
         });
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    let models = models.get_or_insert_with(HashMap::new);
+    if let Some(loaded) = models.get(&explicit) {
+        return Ok(loaded.clone());
+    }
     let dir = model_dir::locate(explicit.as_deref(), false).map_err(|e| {
         DataFusionError::Execution(format!("the executor has no MiniLM model: {e}"))
     })?;
-    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
-    let models = models.get_or_insert_with(HashMap::new);
-    if let Some(loaded) = models.get(&dir) {
-        return Ok(loaded.clone());
-    }
     let started = std::time::Instant::now();
     let loaded = Arc::new(
-        Embedder::load(FsPath::new(&dir))
+        Embedder::load(&dir)
             .map_err(|e| DataFusionError::Execution(format!("loading MiniLM: {e}")))?,
     );
     tracing::info!(dir = %dir.display(), secs = format!("{:.2}", started.elapsed().as_secs_f64()), "MiniLM loaded for this executor");
-    models.insert(dir, loaded.clone());
+    models.insert(explicit, loaded.clone());
     Ok(loaded)
 }
 

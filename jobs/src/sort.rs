@@ -25,7 +25,6 @@ use datafusion::common::{exec_datafusion_err, exec_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::metrics::BaselineMetrics;
 use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -42,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lake::{LakeFileReader, clear, list};
 use crate::runs::{SORT_ORDER, SORTED_BY_KEY, SPARSE_INDEX_KEY, SparseIndex, sort_ordering};
-use crate::worklist::{Work, WorkExec, work_list};
+use crate::worklist::{Work, WorkExec, task_store, work_list};
 use crate::write::{ParquetWriterExec, Payload, SplitSpec, WriteSpec};
 use crate::{Cluster, JobError};
 
@@ -315,9 +314,7 @@ impl Work for MergeRangeSpec {
         context: Arc<TaskContext>,
         metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        let store = context
-            .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        let store = task_store(&context, &self.store_url)?;
         Ok(
             futures::stream::once(async move { merge_range(store, task, &context, metrics).await })
                 .try_flatten()

@@ -71,6 +71,18 @@ pub fn items<T: DeserializeOwned + Send + 'static>(
         .try_flatten()
 }
 
+/// The object store a task reaches `store_url` through (the executor's lake runtime).
+pub fn task_store(
+    context: &TaskContext,
+    store_url: &str,
+) -> Result<Arc<dyn object_store::ObjectStore>> {
+    context
+        .runtime_env()
+        .object_store(datafusion::execution::object_store::ObjectStoreUrl::parse(
+            store_url,
+        )?)
+}
+
 /// What an operator over a work list does with each of its units.
 pub trait Work: fmt::Debug + Clone + Send + Sync + 'static {
     /// A unit of work, as the work list carries it.

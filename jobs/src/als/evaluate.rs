@@ -13,7 +13,6 @@ use arrow::array::{Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -24,7 +23,7 @@ use recsys_core::linalg::top_k;
 
 use super::metrics::MetricSums;
 use super::solve::{BlockRatings, BlockTask, read_ratings};
-use crate::worklist::{Work, WorkExec};
+use crate::worklist::{Work, WorkExec, task_store};
 use recsys_core::linalg::dot;
 
 /// The cut-off of every metric.
@@ -125,9 +124,7 @@ impl Work for EvalSpec {
         context: Arc<TaskContext>,
         _metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        let store = context
-            .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        let store = task_store(&context, &self.store_url)?;
         Ok(futures::stream::once(async move { eval_block(&store, &self, task).await }).boxed())
     }
 }

@@ -15,7 +15,6 @@ use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Schema, SchemaRe
 use datafusion::common::exec_err;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::factors::{Factors, Side, read_block, read_matrix, write_block};
 use super::{AlsParams, Solver, block_file, cache};
 use crate::lake::read_parquet;
-use crate::worklist::{Work, WorkExec};
+use crate::worklist::{Work, WorkExec, task_store};
 use recsys_core::linalg::{CgScratch, Row, add_gram, dot};
 
 /// A block of rows of one side: rows `[start, start + rows)`.
@@ -251,9 +250,7 @@ impl Work for SolveSpec {
         context: Arc<TaskContext>,
         _metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        let store = context
-            .runtime_env()
-            .object_store(ObjectStoreUrl::parse(&self.store_url)?)?;
+        let store = task_store(&context, &self.store_url)?;
         Ok(futures::stream::once(async move { run_block(&store, &self, task).await }).boxed())
     }
 }
