@@ -34,6 +34,11 @@ pub enum BenchCommand {
     /// Serving: HomeFeed and NextSongs at fixed concurrency against `recsys serve` (its own
     /// process): QPS, p50/p95/p99 latency and errors.
     Serve(crate::bench_serve::ServeBench),
+    /// The cluster on separate hosts (network namespaces): clean+sort and one ALS iteration on
+    /// 1, 2 and 3 executors beside the embedded run (wall and CPU time, tasks, tasks at once),
+    /// the time from an executor's loss to the job's end, and embedding throughput through the
+    /// cluster against embedded. Needs root.
+    Cluster(crate::bench_cluster::ClusterBench),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +144,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Etl(_) => "etl",
         BenchCommand::Embed(_) => "embed",
         BenchCommand::Serve(_) => "serve",
+        BenchCommand::Cluster(_) => "cluster",
     });
     match cmd {
         BenchCommand::Pipeline(args) => pipeline(lake_args, args).await,
@@ -147,6 +153,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Etl(args) => crate::bench_etl::run(lake_args, args).await,
         BenchCommand::Embed(args) => crate::bench_embed::run(args).await,
         BenchCommand::Serve(args) => crate::bench_serve::run(lake_args, args).await,
+        BenchCommand::Cluster(args) => crate::bench_cluster::run(lake_args, args).await,
     }
 }
 

@@ -40,7 +40,7 @@ const WORDS: [&str; 16] = [
 ];
 
 /// Same as `text` in benches/minilm_torch.py.
-fn bench_text(i: usize) -> String {
+pub fn bench_text(i: usize) -> String {
     let words: Vec<&str> = (0..300)
         .map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()])
         .collect();

@@ -4,6 +4,7 @@
 
 mod als;
 mod bench;
+mod bench_cluster;
 mod bench_embed;
 mod bench_etl;
 mod bench_ingest;
@@ -13,6 +14,7 @@ mod cluster;
 mod data;
 mod docs;
 mod lyrics;
+mod netns;
 mod peers;
 mod pipeline;
 mod progress;

@@ -16,6 +16,7 @@ use recsys_core::Store;
 use recsys_jobs::Cluster;
 use recsys_jobs::als::{AlsParams, AlsSummary, TrainOptions, train};
 use recsys_jobs::clean::{TsvInput, run_clean};
+use recsys_jobs::cluster::{executor_args, scheduler_args};
 use recsys_jobs::etl::run_etl;
 use recsys_jobs::sort::run_sort;
 use recsys_jobs::source::ListenSource;
@@ -39,18 +40,14 @@ struct Hosts {
     net: Net,
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| a.to_string()).collect()
-}
-
 impl Hosts {
     /// Starts the hosts and waits until every executor has registered; `None` (after saying
     /// why) where namespaces cannot be made and they are not required.
     async fn start(what: &str, executors: usize) -> Option<Hosts> {
-        let mut net = Net::create(what)?;
-        let s3_host = net.host("s3");
-        let s3 = S3Server::serve("lake", net.listen_on(&s3_host, S3_PORT));
-        let scheduler = net.host("scheduler");
+        let mut net = common::create_net(what)?;
+        let s3_host = net.host("s3").unwrap();
+        let s3 = S3Server::serve("lake", common::listen_on(&s3_host, S3_PORT));
+        let scheduler = net.host("scheduler").unwrap();
         let logs = tempfile::tempdir().unwrap();
         let mut hosts = Hosts {
             s3,
@@ -63,7 +60,7 @@ impl Hosts {
         };
         hosts.start_scheduler();
         for i in 0..executors {
-            let host = hosts.net.host(&format!("exec{i}"));
+            let host = hosts.net.host(&format!("exec{i}")).unwrap();
             hosts.executors.push(host);
             hosts.pids.push(0);
             hosts.start_executor(i);
@@ -78,38 +75,31 @@ impl Hosts {
             .logs
             .path()
             .join(format!("scheduler-{}.log", self.scheduler_pid));
-        self.scheduler_pid = self.net.spawn(
-            &self.scheduler,
-            RECSYS,
-            &strings(&[
-                "scheduler",
-                "--bind-host",
-                "0.0.0.0",
-                "--external-host",
-                &self.scheduler.addr,
-                "--bind-port",
-                &SCHEDULER_PORT.to_string(),
-                "--scheduler-policy",
-                "push-staged",
-            ]),
-            &[
-                ("RECSYS_LOG", "warn".into()),
-                // Its own lake, for SQL over the lake's tables (Flight SQL).
-                ("RECSYS_OBJECT_STORE", "s3://lake/cluster".into()),
-                ("RECSYS_S3_ENDPOINT", self.s3.endpoint.clone()),
-                ("RECSYS_S3_ALLOW_HTTP", "true".into()),
-                ("AWS_REGION", "us-east-1".into()),
-                (
-                    "AWS_ACCESS_KEY_ID",
-                    self.s3.options.access_key_id.clone().unwrap(),
-                ),
-                (
-                    "AWS_SECRET_ACCESS_KEY",
-                    self.s3.options.secret_access_key.clone().unwrap(),
-                ),
-            ],
-            &log,
-        );
+        self.scheduler_pid = self
+            .net
+            .spawn(
+                &self.scheduler,
+                RECSYS,
+                &scheduler_args("0.0.0.0", &self.scheduler.addr, SCHEDULER_PORT),
+                &[
+                    ("RECSYS_LOG", "warn".into()),
+                    // Its own lake, for SQL over the lake's tables (Flight SQL).
+                    ("RECSYS_OBJECT_STORE", "s3://lake/cluster".into()),
+                    ("RECSYS_S3_ENDPOINT", self.s3.endpoint.clone()),
+                    ("RECSYS_S3_ALLOW_HTTP", "true".into()),
+                    ("AWS_REGION", "us-east-1".into()),
+                    (
+                        "AWS_ACCESS_KEY_ID",
+                        self.s3.options.access_key_id.clone().unwrap(),
+                    ),
+                    (
+                        "AWS_SECRET_ACCESS_KEY",
+                        self.s3.options.secret_access_key.clone().unwrap(),
+                    ),
+                ],
+                &log,
+            )
+            .unwrap();
     }
 
     /// Starts (or restarts) executor `i` on its host: one task slot, S3 credentials from its
@@ -135,31 +125,22 @@ impl Hosts {
         if let Ok(dir) = std::env::var("RECSYS_MODEL_DIR") {
             env.push(("RECSYS_MODEL_DIR", dir));
         }
-        let pid = self.net.spawn(
-            &host,
-            RECSYS,
-            &strings(&[
-                "executor",
-                "--scheduler-host",
-                &self.scheduler.addr,
-                "--scheduler-port",
-                &SCHEDULER_PORT.to_string(),
-                "--scheduler-connect-timeout-seconds",
-                "30",
-                "--bind-host",
-                "0.0.0.0",
-                "--external-host",
-                &host.addr,
-                "--vcores",
-                "1",
-                "--work-dir",
-                &work.to_string_lossy(),
-                "--task-scheduling-policy",
-                "push-staged",
-            ]),
-            &env,
-            &log,
-        );
+        let pid = self
+            .net
+            .spawn(
+                &host,
+                RECSYS,
+                &executor_args(
+                    (&self.scheduler.addr, SCHEDULER_PORT),
+                    "0.0.0.0",
+                    &host.addr,
+                    1,
+                    &work,
+                ),
+                &env,
+                &log,
+            )
+            .unwrap();
         self.pids[i] = pid;
     }
 
@@ -594,7 +575,7 @@ impl Hosts {
     /// so a cut-off executor never finishes a stale task), its link up.
     async fn replace_executor(&mut self, i: usize) {
         kill9(self.pids[i]);
-        self.net.link(&self.executors[i], true);
+        self.net.link(&self.executors[i], true).unwrap();
         self.start_executor(i);
         self.wait_for_executors(self.executors.len()).await;
     }
@@ -636,7 +617,7 @@ async fn jobs_survive_the_loss_of_an_executor() {
         hosts.replace_executor(0).await;
 
         let (sorted, t) = disrupt_during(&remote, 1, run_sort(&remote, &lake_b, Some(5)), || {
-            hosts.net.link(&hosts.executors[1], false)
+            hosts.net.link(&hosts.executors[1], false).unwrap()
         })
         .await;
         sorted.unwrap();

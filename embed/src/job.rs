@@ -274,8 +274,8 @@ async fn finish_earlier_run(lake: &Store, vectors: &dyn VectorStore) -> Result<(
     Ok(())
 }
 
-/// Writes one shard file.
-async fn write_shard(
+/// Writes shard `shard` of `songs` (payload and text) to `SHARDS_DIR`.
+pub async fn write_shard(
     lake: &Store,
     shard: u64,
     songs: &[(Payload, String)],

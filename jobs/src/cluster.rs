@@ -47,6 +47,8 @@ pub struct Cluster {
     shares_folders: bool,
     /// How many times a failed Ballista job is submitted again (see [`Cluster::with_retries`]).
     retries: usize,
+    /// Jobs run so far, for their names (`<session>-<n>`) on the scheduler.
+    jobs_run: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -76,7 +78,7 @@ impl Cluster {
         loop {
             match start_embedded(s3, vcores).await {
                 Ok(url) => {
-                    return Ok(Cluster::new(url, "embedded".into(), s3, vcores, true));
+                    return Ok(Cluster::new(url, EMBEDDED.into(), s3, vcores, true));
                 }
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "the embedded cluster did not start; trying fresh ports");
@@ -123,6 +125,21 @@ impl Cluster {
         rest(&self.scheduler_url, &self.display_url, "jobs").await
     }
 
+    /// The tasks of job `job_id` (`GET /api/job/<id>/stages`): when each ran and for how long.
+    pub async fn job_tasks(&self, job_id: &str) -> Result<Vec<TaskRun>, JobError> {
+        let stages: JobStages = rest(
+            &self.scheduler_url,
+            &self.display_url,
+            &format!("job/{job_id}/stages"),
+        )
+        .await?;
+        Ok(stages
+            .stages
+            .into_iter()
+            .flat_map(|s| s.tasks.into_iter().flatten())
+            .collect())
+    }
+
     fn new(
         scheduler_url: String,
         display_url: String,
@@ -146,6 +163,7 @@ impl Cluster {
             own: s3.clone(),
             shares_folders,
             retries: 0,
+            jobs_run: Default::default(),
         }
     }
 
@@ -259,19 +277,96 @@ impl Cluster {
         } else {
             plan
         };
+        let n = self
+            .jobs_run
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}-{n}", self.session_id);
+        let config = self.config.clone().with_ballista_job_name(&name);
         let codec = physical_codec();
-        let stream = execute_physical_plan::<PhysicalPlanNode>(
-            self.scheduler_url.clone(),
-            &self.config.ballista_config(),
-            plan,
-            codec.as_ref(),
-            self.session_id.clone(),
-            self.config.clone(),
-        )
-        .await?;
-        Ok(datafusion::physical_plan::common::collect(stream).await?)
+        let job = async {
+            let stream = execute_physical_plan::<PhysicalPlanNode>(
+                self.scheduler_url.clone(),
+                &config.ballista_config(),
+                plan,
+                codec.as_ref(),
+                self.session_id.clone(),
+                config.clone(),
+            )
+            .await?;
+            Ok(datafusion::physical_plan::common::collect(stream).await?)
+        };
+        if self.display_url == EMBEDDED {
+            // Nothing of an in-process cluster can be lost.
+            return job.await;
+        }
+        tokio::select! {
+            done = job => done,
+            stalled = self.watch(&name) => Err(stalled),
+        }
+    }
+
+    /// Returns (after cancelling it) when job `name` is stalled: still running, none of its
+    /// tasks running and nothing changed for [`STALL_S`] seconds when some failed with a lost
+    /// executor ([`QUEUED_STALL_S`] when none did). Ballista 55 can leave a job so after an
+    /// executor loss (tasks marked `ResultLost` never scheduled again, or a later job's tasks
+    /// never given the slots), and its client would wait forever; a stalled job fails instead,
+    /// and [`Cluster::run`] submits it again when retries are allowed.
+    async fn watch(&self, name: &str) -> JobError {
+        let mut seen: Option<(String, Vec<String>)> = None;
+        let mut since = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let Ok(jobs) = self.jobs().await else {
+                continue;
+            };
+            let Some(job) = jobs.into_iter().find(|j| j.job_name == name) else {
+                continue;
+            };
+            let Ok(tasks) = self.job_tasks(&job.job_id).await else {
+                continue;
+            };
+            let states: Vec<String> = tasks.iter().map(|t| t.status.to_string()).collect();
+            let idle = job.status == "Running" && !tasks.iter().any(TaskRun::running);
+            let now = Some((job.status.clone(), states));
+            if !idle || now != seen {
+                seen = now;
+                since = std::time::Instant::now();
+                continue;
+            }
+            let lost = tasks.iter().any(|t| t.status.get("Failed").is_some());
+            let limit = if lost { STALL_S } else { QUEUED_STALL_S };
+            if since.elapsed() >= Duration::from_secs(limit) {
+                let _ = reqwest::Client::new()
+                    .patch(format!("{}/api/job/{}", self.scheduler_url, job.job_id))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                return JobError::Cluster(format!(
+                    "Ballista job {} on {} stalled: no task of it ran for {limit} s{}; cancelled \
+                     it (if this repeats, restart the scheduler)",
+                    job.job_id,
+                    self.display_url,
+                    if lost {
+                        " after tasks were lost with an executor"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
     }
 }
+
+/// How long a job may sit with failed tasks and none running before it counts as stalled
+/// (twice the executor timeout: a lost executor's tasks are rescheduled once it times out).
+pub const STALL_S: u64 = 2 * EXECUTOR_TIMEOUT_S;
+
+/// How long a job may sit with no task running (and none failed) before it counts as stalled:
+/// long enough to wait for another client's job on a shared cluster.
+pub const QUEUED_STALL_S: u64 = 120;
+
+/// What an in-process cluster is called in logs.
+const EMBEDDED: &str = "embedded";
 
 /// An executor as the scheduler's REST API (`GET /api/executors`) lists it.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -305,6 +400,51 @@ pub struct JobInfo {
     pub num_stages: u64,
     #[serde(default)]
     pub completed_stages: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct JobStages {
+    stages: Vec<StageTasks>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StageTasks {
+    #[serde(default)]
+    tasks: Vec<Option<TaskRun>>,
+}
+
+/// One task of a job as the scheduler reports it (times in milliseconds since the Unix epoch).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TaskRun {
+    /// `"Running"`, `"Successful"` or `{"Failed": {"reason", "error"}}`.
+    pub status: serde_json::Value,
+    pub start_exec_time: u64,
+    pub end_exec_time: u64,
+    /// Execution time on its executor, in milliseconds.
+    pub exec_duration: u64,
+}
+
+impl TaskRun {
+    pub fn running(&self) -> bool {
+        self.status == "Running"
+    }
+}
+
+/// The most tasks of `tasks` that ran at the same moment.
+pub fn peak_concurrency(tasks: &[TaskRun]) -> usize {
+    let mut edges: Vec<(u64, i32)> = tasks
+        .iter()
+        .filter(|t| t.end_exec_time >= t.start_exec_time && t.start_exec_time > 0)
+        .flat_map(|t| [(t.start_exec_time, 1), (t.end_exec_time, -1)])
+        .collect();
+    // An end before a start at the same millisecond: touching tasks did not overlap.
+    edges.sort();
+    let (mut now, mut peak) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    peak as usize
 }
 
 /// `GET <scheduler>/api/<what>`, as JSON.
@@ -544,19 +684,8 @@ impl ProcessCluster {
             _work: work,
         };
         let dir = cluster._work.path().to_path_buf();
-        let s = |v: &str| v.to_string();
         cluster.children.push(spawn(
-            vec![
-                s("scheduler"),
-                s("--bind-host"),
-                s("127.0.0.1"),
-                s("--external-host"),
-                s("127.0.0.1"),
-                s("--bind-port"),
-                port.to_string(),
-                s("--scheduler-policy"),
-                s("push-staged"),
-            ],
+            scheduler_args("127.0.0.1", "127.0.0.1", port),
             &dir.join("scheduler.log"),
         )?);
         let mut health = Vec::new();
@@ -564,34 +693,19 @@ impl ProcessCluster {
             let work_dir = dir.join(format!("executor-{i}"));
             std::fs::create_dir_all(&work_dir).map_err(io)?;
             let health_port = free_port().map_err(io)?;
-            cluster.children.push(spawn(
-                vec![
-                    s("executor"),
-                    s("--scheduler-host"),
-                    s("127.0.0.1"),
-                    s("--scheduler-port"),
-                    port.to_string(),
-                    s("--scheduler-connect-timeout-seconds"),
-                    s("30"),
-                    s("--bind-host"),
-                    s("127.0.0.1"),
-                    s("--external-host"),
-                    s("127.0.0.1"),
-                    s("--bind-port"),
-                    free_port().map_err(io)?.to_string(),
-                    s("--bind-grpc-port"),
-                    free_port().map_err(io)?.to_string(),
-                    s("--bind-health-port"),
-                    health_port.to_string(),
-                    s("--vcores"),
-                    s("1"),
-                    s("--work-dir"),
-                    work_dir.to_string_lossy().into_owned(),
-                    s("--task-scheduling-policy"),
-                    s("push-staged"),
-                ],
-                &dir.join(format!("executor-{i}.log")),
-            )?);
+            let mut args =
+                executor_args(("127.0.0.1", port), "127.0.0.1", "127.0.0.1", 1, &work_dir);
+            args.extend([
+                "--bind-port".to_string(),
+                free_port().map_err(io)?.to_string(),
+                "--bind-grpc-port".to_string(),
+                free_port().map_err(io)?.to_string(),
+                "--bind-health-port".to_string(),
+                health_port.to_string(),
+            ]);
+            cluster
+                .children
+                .push(spawn(args, &dir.join(format!("executor-{i}.log")))?);
             health.push(health_port);
         }
         for port in health {
@@ -613,6 +727,57 @@ impl Drop for ProcessCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// The arguments of `recsys scheduler` listening on `bind_host:port` and known to executors
+/// as `external_host`, with the push-staged policy every recsys cluster uses.
+pub fn scheduler_args(bind_host: &str, external_host: &str, port: u16) -> Vec<String> {
+    [
+        "scheduler",
+        "--bind-host",
+        bind_host,
+        "--external-host",
+        external_host,
+        "--bind-port",
+        &port.to_string(),
+        "--scheduler-policy",
+        "push-staged",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The arguments of `recsys executor` for the scheduler at `(host, port)`, listening on
+/// `bind_host` and reachable at `external_host`, with `vcores` task slots and its own work
+/// folder (Ballista's default ports unless more arguments follow).
+pub fn executor_args(
+    (scheduler_host, scheduler_port): (&str, u16),
+    bind_host: &str,
+    external_host: &str,
+    vcores: usize,
+    work_dir: &std::path::Path,
+) -> Vec<String> {
+    [
+        "executor",
+        "--scheduler-host",
+        scheduler_host,
+        "--scheduler-port",
+        &scheduler_port.to_string(),
+        "--scheduler-connect-timeout-seconds",
+        "30",
+        "--bind-host",
+        bind_host,
+        "--external-host",
+        external_host,
+        "--vcores",
+        &vcores.to_string(),
+        "--work-dir",
+        &work_dir.to_string_lossy(),
+        "--task-scheduling-policy",
+        "push-staged",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -641,5 +806,31 @@ fn wait_ready(port: u16, timeout: Duration) -> Result<(), JobError> {
             )));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(start: u64, end: u64) -> TaskRun {
+        TaskRun {
+            status: "Successful".into(),
+            start_exec_time: start,
+            end_exec_time: end,
+            exec_duration: end - start,
+        }
+    }
+
+    #[test]
+    fn peak_concurrency_counts_overlapping_tasks_only() {
+        assert_eq!(peak_concurrency(&[]), 0);
+        // Three at once in 20..30; the fourth starts as the first ends.
+        let tasks = [task(10, 30), task(20, 40), task(20, 35), task(30, 50)];
+        assert_eq!(peak_concurrency(&tasks), 3);
+        // Back to back on one slot.
+        assert_eq!(peak_concurrency(&[task(1, 2), task(2, 3), task(3, 4)]), 1);
+        // A task never started (time 0) is not counted.
+        assert_eq!(peak_concurrency(&[task(0, 0), task(5, 6)]), 1);
     }
 }

@@ -144,14 +144,37 @@ pub async fn run_etl(
 
     // A reader must never pair the old manifest with new files.
     EtlManifest::remove(lake).await?;
-    // Both tables in one job: their stages run side by side.
-    let t = Instant::now();
-    let plan = UnionExec::try_new(vec![
-        table_plan(lake, songs, "track_id", CATALOG_SONGS_DIR, files).await?,
-        table_plan(lake, users, "user_id", CATALOG_USERS_DIR, files).await?,
-    ])?;
-    let written = run_writes(cluster, plan).await?;
-    tracing::debug!(elapsed = ?t.elapsed(), "etl: tables written");
+    // Both tables in one job: their stages run side by side. Every play counts once in each
+    // table, so both must sum to the play count; a Ballista 55 job that lost an executor can
+    // come out with rows doubled, and such a write is done again.
+    let mut attempt = 1;
+    let written = loop {
+        let t = Instant::now();
+        let plan = UnionExec::try_new(vec![
+            table_plan(lake, songs.clone(), "track_id", CATALOG_SONGS_DIR, files).await?,
+            table_plan(lake, users.clone(), "user_id", CATALOG_USERS_DIR, files).await?,
+        ])?;
+        let written = run_writes(cluster, plan).await?;
+        tracing::debug!(elapsed = ?t.elapsed(), "etl: tables written");
+        let sums = written_plays(cluster, lake).await?;
+        if sums == (count, count) {
+            break written;
+        }
+        if attempt == 3 {
+            return Err(JobError::Invariant(format!(
+                "the catalog tables count {} and {} plays of {count}, after {attempt} attempts",
+                sums.0, sums.1
+            )));
+        }
+        tracing::warn!(
+            songs = sums.0,
+            users = sums.1,
+            plays = count,
+            attempt,
+            "etl: the written tables do not count every play once; writing them again"
+        );
+        attempt += 1;
+    };
     let table = |dir: &str| {
         let prefix = format!("{dir}/");
         let files: Vec<(String, u64)> = written
@@ -178,6 +201,35 @@ pub async fn run_etl(
         manifest,
         elapsed: started.elapsed(),
     })
+}
+
+/// The plays the written songs and users tables count (each should count every play once).
+async fn written_plays(cluster: &Cluster, lake: &Store) -> Result<(u64, u64), JobError> {
+    let ctx = cluster.planner()?;
+    for (name, dir) in [("s", CATALOG_SONGS_DIR), ("u", CATALOG_USERS_DIR)] {
+        ctx.register_parquet(
+            name,
+            lake.url(&format!("{dir}/")),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await?;
+    }
+    let df = ctx
+        .sql(
+            "SELECT 0 AS t, CAST(sum(plays) AS BIGINT) AS n FROM s \
+             UNION ALL SELECT 1 AS t, CAST(sum(plays) AS BIGINT) AS n FROM u",
+        )
+        .await?;
+    let mut sums = [0u64; 2];
+    for b in cluster.run_df(df).await? {
+        let table = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        for r in 0..b.num_rows() {
+            sums[table.value(r).clamp(0, 1) as usize] +=
+                if n.is_valid(r) { n.value(r) as u64 } else { 0 };
+        }
+    }
+    Ok((sums[0], sums[1]))
 }
 
 /// The plan writing `df` to `dir` (cleared first), spread over `files` files by `bucket`.

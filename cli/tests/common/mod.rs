@@ -4,7 +4,53 @@
 
 #![allow(dead_code)]
 
+#[path = "../../src/netns.rs"]
 pub mod netns;
+
+/// A new network of hosts, or `None` (after printing why) where namespaces cannot be made and
+/// `RECSYS_REQUIRE_NETNS` is not set (`scripts/test`, so CI, sets it: there it is a failure).
+pub fn create_net(what: &str) -> Option<netns::Net> {
+    match netns::Net::new() {
+        Ok(net) => Some(net),
+        Err(why) => {
+            let require = std::env::var("RECSYS_REQUIRE_NETNS").is_ok_and(|v| v == "1");
+            assert!(
+                !require,
+                "{what}: network namespaces are required (RECSYS_REQUIRE_NETNS=1) but \
+                 cannot be made: {why}"
+            );
+            eprintln!(
+                "SKIPPED {what}: it needs separate hosts in network namespaces, which \
+                 cannot be made here ({why}); run as root with iproute2 (scripts/test \
+                 requires them)"
+            );
+            None
+        }
+    }
+}
+
+/// A TCP listener on `host`'s address, made inside its namespace: the socket stays there while
+/// this process serves it, so a server of the test process runs on its own host.
+pub fn listen_on(host: &netns::Host, port: u16) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let ns = format!("/var/run/netns/{}", host.ns);
+    let addr = format!("{}:{port}", host.addr);
+    std::thread::spawn(move || {
+        let handle = std::fs::File::open(&ns).unwrap();
+        // SAFETY: setns on this short-lived thread only moves this thread, which then binds one
+        // socket and ends.
+        let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns into {ns}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::net::TcpListener::bind(&addr).unwrap()
+    })
+    .join()
+    .unwrap()
+}
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

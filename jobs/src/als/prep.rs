@@ -81,10 +81,54 @@ async fn write_blocks(
     order: &[&str],
     dir: &str,
     count: usize,
+    expected: u64,
 ) -> Result<(), JobError> {
     let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
-    shuffle_write(cluster, lake, df, "block", order, dir, names).await?;
-    Ok(())
+    // A Ballista 55 job that lost an executor can come out with rows doubled (seen with kill -9
+    // during these jobs): a write with the wrong number of rows is done again.
+    let mut attempt = 1;
+    loop {
+        let written: u64 = shuffle_write(
+            cluster,
+            lake,
+            df.clone(),
+            "block",
+            order,
+            dir,
+            names.clone(),
+        )
+        .await?
+        .iter()
+        .map(|(_, rows)| rows)
+        .sum();
+        if written == expected {
+            return Ok(());
+        }
+        if attempt == 3 {
+            return Err(JobError::Invariant(format!(
+                "{dir}: {written} rows written, {expected} expected, after {attempt} attempts"
+            )));
+        }
+        tracing::warn!(
+            dir,
+            written,
+            expected,
+            attempt,
+            "als: a block write came out with the wrong number of rows; writing it again"
+        );
+        attempt += 1;
+    }
+}
+
+/// Fails when `sorted` (ids with counts, sorted) holds an id twice: a job's result doubled.
+fn distinct(sorted: &[(String, i64)], what: &str) -> Result<(), JobError> {
+    match sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        Some(w) => Err(JobError::Invariant(format!(
+            "{what} `{}` came out of its job twice (a Ballista job that lost an executor); run the training again",
+            w[0].0
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Runs the preparation jobs, writing under `work` (a folder of the lake).
@@ -116,6 +160,7 @@ pub async fn prepare(
         users.extend((0..b.num_rows()).map(|i| (ids.value(i).to_string(), n.value(i))));
     }
     users.sort();
+    distinct(&users, "user")?;
     let listens: u64 = users.iter().map(|u| u.1 as u64).sum();
     let user_schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
@@ -163,6 +208,21 @@ pub async fn prepare(
          JOIN users us ON l.user_id = us.user_id \
          GROUP BY us.u, l.track_id"
     );
+    let mut pairs = 0;
+    for b in cluster
+        .run_df(
+            ctx.sql("SELECT count(*) FROM (SELECT DISTINCT user_id, track_id FROM listens)")
+                .await?,
+        )
+        .await?
+    {
+        pairs += b
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .sum::<i64>() as u64;
+    }
     write_blocks(
         cluster,
         lake,
@@ -170,6 +230,7 @@ pub async fn prepare(
         &["u", "track_id"],
         &format!("{work}/pairs"),
         user_blocks.len(),
+        pairs,
     )
     .await?;
     ctx.register_parquet(
@@ -193,6 +254,7 @@ pub async fn prepare(
         items.extend((0..b.num_rows()).map(|i| (ids.value(i).to_string(), n.value(i))));
     }
     items.sort();
+    distinct(&items, "track")?;
     let nnz: u64 = items.iter().map(|i| i.1 as u64).sum();
     let item_schema = Arc::new(Schema::new(vec![
         Field::new("track_id", DataType::Utf8, false),
@@ -239,6 +301,7 @@ pub async fn prepare(
         &["row", "col"],
         &format!("{work}/by_user"),
         user_blocks.len(),
+        pairs,
     )
     .await?;
     let by_item = format!(
@@ -252,6 +315,7 @@ pub async fn prepare(
         &["row", "col"],
         &format!("{work}/by_item"),
         item_blocks.len(),
+        nnz,
     )
     .await?;
 

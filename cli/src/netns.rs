@@ -3,11 +3,9 @@
 //! root namespace, whose address on the bridge is the "client" host. `cut` takes a host's link
 //! down, as a pulled cable would.
 //!
-//! Making namespaces needs root. Where they cannot be made, [`Net::create`] prints why and
-//! returns `None` (the test then passes as skipped, loudly), unless `RECSYS_REQUIRE_NETNS=1`
-//! (set by `scripts/test`, so CI) makes that a failure.
+//! Making namespaces needs root. `recsys bench cluster` uses it, and the tests include this
+//! file (`tests/common/mod.rs`, which adds what only tests need).
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,29 +49,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Net {
-    /// A new bridge with the root namespace on it, or `None` (after printing why) where
-    /// namespaces cannot be made and `RECSYS_REQUIRE_NETNS` is not set.
-    pub fn create(what: &str) -> Option<Net> {
-        match Net::try_create() {
-            Ok(net) => Some(net),
-            Err(why) => {
-                let require = std::env::var("RECSYS_REQUIRE_NETNS").is_ok_and(|v| v == "1");
-                assert!(
-                    !require,
-                    "{what}: network namespaces are required (RECSYS_REQUIRE_NETNS=1) but \
-                     cannot be made: {why}"
-                );
-                eprintln!(
-                    "SKIPPED {what}: it needs separate hosts in network namespaces, which \
-                     cannot be made here ({why}); run as root with iproute2 (scripts/test \
-                     requires them)"
-                );
-                None
-            }
-        }
-    }
-
-    fn try_create() -> Result<Net, String> {
+    /// A new bridge with the root namespace on it; the error says why one cannot be made.
+    pub fn new() -> Result<Net, String> {
         let n = NETS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let tag = format!("{:x}{n:x}", pid % 0xffff);
@@ -102,7 +79,7 @@ impl Net {
     }
 
     /// A new host on the bridge.
-    pub fn host(&mut self, name: &str) -> Host {
+    pub fn host(&mut self, name: &str) -> Result<Host, String> {
         let n = self.hosts.len() + 2;
         let host = Host {
             name: name.to_string(),
@@ -133,9 +110,9 @@ impl Net {
         ];
         self.hosts.push(host.ns.clone());
         for step in steps {
-            ip(step).unwrap_or_else(|e| panic!("making host {name}: {e}"));
+            ip(step).map_err(|e| format!("making host {name}: {e}"))?;
         }
-        host
+        Ok(host)
     }
 
     /// Starts `program args` on `host` with `env`, its output to `log`; the process is killed
@@ -147,46 +124,25 @@ impl Net {
         args: &[String],
         env: &[(&str, String)],
         log: &Path,
-    ) -> u32 {
+    ) -> Result<u32, String> {
+        let failed = |e: std::io::Error| format!("starting {program} on {}: {e}", host.name);
         let child = Command::new("ip")
             .args(["netns", "exec", &host.ns, program])
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::create(log).map_err(failed)?)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {program} on {}: {e}", host.name));
+            .map_err(failed)?;
         let pid = child.id();
         self.children.push(child);
-        pid
+        Ok(pid)
     }
 
     /// Takes `host`'s link down (`up = false`) or up again: its processes keep running but
     /// nothing reaches them and they reach nothing.
-    pub fn link(&self, host: &Host, up: bool) {
-        ip(&["link", "set", &host.veth, if up { "up" } else { "down" }]).unwrap();
-    }
-
-    /// A TCP listener on `host`'s address, made inside its namespace: the socket stays there
-    /// while this process serves it, so a server of the test process runs on its own host.
-    pub fn listen_on(&self, host: &Host, port: u16) -> std::net::TcpListener {
-        let ns = format!("/var/run/netns/{}", host.ns);
-        let addr = format!("{}:{port}", host.addr);
-        std::thread::spawn(move || {
-            let handle = std::fs::File::open(&ns).unwrap();
-            // SAFETY: setns on this short-lived thread only moves this thread, which then binds
-            // one socket and ends.
-            let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns into {ns}: {}",
-                std::io::Error::last_os_error()
-            );
-            std::net::TcpListener::bind(&addr).unwrap()
-        })
-        .join()
-        .unwrap()
+    pub fn link(&self, host: &Host, up: bool) -> Result<(), String> {
+        ip(&["link", "set", &host.veth, if up { "up" } else { "down" }])
     }
 }
 
