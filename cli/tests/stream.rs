@@ -353,10 +353,12 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        if covered == before && covered < total && stalls < 2 {
-            // Seen once in many runs: a restarted static member got no partitions back from
-            // tansu for over a minute (not diagnosed; see the README on tansu's rebalances).
-            // One more restart is one more crash for the sink to survive.
+        // A listing can count less than `before`: a file the killed sink left beyond a gap
+        // breaks the coverage check until the restarted sink, given its partitions, deletes it.
+        if covered <= before && covered < total && stalls < 2 {
+            // Seen in a few of many runs: a restarted static member got no partitions back
+            // from tansu for over a minute (not diagnosed; see the README on tansu's
+            // rebalances). One more restart is one more crash for the sink to survive.
             stalls += 1;
             sink.kill().unwrap();
             sink.wait().unwrap();
@@ -387,7 +389,9 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
 
     // The sink catches up: every offset of every partition written once.
     let expected = sorted.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut stalled_since = Instant::now();
+    let mut last = progress(&lake).await;
     loop {
         let covered = progress(&lake).await;
         if covered >= expected {
@@ -396,8 +400,18 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
         }
         assert!(
             Instant::now() < deadline,
-            "sink wrote {covered} of {expected} events"
+            "sink wrote {covered} of {expected} events ({stalls} restarts after a stall)"
         );
+        if covered > last {
+            (last, stalled_since) = (covered, Instant::now());
+        } else if stalled_since.elapsed() > Duration::from_secs(40) && stalls < 3 {
+            // The same tansu stall as above, after the last restart.
+            stalls += 1;
+            sink.kill().unwrap();
+            sink.wait().unwrap();
+            sink = spawn_sink(dir.path(), &broker.brokers);
+            stalled_since = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // What `recsys pipeline` waits for with Kafka: the topic's end offsets, all in events/.
