@@ -344,7 +344,7 @@ async fn kafka_sink_survives_kill_9_with_no_gap_and_no_duplicate() {
     let mut before = 0;
     let total = sorted.len() as u64;
     let mut stalls = 0;
-    while kills < 4 {
+    while kills < 2 {
         let deadline = Instant::now() + Duration::from_secs(60);
         let covered = loop {
             let covered = progress(&lake).await;
