@@ -416,6 +416,23 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
+    async fn delete_users(&self, ids: &[String]) -> Result<u64, CatalogError> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut deleted = 0;
+            {
+                let mut users = tx.open_table(USERS)?;
+                for id in &ids {
+                    deleted += u64::from(users.remove(id.as_str())?.is_some());
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await
+    }
+
     async fn songs_by_lyrics_status(
         &self,
         status: Option<LyricsStatus>,

@@ -249,6 +249,9 @@ pub trait Catalog: Send + Sync {
     /// Removes songs by id with every index entry; returns how many existed.
     async fn delete_songs(&self, ids: &[String]) -> Result<u64, CatalogError>;
 
+    /// Removes users by id; returns how many existed.
+    async fn delete_users(&self, ids: &[String]) -> Result<u64, CatalogError>;
+
     /// Songs with lyrics status `status` (`None`: not looked up yet), by id, after id `after`.
     async fn songs_by_lyrics_status(
         &self,

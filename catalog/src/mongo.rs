@@ -126,6 +126,20 @@ impl MongoCatalog {
     }
 
     /// Runs a write command, retrying network failures with exponential backoff.
+    /// Deletes documents of `collection` by id, a batch per command; returns how many existed.
+    async fn delete(&self, collection: &str, ids: &[String]) -> Result<u64, CatalogError> {
+        let mut deleted = 0;
+        for chunk in ids.chunks(self.options.batch.max(1)) {
+            let command = doc! {
+                "delete": collection,
+                "deletes": [{ "q": { "_id": { "$in": chunk.to_vec() } }, "limit": 0 }],
+                "ordered": false,
+            };
+            deleted += count_field(&self.write_command(command).await?, "n");
+        }
+        Ok(deleted)
+    }
+
     async fn write_command(&self, command: Document) -> Result<Document, CatalogError> {
         let mut attempt = 0;
         loop {
@@ -510,16 +524,11 @@ impl Catalog for MongoCatalog {
     }
 
     async fn delete_songs(&self, ids: &[String]) -> Result<u64, CatalogError> {
-        let mut deleted = 0;
-        for chunk in ids.chunks(self.options.batch.max(1)) {
-            let command = doc! {
-                "delete": "songs",
-                "deletes": [{ "q": { "_id": { "$in": chunk.to_vec() } }, "limit": 0 }],
-                "ordered": false,
-            };
-            deleted += count_field(&self.write_command(command).await?, "n");
-        }
-        Ok(deleted)
+        self.delete("songs", ids).await
+    }
+
+    async fn delete_users(&self, ids: &[String]) -> Result<u64, CatalogError> {
+        self.delete("users", ids).await
     }
 
     async fn songs_by_lyrics_status(

@@ -1,7 +1,9 @@
 //! `recsys bench serve`: a closed-loop load generator calling HomeFeed and NextSongs at a fixed
 //! concurrency against `recsys serve`, run as its own process on the lake (or against a running
 //! server with `--endpoint`): QPS, p50/p95/p99 latency and errors per call, against the target
-//! of p99 < 10 ms at ≥ 2,000 QPS.
+//! of p99 < 10 ms at ≥ 2,000 QPS. With `--http` the same load then goes through the JSON API
+//! (`/api/v1`, HTTP/1.1 keep-alive) on the same server, with the ratios to gRPC, and headless
+//! Chromium loads the web player to time the first feed on screen (target under 1 s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +42,12 @@ pub struct ServeBench {
     /// HTTP/2 connections the workers share.
     #[arg(long, env = "RECSYS_BENCH_CONNECTIONS", default_value_t = 2)]
     pub connections: usize,
+    /// Also run the load through the JSON API and time page loads of the web player.
+    #[arg(long, env = "RECSYS_BENCH_HTTP")]
+    pub http: bool,
+    /// Page loads of the web player timed with `--http`.
+    #[arg(long, env = "RECSYS_BENCH_PAGE_LOADS", default_value_t = 10)]
+    pub page_loads: usize,
     #[command(flatten)]
     pub catalog: crate::catalog::CatalogArgs,
 }
@@ -137,9 +145,77 @@ async fn users(client: &Client) -> Result<Vec<String>> {
     Ok(users)
 }
 
+/// The way in: gRPC, or the JSON API over HTTP/1.1.
+#[derive(Clone)]
+enum Door {
+    Grpc(Client),
+    Http(reqwest::Client, String),
+}
+
+/// The first song of a listing, and whether the session has more.
+type Page = (Option<String>, bool);
+
+impl Door {
+    async fn feed(&self, user: String, refresh: bool) -> Result<Page> {
+        match self {
+            Door::Grpc(c) => {
+                let r = c
+                    .recs
+                    .clone()
+                    .home_feed(HomeFeedRequest {
+                        user_id: user,
+                        limit: 32,
+                        refresh,
+                        exclude_heard: false,
+                    })
+                    .await?
+                    .into_inner();
+                let first = r.songs.first().and_then(|s| s.song.as_ref());
+                Ok((first.map(|s| s.id.clone()), r.has_more))
+            }
+            Door::Http(http, base) => {
+                let url = format!("{base}/api/v1/users/{user}/feed?limit=32&refresh={refresh}");
+                json_page(http, &url).await
+            }
+        }
+    }
+
+    async fn next(&self, user: String, song: String, refresh: bool) -> Result<Page> {
+        match self {
+            Door::Grpc(c) => {
+                let r = c
+                    .recs
+                    .clone()
+                    .next_songs(NextSongsRequest {
+                        user_id: user,
+                        current_song_id: song,
+                        limit: 32,
+                        refresh,
+                    })
+                    .await?
+                    .into_inner();
+                let first = r.songs.first().and_then(|s| s.song.as_ref());
+                Ok((first.map(|s| s.id.clone()), r.has_more))
+            }
+            Door::Http(http, base) => {
+                let url =
+                    format!("{base}/api/v1/users/{user}/next/{song}?limit=32&refresh={refresh}");
+                json_page(http, &url).await
+            }
+        }
+    }
+}
+
+async fn json_page(http: &reqwest::Client, url: &str) -> Result<Page> {
+    let r = http.get(url).send().await?.error_for_status()?;
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+    let first = v["songs"][0]["id"].as_str().map(str::to_string);
+    Ok((first, v["has_more"].as_bool().unwrap_or(false)))
+}
+
 /// One closed-loop worker until `end`; samples after `measure_from`.
 async fn worker(
-    client: Client,
+    door: Door,
     users: Arc<Vec<String>>,
     seed: u64,
     next_share: f64,
@@ -147,7 +223,6 @@ async fn worker(
     end: Instant,
 ) -> Vec<Sample> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut recs = client.recs.clone();
     let mut samples = Vec::new();
     let mut current: Option<String> = None;
     let mut refresh = false;
@@ -156,39 +231,19 @@ async fn worker(
         let t = Instant::now();
         let (call, ok) = match current.clone() {
             Some(song) if rng.random_bool(next_share) => {
-                let got = recs
-                    .next_songs(NextSongsRequest {
-                        user_id: user,
-                        current_song_id: song,
-                        limit: 32,
-                        refresh: rng.random_bool(0.1),
-                    })
-                    .await;
-                if let Ok(r) = &got {
-                    current = r
-                        .get_ref()
-                        .songs
-                        .first()
-                        .and_then(|s| s.song.as_ref())
-                        .map(|s| s.id.clone())
-                        .or(current);
+                let got = door.next(user, song, rng.random_bool(0.1)).await;
+                if let Ok((Some(first), _)) = &got {
+                    current = Some(first.clone());
                 }
                 (Call::NextSongs, got.is_ok())
             }
             _ => {
-                let got = recs
-                    .home_feed(HomeFeedRequest {
-                        user_id: user,
-                        limit: 32,
-                        refresh,
-                        exclude_heard: false,
-                    })
-                    .await;
-                if let Ok(r) = &got {
+                let got = door.feed(user, refresh).await;
+                if let Ok((first, has_more)) = &got {
                     // A finished session (cap reached) starts again next time.
-                    refresh = !r.get_ref().has_more;
-                    if let Some(s) = r.get_ref().songs.first().and_then(|s| s.song.as_ref()) {
-                        current = Some(s.id.clone());
+                    refresh = !has_more;
+                    if first.is_some() {
+                        current = first.clone();
                     }
                 }
                 (Call::HomeFeed, got.is_ok())
@@ -234,6 +289,96 @@ fn row(name: &str, samples: &[Sample], keep: impl Fn(&Sample) -> bool, secs: f64
     (qps, p99)
 }
 
+/// The closed-loop load through `doors` (workers share them round-robin); prints the table
+/// and the target line, returns `(qps, p99 ms)` of all calls.
+async fn load(
+    name: &str,
+    doors: &[Door],
+    users: &Arc<Vec<String>>,
+    args: &ServeBench,
+) -> Result<(f64, f64)> {
+    println!(
+        "\n{name}: {} workers, {} s warm-up + {} s",
+        args.concurrency, args.warmup_s, args.seconds
+    );
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup_s);
+    let end = measure_from + Duration::from_secs(args.seconds.max(1));
+    let workers: Vec<_> = (0..args.concurrency.max(1))
+        .map(|w| {
+            tokio::spawn(worker(
+                doors[w % doors.len()].clone(),
+                users.clone(),
+                w as u64,
+                args.next_share.clamp(0.0, 1.0),
+                measure_from,
+                end,
+            ))
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for w in workers {
+        samples.extend(w.await?);
+    }
+    let secs = args.seconds.max(1) as f64;
+    println!(
+        "{:<10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "call", "requests", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"
+    );
+    row("HomeFeed", &samples, |s| s.call == Call::HomeFeed, secs);
+    row("NextSongs", &samples, |s| s.call == Call::NextSongs, secs);
+    let (qps, p99) = row("all", &samples, |_| true, secs);
+    let errors = samples.iter().filter(|s| !s.ok).count();
+    println!(
+        "target p99 < {TARGET_P99_MS} ms at ≥ {TARGET_QPS} QPS: p99 {p99:.2} ms ({:.2}× the bound), {qps:.0} QPS ({:.2}× the target), {errors} errors",
+        p99 / TARGET_P99_MS,
+        qps / TARGET_QPS
+    );
+    Ok((qps, p99))
+}
+
+/// Loads the web player `n` times in headless Chromium with `user`'s profile chosen and times
+/// the first feed cards on screen (from navigation start, as the page records it).
+async fn page_loads(endpoint: &str, user: &str, n: usize) -> Result<()> {
+    let Some((chromium, driver)) = recsys_cli::webdriver::locate() else {
+        println!(
+            "\npage loads: skipped (no chromium and chromedriver; apt-get install chromium chromium-driver)"
+        );
+        return Ok(());
+    };
+    let browser = recsys_cli::webdriver::Browser::start(&chromium, &driver, 1280, 900).await?;
+    browser.goto(&format!("{endpoint}/")).await?;
+    browser
+        .eval(
+            "localStorage.setItem('recsys.user', arguments[0]);",
+            vec![serde_json::json!(user)],
+        )
+        .await?;
+    let mut times = Vec::new();
+    for _ in 0..n.max(1) {
+        browser.goto(&format!("{endpoint}/")).await?;
+        let shown = browser
+            .wait_for(
+                "the first feed on screen",
+                "return document.body.dataset.feedShownMs;",
+                Duration::from_secs(30),
+            )
+            .await?;
+        let ms: f64 = shown.as_str().unwrap_or("0").parse().unwrap_or(0.0);
+        times.push(ms);
+    }
+    browser.quit().await;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    println!(
+        "\npage load (headless Chromium, navigation start → first feed cards), {} loads: median {median:.0} ms, max {max:.0} ms; target < 1000 ms: {:.2}× the bound (max)",
+        times.len(),
+        max / 1000.0
+    );
+    Ok(())
+}
+
 pub async fn run(lake: &LakeArgs, args: ServeBench) -> Result<()> {
     // The catalog's size, read before the server opens it (an embedded catalog allows one
     // process); unknown for a server already running.
@@ -270,44 +415,27 @@ pub async fn run(lake: &LakeArgs, args: ServeBench) -> Result<()> {
     if songs.is_some_and(|n| n < 50_000) {
         println!("note: the target is stated for a catalog of ≥ 50,000 songs");
     }
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs(args.warmup_s);
-    let end = measure_from + Duration::from_secs(args.seconds.max(1));
-    let workers: Vec<_> = (0..args.concurrency.max(1))
-        .map(|w| {
-            tokio::spawn(worker(
-                clients[w % clients.len()].clone(),
-                users.clone(),
-                w as u64,
-                args.next_share.clamp(0.0, 1.0),
-                measure_from,
-                end,
-            ))
-        })
-        .collect();
-    let mut samples = Vec::new();
-    for w in workers {
-        samples.extend(w.await?);
-    }
-    let secs = args.seconds.max(1) as f64;
-    println!(
-        "\n{:<10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
-        "call", "requests", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"
-    );
-    row("HomeFeed", &samples, |s| s.call == Call::HomeFeed, secs);
-    row("NextSongs", &samples, |s| s.call == Call::NextSongs, secs);
-    let (qps, p99) = row("all", &samples, |_| true, secs);
-    let errors = samples.iter().filter(|s| !s.ok).count();
+    let grpc: Vec<Door> = clients.into_iter().map(Door::Grpc).collect();
+    let (qps, p99) = load("gRPC", &grpc, &users, &args).await?;
     if let Some(server) = &server {
         println!(
             "server peak memory {} MB",
             crate::bench::peak_memory_mb_of(&server.child.id().to_string())
         );
     }
-    println!(
-        "\ntarget p99 < {TARGET_P99_MS} ms at ≥ {TARGET_QPS} QPS: p99 {p99:.2} ms ({:.2}× the bound), {qps:.0} QPS ({:.2}× the target), {errors} errors",
-        p99 / TARGET_P99_MS,
-        qps / TARGET_QPS
-    );
+    if args.http {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(args.concurrency.max(1))
+            .build()?;
+        let doors = vec![Door::Http(http, endpoint.clone())];
+        let (h_qps, h_p99) = load("JSON API", &doors, &users, &args).await?;
+        println!(
+            "JSON API ÷ gRPC: QPS {:.2}×, p99 {:.2}×",
+            h_qps / qps.max(f64::MIN_POSITIVE),
+            h_p99 / p99.max(f64::MIN_POSITIVE)
+        );
+        page_loads(&endpoint, &users[0], args.page_loads).await?;
+    }
     Ok(())
 }

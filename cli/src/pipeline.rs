@@ -42,6 +42,10 @@ pub struct PipelineArgs {
     pub vectors: crate::lyrics::VectorArgs,
     #[command(flatten)]
     pub model: crate::lyrics::ModelArgs,
+    /// After verifying the server, keep serving (web player, JSON API and gRPC) on this address
+    /// until Ctrl-C, instead of stopping.
+    #[arg(long, env = "RECSYS_PIPELINE_KEEP_SERVING", num_args = 0..=1, default_missing_value = "127.0.0.1:50051")]
+    pub keep_serving: Option<std::net::SocketAddr>,
 }
 
 struct Step {
@@ -257,8 +261,10 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     )
     .await?;
     let log: std::sync::Arc<recsys_ingest::EmbeddedLog> = std::sync::Arc::new(log);
+    let keep = args.keep_serving;
     let served =
-        crate::serve::serve_and_verify(&lake, catalog.into(), vectors.into(), log.clone()).await;
+        crate::serve::serve_and_verify(&lake, catalog.into(), vectors.into(), log.clone(), keep)
+            .await;
     log.shutdown().await?;
     served
 }

@@ -11,6 +11,7 @@ use recsys_catalog::Catalog;
 use recsys_core::Store;
 use recsys_ingest::EventLog;
 use recsys_proto::v1::{HomeFeedRequest, NextSongsRequest, Recommendations, Source};
+use recsys_serve::http::WebAssets;
 use recsys_serve::rank::Weights;
 use recsys_serve::verify::{Client, verify};
 use recsys_serve::{Options, Recommender, Stores};
@@ -58,9 +59,14 @@ impl ServeTuning {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address of the gRPC recommendation service.
+    /// Address of the recommendation service: gRPC, the JSON API (`/api/v1`) and the web
+    /// player (`/`).
     #[arg(long, env = "RECSYS_SERVE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Serve the web player's files from this folder instead of the copies built into the
+    /// binary (while editing them: `serve/web`).
+    #[arg(long, env = "RECSYS_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tuning: ServeTuning,
     #[command(flatten)]
@@ -118,6 +124,9 @@ pub async fn run_serve(lake: &LakeArgs, args: &ServeArgs) -> Result<()> {
     recsys_serve::service::serve(
         listener,
         Arc::new(rec),
+        WebAssets {
+            dir: args.web_dir.clone(),
+        },
         args.tuning.reload_every(),
         crate::stream::shutdown_signal(),
     )
@@ -142,12 +151,14 @@ pub async fn run_verify(lake: &LakeArgs, args: &VerifyArgs) -> Result<()> {
 }
 
 /// The pipeline's last step: serves the embedded stores on a loopback port, verifies the server
-/// and prints samples of what it recommends.
+/// and prints samples of what it recommends; with `keep`, then goes on serving there (the web
+/// player included) until SIGINT/SIGTERM.
 pub async fn serve_and_verify(
     lake: &Store,
     catalog: Arc<dyn Catalog>,
     vectors: Arc<dyn VectorStore>,
     log: Arc<dyn EventLog>,
+    keep: Option<SocketAddr>,
 ) -> Result<()> {
     let rec = Arc::new(
         Recommender::open(
@@ -161,12 +172,16 @@ pub async fn serve_and_verify(
         )
         .await?,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let at = keep.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("binding the pipeline's server to {at}"))?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(recsys_serve::service::serve(
         listener,
         rec,
+        WebAssets::default(),
         Duration::from_secs(30),
         async {
             stopped.await.ok();
@@ -176,6 +191,13 @@ pub async fn serve_and_verify(
     let report = verify(&client, Some(lake)).await;
     println!("\nrecsys verify {endpoint} (the pipeline's server)\n{report}");
     let sampled = print_samples(&client).await;
+    if keep.is_some() && report.passed() && sampled.is_ok() {
+        println!(
+            "\nListen at {endpoint}/ (the web player), operators at {endpoint}/status, the JSON \
+             API at {endpoint}/api/v1 and gRPC at {endpoint}. Ctrl-C stops the server."
+        );
+        crate::stream::shutdown_signal().await;
+    }
     stop.send(()).ok();
     server.await??;
     sampled?;

@@ -169,6 +169,7 @@ async fn in_process_server_passes_every_check_and_hot_reloads() {
         let server = tokio::spawn(recsys_serve::service::serve(
             listener,
             rec.clone(),
+            Default::default(),
             Duration::from_millis(200),
             async {
                 stopped.await.ok();

@@ -1,4 +1,5 @@
-//! Hybrid recommendation serving over gRPC (`recsys.v1.RecommendService`).
+//! Hybrid recommendation serving over gRPC (`recsys.v1.RecommendService`) and JSON (`/api/v1`),
+//! with a web player for listeners.
 //!
 //! The last step of the data flow: it reads the model (lake), the catalog and the vector store,
 //! and logs events into the event log. It depends on `recsys-core`, `recsys-proto`,
@@ -10,14 +11,18 @@
 //! ([`vectors`]), the per-user queues with caps and TTLs ([`session`]) and real-time fold-in of
 //! new users ([`foldin`]). [`model`] loads an ALS model version from the lake, [`recommender`]
 //! holds the serving state over the configured stores, [`service`] is the gRPC front (with
-//! health, reflection and model hot reload), and [`verify`] checks a live server end to end.
+//! health, reflection and model hot reload), [`http`] the JSON API and the web player on the
+//! same listener, [`status`] what the operator page shows, and [`verify`] checks a live server
+//! end to end.
 
 pub mod foldin;
+pub mod http;
 pub mod model;
 pub mod rank;
 pub mod recommender;
 pub mod service;
 pub mod session;
+pub mod status;
 pub mod vectors;
 pub mod verify;
 

@@ -37,6 +37,16 @@ impl Default for Weights {
     }
 }
 
+/// One fused candidate: its score and the weighted part each side contributed (`None` when the
+/// side did not propose it), so a listener can be told why a song was picked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fused {
+    pub id: String,
+    pub score: f32,
+    pub als: Option<f32>,
+    pub lyrics: Option<f32>,
+}
+
 /// The `n` best ids of `weights.als · norm(als) + weights.lyrics · norm(lyrics)` (a side
 /// missing for an id counts 0), best first; ties by id, so the order is deterministic.
 pub fn fuse(
@@ -44,18 +54,35 @@ pub fn fuse(
     lyrics: &[(String, f32)],
     weights: Weights,
     n: usize,
-) -> Vec<(String, f32)> {
-    let mut combined: HashMap<String, f32> = HashMap::new();
+) -> Vec<Fused> {
+    let mut combined: HashMap<String, Fused> = HashMap::new();
     for (id, s) in min_max(als) {
-        *combined.entry(id).or_default() += weights.als * s;
+        let part = weights.als * s;
+        let f = combined.entry(id.clone()).or_insert_with(|| Fused::new(id));
+        f.als = Some(part);
+        f.score += part;
     }
     for (id, s) in min_max(lyrics) {
-        *combined.entry(id).or_default() += weights.lyrics * s;
+        let part = weights.lyrics * s;
+        let f = combined.entry(id.clone()).or_insert_with(|| Fused::new(id));
+        f.lyrics = Some(part);
+        f.score += part;
     }
-    let mut ranked: Vec<(String, f32)> = combined.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut ranked: Vec<Fused> = combined.into_values().collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
     ranked.truncate(n);
     ranked
+}
+
+impl Fused {
+    fn new(id: String) -> Fused {
+        Fused {
+            id,
+            score: 0.0,
+            als: None,
+            lyrics: None,
+        }
+    }
 }
 
 /// `take` items of `pool` chosen uniformly at random, in random order (the seed's only
@@ -118,12 +145,15 @@ mod tests {
         let lyrics = scores(&[("c", 0.9), ("d", 0.5), ("b", 0.1)]);
         let got = fuse(&als, &lyrics, Weights::default(), 10);
         // a: .6·1 = .6; b: .6·.5 + .4·0 = .3; c: 0 + .4·1 = .4; d: .4·.5 = .2
-        let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = got.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["a", "c", "b", "d"]);
-        assert!((got[0].1 - 0.6).abs() < 1e-6 && (got[1].1 - 0.4).abs() < 1e-6);
+        assert!((got[0].score - 0.6).abs() < 1e-6 && (got[1].score - 0.4).abs() < 1e-6);
+        // The parts say why: b was proposed by both sides (lyrics' part 0), d by lyrics only.
+        assert_eq!((got[2].als, got[2].lyrics), (Some(0.3), Some(0.0)));
+        assert_eq!((got[3].als, got[3].lyrics), (None, Some(0.2)));
         assert_eq!(fuse(&als, &[], Weights::default(), 2).len(), 2);
         let only_lyrics = fuse(&[], &lyrics, Weights::default(), 1);
-        assert_eq!(only_lyrics[0].0, "c");
+        assert_eq!(only_lyrics[0].id, "c");
     }
 
     #[test]

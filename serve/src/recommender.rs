@@ -165,6 +165,11 @@ impl Recommender {
         Ok(rec)
     }
 
+    /// The stores this server reads and writes.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
     /// The model being served.
     pub fn model(&self) -> Option<Arc<Model>> {
         self.model.read().expect("model lock").clone()
@@ -393,17 +398,11 @@ impl Recommender {
             .take(pool)
             .cloned()
             .collect();
-        let from_als: HashSet<&String> = als.iter().map(|(id, _)| id).collect();
-        let from_lyrics: HashSet<&String> = lyrics.iter().map(|(id, _)| id).collect();
         Ok(fuse(&als, &lyrics, self.options.weights, n)
             .into_iter()
-            .map(|(id, score)| {
-                let source = match (from_als.contains(&id), from_lyrics.contains(&id)) {
-                    (true, true) => Source::Hybrid,
-                    (true, false) => Source::Als,
-                    _ => Source::Lyrics,
-                };
-                (id, Pick::new(source, score))
+            .map(|f| {
+                let pick = Pick::fused(&f);
+                (f.id, pick)
             })
             .collect())
     }
@@ -717,6 +716,21 @@ impl Recommender {
         Ok(self.view(user, self.model().as_deref()))
     }
 
+    /// Removes the user from the catalog and forgets their sessions (their logged events stay in
+    /// the event log, as history).
+    pub async fn delete_user(&self, user: &str) -> Result<(), ServeError> {
+        let id = required("user_id", user)?;
+        if self.stores.catalog.delete_users(&[id.to_string()]).await? == 0 {
+            return Err(not_found("user_id", id));
+        }
+        let mut sessions = self.sessions();
+        sessions.feeds.remove(id);
+        sessions.next.remove(id);
+        sessions.short.remove(id);
+        sessions.plays.remove(id);
+        Ok(())
+    }
+
     /// Logs the event through the event log (as the ingest service does); a listen or complete
     /// counts as a play of the user.
     pub async fn log_event(&self, message: ListenEvent) -> Result<(), tonic::Status> {
@@ -747,11 +761,16 @@ async fn als_candidates(
         .map_err(|e| ServeError::Task(e.to_string()))
 }
 
-fn new_user(id: &str, name: Option<String>) -> User {
-    let now_ms = std::time::SystemTime::now()
+/// Milliseconds since the epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn new_user(id: &str, name: Option<String>) -> User {
+    let now_ms = now_ms();
     User {
         stats: UserStats {
             id: id.to_string(),

@@ -56,6 +56,8 @@ fn recommended((s, pick): (CatalogSong, Pick)) -> RecommendedSong {
             session::Source::Popularity => Source::Popularity,
         } as i32,
         score: pick.score,
+        als_part: pick.als,
+        lyrics_part: pick.lyrics,
     }
 }
 
@@ -212,11 +214,13 @@ pub async fn watch_models(rec: Arc<Recommender>, every: Duration) {
     }
 }
 
-/// Serves `RecommendService`, health and reflection on `listener` until `shutdown` resolves,
+/// Serves `RecommendService`, health and reflection, and (HTTP/1.1 or HTTP/2 on the same port)
+/// the JSON API and web player of [`crate::http`], on `listener` until `shutdown` resolves,
 /// reloading the model every `reload_every`. Fails as the ingest service's server does.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rec: Arc<Recommender>,
+    web: crate::http::WebAssets,
     reload_every: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), recsys_ingest::server::ServeError> {
@@ -230,10 +234,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(recsys_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let watcher = tokio::spawn(watch_models(rec.clone(), reload_every));
-    let served = tonic::transport::Server::builder()
-        .add_service(health)
+    let grpc = tonic::service::Routes::new(health)
         .add_service(reflection)
-        .add_service(RecommendServiceServer::new(Service { rec }))
+        .add_service(RecommendServiceServer::new(Service { rec: rec.clone() }))
+        .into_axum_router();
+    let routes = crate::http::router(rec, web, grpc);
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(
             // Small responses must not wait for Nagle's algorithm.
             tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {

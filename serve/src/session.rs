@@ -5,6 +5,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+use crate::rank::Fused;
+
 /// Values by key that expire `ttl` after their last write; expired entries read as absent and
 /// are swept as the map grows.
 #[derive(Debug)]
@@ -101,7 +105,8 @@ pub const SHORT_TERM_TTL: Duration = Duration::from_secs(3600);
 
 /// One user's session: songs queued to serve, and every song ever queued (never repeated).
 /// Where a queued song came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     Als,
     Lyrics,
@@ -109,20 +114,45 @@ pub enum Source {
     Popularity,
 }
 
-/// Why a song was queued: its source and score there.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Why a song was queued: its source and score there, and for a fused pick the weighted part
+/// of each side (`None`: that side did not propose the song).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Pick {
     pub source: Source,
     pub score: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub als: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lyrics: Option<f32>,
 }
 
 impl Pick {
     pub fn new(source: Source, score: f32) -> Pick {
-        Pick { source, score }
+        Pick {
+            source,
+            score,
+            als: None,
+            lyrics: None,
+        }
+    }
+
+    /// A hybrid candidate: the source is the side (or sides) that proposed it.
+    pub fn fused(f: &Fused) -> Pick {
+        let source = match (f.als, f.lyrics) {
+            (Some(_), Some(_)) => Source::Hybrid,
+            (Some(_), None) => Source::Als,
+            _ => Source::Lyrics,
+        };
+        Pick {
+            source,
+            score: f.score,
+            als: f.als,
+            lyrics: f.lyrics,
+        }
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Queue {
     queued: VecDeque<(String, Pick)>,
     generated: HashSet<String>,
