@@ -11,7 +11,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 /// The W3C name of an element reference in JSON.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where the browser and its driver are: `RECSYS_CHROMIUM` / `RECSYS_CHROMEDRIVER`, else
 /// Debian's paths. `None` when either is missing.
@@ -171,7 +171,10 @@ impl Browser {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await?;
-        Ok(found[ELEMENT].as_str().unwrap_or_default().to_string())
+        match found[ELEMENT].as_str() {
+            Some(id) => Ok(id.to_string()),
+            None => bail!("WebDriver: no element reference for `{css}` in {found}"),
+        }
     }
 
     pub async fn click(&self, css: &str) -> Result<()> {
@@ -213,6 +216,17 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Resizes the window (a phone-width screen, say).
+    pub async fn resize(&self, width: u32, height: u32) -> Result<()> {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Saves a PNG of the page.

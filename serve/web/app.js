@@ -219,7 +219,7 @@ function renderSong() {
   $("now-why").textContent = s && s.source ? `Why: ${why(s)}` : "";
   $("player").dataset.songId = s ? s.id : "";
   renderTime();
-  $("play").textContent = c && c.playing ? "⏸" : "▶";
+  $("play").textContent = c && c.playing ? "Pause" : "Play";
   $("play").setAttribute("aria-label", c && c.playing ? "Pause" : "Play");
 }
 

@@ -44,7 +44,7 @@ function model(m) {
     $("evaluation").tBodies[0].replaceChildren(...rows);
     $("evaluation").hidden = false;
   }
-  $("loss").src = `/api/v1/models/current/loss.svg?v=${encodeURIComponent(m.version)}`;
+  $("loss").src = "/api/v1/models/current/loss.svg";
   $("loss-figure").hidden = false;
 }
 
