@@ -31,6 +31,14 @@ const TERMS: TableDefinition<(&str, &str), ()> = TableDefinition::new("song_term
 const TOP: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("song_top");
 const LYRICS: TableDefinition<(&str, &str), ()> = TableDefinition::new("song_lyrics");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// Serving sessions: key → (expiry in ms since the epoch, value), and the expiry index
+/// (expiry, key) that writes sweep.
+const SESSIONS: TableDefinition<&str, (i64, &str)> = TableDefinition::new("sessions");
+const SESSION_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("session_expiry");
+/// Expired sessions removed per write (so the table never grows with dead sessions).
+const SWEEP: usize = 64;
+/// Session writes are made durable at most this long after they commit.
+const SESSION_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `song_lyrics` key part of a song not looked up yet.
 const PENDING: &str = "";
@@ -63,6 +71,17 @@ from_redb!(
 pub struct EmbeddedCatalog {
     db: Arc<Database>,
     path: String,
+    /// When a session write was last made durable.
+    synced: Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl Drop for EmbeddedCatalog {
+    /// Makes the last (non-durable) session writes durable: a clean stop loses none.
+    fn drop(&mut self) {
+        if let Ok(tx) = self.db.begin_write() {
+            tx.commit().ok();
+        }
+    }
 }
 
 impl EmbeddedCatalog {
@@ -82,6 +101,8 @@ impl EmbeddedCatalog {
             tx.open_table(TOP)?;
             tx.open_table(LYRICS)?;
             tx.open_table(META)?;
+            tx.open_table(SESSIONS)?;
+            tx.open_table(SESSION_EXPIRY)?;
             tx.commit()?;
             Ok(db)
         })
@@ -91,6 +112,7 @@ impl EmbeddedCatalog {
         Ok(EmbeddedCatalog {
             db: Arc::new(db),
             path: shown,
+            synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         })
     }
 
@@ -500,6 +522,94 @@ impl Catalog for EmbeddedCatalog {
                     .map(|s| Ok((s, count(s.as_str())?)))
                     .collect::<Result<_, Fail>>()?,
             })
+        })
+        .await
+    }
+
+    async fn sessions(&self, keys: &[String]) -> Result<Vec<Option<String>>, CatalogError> {
+        let keys = keys.to_vec();
+        self.run(move |db| {
+            let now = crate::now_ms();
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SESSIONS)?;
+            keys.iter()
+                .map(|k| {
+                    Ok(table.get(k.as_str())?.and_then(|v| {
+                        let (expires, value) = v.value();
+                        (expires > now).then(|| value.to_string())
+                    }))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_sessions(
+        &self,
+        entries: &[(String, String, std::time::Duration)],
+    ) -> Result<(), CatalogError> {
+        let entries = entries.to_vec();
+        let synced = self.synced.clone();
+        self.run(move |db| {
+            let now = crate::now_ms();
+            let mut tx = db.begin_write()?;
+            let durable = {
+                let mut last = synced.lock().expect("sync lock");
+                let due = last.elapsed() >= SESSION_SYNC;
+                if due {
+                    *last = std::time::Instant::now();
+                }
+                due
+            };
+            if !durable {
+                tx.set_durability(redb::Durability::None)
+                    .map_err(|e| Fail::Db(e.into()))?;
+            }
+            {
+                let mut table = tx.open_table(SESSIONS)?;
+                let mut expiry = tx.open_table(SESSION_EXPIRY)?;
+                for (key, value, ttl) in &entries {
+                    let expires = now + ttl.as_millis() as i64;
+                    let old = table
+                        .insert(key.as_str(), (expires, value.as_str()))?
+                        .map(|v| v.value().0);
+                    if let Some(old) = old {
+                        expiry.remove((old, key.as_str()))?;
+                    }
+                    expiry.insert((expires, key.as_str()), ())?;
+                }
+                let dead: Vec<(i64, String)> = expiry
+                    .range(..(now, ""))?
+                    .take(SWEEP)
+                    .map(|e| e.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect::<Result<_, _>>()?;
+                for (at, key) in dead {
+                    expiry.remove((at, key.as_str()))?;
+                    table.remove(key.as_str())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_sessions(&self, keys: &[String]) -> Result<(), CatalogError> {
+        let keys = keys.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(SESSIONS)?;
+                let mut expiry = tx.open_table(SESSION_EXPIRY)?;
+                for key in &keys {
+                    let old = table.remove(key.as_str())?.map(|v| v.value().0);
+                    if let Some(at) = old {
+                        expiry.remove((at, key.as_str()))?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

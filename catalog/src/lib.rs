@@ -21,6 +21,7 @@ pub mod text;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -262,6 +263,22 @@ pub trait Catalog: Send + Sync {
 
     async fn stats(&self) -> Result<CatalogStats, CatalogError>;
 
+    /// Serving sessions (queues, short-term vectors, recent plays: what Redis held in the seed), as
+    /// text (JSON): the live values of `keys`, in order (`None`: absent or expired).
+    async fn sessions(&self, keys: &[String]) -> Result<Vec<Option<String>>, CatalogError>;
+
+    /// Writes session values `(key, value, ttl)`: each expires `ttl` after this write. Written
+    /// for speed: the embedded catalog syncs them to disk with the first write a second or more
+    /// after its last sync, and when it closes (a crash loses the writes since the last sync;
+    /// a clean stop loses none).
+    async fn put_sessions(
+        &self,
+        entries: &[(String, String, Duration)],
+    ) -> Result<(), CatalogError>;
+
+    /// Forgets sessions by key.
+    async fn delete_sessions(&self, keys: &[String]) -> Result<(), CatalogError>;
+
     /// A job's saved position (e.g. how far a load got), if any.
     async fn checkpoint(&self, key: &str) -> Result<Option<String>, CatalogError>;
 
@@ -307,6 +324,13 @@ pub async fn open(
         Some(options) => Box::new(MongoCatalog::connect(options).await?),
         None => Box::new(EmbeddedCatalog::open(path).await?),
     })
+}
+
+/// Milliseconds since the epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Milliseconds from microseconds, rounding down (also before 1970).

@@ -66,6 +66,7 @@ pub struct MongoCatalog {
     songs: Collection<Document>,
     users: Collection<Document>,
     meta: Collection<Document>,
+    sessions: Collection<Document>,
     shown: String,
     options: MongoOptions,
 }
@@ -89,6 +90,7 @@ impl MongoCatalog {
             songs: db.collection("songs"),
             users: db.collection("users"),
             meta: db.collection("job_metadata"),
+            sessions: db.collection("sessions"),
             db,
             shown: shown.clone(),
             options: options.clone(),
@@ -115,6 +117,22 @@ impl MongoCatalog {
             ])
             .await
             .map_err(err)?;
+        // Expired sessions go by MongoDB's TTL monitor (reads also skip them: it runs once a
+        // minute).
+        let ttl = IndexOptions::builder()
+            .name("SessionTtlIndex".to_string())
+            .expire_after(Duration::ZERO)
+            .build();
+        catalog
+            .sessions
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "expires_at": 1 })
+                    .options(ttl)
+                    .build(),
+            )
+            .await
+            .map_err(err)?;
         Ok(catalog)
     }
 
@@ -125,7 +143,6 @@ impl MongoCatalog {
         }
     }
 
-    /// Runs a write command, retrying network failures with exponential backoff.
     /// Deletes documents of `collection` by id, a batch per command; returns how many existed.
     async fn delete(&self, collection: &str, ids: &[String]) -> Result<u64, CatalogError> {
         let mut deleted = 0;
@@ -140,6 +157,7 @@ impl MongoCatalog {
         Ok(deleted)
     }
 
+    /// Runs a write command, retrying network failures with exponential backoff.
     async fn write_command(&self, command: Document) -> Result<Document, CatalogError> {
         let mut attempt = 0;
         loop {
@@ -567,6 +585,55 @@ impl Catalog for MongoCatalog {
                 .await?,
             lyrics,
         })
+    }
+
+    async fn sessions(&self, keys: &[String]) -> Result<Vec<Option<String>>, CatalogError> {
+        let now = DateTime::from_millis(crate::now_ms());
+        let mut found: std::collections::HashMap<String, String> = self
+            .sessions
+            .find(doc! { "_id": { "$in": keys.to_vec() }, "expires_at": { "$gt": now } })
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .filter_map(|d| {
+                let id = d.get_str("_id").ok()?.to_string();
+                let value = d.get_str("value").ok()?.to_string();
+                Some((id, value))
+            })
+            .collect();
+        Ok(keys.iter().map(|k| found.remove(k)).collect())
+    }
+
+    async fn put_sessions(
+        &self,
+        entries: &[(String, String, Duration)],
+    ) -> Result<(), CatalogError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = crate::now_ms();
+        let updates: Vec<Document> = entries
+            .iter()
+            .map(|(key, value, ttl)| {
+                let expires = DateTime::from_millis(now + ttl.as_millis() as i64);
+                doc! {
+                    "q": { "_id": key },
+                    "u": { "$set": { "value": value, "expires_at": expires } },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        let command = doc! { "update": "sessions", "updates": updates, "ordered": false };
+        self.write_command(command).await?;
+        Ok(())
+    }
+
+    async fn delete_sessions(&self, keys: &[String]) -> Result<(), CatalogError> {
+        self.delete("sessions", keys).await?;
+        Ok(())
     }
 
     async fn checkpoint(&self, key: &str) -> Result<Option<String>, CatalogError> {

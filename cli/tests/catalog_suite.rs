@@ -227,6 +227,68 @@ async fn batch_lookup_listing_and_names(c: &dyn Catalog) {
     c.upsert_users(&[user("u9", 5, None)]).await.unwrap();
     let u9 = c.user("u9").await.unwrap().unwrap();
     assert_eq!((u9.name.as_deref(), u9.stats.plays), (Some("Ada"), 5));
+
+    // Deleting users: only the ones that exist count.
+    let gone: Vec<String> = ["u9", "u1", "nope"].map(String::from).to_vec();
+    assert_eq!(c.delete_users(&gone).await.unwrap(), 2);
+    assert!(c.user("u9").await.unwrap().is_none());
+    assert_eq!(listed(None, 10).await, ["u2", "u3"]);
+}
+
+async fn sessions_expire_and_can_be_deleted(c: &dyn Catalog) {
+    use std::time::Duration;
+    let keys: Vec<String> = ["feed:u1", "next:u1", "short:u1"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(c.sessions(&keys).await.unwrap(), [None, None, None]);
+    c.put_sessions(&[
+        (
+            "feed:u1".into(),
+            "queue".to_string(),
+            Duration::from_secs(3600),
+        ),
+        (
+            "short:u1".into(),
+            "[0.5, \"ü\"]".to_string(),
+            Duration::from_millis(400),
+        ),
+    ])
+    .await
+    .unwrap();
+    let got = c.sessions(&keys).await.unwrap();
+    assert_eq!(
+        got,
+        [
+            Some("queue".to_string()),
+            None,
+            Some("[0.5, \"ü\"]".to_string())
+        ]
+    );
+    // A write replaces the value and renews its lifetime.
+    c.put_sessions(&[(
+        "feed:u1".into(),
+        "queue 2".to_string(),
+        Duration::from_secs(3600),
+    )])
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got = c.sessions(&keys).await.unwrap();
+    assert_eq!(
+        got,
+        [Some("queue 2".to_string()), None, None],
+        "short:u1 expired"
+    );
+    // A later write sweeps the expired one (and writes the same key again from scratch).
+    c.put_sessions(&[("short:u1".into(), "7".to_string(), Duration::from_secs(60))])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.sessions(&keys[2..]).await.unwrap(),
+        [Some("7".to_string())]
+    );
+    c.delete_sessions(&keys).await.unwrap();
+    assert_eq!(c.sessions(&keys).await.unwrap(), [None, None, None]);
 }
 
 async fn search_ranks_and_pages(c: &dyn Catalog) {
@@ -615,4 +677,5 @@ suite!(
     top_by_plays_7d,
     lyrics_status_queries,
     resume_after_partial_load,
+    sessions_expire_and_can_be_deleted,
 );

@@ -102,6 +102,15 @@ fn lake_copy() -> tempfile::TempDir {
     dir
 }
 
+/// The embedded log's flush policy in these tests: events reach `events/` within 200 ms.
+fn flush_policy() -> FlushPolicy {
+    FlushPolicy {
+        rows: 10_000,
+        interval: Duration::from_millis(200),
+        in_flight: 1,
+    }
+}
+
 async fn recommender(lake: &Path) -> (Arc<Recommender>, Arc<dyn VectorStore>) {
     let store = local_store(lake);
     let catalog: Arc<dyn Catalog> = Arc::new(
@@ -111,12 +120,11 @@ async fn recommender(lake: &Path) -> (Arc<Recommender>, Arc<dyn VectorStore>) {
     );
     let vectors: Arc<dyn VectorStore> =
         Arc::new(EmbeddedStore::open(&lake.join("vectors.redb"), 384).unwrap());
-    let policy = FlushPolicy {
-        rows: 10_000,
-        interval: Duration::from_millis(200),
-        in_flight: 1,
-    };
-    let log = Arc::new(EmbeddedLog::open(store.clone(), policy).await.unwrap());
+    let log = Arc::new(
+        EmbeddedLog::open(store.clone(), flush_policy())
+            .await
+            .unwrap(),
+    );
     let rec = Recommender::open(
         Stores {
             lake: store,
@@ -331,8 +339,16 @@ struct Served {
 
 impl Served {
     async fn start() -> Served {
-        let dir = lake_copy();
+        Served::start_on(lake_copy()).await
+    }
+
+    /// Serves the lake in `dir` (again, after a restart).
+    async fn start_on(dir: tempfile::TempDir) -> Served {
         let (rec, _) = recommender(dir.path()).await;
+        Served::with(dir, rec).await
+    }
+
+    async fn with(dir: tempfile::TempDir, rec: Arc<Recommender>) -> Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -357,9 +373,11 @@ impl Served {
         format!("{}/api/v1{path}", self.endpoint)
     }
 
-    async fn stop(self) {
+    /// Stops the server; returns the lake (the stores closed).
+    async fn stop(self) -> tempfile::TempDir {
         self.stop.send(()).ok();
         self.server.await.unwrap().unwrap();
+        self.dir
     }
 }
 
@@ -1445,4 +1463,137 @@ async fn drive_the_player(
         .await?;
     ensure!(img.as_u64().unwrap_or(0) > 0);
     Ok(())
+}
+
+/// A feed page and whether the user has a short-term vector, through the JSON API.
+async fn feed_page(
+    http: &reqwest::Client,
+    served: &Served,
+    user: &str,
+    refresh: bool,
+) -> Vec<String> {
+    let url = served.api(&format!("/users/{user}/feed?limit=10&refresh={refresh}"));
+    let (s, page) = call(http, "GET", &url, None).await;
+    assert_eq!(s, 200, "{page}");
+    ids(&page)
+}
+
+async fn has_short_term(http: &reqwest::Client, served: &Served, user: &str) -> bool {
+    let (_, u) = call(http, "GET", &served.api(&format!("/users/{user}")), None).await;
+    u["user"]["short_term"] == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_restart_and_are_shared_by_replicas() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let http = http();
+        // Embedded: a restart of the server keeps the feed session and the short-term vector.
+        let served = Served::start().await;
+        let user = known_user(&http, &served, 50).await;
+        let first = feed_page(&http, &served, &user, true).await;
+        let plays = served.api(&format!("/users/{user}/plays/{}", first[0]));
+        assert_eq!(call(&http, "POST", &plays, None).await.0, 200);
+        assert!(has_short_term(&http, &served, &user).await);
+        let lake = served.stop().await;
+        let served = Served::start_on(lake).await;
+        assert!(
+            has_short_term(&http, &served, &user).await,
+            "the short-term vector was lost"
+        );
+        let second = feed_page(&http, &served, &user, false).await;
+        assert_eq!(second.len(), 10);
+        assert!(
+            second.iter().all(|id| !first.contains(id)),
+            "the session started over: {first:?} {second:?}"
+        );
+        let lake = served.stop().await;
+
+        // MongoDB (CongoDB): two replicas share sessions.
+        let congo = CongoDb::start();
+        let embedded = EmbeddedCatalog::open(&lake.path().join("catalog.redb"))
+            .await
+            .unwrap();
+        let songs: Vec<_> = embedded
+            .top_songs(1_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.stats)
+            .collect();
+        let users = embedded.list_users(None, 1_000_000).await.unwrap();
+        drop(embedded);
+        let options = recsys_catalog::MongoOptions::new(&congo.uri);
+        let mongo = recsys_catalog::MongoCatalog::connect(&options)
+            .await
+            .unwrap();
+        mongo.upsert_songs(&songs).await.unwrap();
+        mongo.upsert_users(&users).await.unwrap();
+        drop(mongo);
+        let store = local_store(lake.path());
+        let vectors: Arc<dyn VectorStore> =
+            Arc::new(EmbeddedStore::open(&lake.path().join("vectors.redb"), 384).unwrap());
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let catalog: Arc<dyn Catalog> = Arc::new(
+                recsys_catalog::MongoCatalog::connect(&options)
+                    .await
+                    .unwrap(),
+            );
+            let log = Arc::new(
+                EmbeddedLog::open(store.clone(), flush_policy())
+                    .await
+                    .unwrap(),
+            );
+            let stores = Stores {
+                lake: store.clone(),
+                catalog,
+                vectors: vectors.clone(),
+                log,
+            };
+            let rec = Arc::new(Recommender::open(stores, Options::default()).await.unwrap());
+            replicas.push(Served::with(tempfile::tempdir().unwrap(), rec).await);
+        }
+        let (a, b) = (&replicas[0], &replicas[1]);
+        let first = feed_page(&http, a, &user, true).await;
+        let second = feed_page(&http, b, &user, false).await;
+        assert_eq!((first.len(), second.len()), (10, 10));
+        assert!(
+            second.iter().all(|id| !first.contains(id)),
+            "replica b repeated a's songs"
+        );
+        assert!(!has_short_term(&http, b, &user).await);
+        let plays = a.api(&format!("/users/{user}/plays/{}", first[0]));
+        assert_eq!(call(&http, "POST", &plays, None).await.0, 200);
+        assert!(
+            has_short_term(&http, b, &user).await,
+            "replica b does not see a's play"
+        );
+        // Deleting the user's sessions on one replica ends them for both.
+        let (_, created) = call(
+            &http,
+            "POST",
+            &a.api("/users"),
+            Some(r#"{"name": "two replicas"}"#),
+        )
+        .await;
+        let new_id = created["user"]["id"].as_str().unwrap();
+        assert_eq!(feed_page(&http, b, new_id, true).await.len(), 10);
+        assert_eq!(
+            call(&http, "DELETE", &a.api(&format!("/users/{new_id}")), None)
+                .await
+                .0,
+            204
+        );
+        assert_error(
+            &call(&http, "GET", &b.api(&format!("/users/{new_id}/feed")), None).await,
+            404,
+            "not_found",
+            Some("user_id"),
+        );
+        for r in replicas {
+            r.stop().await;
+        }
+    })
+    .await
+    .expect("test timed out");
 }

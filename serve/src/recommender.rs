@@ -1,8 +1,13 @@
 //! The serving state and every recommendation operation, over the configured catalog, vector
 //! store, event log and lake (ALS models). Session state (feed and next-song queues, short-term
-//! vectors, recent plays) lives in memory with the seed's TTLs; no I/O happens while it is locked.
+//! vectors, recent plays) is kept with the seed's TTLs in the catalog's session store (MongoDB in
+//! production, the embedded catalog by default), so it survives a restart and replicas share it.
+//! A user's read-modify-write of their session is serialised within a server by a striped lock;
+//! two replicas serving the same user at the same instant can overwrite each other's last
+//! change (last write wins), as with the seed's Redis values.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,9 +20,9 @@ use tracing::info;
 
 use crate::model::Model;
 use crate::rank::{Weights, fuse, popularity_sample, random_subset};
-use crate::session::{
-    Expiring, FEED, NEXT_SONGS, Pick, Queue, QueuePolicy, SHORT_TERM_TTL, Source,
-};
+use serde::{Deserialize, Serialize};
+
+use crate::session::{FEED, NEXT_SONGS, Pick, Queue, QueuePolicy, SHORT_TERM_TTL, Source};
 use crate::vectors::{LONG_WEIGHT, record_play, session_vector};
 use crate::{ServeError, invalid};
 
@@ -59,25 +64,98 @@ pub struct Stores {
     pub log: Arc<dyn EventLog>,
 }
 
+/// Session locks: a user's session is read, changed and written under one of these.
+const USER_LOCKS: usize = 64;
+
 /// A short-term vector, in the factor space of one model version.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct ShortTerm {
     version: String,
     vector: Vec<f32>,
 }
 
-/// A user's plays seen by this server (track id → weight), and the factor folded in from them.
-#[derive(Debug, Default, Clone)]
+/// A user's plays seen by the servers (track id → weight), and the factor folded in from them.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Plays {
     weights: HashMap<String, f32>,
     folded: Option<ShortTerm>,
 }
 
-struct Sessions {
-    feeds: Expiring<Queue>,
-    next: Expiring<Queue>,
-    short: Expiring<ShortTerm>,
-    plays: Expiring<Plays>,
+/// The kinds of session values, their key prefixes and lifetimes.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Feed,
+    Next,
+    Short,
+    Plays,
+}
+
+impl Kind {
+    fn key(self, user: &str) -> String {
+        let prefix = match self {
+            Kind::Feed => "feed",
+            Kind::Next => "next",
+            Kind::Short => "short",
+            Kind::Plays => "plays",
+        };
+        format!("{prefix}:{user}")
+    }
+
+    fn ttl(self) -> Duration {
+        match self {
+            Kind::Feed => FEED.ttl,
+            Kind::Next => NEXT_SONGS.ttl,
+            Kind::Short => SHORT_TERM_TTL,
+            Kind::Plays => PLAYS_TTL,
+        }
+    }
+
+    const ALL: [Kind; 4] = [Kind::Feed, Kind::Next, Kind::Short, Kind::Plays];
+}
+
+/// A session value as stored: JSON.
+fn encode<T: Serialize>(kind: Kind, user: &str, value: &T) -> (String, String, Duration) {
+    let text = serde_json::to_string(value).expect("session values serialise");
+    (kind.key(user), text, kind.ttl())
+}
+
+/// A stored session value; one this version cannot read counts as absent (a new session).
+fn decode<T: for<'de> Deserialize<'de>>(text: Option<String>) -> Option<T> {
+    serde_json::from_str(&text?).ok()
+}
+
+/// A user's long-term vector: the model's factor, else one folded in from recent plays.
+fn long_term(model: &Model, user: &str, plays: Option<&Plays>) -> Option<(Vec<f32>, &'static str)> {
+    if let Some(f) = model.user(user) {
+        return Some((f.to_vec(), "als"));
+    }
+    let folded = plays?.folded.as_ref()?;
+    (folded.version == model.version).then(|| (folded.vector.clone(), "fold-in"))
+}
+
+/// The short-term vector, when it belongs to the model being served.
+fn short_term(model: &Model, short: Option<&ShortTerm>) -> Option<Vec<f32>> {
+    short
+        .filter(|s| s.version == model.version)
+        .map(|s| s.vector.clone())
+}
+
+/// Counts a play and, for a user the model does not know, folds in a factor from the plays.
+fn add_play(model: Option<&Model>, plays: &mut Plays, user: &str, song: &str, weight: f32) {
+    *plays.weights.entry(song.to_string()).or_default() += weight;
+    let Some(model) = model.filter(|m| m.user(user).is_none()) else {
+        return;
+    };
+    let ratings: Vec<(u32, f32)> = plays
+        .weights
+        .iter()
+        .filter_map(|(id, w)| model.item(id).map(|i| (i, *w)))
+        .filter(|(_, w)| *w > 0.0)
+        .collect();
+    plays.folded = model.fold.fold_in(&ratings).map(|vector| ShortTerm {
+        version: model.version.clone(),
+        vector,
+    });
 }
 
 /// Lyrics neighbours by song, first in first out.
@@ -110,7 +188,7 @@ pub struct Recommender {
     stores: Stores,
     options: Options,
     model: RwLock<Option<Arc<Model>>>,
-    sessions: Mutex<Sessions>,
+    locks: Vec<tokio::sync::Mutex<()>>,
     neighbours: Mutex<NeighbourCache>,
     popular: Mutex<Option<(Instant, Popular)>>,
 }
@@ -152,12 +230,9 @@ impl Recommender {
             stores,
             options,
             model: RwLock::new(None),
-            sessions: Mutex::new(Sessions {
-                feeds: Expiring::new(FEED.ttl),
-                next: Expiring::new(NEXT_SONGS.ttl),
-                short: Expiring::new(SHORT_TERM_TTL),
-                plays: Expiring::new(PLAYS_TTL),
-            }),
+            locks: (0..USER_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             neighbours: Mutex::default(),
             popular: Mutex::new(None),
         };
@@ -198,45 +273,64 @@ impl Recommender {
         Ok(Some(version))
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
-        self.sessions.lock().expect("session lock")
+    /// The lock of `user`'s session.
+    fn lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        &self.locks[h.finish() as usize % self.locks.len()]
     }
 
-    /// The user's long-term vector: the ALS factor, else one folded in from recent plays.
-    fn long_term(
+    /// Session values of one kind for several users, in order.
+    async fn read<T: for<'de> Deserialize<'de>>(
         &self,
-        model: &Model,
-        user: &str,
-        now: Instant,
-    ) -> Option<(Vec<f32>, &'static str)> {
-        if let Some(f) = model.user(user) {
-            return Some((f.to_vec(), "als"));
-        }
-        let sessions = self.sessions();
-        let folded = sessions.plays.get(user, now)?.folded.as_ref()?;
-        (folded.version == model.version).then(|| (folded.vector.clone(), "fold-in"))
+        kind: Kind,
+        users: &[&str],
+    ) -> Result<Vec<Option<T>>, ServeError> {
+        let keys: Vec<String> = users.iter().map(|u| kind.key(u)).collect();
+        let values = self.stores.catalog.sessions(&keys).await?;
+        Ok(values.into_iter().map(decode).collect())
     }
 
-    fn short_term(&self, model: &Model, user: &str, now: Instant) -> Option<Vec<f32>> {
-        let sessions = self.sessions();
-        let short = sessions.short.get(user, now)?;
-        (short.version == model.version).then(|| short.vector.clone())
+    /// Session values of several kinds for one user, in one read.
+    async fn read_user(
+        &self,
+        user: &str,
+        kinds: &[Kind],
+    ) -> Result<Vec<Option<String>>, ServeError> {
+        let keys: Vec<String> = kinds.iter().map(|k| k.key(user)).collect();
+        Ok(self.stores.catalog.sessions(&keys).await?)
+    }
+
+    /// The user's recent plays and short-term vector (one read).
+    async fn vector_state(
+        &self,
+        user: &str,
+    ) -> Result<(Option<Plays>, Option<ShortTerm>), ServeError> {
+        let mut got = self.read_user(user, &[Kind::Plays, Kind::Short]).await?;
+        let short = decode(got.pop().flatten());
+        let plays = decode(got.pop().flatten());
+        Ok((plays, short))
     }
 
     /// 0.7·long-term + 0.3·short-term (either alone when the other is missing); whether a
     /// long-term vector exists.
-    fn session_vector(&self, model: &Model, user: &str, now: Instant) -> (Option<Vec<f32>>, bool) {
-        let long = self.long_term(model, user, now);
-        let short = self.short_term(model, user, now);
+    async fn session_vector(
+        &self,
+        model: &Model,
+        user: &str,
+    ) -> Result<(Option<Vec<f32>>, bool), ServeError> {
+        let (plays, short) = self.vector_state(user).await?;
+        let long = long_term(model, user, plays.as_ref());
+        let short = short_term(model, short.as_ref());
         let has_long = long.is_some();
-        (
+        Ok((
             session_vector(
                 long.as_ref().map(|(v, _)| v.as_slice()),
                 short.as_deref(),
                 LONG_WEIGHT,
             ),
             has_long,
-        )
+        ))
     }
 
     /// Fails with NOT_FOUND unless the model or the catalog knows the user.
@@ -310,7 +404,7 @@ impl Recommender {
     ) -> Result<Vec<(String, Pick)>, ServeError> {
         let mut picks = Vec::with_capacity(n);
         if let Some(model) = self.model() {
-            let (vector, has_long) = self.session_vector(&model, user, Instant::now());
+            let (vector, has_long) = self.session_vector(&model, user).await?;
             if let Some(v) = vector {
                 let quota = if has_long { n } else { n / 2 };
                 let pool = if quota <= 50 {
@@ -382,7 +476,7 @@ impl Recommender {
         let pool = if n <= 50 { n * 3 } else { n * 3 / 2 }.max(15);
         let mut als = Vec::new();
         if let Some(model) = self.model()
-            && let (Some(v), _) = self.session_vector(&model, user, Instant::now())
+            && let (Some(v), _) = self.session_vector(&model, user).await?
         {
             als = als_candidates(model.clone(), v, pool, excluded)
                 .await?
@@ -425,10 +519,10 @@ impl Recommender {
     }
 
     /// One page of a session queue: refills it with `generate` when it runs low (never a song
-    /// the session served), then pops `limit`.
+    /// the session served), pops `limit` and stores the queue again.
     async fn page<F, Fut>(
         &self,
-        queues: fn(&mut Sessions) -> &mut Expiring<Queue>,
+        kind: Kind,
         policy: &QueuePolicy,
         user: &str,
         limit: usize,
@@ -439,33 +533,29 @@ impl Recommender {
         F: FnOnce(usize, HashSet<String>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<(String, Pick)>, ServeError>>,
     {
-        let now = Instant::now();
-        let (want, seen) = {
-            let mut sessions = self.sessions();
-            let q = queues(&mut sessions);
-            if refresh {
-                q.remove(user);
-            }
-            let queue = q.entry(user, now);
+        let (picks, has_more) = {
+            let _session = self.lock(user).lock().await;
+            let mut queue: Queue = if refresh {
+                Queue::default()
+            } else {
+                self.read(kind, &[user])
+                    .await?
+                    .pop()
+                    .flatten()
+                    .unwrap_or_default()
+            };
             let want = queue.wanted(policy);
-            (
-                want,
-                if want > 0 {
-                    queue.seen().clone()
-                } else {
-                    HashSet::new()
-                },
-            )
+            if want > 0 {
+                let picks = generate(want, queue.seen().clone()).await?;
+                queue.push(picks, policy);
+            }
+            let page = queue.pop(limit, policy);
+            self.stores
+                .catalog
+                .put_sessions(&[encode(kind, user, &queue)])
+                .await?;
+            page
         };
-        if want > 0 {
-            let picks = generate(want, seen).await?;
-            queues(&mut self.sessions())
-                .entry(user, now)
-                .push(picks, policy);
-        }
-        let (picks, has_more) = queues(&mut self.sessions())
-            .entry(user, now)
-            .pop(limit, policy);
         Ok(Listing {
             songs: self.hydrate(picks).await?,
             has_more,
@@ -473,12 +563,10 @@ impl Recommender {
     }
 
     /// Songs `user` played: in the model's data, and as the server saw since.
-    fn heard(&self, user: &str) -> HashSet<String> {
-        let mut heard: HashSet<String> = self
-            .sessions()
-            .plays
-            .get(user, Instant::now())
-            .map(|p| p.weights.keys().cloned().collect())
+    async fn heard(&self, user: &str) -> Result<HashSet<String>, ServeError> {
+        let plays: Option<Plays> = self.read(Kind::Plays, &[user]).await?.pop().flatten();
+        let mut heard: HashSet<String> = plays
+            .map(|p| p.weights.into_keys().collect())
             .unwrap_or_default();
         if let Some(model) = self.model() {
             heard.extend(
@@ -488,7 +576,7 @@ impl Recommender {
                     .map(|&i| model.item_ids[i as usize].clone()),
             );
         }
-        heard
+        Ok(heard)
     }
 
     pub async fn home_feed(
@@ -502,12 +590,12 @@ impl Recommender {
         let limit = self::limit("limit", limit, 32, FEED.cap)?;
         self.known_user(user).await?;
         let heard = if exclude_heard {
-            self.heard(user)
+            self.heard(user).await?
         } else {
             HashSet::new()
         };
         self.page(
-            |s| &mut s.feeds,
+            Kind::Feed,
             &FEED,
             user,
             limit,
@@ -533,7 +621,7 @@ impl Recommender {
         self.known_user(user).await?;
         self.known_song("current_song_id", current).await?;
         self.page(
-            |s| &mut s.next,
+            Kind::Next,
             &NEXT_SONGS,
             user,
             limit,
@@ -568,47 +656,45 @@ impl Recommender {
         }
         self.known_user(user).await?;
         self.known_song("song_id", song).await?;
-        self.played(user, song, 1.0);
-        let Some(model) = self.model() else {
-            return Ok(None);
-        };
-        let Some(item) = model.item(song) else {
-            return Ok(None);
-        };
-        let now = Instant::now();
-        let old = self.short_term(&model, user, now);
-        let vector = record_play(old.as_deref(), model.item_factor(item), decay);
-        self.sessions().short.insert(
-            user,
-            ShortTerm {
-                version: model.version.clone(),
+        let model = self.model();
+        let _session = self.lock(user).lock().await;
+        let (plays, short) = self.vector_state(user).await?;
+        let mut plays = plays.unwrap_or_default();
+        add_play(model.as_deref(), &mut plays, user, song, 1.0);
+        let mut writes = vec![encode(Kind::Plays, user, &plays)];
+        let updated = model.as_ref().and_then(|m| {
+            let item = m.item(song)?;
+            let old = short_term(m, short.as_ref());
+            let vector = record_play(old.as_deref(), m.item_factor(item), decay);
+            Some((vector, m.version.clone()))
+        });
+        if let Some((vector, version)) = &updated {
+            let short = ShortTerm {
+                version: version.clone(),
                 vector: vector.clone(),
-            },
-            now,
-        );
-        Ok(Some((vector, model.version.clone())))
+            };
+            writes.push(encode(Kind::Short, user, &short));
+        }
+        self.stores.catalog.put_sessions(&writes).await?;
+        Ok(updated)
     }
 
-    /// Counts a play and, for a user the model does not know, folds in a factor from the plays.
-    fn played(&self, user: &str, song: &str, weight: f32) {
+    /// Counts a play of the user (fold-in and `exclude_heard`).
+    async fn played(&self, user: &str, song: &str, weight: f32) -> Result<(), ServeError> {
         let model = self.model();
-        let now = Instant::now();
-        let mut sessions = self.sessions();
-        let plays = sessions.plays.entry(user, now);
-        *plays.weights.entry(song.to_string()).or_default() += weight;
-        let Some(model) = model.filter(|m| m.user(user).is_none()) else {
-            return;
-        };
-        let ratings: Vec<(u32, f32)> = plays
-            .weights
-            .iter()
-            .filter_map(|(id, w)| model.item(id).map(|i| (i, *w)))
-            .filter(|(_, w)| *w > 0.0)
-            .collect();
-        plays.folded = model.fold.fold_in(&ratings).map(|vector| ShortTerm {
-            version: model.version.clone(),
-            vector,
-        });
+        let _session = self.lock(user).lock().await;
+        let mut plays: Plays = self
+            .read(Kind::Plays, &[user])
+            .await?
+            .pop()
+            .flatten()
+            .unwrap_or_default();
+        add_play(model.as_deref(), &mut plays, user, song, weight);
+        self.stores
+            .catalog
+            .put_sessions(&[encode(Kind::Plays, user, &plays)])
+            .await?;
+        Ok(())
     }
 
     pub async fn similar_songs(
@@ -672,24 +758,8 @@ impl Recommender {
             None if model.as_ref().is_some_and(|m| m.user(id).is_some()) => new_user(id, None),
             None => return Err(not_found("user_id", id)),
         };
-        Ok(self.view(user, model.as_deref()))
-    }
-
-    fn view(&self, user: User, model: Option<&Model>) -> UserView {
-        let now = Instant::now();
-        let (long_term, short_term) = match model {
-            Some(m) => (
-                self.long_term(m, &user.stats.id, now),
-                self.short_term(m, &user.stats.id, now),
-            ),
-            None => (None, None),
-        };
-        UserView {
-            user,
-            long_term,
-            short_term,
-            model_version: model.map(|m| m.version.clone()).unwrap_or_default(),
-        }
+        let (plays, short) = self.vector_state(id).await?;
+        Ok(view(user, model.as_deref(), plays.as_ref(), short.as_ref()))
     }
 
     pub async fn list_users(&self, limit: u32, after: &str) -> Result<Vec<UserView>, ServeError> {
@@ -697,9 +767,13 @@ impl Recommender {
         let after = Some(after.trim()).filter(|a| !a.is_empty());
         let users = self.stores.catalog.list_users(after, limit).await?;
         let model = self.model();
+        let ids: Vec<&str> = users.iter().map(|u| u.stats.id.as_str()).collect();
+        let plays: Vec<Option<Plays>> = self.read(Kind::Plays, &ids).await?;
+        let short: Vec<Option<ShortTerm>> = self.read(Kind::Short, &ids).await?;
         Ok(users
             .into_iter()
-            .map(|u| self.view(u, model.as_deref()))
+            .zip(plays.iter().zip(&short))
+            .map(|(u, (p, s))| view(u, model.as_deref(), p.as_ref(), s.as_ref()))
             .collect())
     }
 
@@ -713,7 +787,7 @@ impl Recommender {
             .catalog
             .upsert_users(std::slice::from_ref(&user))
             .await?;
-        Ok(self.view(user, self.model().as_deref()))
+        Ok(view(user, self.model().as_deref(), None, None))
     }
 
     /// Removes the user from the catalog and forgets their sessions (their logged events stay in
@@ -723,11 +797,8 @@ impl Recommender {
         if self.stores.catalog.delete_users(&[id.to_string()]).await? == 0 {
             return Err(not_found("user_id", id));
         }
-        let mut sessions = self.sessions();
-        sessions.feeds.remove(id);
-        sessions.next.remove(id);
-        sessions.short.remove(id);
-        sessions.plays.remove(id);
+        let keys: Vec<String> = Kind::ALL.iter().map(|k| k.key(id)).collect();
+        self.stores.catalog.delete_sessions(&keys).await?;
         Ok(())
     }
 
@@ -741,9 +812,30 @@ impl Recommender {
             Action::Skip => 0.0,
         };
         if weight > 0.0 {
-            self.played(&event.user_id, &event.track_id, weight);
+            self.played(&event.user_id, &event.track_id, weight)
+                .await
+                .map_err(tonic::Status::from)?;
         }
         Ok(())
+    }
+}
+
+/// What `GetUser` shows of `user`, given their session values.
+fn view(
+    user: User,
+    model: Option<&Model>,
+    plays: Option<&Plays>,
+    short: Option<&ShortTerm>,
+) -> UserView {
+    let (long, short) = match model {
+        Some(m) => (long_term(m, &user.stats.id, plays), short_term(m, short)),
+        None => (None, None),
+    };
+    UserView {
+        user,
+        long_term: long,
+        short_term: short,
+        model_version: model.map(|m| m.version.clone()).unwrap_or_default(),
     }
 }
 

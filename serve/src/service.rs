@@ -255,5 +255,7 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Transport { addr, source });
     watcher.abort();
+    // Gone before returning: the stores it holds (an embedded catalog is one process's) close.
+    watcher.await.ok();
     served
 }

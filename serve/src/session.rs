@@ -1,78 +1,13 @@
-//! Per-user state that expires: short-term vectors (1 h) and the queues of songs served in a
-//! session (home feed: batches of 100, refilled below 20, at most 500 per session, 24 h;
-//! next songs: 50, 15, 200, 1 h), as in the seed.
+//! The queues of songs served in a session (home feed: batches of 100, refilled below 20, at
+//! most 500 per session, 24 h; next songs: 50, 15, 200, 1 h) and the lifetime of short-term
+//! vectors (1 h), as in the seed. Queues are stored as JSON in the catalog's session store.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::rank::Fused;
-
-/// Values by key that expire `ttl` after their last write; expired entries read as absent and
-/// are swept as the map grows.
-#[derive(Debug)]
-pub struct Expiring<V> {
-    ttl: Duration,
-    entries: HashMap<String, (Instant, V)>,
-    sweep_at: usize,
-}
-
-impl<V> Expiring<V> {
-    pub fn new(ttl: Duration) -> Self {
-        Expiring {
-            ttl,
-            entries: HashMap::new(),
-            sweep_at: 1024,
-        }
-    }
-
-    fn live(&self, written: Instant, now: Instant) -> bool {
-        now.duration_since(written) < self.ttl
-    }
-
-    pub fn get(&self, key: &str, now: Instant) -> Option<&V> {
-        self.entries
-            .get(key)
-            .filter(|(t, _)| self.live(*t, now))
-            .map(|(_, v)| v)
-    }
-
-    /// The live value for `key` (a default one when absent or expired), renewed.
-    pub fn entry(&mut self, key: &str, now: Instant) -> &mut V
-    where
-        V: Default,
-    {
-        if self.entries.len() >= self.sweep_at {
-            let ttl = self.ttl;
-            self.entries
-                .retain(|_, (t, _)| now.duration_since(*t) < ttl);
-            self.sweep_at = (self.entries.len() * 2).max(1024);
-        }
-        let ttl = self.ttl;
-        let slot = self
-            .entries
-            .entry(key.to_string())
-            .or_insert_with(|| (now, V::default()));
-        if now.duration_since(slot.0) >= ttl {
-            slot.1 = V::default();
-        }
-        slot.0 = now;
-        &mut slot.1
-    }
-
-    pub fn insert(&mut self, key: &str, value: V, now: Instant)
-    where
-        V: Default,
-    {
-        *self.entry(key, now) = value;
-    }
-
-    /// Forgets `key` (a refresh starts a new session).
-    pub fn remove(&mut self, key: &str) {
-        self.entries.remove(key);
-    }
-}
 
 /// How a session queue is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,21 +193,24 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_after_their_ttl_and_renew_on_write() {
-        let t0 = Instant::now();
-        let mut m: Expiring<Vec<f32>> = Expiring::new(Duration::from_secs(60));
-        m.insert("u", vec![1.0], t0);
-        assert!(m.get("u", t0 + Duration::from_secs(59)).is_some());
-        assert!(m.get("u", t0 + Duration::from_secs(60)).is_none());
-        m.entry("u", t0 + Duration::from_secs(30)).push(2.0);
-        assert_eq!(
-            m.get("u", t0 + Duration::from_secs(80)),
-            Some(&vec![1.0, 2.0])
-        );
-        // An expired entry starts over.
-        assert!(m.entry("u", t0 + Duration::from_secs(200)).is_empty());
-        let mut q: Expiring<Queue> = Expiring::new(FEED.ttl);
-        q.entry("u", t0).push(ids(0..5), &FEED);
-        assert_eq!(q.entry("u", t0 + FEED.ttl).seen().len(), 0);
+    fn a_queue_survives_its_stored_form() {
+        let mut q = Queue::default();
+        let mut picks = ids(0..20);
+        picks[3].1 = Pick::fused(&crate::rank::Fused {
+            id: "s3".into(),
+            score: 0.5,
+            als: Some(0.3),
+            lyrics: Some(0.2),
+        });
+        q.push(picks, &FEED);
+        q.pop(5, &FEED);
+        let stored = serde_json::to_vec(&q).unwrap();
+        let mut back: Queue = serde_json::from_slice(&stored).unwrap();
+        // The served songs stay seen; the rest come out in order, with why they were picked.
+        assert_eq!(back.seen(), q.seen());
+        assert!(back.seen().contains("s3"));
+        let (rest, _) = back.pop(100, &FEED);
+        assert_eq!(rest, q.pop(100, &FEED).0);
+        assert_eq!(rest[0].0, "s5");
     }
 }
