@@ -148,7 +148,7 @@ async fn users(client: &Client) -> Result<Vec<String>> {
 /// The way in: gRPC, or the JSON API over HTTP/1.1.
 #[derive(Clone)]
 enum Door {
-    Grpc(Client),
+    Grpc(Box<Client>),
     Http(reqwest::Client, String),
 }
 
@@ -415,7 +415,10 @@ pub async fn run(lake: &LakeArgs, args: ServeBench) -> Result<()> {
     if songs.is_some_and(|n| n < 50_000) {
         println!("note: the target is stated for a catalog of ≥ 50,000 songs");
     }
-    let grpc: Vec<Door> = clients.into_iter().map(Door::Grpc).collect();
+    let grpc: Vec<Door> = clients
+        .into_iter()
+        .map(|c| Door::Grpc(Box::new(c)))
+        .collect();
     let (qps, p99) = load("gRPC", &grpc, &users, &args).await?;
     if let Some(server) = &server {
         println!(
