@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -193,18 +193,8 @@ async fn in_process_server_passes_every_check_and_hot_reloads() {
         let dropped: Vec<String> = model.item_ids.iter().step_by(5).cloned().collect();
         vectors.delete(&dropped).await.unwrap();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(recsys_serve::service::serve(
-            listener,
-            rec.clone(),
-            Default::default(),
-            Duration::from_millis(200),
-            async {
-                stopped.await.ok();
-            },
-        ));
+        let served = Served::with(copy, rec.clone(), Duration::from_millis(200)).await;
+        let endpoint = served.endpoint.clone();
         let client = Client::connect(&endpoint).await.unwrap();
         let lake = local_store(&lake_dir);
         let report = verify(&client, Some(&lake)).await;
@@ -322,8 +312,7 @@ async fn in_process_server_passes_every_check_and_hot_reloads() {
             );
         }
         assert!(requests > 0);
-        stop.send(()).ok();
-        server.await.unwrap().unwrap();
+        served.stop().await;
     })
     .await
     .expect("test timed out");
@@ -345,10 +334,11 @@ impl Served {
     /// Serves the lake in `dir` (again, after a restart).
     async fn start_on(dir: tempfile::TempDir) -> Served {
         let (rec, _) = recommender(dir.path()).await;
-        Served::with(dir, rec).await
+        Served::with(dir, rec, Duration::from_secs(30)).await
     }
 
-    async fn with(dir: tempfile::TempDir, rec: Arc<Recommender>) -> Served {
+    /// Serves `rec` (over the lake in `dir`), checking for a new model every `reload`.
+    async fn with(dir: tempfile::TempDir, rec: Arc<Recommender>, reload: Duration) -> Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -356,7 +346,7 @@ impl Served {
             listener,
             rec.clone(),
             Default::default(),
-            Duration::from_secs(30),
+            reload,
             async {
                 stopped.await.ok();
             },
@@ -409,6 +399,31 @@ async fn call(
         status,
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Requests the API must refuse, one a line: `METHOD /path [body] → status code [field]`, the
+/// path under `/api/v1` with `vars` filled in, the body named from `bodies`.
+async fn refusals(
+    http: &reqwest::Client,
+    served: &Served,
+    vars: &[(&str, &str)],
+    bodies: &HashMap<&str, String>,
+    specs: &[&str],
+) {
+    for spec in specs {
+        let (request, expected) = spec.split_once(" → ").unwrap();
+        let request: Vec<&str> = request.split(' ').collect();
+        let expected: Vec<&str> = expected.split(' ').collect();
+        let mut path = request[1].to_string();
+        for (name, value) in vars {
+            path = path.replace(name, value);
+        }
+        let body = request.get(2).map(|name| bodies[name].as_str());
+        let got = call(http, request[0], &served.api(&path), body).await;
+        let status: u16 = expected[0].parse().unwrap();
+        assert_eq!(got.0, status, "{spec}: {}", got.1);
+        assert_error(&got, status, expected[1], expected.get(2).copied());
+    }
 }
 
 /// Asserts a JSON error with `status`, `code` and (when given) the offending `field`.
@@ -552,24 +567,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             page(&second).iter().all(|id| id.as_str() > last),
             "{second}"
         );
-        assert_error(
-            &call(&http, "GET", &api("/users?limit=0"), None).await,
-            422,
-            "invalid",
-            Some("limit"),
-        );
-        assert_error(
-            &call(&http, "GET", &api("/users?limit=x"), None).await,
-            400,
-            "bad_request",
-            Some("limit"),
-        );
-        assert_error(
-            &call(&http, "GET", &api("/users?limit=2&limit=3"), None).await,
-            400,
-            "bad_request",
-            Some("limit"),
-        );
 
         let user = known_user(&http, &served, 50).await;
         let (s, got) = call(&http, "GET", &api(&format!("/users/{user}")), None).await;
@@ -577,12 +574,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             (s, got["user"]["long_term"].as_str()),
             (200, Some("als")),
             "{got}"
-        );
-        assert_error(
-            &call(&http, "GET", &api("/users/nobody-at-all"), None).await,
-            404,
-            "not_found",
-            Some("user_id"),
         );
 
         // The home feed: pages of one session never repeat a song.
@@ -601,36 +592,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             "a song came twice: {a:?} {b:?}"
         );
         assert_eq!(page1["songs"][0]["source"], "als", "{page1}");
-        assert_error(
-            &call(&http, "GET", &format!("{feed}&refresh=maybe"), None).await,
-            400,
-            "bad_request",
-            Some("refresh"),
-        );
-        assert_error(
-            &call(
-                &http,
-                "GET",
-                &api(&format!("/users/{user}/feed?limit=501")),
-                None,
-            )
-            .await,
-            422,
-            "invalid",
-            Some("limit"),
-        );
-        assert_error(
-            &call(&http, "GET", &api("/users/nobody/feed"), None).await,
-            404,
-            "not_found",
-            Some("user_id"),
-        );
-        assert_error(
-            &call(&http, "GET", &format!("{feed}&colour=red"), None).await,
-            400,
-            "bad_request",
-            Some("colour"),
-        );
 
         // Next songs: fused, and each tells why.
         let song = page1["songs"][0].clone();
@@ -659,18 +620,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             (parts - why["score"].as_f64().unwrap()).abs() < 1e-4,
             "{why}"
         );
-        assert_error(
-            &call(
-                &http,
-                "GET",
-                &api(&format!("/users/{user}/next/no-such-song")),
-                None,
-            )
-            .await,
-            404,
-            "not_found",
-            Some("current_song_id"),
-        );
 
         // Record play (the 30-second rule).
         let plays = api(&format!("/users/{user}/plays/{song_id}"));
@@ -679,30 +628,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             (s, played["short_term_updated"].as_bool()),
             (200, Some(true)),
             "{played}"
-        );
-        assert_error(
-            &call(&http, "POST", &format!("{plays}?decay=2"), None).await,
-            422,
-            "invalid",
-            Some("decay"),
-        );
-        assert_error(
-            &call(&http, "POST", &format!("{plays}?decay=NaN"), None).await,
-            400,
-            "bad_request",
-            Some("decay"),
-        );
-        assert_error(
-            &call(
-                &http,
-                "POST",
-                &api(&format!("/users/{user}/plays/no-such-song")),
-                None,
-            )
-            .await,
-            404,
-            "not_found",
-            Some("song_id"),
         );
         let (_, after) = call(&http, "GET", &api(&format!("/users/{user}")), None).await;
         assert_eq!(after["user"]["short_term"], true, "{after}");
@@ -724,24 +649,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
         let (_, one) = call(&http, "GET", &q("&limit=1"), None).await;
         assert_eq!(ids(&one).len(), 1);
         assert_eq!(one["has_more"], ids(&found).len() > 1);
-        assert_error(
-            &call(&http, "GET", &api("/search"), None).await,
-            422,
-            "invalid",
-            Some("query"),
-        );
-        assert_error(
-            &call(&http, "GET", &api("/search?query=%20"), None).await,
-            422,
-            "invalid",
-            Some("query"),
-        );
-        assert_error(
-            &call(&http, "GET", &q("&skip=-1"), None).await,
-            400,
-            "bad_request",
-            Some("skip"),
-        );
 
         // Songs and similar songs.
         let (s, detail) = call(&http, "GET", &api(&format!("/songs/{song_id}")), None).await;
@@ -749,12 +656,6 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             (s, detail["song"]["title"].as_str()),
             (200, Some(title)),
             "{detail}"
-        );
-        assert_error(
-            &call(&http, "GET", &api("/songs/no-such-song"), None).await,
-            404,
-            "not_found",
-            Some("song_id"),
         );
         let (s, similar) = call(
             &http,
@@ -786,69 +687,15 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             .await
             .unwrap();
         assert_eq!(beacon.status().as_u16(), 202);
-        assert_error(
-            &call(
-                &http,
-                "POST",
-                &events,
-                Some(&event_json(&user, &song, "rewind")),
-            )
-            .await,
-            422,
-            "invalid",
-            Some("action"),
-        );
-        assert_error(
-            &call(&http, "POST", &events, Some(&event_json("", &song, "skip"))).await,
-            422,
-            "invalid",
-            Some("user_id"),
-        );
-        assert_error(
-            &call(&http, "POST", &events, Some(r#"{"user_id": "u"}"#)).await,
-            422,
-            "invalid",
-            Some("track_id"),
-        );
-        assert_error(
-            &call(&http, "POST", &events, Some("{not json")).await,
-            400,
-            "bad_request",
-            Some("body"),
-        );
         let mut extra: serde_json::Value =
             serde_json::from_str(&event_json(&user, &song, "skip")).unwrap();
         extra["mood"] = "happy".into();
-        assert_error(
-            &call(&http, "POST", &events, Some(&extra.to_string())).await,
-            422,
-            "invalid",
-            Some("mood"),
-        );
         let mut late = extra.clone();
         late.as_object_mut().unwrap().remove("mood");
         late["timestamp_ms"] = (i64::MAX / 1000).into();
-        assert_error(
-            &call(&http, "POST", &events, Some(&late.to_string())).await,
-            422,
-            "invalid",
-            Some("timestamp"),
-        );
         let huge = format!(
             r#"{{"name": "{}"}}"#,
             "x".repeat(recsys_serve::http::BODY_LIMIT + 1)
-        );
-        assert_error(
-            &call(&http, "POST", &events, Some(&huge)).await,
-            413,
-            "too_large",
-            None,
-        );
-        assert_error(
-            &call(&http, "POST", &api("/users"), Some(&huge)).await,
-            413,
-            "too_large",
-            None,
         );
         wait_for_event(served.dir.path(), &user, song_id, "skip").await;
         wait_for_event(
@@ -856,6 +703,59 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             &user,
             next["songs"][0]["id"].as_str().unwrap(),
             "complete",
+        )
+        .await;
+
+        // Everything wrong with a request, each refused with the JSON error naming the field.
+        let vars = [("{user}", user.as_str()), ("{song}", song_id)];
+        let bodies = HashMap::from([
+            ("rewind", event_json(&user, &song, "rewind")),
+            ("anonymous", event_json("", &song, "skip")),
+            ("partial", r#"{"user_id": "u"}"#.to_string()),
+            ("broken", "{not json".to_string()),
+            ("mood", extra.to_string()),
+            ("late", late.to_string()),
+            ("huge", huge.clone()),
+            ("blank", r#"{"name": " "}"#.to_string()),
+            ("number", r#"{"name": 7}"#.to_string()),
+            ("list", "[]".to_string()),
+        ]);
+        refusals(
+            &http,
+            &served,
+            &vars,
+            &bodies,
+            &[
+                "GET /users?limit=0 → 422 invalid limit",
+                "GET /users?limit=x → 400 bad_request limit",
+                "GET /users?limit=2&limit=3 → 400 bad_request limit",
+                "GET /users/nobody-at-all → 404 not_found user_id",
+                "GET /users/{user}/feed?refresh=maybe → 400 bad_request refresh",
+                "GET /users/{user}/feed?limit=501 → 422 invalid limit",
+                "GET /users/nobody/feed → 404 not_found user_id",
+                "GET /users/{user}/feed?colour=red → 400 bad_request colour",
+                "GET /users/{user}/next/no-such-song → 404 not_found current_song_id",
+                "POST /users/{user}/plays/{song}?decay=2 → 422 invalid decay",
+                "POST /users/{user}/plays/{song}?decay=NaN → 400 bad_request decay",
+                "POST /users/{user}/plays/no-such-song → 404 not_found song_id",
+                "GET /search → 422 invalid query",
+                "GET /search?query=%20 → 422 invalid query",
+                "GET /search?query=a&skip=-1 → 400 bad_request skip",
+                "GET /songs/no-such-song → 404 not_found song_id",
+                "POST /events rewind → 422 invalid action",
+                "POST /events anonymous → 422 invalid user_id",
+                "POST /events partial → 422 invalid track_id",
+                "POST /events broken → 400 bad_request body",
+                "POST /events mood → 422 invalid mood",
+                "POST /events late → 422 invalid timestamp",
+                "POST /events huge → 413 too_large",
+                "POST /users huge → 413 too_large",
+                "POST /users blank → 422 invalid name",
+                "POST /users number → 422 invalid",
+                "POST /users list → 422 invalid",
+                "GET /recs/someone → 404 no_route",
+                "PUT /users → 405 method_not_allowed",
+            ],
         )
         .await;
 
@@ -885,52 +785,22 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             (200, Some("popularity")),
             "{cold}"
         );
-        assert_error(
-            &call(&http, "POST", &api("/users"), Some(r#"{"name": " "}"#)).await,
-            422,
-            "invalid",
-            Some("name"),
-        );
-        assert_error(
-            &call(&http, "POST", &api("/users"), Some(r#"{"name": 7}"#)).await,
-            422,
-            "invalid",
-            None,
-        );
-        assert_error(
-            &call(&http, "POST", &api("/users"), Some("[]")).await,
-            422,
-            "invalid",
-            None,
-        );
         let (s, _) = call(&http, "DELETE", &api(&format!("/users/{new_id}")), None).await;
         assert_eq!(s, 204);
-        assert_error(
-            &call(&http, "GET", &api(&format!("/users/{new_id}")), None).await,
-            404,
-            "not_found",
-            Some("user_id"),
-        );
-        assert_error(
-            &call(&http, "DELETE", &api(&format!("/users/{new_id}")), None).await,
-            404,
-            "not_found",
-            Some("user_id"),
-        );
+        let gone = [("{new}", new_id)];
+        refusals(
+            &http,
+            &served,
+            &gone,
+            &HashMap::new(),
+            &[
+                "GET /users/{new} → 404 not_found user_id",
+                "DELETE /users/{new} → 404 not_found user_id",
+            ],
+        )
+        .await;
 
         // No route, wrong method; gRPC still answers on the same port.
-        assert_error(
-            &call(&http, "GET", &api("/recs/someone"), None).await,
-            404,
-            "no_route",
-            None,
-        );
-        assert_error(
-            &call(&http, "PUT", &api("/users"), None).await,
-            405,
-            "method_not_allowed",
-            None,
-        );
         let (s, _) = call(&http, "GET", &format!("{}/nowhere", served.endpoint), None).await;
         assert_eq!(s, 404);
         let client = Client::connect(&served.endpoint).await.unwrap();
@@ -1113,21 +983,15 @@ async fn openapi_document_matches_the_routes() {
         }
         assert_eq!(checked, recsys_serve::http::ROUTES.len());
         // Paths the document does not list (the seed's among them) are not routed.
-        for path in [
-            "/recs/x",
-            "/user/x",
-            "/new-user",
-            "/logs/event",
-            "/users/x/y",
-            "/songs",
-        ] {
-            assert_error(
-                &call(&http, "GET", &served.api(path), None).await,
-                404,
-                "no_route",
-                None,
-            );
-        }
+        let unrouted = [
+            "GET /recs/x → 404 no_route",
+            "GET /user/x → 404 no_route",
+            "GET /new-user → 404 no_route",
+            "GET /logs/event → 404 no_route",
+            "GET /users/x/y → 404 no_route",
+            "GET /songs → 404 no_route",
+        ];
+        refusals(&http, &served, &[], &HashMap::new(), &unrouted).await;
         served.stop().await;
     })
     .await
@@ -1407,6 +1271,10 @@ async fn drive_the_player(
     b.click("#search button").await?;
     b.wait_for("search results", &format!("return [...document.querySelectorAll('#result-list button')].some(b => b.dataset.songId === '{first}');"), wait).await?;
 
+    // What it looks like (kept beside a failure's screenshot, for people).
+    b.screenshot(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("web_player.png"))
+        .await?;
+
     // Phone width: nothing wider than the screen.
     b.resize(390, 844).await?;
     let overflow = b
@@ -1551,7 +1419,8 @@ async fn sessions_survive_a_restart_and_are_shared_by_replicas() {
                 log,
             };
             let rec = Arc::new(Recommender::open(stores, Options::default()).await.unwrap());
-            replicas.push(Served::with(tempfile::tempdir().unwrap(), rec).await);
+            let replica = Served::with(tempfile::tempdir().unwrap(), rec, Duration::from_secs(30));
+            replicas.push(replica.await);
         }
         let (a, b) = (&replicas[0], &replicas[1]);
         let first = feed_page(&http, a, &user, true).await;
@@ -1584,12 +1453,9 @@ async fn sessions_survive_a_restart_and_are_shared_by_replicas() {
                 .0,
             204
         );
-        assert_error(
-            &call(&http, "GET", &b.api(&format!("/users/{new_id}/feed")), None).await,
-            404,
-            "not_found",
-            Some("user_id"),
-        );
+        let gone = [("{new}", new_id)];
+        let spec = ["GET /users/{new}/feed → 404 not_found user_id"];
+        refusals(&http, b, &gone, &HashMap::new(), &spec).await;
         for r in replicas {
             r.stop().await;
         }
