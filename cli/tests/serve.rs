@@ -823,6 +823,16 @@ async fn json_api_serves_every_route_and_refuses_bad_input() {
             .await
             .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
+        // A gRPC service this port does not serve is gRPC's UNIMPLEMENTED, not a JSON 404.
+        let channel = tonic::transport::Endpoint::from_shared(served.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut ingest = recsys_proto::v1::ingest_service_client::IngestServiceClient::new(channel);
+        let event = recsys_proto::v1::ListenEvent::default();
+        let unimplemented = ingest.log_event(event).await.unwrap_err();
+        assert_eq!(unimplemented.code(), tonic::Code::Unimplemented);
 
         // The operator's view.
         let (s, status) = call(&http, "GET", &api("/status"), None).await;
