@@ -86,6 +86,9 @@ struct Plays {
 enum Kind {
     Feed,
     Next,
+    /// The ids a feed or next-songs session generated (written on refills only).
+    FeedSeen,
+    NextSeen,
     Short,
     Plays,
 }
@@ -95,6 +98,8 @@ impl Kind {
         let prefix = match self {
             Kind::Feed => "feed",
             Kind::Next => "next",
+            Kind::FeedSeen => "feed-seen",
+            Kind::NextSeen => "next-seen",
             Kind::Short => "short",
             Kind::Plays => "plays",
         };
@@ -103,14 +108,29 @@ impl Kind {
 
     fn ttl(self) -> Duration {
         match self {
-            Kind::Feed => FEED.ttl,
-            Kind::Next => NEXT_SONGS.ttl,
+            Kind::Feed | Kind::FeedSeen => FEED.ttl,
+            Kind::Next | Kind::NextSeen => NEXT_SONGS.ttl,
             Kind::Short => SHORT_TERM_TTL,
             Kind::Plays => PLAYS_TTL,
         }
     }
 
-    const ALL: [Kind; 4] = [Kind::Feed, Kind::Next, Kind::Short, Kind::Plays];
+    const ALL: [Kind; 6] = [
+        Kind::Feed,
+        Kind::Next,
+        Kind::FeedSeen,
+        Kind::NextSeen,
+        Kind::Short,
+        Kind::Plays,
+    ];
+
+    /// Where the generated ids of a queue kind are kept.
+    fn seen(self) -> Kind {
+        match self {
+            Kind::Next => Kind::NextSeen,
+            _ => Kind::FeedSeen,
+        }
+    }
 }
 
 /// A session value as stored: JSON.
@@ -545,15 +565,21 @@ impl Recommender {
                     .unwrap_or_default()
             };
             let want = queue.wanted(policy);
+            let mut writes = Vec::with_capacity(2);
             if want > 0 {
+                // The generated set is read and written only here (a refill every few pages).
+                if !refresh
+                    && let Some(seen) = self.read(kind.seen(), &[user]).await?.pop().flatten()
+                {
+                    queue.set_seen(seen);
+                }
                 let picks = generate(want, queue.seen().clone()).await?;
                 queue.push(picks, policy);
+                writes.push(encode(kind.seen(), user, queue.seen()));
             }
             let page = queue.pop(limit, policy);
-            self.stores
-                .catalog
-                .put_sessions(&[encode(kind, user, &queue)])
-                .await?;
+            writes.push(encode(kind, user, &queue));
+            self.stores.catalog.put_sessions(&writes).await?;
             page
         };
         Ok(Listing {

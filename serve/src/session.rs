@@ -87,16 +87,21 @@ impl Pick {
     }
 }
 
+/// Stored in two parts: the queue with the count of songs generated (written on every page),
+/// and the set of generated ids ([`Queue::seen`], written only when a refill grows it).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Queue {
     queued: VecDeque<(String, Pick)>,
+    #[serde(skip)]
     generated: HashSet<String>,
+    /// `generated.len()`, also when the set is not loaded.
+    count: usize,
 }
 
 impl Queue {
     /// How many songs to generate now (0 when enough are queued or the session is full).
     pub fn wanted(&self, policy: &QueuePolicy) -> usize {
-        let generated = self.generated.len();
+        let generated = self.count;
         if self.queued.len() < policy.min_queued && generated < policy.cap {
             policy.batch.min(policy.cap - generated)
         } else {
@@ -109,6 +114,12 @@ impl Queue {
         &self.generated
     }
 
+    /// Loads the stored set of generated ids (needed before a refill).
+    pub fn set_seen(&mut self, seen: HashSet<String>) {
+        self.generated = seen;
+        self.count = self.count.max(self.generated.len());
+    }
+
     /// Queues `ids`, skipping any seen before, up to the session cap; returns how many were
     /// queued.
     pub fn push(
@@ -118,11 +129,12 @@ impl Queue {
     ) -> usize {
         let mut added = 0;
         for (id, pick) in picks {
-            if self.generated.len() >= policy.cap {
+            if self.count >= policy.cap {
                 break;
             }
             if self.generated.insert(id.clone()) {
                 self.queued.push_back((id, pick));
+                self.count += 1;
                 added += 1;
             }
         }
@@ -134,8 +146,7 @@ impl Queue {
     pub fn pop(&mut self, limit: usize, policy: &QueuePolicy) -> (Vec<(String, Pick)>, bool) {
         let take = limit.min(self.queued.len());
         let out: Vec<(String, Pick)> = self.queued.drain(..take).collect();
-        let has_more =
-            !out.is_empty() && (!self.queued.is_empty() || self.generated.len() < policy.cap);
+        let has_more = !out.is_empty() && (!self.queued.is_empty() || self.count < policy.cap);
         (out, has_more)
     }
 }
@@ -205,7 +216,14 @@ mod tests {
         q.push(picks, &FEED);
         q.pop(5, &FEED);
         let stored = serde_json::to_vec(&q).unwrap();
+        let seen = serde_json::to_vec(q.seen()).unwrap();
         let mut back: Queue = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(
+            back.wanted(&FEED),
+            q.wanted(&FEED),
+            "the count travels with the queue"
+        );
+        back.set_seen(serde_json::from_slice(&seen).unwrap());
         // The served songs stay seen; the rest come out in order, with why they were picked.
         assert_eq!(back.seen(), q.seen());
         assert!(back.seen().contains("s3"));
