@@ -552,7 +552,7 @@ impl EventBody {
             Ok(Action::Skip) => Proto::Skip,
             Err(e) => return Err(ApiError::invalid("action", e.to_string())),
         };
-        let timestamp_ms = self.timestamp_ms.unwrap_or_else(crate::recommender::now_ms);
+        let timestamp_ms = self.timestamp_ms.unwrap_or_else(recsys_catalog::now_ms);
         Ok(ListenEvent {
             user_id: self.user_id,
             track_id: self.track_id,

@@ -879,16 +879,8 @@ async fn als_candidates(
         .map_err(|e| ServeError::Task(e.to_string()))
 }
 
-/// Milliseconds since the epoch, by this machine's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 fn new_user(id: &str, name: Option<String>) -> User {
-    let now_ms = now_ms();
+    let now_ms = recsys_catalog::now_ms();
     User {
         stats: UserStats {
             id: id.to_string(),
