@@ -168,10 +168,8 @@ impl Door {
                         refresh,
                         exclude_heard: false,
                     })
-                    .await?
-                    .into_inner();
-                let first = r.songs.first().and_then(|s| s.song.as_ref());
-                Ok((first.map(|s| s.id.clone()), r.has_more))
+                    .await?;
+                Ok(grpc_page(r.get_ref()))
             }
             Door::Http(http, base) => {
                 let url = format!("{base}/api/v1/users/{user}/feed?limit=32&refresh={refresh}");
@@ -192,10 +190,8 @@ impl Door {
                         limit: 32,
                         refresh,
                     })
-                    .await?
-                    .into_inner();
-                let first = r.songs.first().and_then(|s| s.song.as_ref());
-                Ok((first.map(|s| s.id.clone()), r.has_more))
+                    .await?;
+                Ok(grpc_page(r.get_ref()))
             }
             Door::Http(http, base) => {
                 let url =
@@ -204,6 +200,11 @@ impl Door {
             }
         }
     }
+}
+
+fn grpc_page(r: &recsys_proto::v1::Recommendations) -> Page {
+    let first = r.songs.first().and_then(|s| s.song.as_ref());
+    (first.map(|s| s.id.clone()), r.has_more)
 }
 
 async fn json_page(http: &reqwest::Client, url: &str) -> Result<Page> {
