@@ -22,7 +22,8 @@ use redb::{
 
 use crate::text::{cap_candidates, query_words, rank, song_terms};
 use crate::{
-    Catalog, CatalogError, CatalogStats, Lyrics, LyricsStatus, Page, Song, SongStats, User,
+    Catalog, CatalogError, CatalogStats, Lyrics, LyricsStatus, Page, PlayCounts, Song, SongStats,
+    User,
 };
 
 const SONGS: TableDefinition<&str, &[u8]> = TableDefinition::new("songs");
@@ -270,6 +271,40 @@ impl Catalog for EmbeddedCatalog {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn set_play_counts(
+        &self,
+        counts: &[PlayCounts],
+        create: bool,
+    ) -> Result<u64, CatalogError> {
+        let counts = counts.to_vec();
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut songs = Vec::with_capacity(counts.len());
+            {
+                let docs = tx.open_table(SONGS)?;
+                for c in counts {
+                    let stats = match get_song(&docs, &c.id)? {
+                        Some(old) => old.stats,
+                        None if create => SongStats {
+                            id: c.id.clone(),
+                            ..SongStats::default()
+                        },
+                        None => continue,
+                    };
+                    songs.push(SongStats {
+                        plays: c.plays,
+                        plays_7d: c.plays_7d,
+                        ..stats
+                    });
+                }
+            }
+            upsert_songs(&tx, &songs)?;
+            tx.commit()?;
+            Ok(songs.len() as u64)
         })
         .await
     }

@@ -30,7 +30,7 @@ pub use embedded::EmbeddedCatalog;
 pub use mongo::{MongoCatalog, MongoOptions};
 
 /// A song's play statistics and names, as the ETL computes them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SongStats {
     /// Track id: the MusicBrainz id, or the stable derived id (see `recsys_core::ids`).
     pub id: String,
@@ -47,6 +47,16 @@ pub struct SongStats {
     pub last_played_ms: Option<i64>,
     /// Seconds, when some event reported it.
     pub duration_s: Option<f64>,
+}
+
+/// A song's play counts, as the orchestrator's counts job sets them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayCounts {
+    pub id: String,
+    /// Plays over the whole history.
+    pub plays: i64,
+    /// Plays in the 7-day window.
+    pub plays_7d: i64,
 }
 
 /// Where lyrics enrichment got with a song.
@@ -278,6 +288,15 @@ pub trait Catalog: Send + Sync {
 
     /// Forgets sessions by key.
     async fn delete_sessions(&self, keys: &[String]) -> Result<(), CatalogError>;
+
+    /// Sets the play counts of songs (values, never increments: a repeated call changes
+    /// nothing). A song missing from the catalog is created, with only its id and counts, when
+    /// `create`, else left out. Returns how many songs were set.
+    async fn set_play_counts(
+        &self,
+        counts: &[PlayCounts],
+        create: bool,
+    ) -> Result<u64, CatalogError>;
 
     /// A job's saved position (e.g. how far a load got), if any.
     async fn checkpoint(&self, key: &str) -> Result<Option<String>, CatalogError>;

@@ -19,8 +19,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use crate::text::{cap_candidates, query_words, rank, song_terms};
 use crate::{
-    Catalog, CatalogError, CatalogStats, LatentVector, Lyrics, LyricsStatus, Page, Song, SongStats,
-    User, UserStats,
+    Catalog, CatalogError, CatalogStats, LatentVector, Lyrics, LyricsStatus, Page, PlayCounts,
+    Song, SongStats, User, UserStats,
 };
 
 /// Connection settings (every one also a flag and an environment variable of the CLI).
@@ -634,6 +634,29 @@ impl Catalog for MongoCatalog {
     async fn delete_sessions(&self, keys: &[String]) -> Result<(), CatalogError> {
         self.delete("sessions", keys).await?;
         Ok(())
+    }
+
+    async fn set_play_counts(
+        &self,
+        counts: &[PlayCounts],
+        create: bool,
+    ) -> Result<u64, CatalogError> {
+        let updates = counts
+            .iter()
+            .map(|c| {
+                let mut update = doc! {
+                    "$set": { "plays_cumulative": c.plays, "plays_7d": c.plays_7d },
+                };
+                if create {
+                    update.insert(
+                        "$setOnInsert",
+                        doc! { "track_name": "", "artist_name": "", "artist_id": "", "listeners": 0_i64, "terms": [] },
+                    );
+                }
+                (c.id.clone(), update)
+            })
+            .collect();
+        self.update("songs", updates, create).await
     }
 
     async fn checkpoint(&self, key: &str) -> Result<Option<String>, CatalogError> {

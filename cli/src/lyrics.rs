@@ -113,27 +113,61 @@ impl ShardRunner for ClusterShards<'_> {
 /// Where lyrics come from.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
-    /// LRCLIB API base URL (e.g. `https://lrclib.net`); without it the generator's lyrics file is
-    /// read through the same interface.
+    /// LRCLIB API base URL (e.g. `https://lrclib.net`); without it the lyrics file is read
+    /// through the same interface.
     #[arg(long, env = "RECSYS_LRCLIB_URL")]
     pub lrclib_url: Option<String>,
-    /// The offline lyrics file, relative to the lake.
-    #[arg(long, env = "RECSYS_LYRICS_FILE", default_value_t = format!("{RAW_DIR}/{}", recsys_datasets::LYRICS_FILE))]
-    pub lyrics_file: String,
+    /// The offline lyrics file (JSON lines of `track_name`, `artist_name`, `plain_lyrics`, as
+    /// the generator writes), relative to the lake [default: raw/lyrics.jsonl].
+    #[arg(long, env = "RECSYS_LYRICS_FILE")]
+    pub lyrics_file: Option<String>,
     /// Per-request timeout, seconds.
     #[arg(long, env = "RECSYS_LRCLIB_TIMEOUT_S", default_value_t = 15)]
     pub timeout_s: u64,
 }
 
 impl SourceArgs {
+    /// The source, for messages.
+    pub fn describe(&self) -> String {
+        match &self.lrclib_url {
+            Some(url) => url.clone(),
+            None => self.file(),
+        }
+    }
+
+    fn file(&self) -> String {
+        self.lyrics_file
+            .clone()
+            .unwrap_or_else(|| format!("{RAW_DIR}/{}", recsys_datasets::LYRICS_FILE))
+    }
+
     async fn open(&self, lake: &Store) -> Result<Box<dyn LyricsApi>> {
         Ok(match &self.lrclib_url {
             Some(url) => Box::new(Lrclib::new(
                 url,
                 Duration::from_secs(self.timeout_s.max(1)),
             )?),
-            None => Box::new(LyricsFile::open(lake, &self.lyrics_file).await?),
+            None => Box::new(LyricsFile::open(lake, &self.file()).await?),
         })
+    }
+
+    /// Whether there is a lyrics source: an LRCLIB URL, or the lyrics file in the lake. A file
+    /// named with `--lyrics-file` must exist; the default one only when `generated` (the
+    /// generator just wrote it: a file left by an earlier run would not describe this input).
+    pub async fn available(&self, lake: &Store, generated: bool) -> Result<bool> {
+        if self.lrclib_url.is_some() {
+            return Ok(true);
+        }
+        if self.lyrics_file.is_none() && !generated {
+            return Ok(false);
+        }
+        let file = self.file();
+        match object_store::ObjectStoreExt::head(&*lake.object_store(), &lake.path(&file)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) if self.lyrics_file.is_none() => Ok(false),
+            Err(e) => Err(anyhow::Error::new(lake.error(&file, e))
+                .context(format!("the lyrics file given with --lyrics-file ({file})"))),
+        }
     }
 }
 

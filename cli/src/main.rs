@@ -15,6 +15,7 @@ mod data;
 mod docs;
 mod lyrics;
 mod netns;
+mod orchestrate;
 mod peers;
 mod pipeline;
 mod progress;
@@ -145,6 +146,10 @@ enum Commands {
     Serve(serve::ServeArgs),
     /// Checks a live recommendation service end to end and prints a pass/fail table.
     Verify(serve::VerifyArgs),
+    /// Keep play counts and the 7-day window current, unattended (or run one job with --once).
+    Orchestrate(orchestrate::OrchestrateArgs),
+    /// The orchestrator's jobs, the model, catalog counts and event lag (--json for scripts).
+    Status(orchestrate::StatusArgs),
     /// Measure a step against its peers (Spark, DuckDB, implicit, PyTorch) run beside it.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -253,6 +258,8 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Sink(args) => stream::run_sink_command(&cli.lake, &args).await.map(|_| ()),
         Commands::Serve(args) => serve::run_serve(&cli.lake, &args).await,
         Commands::Verify(args) => serve::run_verify(&cli.lake, &args).await,
+        Commands::Orchestrate(args) => orchestrate::run(&cli.lake, args).await,
+        Commands::Status(args) => orchestrate::status(&cli.lake, args).await,
         Commands::Bench(cmd) => bench::run(&cli.lake, cmd).await,
         Commands::Docs(cmd) => {
             docs::run(cmd);

@@ -84,6 +84,16 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         }
     };
 
+    // Lyrics come from LRCLIB, a lyrics file, or (the demo) the generator's file. Without any
+    // the run says so now, then trains, loads and serves without lyrics and embeddings.
+    let lyrics = args.lyrics.available(&lake, args.input.is_none()).await?;
+    if !lyrics {
+        println!(
+            "no lyrics source: lyrics and embeddings are skipped and the server is ALS only \
+             (give one with --lrclib-url URL, or --lyrics-file FILE: JSON lines in the lake)"
+        );
+    }
+
     let cluster = args.cluster.connect(&lake_args.s3).await?;
     let tsv = clean_input(lake_args, &lake, Some(&input)).await?;
     let cleaned = clean(&cluster, &tsv, &lake).await?;
@@ -110,6 +120,8 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     if replay.kafka.kafka.is_none() && replay.via.is_none() {
         // The pipeline rebuilds the lake from its input: a previous run's events go first.
         recsys_ingest::sink::clear(&lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
+        // ...and the play counts aggregated from them (`recsys orchestrate`).
+        recsys_ingest::counts::clear(&lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
     }
     let streamed = crate::stream::run_replay(lake_args, &replay).await?;
     if let Some(brokers) = &replay.kafka.kafka {
@@ -175,52 +187,20 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         detail: catalog.describe(),
     });
 
-    // Lyrics: enrichment, then clean & sync (songs without lyrics leave catalog and vector
-    // store), then embeddings of what remains.
-    let fetched = crate::lyrics::fetch(
-        &lake,
-        catalog.as_ref(),
-        &args.lyrics,
-        &recsys_embed::enrich::EnrichOptions::default(),
-    )
-    .await?;
-    steps.push(Step {
-        name: "lyrics",
-        elapsed: fetched.1,
-        rows: fetched.0.songs(),
-        detail: format!(
-            "{} found, {} missing, {} instrumental, {} errors",
-            fetched.0.found, fetched.0.missing, fetched.0.instrumental, fetched.0.errors
-        ),
-    });
     let vectors = args.vectors.open(&lake).await?;
-    let t = Instant::now();
-    let removed =
-        crate::lyrics::clean_sync(catalog.as_ref(), vectors.as_ref(), false, true).await?;
-    steps.push(Step {
-        name: "clean-sync",
-        elapsed: t.elapsed(),
-        rows: removed,
-        detail: "songs without lyrics removed from catalog and vectors".into(),
-    });
-    let embedded = crate::lyrics::embed(
-        &cluster,
-        &lake,
-        catalog.as_ref(),
-        vectors.as_ref(),
-        &args.model,
-        &recsys_embed::job::EmbedJobOptions::default(),
-    )
-    .await?;
-    steps.push(Step {
-        name: "embed",
-        elapsed: embedded.1,
-        rows: embedded.0.embedded,
-        detail: format!(
-            "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
-            embedded.0.already_done, embedded.0.too_short
-        ),
-    });
+    let embedded = if lyrics {
+        lyrics_steps(
+            &args,
+            &cluster,
+            &lake,
+            catalog.as_ref(),
+            vectors.as_ref(),
+            &mut steps,
+        )
+        .await?
+    } else {
+        None
+    };
 
     println!();
     print_clean(&cleaned);
@@ -249,9 +229,13 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     println!();
     crate::catalog::print_etl(&etl);
     crate::catalog::print_load(catalog.as_ref(), &loaded, load_elapsed);
-    crate::lyrics::print_embed(&embedded);
+    if let Some(embedded) = &embedded {
+        crate::lyrics::print_embed(embedded);
+    }
     crate::als::print_summary(&trained, &lake);
-    crate::lyrics::print_lyrics_neighbours(catalog.as_ref(), vectors.as_ref(), 2, 5).await?;
+    if embedded.is_some() {
+        crate::lyrics::print_lyrics_neighbours(catalog.as_ref(), vectors.as_ref(), 2, 5).await?;
+    }
 
     // Serving: the recommendation service on the embedded stores, verified end to end; its
     // logged events go to the embedded log like the streamed ones.
@@ -262,11 +246,84 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     .await?;
     let log: std::sync::Arc<recsys_ingest::EmbeddedLog> = std::sync::Arc::new(log);
     let keep = args.keep_serving;
-    let served =
-        crate::serve::serve_and_verify(&lake, catalog.into(), vectors.into(), log.clone(), keep)
-            .await;
+    let served = crate::serve::serve_and_verify(
+        &lake,
+        catalog.into(),
+        vectors.into(),
+        log.clone(),
+        embedded.is_some(),
+        keep,
+    )
+    .await;
     log.shutdown().await?;
     served
+}
+
+/// Lyrics: enrichment, then clean & sync (songs without lyrics leave catalog and vector store),
+/// then embeddings of what remains. `None` when the source found no lyrics for any song (it does
+/// not describe this catalog): clean & sync would empty the catalog, so neither it nor the
+/// embedding runs.
+async fn lyrics_steps(
+    args: &PipelineArgs,
+    cluster: &recsys_jobs::Cluster,
+    lake: &recsys_core::Store,
+    catalog: &dyn recsys_catalog::Catalog,
+    vectors: &dyn recsys_vectors::VectorStore,
+    steps: &mut Vec<Step>,
+) -> Result<Option<(recsys_embed::job::EmbedReport, Duration)>> {
+    let fetched = crate::lyrics::fetch(
+        lake,
+        catalog,
+        &args.lyrics,
+        &recsys_embed::enrich::EnrichOptions::default(),
+    )
+    .await?;
+    steps.push(Step {
+        name: "lyrics",
+        elapsed: fetched.1,
+        rows: fetched.0.songs(),
+        detail: format!(
+            "{} found, {} missing, {} instrumental, {} errors",
+            fetched.0.found, fetched.0.missing, fetched.0.instrumental, fetched.0.errors
+        ),
+    });
+    let stats = catalog.stats().await?;
+    if stats.songs > 0 && stats.with_lyrics(recsys_catalog::LyricsStatus::Found) == 0 {
+        println!(
+            "the lyrics source ({}) has lyrics for none of the catalog's {} songs: clean & sync \
+             and embeddings are skipped (they would empty the catalog); the server is ALS only",
+            args.lyrics.describe(),
+            stats.songs
+        );
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let removed = crate::lyrics::clean_sync(catalog, vectors, false, true).await?;
+    steps.push(Step {
+        name: "clean-sync",
+        elapsed: t.elapsed(),
+        rows: removed,
+        detail: "songs without lyrics removed from catalog and vectors".into(),
+    });
+    let embedded = crate::lyrics::embed(
+        cluster,
+        lake,
+        catalog,
+        vectors,
+        &args.model,
+        &recsys_embed::job::EmbedJobOptions::default(),
+    )
+    .await?;
+    steps.push(Step {
+        name: "embed",
+        elapsed: embedded.1,
+        rows: embedded.0.embedded,
+        detail: format!(
+            "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
+            embedded.0.already_done, embedded.0.too_short
+        ),
+    });
+    Ok(Some(embedded))
 }
 
 /// Waits until the sink has written every event of `topic` (as of now) to the lake's `events/`.

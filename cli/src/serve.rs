@@ -92,6 +92,10 @@ pub struct VerifyArgs {
     /// the server's embedded log, or the Kafka sink's output.
     #[arg(long, env = "RECSYS_VERIFY_EVENTS")]
     pub events: bool,
+    /// The server has no lyrics vectors (a pipeline run without a lyrics source): hybrid next
+    /// songs are not expected.
+    #[arg(long, env = "RECSYS_VERIFY_NO_LYRICS")]
+    pub no_lyrics: bool,
 }
 
 /// Serves until SIGINT/SIGTERM.
@@ -142,7 +146,7 @@ pub async fn run_verify(lake: &LakeArgs, args: &VerifyArgs) -> Result<()> {
         None
     };
     let client = Client::connect(&args.endpoint).await?;
-    let report = verify(&client, events.as_ref()).await;
+    let report = verify(&client, events.as_ref(), !args.no_lyrics).await;
     println!("recsys verify {}\n{report}", args.endpoint);
     if !report.passed() {
         bail!("verification of {} failed", args.endpoint);
@@ -158,6 +162,7 @@ pub async fn serve_and_verify(
     catalog: Arc<dyn Catalog>,
     vectors: Arc<dyn VectorStore>,
     log: Arc<dyn EventLog>,
+    lyrics: bool,
     keep: Option<SocketAddr>,
 ) -> Result<()> {
     let rec = Arc::new(
@@ -188,7 +193,7 @@ pub async fn serve_and_verify(
         },
     ));
     let client = Client::connect(&endpoint).await?;
-    let report = verify(&client, Some(lake)).await;
+    let report = verify(&client, Some(lake), lyrics).await;
     println!("\nrecsys verify {endpoint} (the pipeline's server)\n{report}");
     let sampled = print_samples(&client).await;
     if keep.is_some() && report.passed() && sampled.is_ok() {

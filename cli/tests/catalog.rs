@@ -34,8 +34,8 @@ type Row = (
     &'static str,
 );
 
-/// Hand-made listens. The anchor (latest play) is day 10 12:00, so `plays_7d` counts plays
-/// from day 3 12:00 on (inclusive).
+/// Hand-made listens. The anchor (latest play) is day 10 12:00, so `plays_7d` counts plays of
+/// the 7 UTC days 4 to 10.
 fn fixture() -> Vec<Row> {
     vec![
         ("u1", D0 + 10 * HOUR, "a1", "Art X", "t1", "Song A"),
@@ -55,7 +55,7 @@ fn fixture() -> Vec<Row> {
         ("u1", D0 + 2 * DAY, "a1", "Art X", "t3", "Song C"),
         ("u3", D0 + 8 * DAY, "a1", "Art X", "t3", "Song C"),
         ("u2", D0 + 4 * DAY, "a1", "Art X", "t3", "song c"),
-        // t4: a tie between spellings goes to the smallest; one play exactly at the 7-day edge.
+        // t4: a tie between spellings goes to the smallest; plays on day 3, outside the window.
         ("u4", D0 + 3 * DAY + 12 * HOUR, "a4", "Art Z", "t4", "Zeta"),
         ("u4", D0 + 3 * DAY + 11 * HOUR, "a4", "Art Z", "t4", "Alpha"),
     ]
@@ -277,7 +277,7 @@ async fn etl_aggregates_listens_as_computed_by_hand() {
                 "t4",
                 song(
                     ("Alpha", "Art Z", "a4"),
-                    [2, 1, 1],
+                    [2, 0, 1],
                     (D0 + 3 * DAY + 11 * HOUR, D0 + 3 * DAY + 12 * HOUR),
                 ),
             ),

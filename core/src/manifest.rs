@@ -22,7 +22,7 @@ pub struct EtlManifest {
     pub run_id: String,
     /// Where the plays came from (`listens` or `events`).
     pub source: String,
-    /// The latest play (µs): `plays_7d` counts plays in `[anchor - 7 days, anchor]`.
+    /// The latest play (µs): `plays_7d` counts plays of the 7 UTC days ending with its day.
     pub anchor_us: i64,
     pub plays: u64,
     pub songs: TableFiles,

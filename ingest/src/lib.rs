@@ -7,6 +7,7 @@
 //! on it to log events, not the reverse).
 
 pub mod consume;
+pub mod counts;
 pub mod event;
 mod kafka_logs;
 pub mod log;

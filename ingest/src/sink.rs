@@ -116,12 +116,12 @@ pub struct Sink {
 }
 
 /// `<topic>-p<partition>-<first>-<last>.parquet`, zero-padded so names sort by offset.
-fn file_name(topic: &str, partition: i32, first: i64, last: i64) -> String {
+pub(crate) fn file_name(topic: &str, partition: i32, first: i64, last: i64) -> String {
     format!("{topic}-p{partition:04}-{first:020}-{last:020}.parquet")
 }
 
 /// (partition, first, last) of a file this sink wrote for `topic`.
-fn parse_file_name(topic: &str, name: &str) -> Option<(i32, i64, i64)> {
+pub(crate) fn parse_file_name(topic: &str, name: &str) -> Option<(i32, i64, i64)> {
     let rest = name.strip_prefix(topic)?.strip_prefix("-p")?;
     let rest = rest.strip_suffix(".parquet")?;
     let mut parts = rest.splitn(3, '-');
@@ -180,7 +180,7 @@ pub async fn clear(store: &Store, topic: &str) -> Result<usize, SinkError> {
     Ok(files.len())
 }
 
-async fn topic_files(
+pub(crate) async fn topic_files(
     store: &Store,
     topic: &str,
 ) -> Result<Vec<(object_store::path::Path, (i32, i64, i64))>, SinkError> {

@@ -7,8 +7,9 @@
 //! skips are not plays), else from the sorted listens (every row a play). Titles and artists
 //! come from the sorted listens: when one track id was listened to under several spellings, the
 //! most frequent (title, artist, artist id) wins, ties broken by the smallest value, so every run
-//! picks the same. `plays_7d` counts plays in the last 7 days of the data (the anchor is the
-//! latest play, not the wall clock: the data may be years old).
+//! picks the same. `plays_7d` counts plays of the 7 UTC days ending with the anchor's day (the
+//! anchor is the latest play, not the wall clock: the data may be years old), the window the
+//! orchestrator's counts job keeps (`recsys_ingest::counts`).
 //!
 //! Both tables are spread over a fixed number of files by a stable hash of their id
 //! (`recsys_bucket`) and sorted by id inside each file: the same input gives the same files.
@@ -84,7 +85,7 @@ pub async fn run_etl(
         }
         (n.value(0) as u64, max.value(0))
     };
-    let since = anchor - 7 * MICROS_PER_DAY;
+    let since = (anchor.div_euclid(MICROS_PER_DAY) - 6) * MICROS_PER_DAY;
     tracing::debug!(elapsed = ?started.elapsed(), plays = count, "etl: planned");
 
     let songs = ctx

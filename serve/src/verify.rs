@@ -166,6 +166,8 @@ struct Verifier {
     known_user: Option<String>,
     /// Songs of the known user's feed.
     feed: Vec<String>,
+    /// Whether the server has lyrics vectors (a pipeline without a lyrics source has none).
+    lyrics: bool,
 }
 
 impl Verifier {
@@ -415,8 +417,13 @@ impl Verifier {
         let Some(user) = &self.known_user else {
             return Ok(Err("needs the known user of the feed check".into()));
         };
+        if !self.lyrics {
+            return Ok(Err("no lyrics source: the server is ALS only".into()));
+        }
         let Some(current) = self.feed_song(true).await? else {
-            return Ok(Err("no song of the feed has a lyrics vector".into()));
+            return Err(Status::failed_precondition(
+                "no song of the known user's feed has a lyrics vector",
+            ));
         };
         let (pages, served) = self.next_session(user, &current).await?;
         let neighbours: HashSet<String> = ids(&self
@@ -754,12 +761,15 @@ async fn find_event(lake: &Store, user: &str, since: SystemTime) -> Result<Optio
     Ok(None)
 }
 
-/// Runs every check against `client`; `events` is the lake whose `events/` logged events reach.
-pub async fn verify(client: &Client, events: Option<&Store>) -> Report {
+/// Runs every check against `client`; `events` is the lake whose `events/` logged events reach;
+/// `lyrics`: whether the server should have lyrics vectors (hybrid next songs are checked only
+/// then, and their absence fails).
+pub async fn verify(client: &Client, events: Option<&Store>, lyrics: bool) -> Report {
     let mut v = Verifier {
         client: client.clone(),
         known_user: None,
         feed: Vec::new(),
+        lyrics,
     };
     let mut report = Report::default();
     report.record("health", v.health().await);
