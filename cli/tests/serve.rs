@@ -1703,12 +1703,39 @@ fn assert_counts_match_recount(lake: &Path, counts: &HashMap<String, (i64, i64)>
 fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     let copy = lake_copy();
     let lake = copy.path().to_path_buf();
+    // The pipeline's verification logged events at the wall clock, after its ETL: take them
+    // away, so that events/ holds what the ETL counted (the replayed history) and its last
+    // date is the ETL's anchor.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lake.join("catalog/MANIFEST.json")).unwrap())
+            .unwrap();
+    let anchor_day = manifest["anchor_us"]
+        .as_i64()
+        .unwrap()
+        .div_euclid(86_400_000_000);
+    let (y, m, d) = civil(anchor_day);
+    let last = format!("date={y:04}-{m:02}-{d:02}");
+    for day in std::fs::read_dir(lake.join("events")).unwrap() {
+        let day = day.unwrap();
+        if day.file_name().to_string_lossy().as_ref() > last.as_str() {
+            std::fs::remove_dir_all(day.path()).unwrap();
+        }
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let before = rt.block_on(catalog_counts(&lake));
     let out = recsys_ok(&lake, &["orchestrate", "--once", "counts"]);
     assert!(out.contains("counts: "), "{out}");
     let after = rt.block_on(catalog_counts(&lake));
-    assert_eq!(before, after, "the first count changed the ETL's numbers");
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(id, c)| before.get(*id) != Some(c))
+        .map(|(id, c)| (id, before.get(id), c))
+        .take(10)
+        .collect();
+    assert!(
+        changed.is_empty() && before.len() == after.len(),
+        "the first count changed the ETL's numbers (id, before, after): {changed:?}"
+    );
 
     // Plays of a known song a day after the newest event, while the orchestrator runs.
     let (song, (plays, _)) = after
