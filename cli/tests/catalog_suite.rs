@@ -348,6 +348,36 @@ async fn search_ranks_and_pages(c: &dyn Catalog) {
     }
 }
 
+/// The counts job's writes: values set (a repeat changes nothing), known songs keep their
+/// names and the top-N order follows, unknown songs created only when asked.
+async fn play_counts_are_set_not_added(c: &dyn Catalog) {
+    use recsys_catalog::PlayCounts;
+    c.upsert_songs(&[song("a", "A", "X", 100, 5), song("b", "B", "X", 10, 9)])
+        .await
+        .unwrap();
+    let counts = |id: &str, plays, plays_7d| PlayCounts {
+        id: id.into(),
+        plays,
+        plays_7d,
+    };
+    let set = [counts("a", 120, 25), counts("new", 3, 3)];
+    assert_eq!(c.set_play_counts(&set, false).await.unwrap(), 1);
+    assert!(
+        c.song("new").await.unwrap().is_none(),
+        "created without `create`"
+    );
+    assert_eq!(c.set_play_counts(&set, true).await.unwrap(), 2);
+    assert_eq!(c.set_play_counts(&set, true).await.unwrap(), 2);
+    let a = c.song("a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.stats.track_name.as_str(), a.stats.plays, a.stats.plays_7d),
+        ("A", 120, 25)
+    );
+    let new = c.song("new").await.unwrap().unwrap();
+    assert_eq!((new.stats.plays, new.stats.plays_7d), (3, 3));
+    assert_eq!(ids(&c.top_songs(10).await.unwrap()), vec!["a", "b", "new"]);
+}
+
 async fn top_by_plays_7d(c: &dyn Catalog) {
     c.upsert_songs(&[
         song("a", "A", "X", 100, 5),
@@ -675,6 +705,7 @@ suite!(
     batch_lookup_listing_and_names,
     search_ranks_and_pages,
     top_by_plays_7d,
+    play_counts_are_set_not_added,
     lyrics_status_queries,
     resume_after_partial_load,
     sessions_expire_and_can_be_deleted,
