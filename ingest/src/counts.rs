@@ -182,14 +182,15 @@ async fn write(store: &Store, rel: &str, batch: RecordBatch) -> Result<(), Count
     Ok(())
 }
 
+/// A partition's chain: where it ends, and its files with their (first, last) offsets.
+type Chain<T> = (i64, Vec<(T, (i64, i64))>);
+
 /// Per partition: the files of the gap-free chain from its lowest offset, and where it ends. A
 /// file whose range another file covers (a compacted day) is left out.
-fn chain_ends<T>(
-    mut files: Vec<(T, (i32, i64, i64))>,
-) -> BTreeMap<i32, (i64, Vec<(T, (i64, i64))>)> {
+fn chain_ends<T>(mut files: Vec<(T, (i32, i64, i64))>) -> BTreeMap<i32, Chain<T>> {
     // Longest range first among files starting at the same offset.
     files.sort_by_key(|(_, (p, first, last))| (*p, *first, std::cmp::Reverse(*last)));
-    let mut chains: BTreeMap<i32, (i64, Vec<(T, (i64, i64))>)> = BTreeMap::new();
+    let mut chains: BTreeMap<i32, Chain<T>> = BTreeMap::new();
     for (item, (partition, first, last)) in files {
         let chain = chains.entry(partition).or_insert((first - 1, Vec::new()));
         if first == chain.0 + 1 {
