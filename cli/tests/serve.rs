@@ -31,26 +31,11 @@ fn pipeline() -> &'static Pipeline {
     static RUN: OnceLock<Pipeline> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(RECSYS)
-            .args([
-                "--data-dir",
-                dir.path().to_str().unwrap(),
-                "pipeline",
-                "--users",
-                "40",
-                "--tracks",
-                "2000",
-                "--events",
-                "30000",
-            ])
-            .env("RECSYS_LOG", "warn")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stdout = recsys_ok(
+            dir.path(),
+            &[
+                "pipeline", "--users", "40", "--tracks", "2000", "--events", "30000",
+            ],
         );
         Pipeline { dir, stdout }
     })
@@ -105,7 +90,7 @@ fn foreign_tsv(path: &Path) -> u64 {
             };
             let ts = 1_230_768_000 + user * 3_600 + k * 20_000 + next(600);
             let (date, time) = (ts / 86_400, ts % 86_400);
-            let (y, m, d) = civil(date as i64);
+            let (y, m, d) = recsys_core::time::civil_from_days(date as i64);
             let track_mbid = if item % 7 == 0 {
                 String::new()
             } else {
@@ -123,19 +108,6 @@ fn foreign_tsv(path: &Path) -> u64 {
     lines
 }
 
-/// (year, month, day) of a day number since 1970-01-01.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// `recsys pipeline --input` on a log the generator did not write and without a lyrics source:
 /// it says so at the start, keeps every song in the catalog, and serves and verifies ALS-only
 /// recommendations.
@@ -145,18 +117,7 @@ fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only() {
     let tsv = dir.path().join("listens.tsv");
     let good = foreign_tsv(&tsv);
     let lake = dir.path().join("lake");
-    let out = std::process::Command::new(RECSYS)
-        .args(["--data-dir", lake.to_str().unwrap(), "pipeline", "--input"])
-        .arg(&tsv)
-        .env("RECSYS_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = recsys_ok(&lake, &["pipeline", "--input", tsv.to_str().unwrap()]);
     for needle in [
         "no lyrics source: lyrics and embeddings are skipped",
         &format!("{good} clean, 2 rejected"),
@@ -1713,7 +1674,7 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
         .as_i64()
         .unwrap()
         .div_euclid(86_400_000_000);
-    let (y, m, d) = civil(anchor_day);
+    let (y, m, d) = recsys_core::time::civil_from_days(anchor_day);
     let last = format!("date={y:04}-{m:02}-{d:02}");
     for day in std::fs::read_dir(lake.join("events")).unwrap() {
         let day = day.unwrap();

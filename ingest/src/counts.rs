@@ -201,21 +201,25 @@ fn chain_ends<T>(mut files: Vec<(T, (i32, i64, i64))>) -> BTreeMap<i32, Chain<T>
     chains
 }
 
+/// The objects under the lake's folder `rel`.
+async fn list(store: &Store, rel: &str) -> Result<Vec<object_store::ObjectMeta>, CountsError> {
+    store
+        .object_store()
+        .list(Some(&store.path(rel)))
+        .try_collect()
+        .await
+        .map_err(|e| CountsError::Read {
+            location: store.url(rel),
+            reason: e.to_string(),
+        })
+}
+
 async fn aggregate_files(
     store: &Store,
     topic: &str,
 ) -> Result<Vec<(Path, (i32, i64, i64))>, CountsError> {
-    let prefix = store.path(DAILY_DIR);
-    let objects: Vec<_> = store
-        .object_store()
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| CountsError::Read {
-            location: store.url(DAILY_DIR),
-            reason: e.to_string(),
-        })?;
-    Ok(objects
+    Ok(list(store, DAILY_DIR)
+        .await?
         .into_iter()
         .filter_map(|o| {
             let range = parse_file_name(topic, o.location.filename()?)?;
@@ -351,16 +355,7 @@ pub async fn totals(
 /// Track ids of the ETL's song table (`catalog/songs/`) with their plays: the songs the catalog
 /// was loaded with (the counts job creates catalog entries only for tracks beyond them).
 pub async fn etl_tracks(store: &Store) -> Result<HashMap<String, i64>, CountsError> {
-    let prefix = store.path(CATALOG_SONGS_DIR);
-    let objects: Vec<_> = store
-        .object_store()
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| CountsError::Read {
-            location: store.url(CATALOG_SONGS_DIR),
-            reason: e.to_string(),
-        })?;
+    let objects = list(store, CATALOG_SONGS_DIR).await?;
     let mut out = HashMap::new();
     for o in objects
         .iter()
