@@ -482,6 +482,25 @@ mod tests {
         assert_eq!(chains[&1].0, 9, "a chain starts at the lowest offset");
     }
 
+    /// An event file that is not Parquet fails the run with its name; nothing of its partition
+    /// is counted (the next run tries it again) and nothing is published.
+    #[tokio::test]
+    async fn an_unreadable_event_file_is_named_and_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let name = file_name("t", 0, 0, 9);
+        let rel = format!("{}/date=2009-01-01/{name}", recsys_core::schema::EVENTS_DIR);
+        store
+            .object_store()
+            .put(&store.path(&rel), PutPayload::from_static(b"not parquet"))
+            .await
+            .unwrap();
+        let err = aggregate(&store, "t").await.unwrap_err().to_string();
+        assert!(err.contains(&name), "{err}");
+        assert_eq!(counted(&store, "t").await.unwrap(), 0);
+        assert!(published(&store).await.unwrap().is_empty());
+    }
+
     #[test]
     fn changes_include_songs_that_left() {
         let c = |plays, plays_7d| Counts { plays, plays_7d };
