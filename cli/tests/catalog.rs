@@ -410,6 +410,125 @@ async fn etl_counts_streamed_plays_not_skips() {
     .expect("the ETL test finished within 120 s");
 }
 
+/// The fixture's listens as events of partition 0 (every third a skip), a file each: the small
+/// files compaction merges.
+async fn stream_fixture_in_small_files(lake: &Store) {
+    let policy = FlushPolicy {
+        rows: 1,
+        interval: Duration::from_secs(60),
+        in_flight: 1,
+    };
+    let mut sink = recsys_ingest::Sink::open(lake.clone(), "music_log", policy)
+        .await
+        .unwrap();
+    sink.reload(&[0]).await.unwrap();
+    let mut rows = fixture();
+    rows.sort_by_key(|r| r.1);
+    for (offset, (user, ts, artist, _, track, _)) in rows.into_iter().enumerate() {
+        let mut builder = EventBuilder::default();
+        let event = Event {
+            user_id: user.into(),
+            track_id: track.into(),
+            artist_id: artist.into(),
+            timestamp: ts,
+            action: if offset % 3 == 2 {
+                Action::Skip
+            } else {
+                Action::Complete
+            },
+            source: "app".into(),
+            duration_s: 100.0,
+            total_duration_s: 200.0,
+        };
+        builder.push(&event, 0, offset as i64);
+        sink.push(0, builder.finish()).await.unwrap();
+    }
+    sink.flush_all().await.unwrap();
+}
+
+/// Compaction changes no job's result: the ETL and the ALS preparation read the same events
+/// from the compacted layout, also when a crash left a compacted file's inputs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_and_als_preparation_read_a_compacted_lake_as_before() {
+    use recsys_ingest::compact::{CompactOptions, compact};
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        write_sorted(dir.path(), &fixture());
+        let lake: Store = local_store(dir.path());
+        stream_fixture_in_small_files(&lake).await;
+        let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
+        let results = || async {
+            let etl = run_etl(&cluster, &lake, ListenSource::Events, 2)
+                .await
+                .unwrap()
+                .manifest;
+            let prep = recsys_jobs::als::prep::prepare(
+                &cluster,
+                &lake,
+                "tmp/prep",
+                1.0,
+                2,
+                ListenSource::Events,
+            )
+            .await
+            .unwrap();
+            (
+                (etl.plays, etl.anchor_us),
+                read_songs(dir.path()),
+                read_users(dir.path()),
+                (
+                    prep.users,
+                    prep.items,
+                    prep.popularity,
+                    prep.nnz,
+                    prep.listens,
+                ),
+            )
+        };
+        let before = results().await;
+        assert_eq!(before.0.0, 8, "11 events, 3 of them skips");
+
+        let files = recsys_ingest::sink::written_files(&lake, "music_log")
+            .await
+            .unwrap();
+        assert_eq!(files.len(), 11, "a file per event");
+        let events_dir = dir.path().join("events");
+        let inputs: Vec<_> = walk(&events_dir);
+        let options = CompactOptions {
+            closed_before: i64::MAX / DAY,
+            min_files: 2,
+            max_offsets: 1_000,
+        };
+        let done = compact(&lake, "music_log", options).await.unwrap();
+        // Days 0 and 3 have two plays each: two runs of two files.
+        assert_eq!((done.written, done.replaced, done.events), (2, 4, 4));
+        assert_eq!(walk(&events_dir).len(), 9);
+        // A crash between the write and the deletes: an input is back beside its replacement.
+        let (input, bytes) = &inputs[0];
+        assert!(!input.exists());
+        std::fs::write(input, bytes).unwrap();
+        assert_eq!(results().await, before);
+    })
+    .await
+    .expect("the compaction test finished within 120 s");
+}
+
+/// Every file below `dir` with its bytes.
+fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            out.push((path, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Runs `recsys --object-store DIR ARGS…`, which must succeed; its standard output.
 fn recsys_ok(dir: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(RECSYS)

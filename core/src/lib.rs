@@ -8,6 +8,7 @@
 //! it, so what it pulls in, everything builds.
 
 pub mod encoding;
+pub mod event_files;
 pub mod ids;
 pub mod linalg;
 pub mod manifest;

@@ -30,7 +30,9 @@ use recsys_core::Store;
 use recsys_core::schema::{CATALOG_SONGS_DIR, col};
 use recsys_core::time::MICROS_PER_DAY;
 
-use crate::sink::{SinkError, file_name, parse_file_name, topic_files};
+use recsys_core::event_files::{chains, file_name, parse_file_name};
+
+use crate::sink::{SinkError, topic_files};
 
 /// Folder of the per-day per-track aggregates.
 pub const DAILY_DIR: &str = "counts/daily";
@@ -39,6 +41,7 @@ pub const PUBLISHED: &str = "counts/published.parquet";
 /// Days in the `plays_7d` window.
 pub const WINDOW_DAYS: i64 = 7;
 
+/// Errors of the counts and compaction jobs; each names the file or folder concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum CountsError {
     #[error(transparent)]
@@ -112,7 +115,7 @@ fn published_schema() -> SchemaRef {
     ]))
 }
 
-async fn read(
+pub(crate) async fn read(
     store: &Store,
     path: &Path,
     columns: &[&str],
@@ -182,25 +185,6 @@ async fn write(store: &Store, rel: &str, batch: RecordBatch) -> Result<(), Count
     Ok(())
 }
 
-/// A partition's chain: where it ends, and its files with their (first, last) offsets.
-type Chain<T> = (i64, Vec<(T, (i64, i64))>);
-
-/// Per partition: the files of the gap-free chain from its lowest offset, and where it ends. A
-/// file whose range another file covers (a compacted day) is left out.
-fn chain_ends<T>(mut files: Vec<(T, (i32, i64, i64))>) -> BTreeMap<i32, Chain<T>> {
-    // Longest range first among files starting at the same offset.
-    files.sort_by_key(|(_, (p, first, last))| (*p, *first, std::cmp::Reverse(*last)));
-    let mut chains: BTreeMap<i32, Chain<T>> = BTreeMap::new();
-    for (item, (partition, first, last)) in files {
-        let chain = chains.entry(partition).or_insert((first - 1, Vec::new()));
-        if first == chain.0 + 1 {
-            chain.0 = last;
-            chain.1.push((item, (first, last)));
-        }
-    }
-    chains
-}
-
 /// The objects under the lake's folder `rel`.
 async fn list(store: &Store, rel: &str) -> Result<Vec<object_store::ObjectMeta>, CountsError> {
     store
@@ -231,13 +215,14 @@ async fn aggregate_files(
 /// Aggregates the event files of `topic` not counted yet. Any unreadable file fails the run
 /// with its name, and nothing of that partition is written: the next run tries it again.
 pub async fn aggregate(store: &Store, topic: &str) -> Result<Aggregated, CountsError> {
-    let counted: BTreeMap<i32, i64> = chain_ends(aggregate_files(store, topic).await?)
+    let counted: BTreeMap<i32, i64> = chains(aggregate_files(store, topic).await?)
         .into_iter()
-        .map(|(p, (end, _))| (p, end))
+        .map(|(p, chain)| (p, chain.end))
         .collect();
-    let events = chain_ends(topic_files(store, topic).await?);
+    let events = chains(topic_files(store, topic).await?);
     let mut done = Aggregated::default();
-    for (partition, (held, files)) in events {
+    for (partition, chain) in events {
+        let (held, files) = (chain.end, chain.files);
         let from = counted.get(&partition).copied().unwrap_or(-1);
         if from > held {
             return Err(CountsError::Ahead {
@@ -247,28 +232,35 @@ pub async fn aggregate(store: &Store, topic: &str) -> Result<Aggregated, CountsE
                 held,
             });
         }
+        // A compacted file may hold offsets counted already (before compaction) and new ones:
+        // it is read, and its rows at or below `from` are left out.
         let new: Vec<_> = files
             .into_iter()
-            .filter(|(_, (first, _))| *first > from)
+            .filter(|(_, (_, last))| *last > from)
             .collect();
         let (Some((_, (first, _))), Some((_, (_, last)))) = (new.first(), new.last()) else {
             continue;
         };
-        let (first, last) = (*first, *last);
+        let (first, last) = ((*first).max(from + 1), *last);
         // Parallel reads; per (day, track) sums.
         let mut per: HashMap<(i32, String), i64> = HashMap::new();
         let paths: Vec<Path> = new.iter().map(|(path, _)| path.clone()).collect();
-        let mut reads = read_all(store, paths, &[col::TRACK_ID, col::TS, col::ACTION]);
+        let columns = &[col::TRACK_ID, col::TS, col::ACTION, col::LOG_OFFSET];
+        let mut reads = read_all(store, paths, columns);
         while let Some(batches) = reads.next().await {
             done.files += 1;
             for b in batches? {
-                done.events += b.num_rows() as u64;
                 let tracks = b.column(0).as_string::<i32>();
                 let ts = b
                     .column(1)
                     .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
                 let action = b.column(2).as_string::<i32>();
+                let offset = b.column(3).as_primitive::<Int64Type>();
                 for i in 0..b.num_rows() {
+                    if offset.value(i) <= from {
+                        continue;
+                    }
+                    done.events += 1;
                     if !matches!(action.value(i), "listen" | "complete") {
                         continue;
                     }
@@ -302,9 +294,9 @@ pub async fn aggregate(store: &Store, topic: &str) -> Result<Aggregated, CountsE
 
 /// Events counted so far (the offsets the aggregate files hold).
 pub async fn counted(store: &Store, topic: &str) -> Result<i64, CountsError> {
-    Ok(chain_ends(aggregate_files(store, topic).await?)
+    Ok(chains(aggregate_files(store, topic).await?)
         .into_values()
-        .flat_map(|(_, files)| files)
+        .flat_map(|chain| chain.files)
         .map(|(_, (first, last))| last - first + 1)
         .sum())
 }
@@ -316,9 +308,9 @@ pub async fn totals(
     anchor: Anchor,
     today: i64,
 ) -> Result<Totals, CountsError> {
-    let files: Vec<_> = chain_ends(aggregate_files(store, topic).await?)
+    let files: Vec<_> = chains(aggregate_files(store, topic).await?)
         .into_values()
-        .flat_map(|(_, files)| files)
+        .flat_map(|chain| chain.files)
         .collect();
     let paths: Vec<Path> = files.into_iter().map(|(path, _)| path).collect();
     let batches: Vec<Vec<RecordBatch>> = read_all(store, paths, &["day", col::TRACK_ID, "plays"])
@@ -461,26 +453,6 @@ pub async fn clear(store: &Store, topic: &str) -> Result<(), CountsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chains_skip_covered_files_and_stop_at_gaps() {
-        let files = vec![
-            ("a", (0, 0, 9)),
-            ("b", (0, 10, 19)),
-            ("ab", (0, 0, 19)),
-            ("c", (0, 20, 29)),
-            ("gap", (0, 40, 49)),
-            ("x", (1, 5, 9)),
-        ];
-        let chains = chain_ends(files);
-        let (end, files) = &chains[&0];
-        assert_eq!(*end, 29);
-        assert_eq!(
-            files.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            ["ab", "c"]
-        );
-        assert_eq!(chains[&1].0, 9, "a chain starts at the lowest offset");
-    }
 
     /// An event file that is not Parquet fails the run with its name; nothing of its partition
     /// is counted (the next run tries it again) and nothing is published.

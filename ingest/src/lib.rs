@@ -6,6 +6,7 @@
 //! must not depend on the batch jobs, the catalog, the vector store or serving (serving depends
 //! on it to log events, not the reverse).
 
+pub mod compact;
 pub mod consume;
 pub mod counts;
 pub mod event;

@@ -28,6 +28,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use recsys_core::Store;
 use recsys_core::encoding::lake_columns;
+use recsys_core::event_files::{self, file_name, parse_file_name};
 use recsys_core::schema::{EVENTS_DIR, event_schema};
 use recsys_core::time::{MICROS_PER_DAY, date_string};
 
@@ -115,51 +116,32 @@ pub struct Sink {
     stats: SinkStats,
 }
 
-/// `<topic>-p<partition>-<first>-<last>.parquet`, zero-padded so names sort by offset.
-pub(crate) fn file_name(topic: &str, partition: i32, first: i64, last: i64) -> String {
-    format!("{topic}-p{partition:04}-{first:020}-{last:020}.parquet")
-}
-
-/// (partition, first, last) of a file this sink wrote for `topic`.
-pub(crate) fn parse_file_name(topic: &str, name: &str) -> Option<(i32, i64, i64)> {
-    let rest = name.strip_prefix(topic)?.strip_prefix("-p")?;
-    let rest = rest.strip_suffix(".parquet")?;
-    let mut parts = rest.splitn(3, '-');
-    let partition = parts.next()?.parse().ok()?;
-    let first = parts.next()?.parse().ok()?;
-    let last = parts.next()?.parse().ok()?;
-    Some((partition, first, last))
-}
-
 /// Per partition of `topic`: the end of its gap-free chain of files (from its lowest file),
-/// and the files beyond a gap.
+/// and the files beyond a gap. Files a compacted file covers are neither.
 async fn chains(
     store: &Store,
     topic: &str,
 ) -> Result<(BTreeMap<i32, i64>, Vec<(i32, object_store::path::Path)>), SinkError> {
-    let mut files = topic_files(store, topic).await?;
-    files.sort_by_key(|(_, range)| *range);
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut ends = BTreeMap::new();
     let mut orphans = Vec::new();
-    let mut broken = std::collections::BTreeSet::new();
-    for (path, (partition, first, last)) in files {
-        let expected = ends.get(&partition).map_or(first, |end| end + 1);
-        if broken.contains(&partition) || first != expected {
-            broken.insert(partition);
-            orphans.push((partition, path));
-        } else {
-            ends.insert(partition, last);
-        }
+    for (partition, chain) in event_files::chains(topic_files(store, topic).await?) {
+        ends.insert(partition, chain.end);
+        orphans.extend(chain.beyond_gap.into_iter().map(|path| (partition, path)));
     }
     Ok((ends, orphans))
 }
 
-/// (partition, first, last) of every file written for `topic`.
+/// (partition, first, last) of each file in the partitions' chains (files a compacted file
+/// covers, and files beyond a gap, left out): what `topic`'s events in the lake are.
 pub async fn written_files(store: &Store, topic: &str) -> Result<Vec<(i32, i64, i64)>, SinkError> {
-    Ok(topic_files(store, topic)
-        .await?
+    Ok(event_files::chains(topic_files(store, topic).await?)
         .into_iter()
-        .map(|(_, range)| range)
+        .flat_map(|(p, chain)| {
+            chain
+                .files
+                .into_iter()
+                .map(move |(_, (first, last))| (p, first, last))
+        })
         .collect())
 }
 
@@ -212,7 +194,7 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-fn encode(batches: &[RecordBatch], location: &str) -> Result<Bytes, SinkError> {
+pub(crate) fn encode(batches: &[RecordBatch], location: &str) -> Result<Bytes, SinkError> {
     let encode_err = |source| SinkError::Encode {
         location: location.to_string(),
         source,
@@ -464,24 +446,28 @@ impl Sink {
     }
 }
 
-/// Checks that the files of `topic` cover each partition's offsets from 0 with no gap and no
-/// overlap; returns the offsets covered per partition (tests and `recsys bench ingest`).
+/// Checks that the files of `topic` cover each partition's offsets from 0 with no gap (files a
+/// compacted file covers aside); returns the offsets covered per partition (tests and
+/// `recsys bench ingest`).
 pub async fn check_coverage(store: &Store, topic: &str) -> Result<BTreeMap<i32, u64>, String> {
-    let mut files = written_files(store, topic)
-        .await
-        .map_err(|e| e.to_string())?;
-    files.sort();
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for (partition, first, last) in files {
-        let expected = next.entry(partition).or_insert(0);
-        if first != *expected {
+    let files = topic_files(store, topic).await.map_err(|e| e.to_string())?;
+    let mut covered = BTreeMap::new();
+    for (partition, chain) in event_files::chains(files) {
+        let start = chain.files.first().map_or(0, |(_, (first, _))| *first);
+        if start != 0 {
             return Err(format!(
-                "partition {partition}: a file starts at offset {first}, expected {expected}"
+                "partition {partition}: the first file starts at offset {start}, expected 0"
             ));
         }
-        *expected = last + 1;
+        if let Some(path) = chain.beyond_gap.first() {
+            return Err(format!(
+                "partition {partition}: {path} starts past offset {}, the end of the files before it",
+                chain.end
+            ));
+        }
+        covered.insert(partition, (chain.end + 1) as u64);
     }
-    Ok(next.into_iter().map(|(p, n)| (p, n as u64)).collect())
+    Ok(covered)
 }
 
 #[cfg(test)]
@@ -575,19 +561,6 @@ mod tests {
         assert_eq!(
             check_coverage(&store, "t").await.unwrap(),
             BTreeMap::from([(0, 20)])
-        );
-    }
-
-    #[test]
-    fn file_names_round_trip_and_sort() {
-        let a = file_name("music_log", 2, 0, 99);
-        let b = file_name("music_log", 2, 100, 1_000);
-        assert!(a < b);
-        assert_eq!(parse_file_name("music_log", &b), Some((2, 100, 1_000)));
-        assert_eq!(parse_file_name("other", &b), None);
-        assert_eq!(
-            parse_file_name("music_log", "music_log-p1-x-2.parquet"),
-            None
         );
     }
 }

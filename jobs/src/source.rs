@@ -1,10 +1,24 @@
 //! Where the listening history of a batch job comes from: the sorted listens of the clean/sort
 //! path, or the events the stream wrote (`events/date=…/`), which carry actions and durations.
 
-use arrow::datatypes::DataType;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::Column;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::SessionState;
+use datafusion::functions::expr_fn::to_char;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
 use recsys_core::Store;
-use recsys_core::schema::{EVENTS_DIR, SORTED_DIR};
+use recsys_core::event_files;
+use recsys_core::schema::{EVENTS_DIR, SORTED_DIR, col};
 use serde::{Deserialize, Serialize};
 
 use crate::JobError;
@@ -49,11 +63,7 @@ impl ListenSource {
     ) -> Result<(), JobError> {
         match self {
             ListenSource::Events => {
-                // Events sit in `date=YYYY-MM-DD/` folders: a partition column, so they are read.
-                let options = ParquetReadOptions::default()
-                    .table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
-                ctx.register_parquet(name, lake.url(&format!("{EVENTS_DIR}/")), options)
-                    .await?
+                ctx.register_table(name, events_table(&ctx.state(), lake).await?)?;
             }
             _ => {
                 register_sorted(ctx, lake, name).await?;
@@ -61,6 +71,76 @@ impl ListenSource {
         }
         Ok(())
     }
+}
+
+/// The URLs of the event files that hold `lake`'s events: every Parquet file under `events/`
+/// but those a compacted file covers (see [`recsys_core::event_files`]), in name order.
+pub async fn event_file_urls(lake: &Store) -> Result<Vec<String>, JobError> {
+    let objects = crate::lake::list(lake.object_store().as_ref(), &lake.path(EVENTS_DIR)).await?;
+    let mut by_topic: BTreeMap<String, Vec<(usize, (i32, i64, i64))>> = BTreeMap::new();
+    let mut keep = vec![true; objects.len()];
+    for (i, o) in objects.iter().enumerate() {
+        let name = o.location.filename().unwrap_or_default();
+        if !name.ends_with(".parquet") {
+            keep[i] = false;
+        } else if let Some((topic, p, first, last)) = event_files::parse_any(name) {
+            by_topic
+                .entry(topic.to_string())
+                .or_default()
+                .push((i, (p, first, last)));
+        }
+    }
+    for files in by_topic.into_values() {
+        for chain in event_files::chains(files).into_values() {
+            for i in chain.covered {
+                keep[i] = false;
+            }
+        }
+    }
+    Ok(objects
+        .iter()
+        .zip(keep)
+        .filter(|(_, keep)| *keep)
+        .map(|(o, _)| lake.url(&lake.relative(o.location.as_ref())))
+        .collect())
+}
+
+/// The streamed events as a table: the files of [`event_file_urls`], with their UTC `date` (the
+/// folder they sit in) as a column.
+pub async fn events_table(
+    state: &SessionState,
+    lake: &Store,
+) -> Result<Arc<dyn TableProvider>, JobError> {
+    let urls = event_file_urls(lake).await?;
+    if urls.is_empty() {
+        return Err(JobError::NoInput(format!(
+            "no event files in {}",
+            lake.url(&format!("{EVENTS_DIR}/"))
+        )));
+    }
+    let urls = urls
+        .iter()
+        .map(|u| ListingTableUrl::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The session's Parquet options (string types among them), as `register_parquet` takes.
+    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(state)
+        .await?;
+    let files = Arc::new(ListingTable::try_new(config)?);
+    let mut columns: Vec<Expr> = files
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| Expr::Column(Column::from_name(f.name())))
+        .collect();
+    columns.push(to_char(col(col::TS), lit("%Y-%m-%d")).alias("date"));
+    let plan = LogicalPlanBuilder::scan("event_files", provider_as_source(files), None)?
+        .project(columns)?
+        .build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
 }
 
 /// Registers the sorted listens in `ctx` as table `name`.

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -20,7 +19,7 @@ use datafusion::execution::SessionState;
 use recsys_core::Store;
 use recsys_core::models::ALS_MODELS_DIR;
 use recsys_core::schema::{
-    CATALOG_SONGS_DIR, CATALOG_USERS_DIR, EMBEDDINGS_DIR, EVENTS_DIR, REJECTS_DIR, SORTED_DIR,
+    CATALOG_SONGS_DIR, CATALOG_USERS_DIR, EMBEDDINGS_DIR, REJECTS_DIR, SORTED_DIR,
 };
 
 /// The schema's name, also every lake session's default schema.
@@ -31,7 +30,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("listens", "the sorted listens (sorted/listens)"),
     (
         "events",
-        "the streamed events (events/, with their `date` folder as a column)",
+        "the streamed events (events/, with their UTC `date` as a column)",
     ),
     ("songs", "the ETL's songs master data (catalog/songs)"),
     ("users", "the ETL's users master data (catalog/users)"),
@@ -82,7 +81,6 @@ impl LakeSchema {
         };
         Ok(match name {
             "listens" => Some(format!("{SORTED_DIR}/")),
-            "events" => Some(format!("{EVENTS_DIR}/")),
             "songs" => Some(format!("{CATALOG_SONGS_DIR}/")),
             "users" => Some(format!("{CATALOG_USERS_DIR}/")),
             "rejects" => Some(format!("{REJECTS_DIR}/")),
@@ -101,15 +99,19 @@ impl SchemaProvider for LakeSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name == "events" {
+            // The event files but those a compacted file covers: see `event_files`.
+            let table = crate::source::events_table(&self.state, &self.lake)
+                .await
+                .map_err(|e| DataFusionError::Plan(format!("table `events`: {e}")))?;
+            return Ok(Some(table));
+        }
         let Some(location) = self.location(name).await? else {
             return Ok(None);
         };
         let url = ListingTableUrl::parse(self.lake.url(&location))?;
-        let mut options =
+        let options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        if name == "events" {
-            options = options.with_table_partition_cols(vec![("date".into(), DataType::Utf8)]);
-        }
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .infer_schema(&self.state)

@@ -1,0 +1,343 @@
+//! Compaction of the event lake: the orchestrator's `compact` job.
+//!
+//! The sink writes a file per partition whenever a buffer fills, ages or changes date, so a
+//! day of events can sit in hundreds of small files, and every batch job pays for each one. For
+//! closed dates (before a given day), each run of consecutive files of one partition in one
+//! date folder becomes one file named with the run's whole offset range.
+//!
+//! Crash safety comes from the names, not from a log: the new file is written with one atomic
+//! `put` before its inputs are deleted, and from then on its range covers theirs. Every reader
+//! (the sink's chain, the counts job, the batch jobs' event table) leaves a covered file out
+//! (see [`recsys_core::event_files`]), so a kill between the write and the deletes loses and
+//! doubles nothing; the next run deletes the covered files it finds first.
+
+use arrow::array::RecordBatch;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use recsys_core::Store;
+use recsys_core::event_files::{chains, file_name};
+use recsys_core::schema::{EVENTS_DIR, col};
+use recsys_core::time::{MICROS_PER_DAY, date_string};
+
+use crate::counts::{CountsError, read};
+use crate::sink::{encode, topic_files};
+
+/// Every column of an event file, in the file's order.
+const COLUMNS: &[&str] = &[
+    col::USER_ID,
+    col::TRACK_ID,
+    col::ARTIST_ID,
+    col::TS,
+    col::ACTION,
+    col::SOURCE,
+    col::DURATION_S,
+    col::TOTAL_DURATION_S,
+    col::LOG_PARTITION,
+    col::LOG_OFFSET,
+];
+
+/// What a compaction may merge.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactOptions {
+    /// Dates before this day (days since 1970-01-01) are closed; later ones are left alone.
+    pub closed_before: i64,
+    /// A run of fewer files is not worth a rewrite.
+    pub min_files: usize,
+    /// Offsets one compacted file may span at most (bounds its size and the memory a run takes).
+    pub max_offsets: i64,
+}
+
+/// What one compaction run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Files written, each replacing a run.
+    pub written: usize,
+    /// Files they replaced (deleted).
+    pub replaced: usize,
+    /// Events in the files written.
+    pub events: u64,
+    /// Covered files left by an earlier, interrupted run, deleted first.
+    pub leftovers: usize,
+}
+
+/// The `date=…` folder a file sits in.
+fn date_folder(path: &Path) -> Option<String> {
+    let parts: Vec<_> = path.parts().collect();
+    let folder = parts.get(parts.len().checked_sub(2)?)?.as_ref().to_string();
+    folder.starts_with("date=").then_some(folder)
+}
+
+async fn delete(store: &Store, path: &Path) -> Result<(), CountsError> {
+    store
+        .object_store()
+        .delete(path)
+        .await
+        .map_err(|e| CountsError::Write {
+            location: store.url(&store.relative(path.as_ref())),
+            reason: format!("deleting: {e}"),
+        })
+}
+
+/// Compacts the closed dates of `topic`'s event files (see the module docs).
+pub async fn compact(
+    store: &Store,
+    topic: &str,
+    options: CompactOptions,
+) -> Result<Compacted, CountsError> {
+    let cutoff = format!(
+        "date={}",
+        date_string(options.closed_before * MICROS_PER_DAY)
+    );
+    let min_files = options.min_files.max(2);
+    let mut done = Compacted::default();
+    for (partition, chain) in chains(topic_files(store, topic).await?) {
+        for path in &chain.covered {
+            tracing::info!(file = %path, "deleting an event file a compacted file covers");
+            delete(store, path).await?;
+            done.leftovers += 1;
+        }
+        let mut runs: Vec<(String, Vec<(Path, (i64, i64))>)> = Vec::new();
+        for (path, (first, last)) in chain.files {
+            let Some(date) = date_folder(&path).filter(|d| *d < cutoff) else {
+                runs.push((String::new(), Vec::new()));
+                continue;
+            };
+            let extends = runs.last().is_some_and(|(d, files)| {
+                *d == date
+                    && files
+                        .first()
+                        .is_some_and(|(_, (start, _))| last - start < options.max_offsets)
+            });
+            if !extends {
+                runs.push((date, Vec::new()));
+            }
+            let run = runs.last_mut().expect("a run was pushed");
+            run.1.push((path, (first, last)));
+        }
+        for (date, files) in runs {
+            if files.len() >= min_files {
+                done.events += merge(store, topic, partition, &date, &files).await?;
+                done.written += 1;
+                done.replaced += files.len();
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Writes `files` (a run of one partition in one date folder) as one file, then deletes them;
+/// returns the events written.
+async fn merge(
+    store: &Store,
+    topic: &str,
+    partition: i32,
+    date: &str,
+    files: &[(Path, (i64, i64))],
+) -> Result<u64, CountsError> {
+    let first = files[0].1.0;
+    let last = files[files.len() - 1].1.1;
+    let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
+        .map(|(path, _)| read(store, path, COLUMNS))
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let batches: Vec<RecordBatch> = batches.into_iter().flatten().collect();
+    let events: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let rel = format!(
+        "{EVENTS_DIR}/{date}/{}",
+        file_name(topic, partition, first, last)
+    );
+    let location = store.url(&rel);
+    let bytes = encode(&batches, &location).map_err(|e| CountsError::Write {
+        location: location.clone(),
+        reason: e.to_string(),
+    })?;
+    store
+        .object_store()
+        .put(&store.path(&rel), PutPayload::from(bytes))
+        .await
+        .map_err(|e| CountsError::Write {
+            location: location.clone(),
+            reason: e.to_string(),
+        })?;
+    for (path, _) in files {
+        delete(store, path).await?;
+    }
+    tracing::debug!(file = %location, inputs = files.len(), events, "compacted");
+    Ok(events as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::counts::{Anchor, aggregate, totals};
+    use crate::event::{Action, Event, EventBuilder};
+    use crate::sink::{FlushPolicy, Sink, check_coverage};
+
+    const DAY: i64 = 14_000;
+
+    /// Events `offsets` of partition 0, a tenth of them skips, on `day`.
+    fn batch(offsets: std::ops::Range<i64>, day: i64) -> RecordBatch {
+        let mut b = EventBuilder::default();
+        for o in offsets {
+            let e = Event {
+                user_id: format!("u{}", o % 7),
+                track_id: format!("t{}", o % 5),
+                artist_id: "a".into(),
+                timestamp: day * MICROS_PER_DAY + o,
+                action: if o % 10 == 0 {
+                    Action::Skip
+                } else {
+                    Action::Listen
+                },
+                source: "test".into(),
+                duration_s: 1.0,
+                total_duration_s: 2.0,
+            };
+            b.push(&e, 0, o);
+        }
+        b.finish()
+    }
+
+    async fn event_files(store: &Store) -> Vec<(Path, (i32, i64, i64))> {
+        let mut files = topic_files(store, "t").await.unwrap();
+        files.sort_by_key(|(_, range)| *range);
+        files
+    }
+
+    /// Writes `runs` (offsets, day) through a sink flushing every 10 events.
+    async fn write(store: &Store, runs: &[(std::ops::Range<i64>, i64)]) {
+        let policy = FlushPolicy {
+            rows: 10,
+            interval: Duration::from_secs(60),
+            in_flight: 1,
+        };
+        let mut sink = Sink::open(store.clone(), "t", policy).await.unwrap();
+        sink.reload(&[0]).await.unwrap();
+        for (offsets, day) in runs {
+            for from in offsets.clone().step_by(10) {
+                let to = (from + 10).min(offsets.end);
+                sink.push(0, batch(from..to, DAY + day)).await.unwrap();
+            }
+        }
+        sink.flush_all().await.unwrap();
+    }
+
+    fn lake() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        (dir, store)
+    }
+
+    fn options() -> CompactOptions {
+        CompactOptions {
+            closed_before: DAY + 2,
+            min_files: 8,
+            max_offsets: 1_000_000,
+        }
+    }
+
+    async fn plays(store: &Store) -> i64 {
+        let totals = totals(store, "t", Anchor::NewestEvent, 0).await.unwrap();
+        totals.tracks.values().map(|c| c.plays).sum()
+    }
+
+    /// Three days of 100 events, in files of 10; days 0 and 1 are closed. The counts job ran
+    /// after the first half of day 0, so day 0's compacted file straddles its checkpoint.
+    #[tokio::test]
+    async fn closed_dates_become_one_file_each_and_every_event_is_counted_once() {
+        let (_dir, store) = lake();
+        write(&store, &[(0..50, 0)]).await;
+        assert_eq!(aggregate(&store, "t").await.unwrap().events, 50);
+        write(&store, &[(50..100, 0), (100..200, 1), (200..300, 2)]).await;
+        assert_eq!(event_files(&store).await.len(), 30);
+
+        let done = compact(&store, "t", options()).await.unwrap();
+        assert_eq!(
+            done,
+            Compacted {
+                written: 2,
+                replaced: 20,
+                events: 200,
+                leftovers: 0
+            }
+        );
+        let files = event_files(&store).await;
+        let ranges: Vec<_> = files.iter().map(|(_, r)| *r).collect();
+        assert_eq!(ranges[..2], [(0, 0, 99), (0, 100, 199)]);
+        assert_eq!(files.len(), 12, "the open day is left alone");
+        assert_eq!(
+            check_coverage(&store, "t").await.unwrap(),
+            BTreeMap::from([(0, 300)])
+        );
+        assert_eq!(
+            compact(&store, "t", options()).await.unwrap(),
+            Compacted::default(),
+            "a second run finds nothing worth doing"
+        );
+
+        // Offsets 50..300 are new to the counts job: 250 events, every tenth a skip.
+        let counted = aggregate(&store, "t").await.unwrap();
+        assert_eq!((counted.events, counted.plays), (250, 225));
+        assert_eq!(plays(&store).await, 270);
+    }
+
+    /// A kill between the write and the deletes leaves the inputs beside the compacted file:
+    /// nothing reads them twice, and the next run deletes them.
+    #[tokio::test]
+    async fn inputs_left_by_an_interrupted_run_are_ignored_then_deleted() {
+        let (_dir, store) = lake();
+        write(&store, &[(0..100, 0), (100..200, 1), (200..300, 2)]).await;
+        let (input, _) = event_files(&store).await.remove(3);
+        let bytes = store
+            .object_store()
+            .get(&input)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        compact(&store, "t", options()).await.unwrap();
+        store
+            .object_store()
+            .put(&input, PutPayload::from(bytes))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            check_coverage(&store, "t").await.unwrap(),
+            BTreeMap::from([(0, 300)])
+        );
+        let counted = aggregate(&store, "t").await.unwrap();
+        assert_eq!((counted.files, counted.events), (12, 300));
+        let mut sink = Sink::open(
+            store.clone(),
+            "t",
+            FlushPolicy {
+                rows: 10,
+                interval: Duration::from_secs(60),
+                in_flight: 1,
+            },
+        )
+        .await
+        .unwrap();
+        sink.reload(&[0]).await.unwrap();
+        assert_eq!(
+            sink.next_offset(0),
+            300,
+            "the sink's chain ends where it did"
+        );
+        assert!(
+            store.object_store().head(&input).await.is_ok(),
+            "a covered file is not beyond a gap: the sink leaves it"
+        );
+
+        let done = compact(&store, "t", options()).await.unwrap();
+        assert_eq!((done.leftovers, done.written), (1, 0));
+        assert_eq!(event_files(&store).await.len(), 12);
+    }
+}
