@@ -7,8 +7,12 @@
 //!   `plays_cumulative` and `plays_7d` set on the songs whose numbers changed
 //!   (`recsys_ingest::counts`);
 //! * `window-roll` (daily at `--roll-at`, UTC): the same publication without new events, so songs
-//!   whose plays left the 7-day window drop, down to 0. A daily job whose last success is older
-//!   than its latest scheduled time runs at start: a missed day is caught up once.
+//!   whose plays left the 7-day window drop, down to 0;
+//! * `compact` (daily at `--compact-at`, UTC): each partition's small event files of a closed
+//!   date (or month, `--compact-period`) become one file (`recsys_ingest::compact`).
+//!
+//! A daily job whose last success is older than its latest scheduled time runs at start: a
+//! missed day is caught up once.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,6 +23,7 @@ use recsys_catalog::{Catalog, PlayCounts};
 use recsys_core::Store;
 use recsys_core::manifest::EtlManifest;
 use recsys_core::time::MICROS_PER_DAY;
+use recsys_ingest::compact::{CompactOptions, Period, compact};
 use recsys_ingest::counts::{self, Anchor, Counts};
 use recsys_ingest::log::EMBEDDED_TOPIC;
 use serde::{Deserialize, Serialize};
@@ -32,16 +37,35 @@ const MS_PER_DAY: i64 = MICROS_PER_DAY / 1000;
 pub enum Job {
     Counts,
     WindowRoll,
+    Compact,
+}
+
+/// When a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schedule {
+    /// Every so many ms after its last success.
+    Every(i64),
+    /// Daily at this minute after midnight, UTC.
+    Daily(i64),
 }
 
 impl Job {
-    const ALL: [Job; 2] = [Job::Counts, Job::WindowRoll];
+    const ALL: [Job; 3] = [Job::Counts, Job::WindowRoll, Job::Compact];
 
     fn name(self) -> &'static str {
         match self {
             Job::Counts => "counts",
             Job::WindowRoll => "window-roll",
+            Job::Compact => "compact",
         }
+    }
+
+    fn schedule(self, args: &OrchestrateArgs) -> Result<Schedule> {
+        Ok(match self {
+            Job::Counts => Schedule::Every((args.counts_every_s.max(0.1) * 1000.0) as i64),
+            Job::WindowRoll => Schedule::Daily(parse_time("--roll-at", &args.roll_at)?),
+            Job::Compact => Schedule::Daily(parse_time("--compact-at", &args.compact_at)?),
+        })
     }
 
     fn key(self) -> String {
@@ -84,6 +108,25 @@ pub struct OrchestrateArgs {
     /// The event log's topic (its files' names in events/).
     #[arg(long, env = "RECSYS_TOPIC", default_value = EMBEDDED_TOPIC)]
     pub topic: String,
+    /// Daily time (UTC, HH:MM) of the compaction of closed dates' event files.
+    #[arg(long, env = "RECSYS_COMPACT_AT", default_value = "03:00")]
+    pub compact_at: String,
+    /// Fewest consecutive files of a partition and date worth compacting.
+    #[arg(long, env = "RECSYS_COMPACT_MIN_FILES", default_value_t = 8)]
+    pub compact_min_files: usize,
+    /// Most events (offsets) one compacted file holds.
+    #[arg(long, env = "RECSYS_COMPACT_MAX_EVENTS", default_value_t = 2_000_000)]
+    pub compact_max_events: i64,
+    /// What one compacted file holds at most: a `day` (a live system's many files a day) or a
+    /// `month` (few events a day, as replayed history: each day is one small file already).
+    #[arg(long, env = "RECSYS_COMPACT_PERIOD", value_enum, default_value = "day")]
+    pub compact_period: CompactPeriod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompactPeriod {
+    Day,
+    Month,
 }
 
 /// A job's record in `job_metadata`.
@@ -121,6 +164,26 @@ async fn run_job(
     let aggregated = match job {
         Job::Counts => Some(counts::aggregate(lake, &args.topic).await?),
         Job::WindowRoll => None,
+        Job::Compact => {
+            let options = CompactOptions {
+                // A live system's dates close at midnight; replayed data's newest date is open.
+                closed_before: match args.window_clock {
+                    WindowClock::Wall => Some(recsys_catalog::now_ms().div_euclid(MS_PER_DAY)),
+                    WindowClock::Newest => None,
+                },
+                min_files: args.compact_min_files,
+                max_offsets: args.compact_max_events.max(1),
+                period: match args.compact_period {
+                    CompactPeriod::Day => Period::Day,
+                    CompactPeriod::Month => Period::Month,
+                },
+            };
+            let done = compact(lake, &args.topic, options).await?;
+            return Ok(format!(
+                "{} files written for {} ({} events); {} covered files of an interrupted run deleted",
+                done.written, done.replaced, done.events, done.leftovers
+            ));
+        }
     };
     let (set, window_end) = publish(lake, catalog, &args.topic, anchor).await?;
     let window = window_end.map_or("none".into(), |d| {
@@ -223,14 +286,17 @@ fn when(ms: i64) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Minutes after midnight of `HH:MM`.
-fn parse_time(text: &str) -> Result<i64> {
+/// Minutes after midnight of `HH:MM` (the value of `flag`).
+fn parse_time(flag: &str, text: &str) -> Result<i64> {
     let (h, m) = text
         .split_once(':')
-        .with_context(|| format!("--roll-at {text}: expected HH:MM"))?;
-    let (h, m): (i64, i64) = (h.trim().parse()?, m.trim().parse()?);
+        .with_context(|| format!("{flag} {text}: expected HH:MM"))?;
+    let (h, m): (i64, i64) = (
+        h.trim().parse().with_context(|| format!("{flag} {text}"))?,
+        m.trim().parse().with_context(|| format!("{flag} {text}"))?,
+    );
     if !(0..24).contains(&h) || !(0..60).contains(&m) {
-        bail!("--roll-at {text}: not a time of day");
+        bail!("{flag} {text}: not a time of day");
     }
     Ok(h * 60 + m)
 }
@@ -245,14 +311,14 @@ fn latest_daily(now_ms: i64, minute: i64) -> i64 {
     }
 }
 
-/// When `job` runs next, given its last success and now (both ms).
-fn next_run(job: Job, every_ms: i64, roll_minute: i64, last_ok: Option<i64>, now: i64) -> i64 {
-    match job {
-        Job::Counts => last_ok.map_or(now, |t| (t + every_ms).max(now)),
+/// When a job on `schedule` runs next, given its last success and now (both ms).
+fn next_run(schedule: Schedule, last_ok: Option<i64>, now: i64) -> i64 {
+    match schedule {
+        Schedule::Every(every_ms) => last_ok.map_or(now, |t| (t + every_ms).max(now)),
         // Due when the latest scheduled time has no success after it; a clock that jumped
         // over several days runs it once.
-        Job::WindowRoll => {
-            let due = latest_daily(now, roll_minute);
+        Schedule::Daily(minute) => {
+            let due = latest_daily(now, minute);
             if last_ok.is_some_and(|t| t >= due) {
                 due + MS_PER_DAY
             } else {
@@ -267,18 +333,17 @@ async fn job_loop(
     lake: Store,
     catalog: std::sync::Arc<dyn Catalog>,
     args: std::sync::Arc<OrchestrateArgs>,
-    roll_minute: i64,
+    schedule: Schedule,
 ) {
     let mut last_ok = record(catalog.as_ref(), job)
         .await
         .ok()
         .flatten()
         .and_then(|r| r.last_success_ms);
-    let interval_ms = (args.counts_every_s.max(0.1) * 1000.0) as i64;
-    let mut every_ms = interval_ms;
+    let mut jittered = schedule;
     loop {
         let now = recsys_catalog::now_ms();
-        let at = next_run(job, every_ms, roll_minute, last_ok, now);
+        let at = next_run(jittered, last_ok, now);
         // Sleep in short steps: a wall clock that jumps is noticed.
         if at > now {
             tokio::time::sleep(Duration::from_millis((at - now).min(1_000) as u64)).await;
@@ -289,16 +354,18 @@ async fn job_loop(
         match run_recorded(job, &lake, catalog.as_ref(), &args).await {
             Ok(_) => {
                 last_ok = Some(recsys_catalog::now_ms());
-                let jitter = rand::random::<f64>() * args.jitter.clamp(0.0, 1.0);
-                every_ms = interval_ms + (jitter * interval_ms as f64) as i64;
+                if let Schedule::Every(ms) = schedule {
+                    let jitter = rand::random::<f64>() * args.jitter.clamp(0.0, 1.0);
+                    jittered = Schedule::Every(ms + (jitter * ms as f64) as i64);
+                }
             }
             // Tried again after an interval (a daily job: after a minute).
             Err(_) => {
-                let retry = match job {
-                    Job::Counts => args.counts_every_s.max(0.1),
-                    Job::WindowRoll => 60.0,
+                let retry_ms = match schedule {
+                    Schedule::Every(ms) => ms,
+                    Schedule::Daily(_) => 60_000,
                 };
-                tokio::time::sleep(Duration::from_secs_f64(retry)).await;
+                tokio::time::sleep(Duration::from_millis(retry_ms as u64)).await;
             }
         }
     }
@@ -306,7 +373,10 @@ async fn job_loop(
 
 pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
     let lake = lake_args.open()?;
-    let roll_minute = parse_time(&args.roll_at)?;
+    let schedules = Job::ALL
+        .iter()
+        .map(|job| job.schedule(&args))
+        .collect::<Result<Vec<_>>>()?;
     let catalog: std::sync::Arc<dyn Catalog> = args.catalog.open(&lake).await?.into();
     if let Some(job) = args.once {
         let detail = run_recorded(job, &lake, catalog.as_ref(), &args).await?;
@@ -318,17 +388,18 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         catalog = %catalog.describe(),
         counts_every_s = args.counts_every_s,
         roll_at = %args.roll_at,
+        compact_at = %args.compact_at,
         "orchestrator running"
     );
     let args = std::sync::Arc::new(args);
     let mut tasks = tokio::task::JoinSet::new();
-    for job in Job::ALL {
+    for (job, schedule) in Job::ALL.into_iter().zip(schedules) {
         tasks.spawn(job_loop(
             job,
             lake.clone(),
             catalog.clone(),
             args.clone(),
-            roll_minute,
+            schedule,
         ));
     }
     // SIGTERM/SIGINT: the jobs stop where they are; every write they make is atomic (one put
@@ -436,25 +507,23 @@ mod tests {
 
     #[test]
     fn daily_job_runs_once_after_missed_days() {
-        let roll = parse_time("00:05").unwrap();
+        let roll = parse_time("--roll-at", "00:05").unwrap();
         let day = 20_000 * MS_PER_DAY;
         // Last success three days ago: due now, once.
         let now = day + 10 * MIN;
         assert_eq!(
-            next_run(Job::WindowRoll, 0, roll, Some(day - 3 * MS_PER_DAY), now),
+            next_run(Schedule::Daily(roll), Some(day - 3 * MS_PER_DAY), now),
             now
         );
         // After that success: tomorrow at 00:05.
         assert_eq!(
-            next_run(Job::WindowRoll, 0, roll, Some(now), now + MIN),
+            next_run(Schedule::Daily(roll), Some(now), now + MIN),
             day + MS_PER_DAY + 5 * MIN
         );
         // Before today's 00:05 with yesterday's run done: today at 00:05.
         assert_eq!(
             next_run(
-                Job::WindowRoll,
-                0,
-                roll,
+                Schedule::Daily(roll),
                 Some(day - MS_PER_DAY + 6 * MIN),
                 day + MIN
             ),
@@ -464,22 +533,22 @@ mod tests {
 
     #[test]
     fn interval_job_is_due_an_interval_after_its_last_success() {
-        assert_eq!(next_run(Job::Counts, 900_000, 0, None, 5), 5);
+        assert_eq!(next_run(Schedule::Every(900_000), None, 5), 5);
         assert_eq!(
-            next_run(Job::Counts, 900_000, 0, Some(1_000), 2_000),
+            next_run(Schedule::Every(900_000), Some(1_000), 2_000),
             901_000
         );
         // A clock that jumped ahead runs it once, now.
         assert_eq!(
-            next_run(Job::Counts, 900_000, 0, Some(1_000), 10 * MS_PER_DAY),
+            next_run(Schedule::Every(900_000), Some(1_000), 10 * MS_PER_DAY),
             10 * MS_PER_DAY
         );
     }
 
     #[test]
     fn times_of_day_are_checked() {
-        assert_eq!(parse_time("02:00").unwrap(), 120);
-        assert!(parse_time("24:00").is_err());
-        assert!(parse_time("2").is_err());
+        assert_eq!(parse_time("--roll-at", "02:00").unwrap(), 120);
+        assert!(parse_time("--roll-at", "24:00").is_err());
+        assert!(parse_time("--roll-at", "2").is_err());
     }
 }

@@ -495,9 +495,10 @@ async fn etl_and_als_preparation_read_a_compacted_lake_as_before() {
         let events_dir = dir.path().join("events");
         let inputs: Vec<_> = walk(&events_dir);
         let options = CompactOptions {
-            closed_before: i64::MAX / DAY,
+            closed_before: Some(i64::MAX / DAY),
             min_files: 2,
             max_offsets: 1_000,
+            period: recsys_ingest::compact::Period::Day,
         };
         let done = compact(&lake, "music_log", options).await.unwrap();
         // Days 0 and 3 have two plays each: two runs of two files.

@@ -1658,8 +1658,8 @@ fn assert_counts_match_recount(lake: &Path, counts: &HashMap<String, (i64, i64)>
 /// The orchestrator's counts job on the pipeline's lake: the first run over the replayed
 /// history changes no song (same rule and window as the ETL); plays logged while it runs reach
 /// the catalog (a new track gets an entry); a kill -9 mid-run and a rerun leave counts equal to
-/// a recount of events/; the window roll on the wall clock drops the 2009-era songs to 0; and
-/// `recsys status` reports it all.
+/// a recount of events/; compacting the closed dates leaves them so; the window roll on the
+/// wall clock drops the 2009-era songs to 0; and `recsys status` reports it all.
 #[test]
 fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     let copy = lake_copy();
@@ -1779,6 +1779,36 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     assert_eq!(rerun[&song].0, plays + 70);
     assert_counts_match_recount(&lake, &rerun, newest_day + 1);
 
+    // Compaction by month of the closed dates (all but the newest): a day of the replayed
+    // history is one file already. Fewer files, the same counts.
+    let files = |lake: &std::path::Path| {
+        std::fs::read_dir(lake.join("events"))
+            .unwrap()
+            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum::<usize>()
+    };
+    assert!(files(&lake) > 100);
+    let before_compaction = files(&lake);
+    let out = recsys_ok(
+        &lake,
+        &[
+            "orchestrate",
+            "--once",
+            "compact",
+            "--compact-period",
+            "month",
+        ],
+    );
+    assert!(out.contains("compact: "), "{out}");
+    let after_compaction = files(&lake);
+    assert!(
+        after_compaction * 10 < before_compaction,
+        "{before_compaction} files became {after_compaction}: {out}"
+    );
+    recsys_ok(&lake, &["orchestrate", "--once", "counts"]);
+    assert_eq!(rt.block_on(catalog_counts(&lake)), rerun);
+    assert_counts_match_recount(&lake, &rerun, newest_day + 1);
+
     // The window on the wall clock: nothing was played in the last 7 days.
     let out = recsys_ok(
         &lake,
@@ -1796,7 +1826,7 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     assert!(rolled.values().all(|c| c.1 == 0));
 
     let status = recsys_ok(&lake, &["status"]);
-    for needle in ["counts", "window-roll", "ok", "lag 0", "model: "] {
+    for needle in ["counts", "window-roll", "compact", "ok", "lag 0", "model: "] {
         assert!(status.contains(needle), "missing `{needle}` in:\n{status}");
     }
     let json: serde_json::Value =

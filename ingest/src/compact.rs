@@ -3,7 +3,10 @@
 //! The sink writes a file per partition whenever a buffer fills, ages or changes date, so a
 //! day of events can sit in hundreds of small files, and every batch job pays for each one. For
 //! closed dates (before a given day), each run of consecutive files of one partition in one
-//! date folder becomes one file named with the run's whole offset range.
+//! date folder becomes one file named with the run's whole offset range ([`Period::Day`]), or
+//! in one month, into `events/month=YYYY-MM/` ([`Period::Month`]: for logs with few events a
+//! day, where each day is one small file already). Readers take an event's date from its
+//! timestamp, never from the folder.
 //!
 //! Crash safety comes from the names, not from a log: the new file is written with one atomic
 //! `put` before its inputs are deleted, and from then on its range covers theirs. Every reader
@@ -41,11 +44,15 @@ const COLUMNS: &[&str] = &[
 #[derive(Debug, Clone, Copy)]
 pub struct CompactOptions {
     /// Dates before this day (days since 1970-01-01) are closed; later ones are left alone.
-    pub closed_before: i64,
+    /// `None`: every date but the newest one holding events (replayed data, where the wall
+    /// clock says nothing).
+    pub closed_before: Option<i64>,
     /// A run of fewer files is not worth a rewrite.
     pub min_files: usize,
     /// Offsets one compacted file may span at most (bounds its size and the memory a run takes).
     pub max_offsets: i64,
+    /// What one compacted file holds at most besides: a day or a month.
+    pub period: Period,
 }
 
 /// What one compaction run did.
@@ -61,11 +68,38 @@ pub struct Compacted {
     pub leftovers: usize,
 }
 
-/// The `date=…` folder a file sits in.
-fn date_folder(path: &Path) -> Option<String> {
+/// How much of a partition one compacted file may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Period {
+    /// A date: files stay in their `date=YYYY-MM-DD/` folder. Fits a live system, whose sink
+    /// writes many files a day.
+    #[default]
+    Day,
+    /// A calendar month, into `month=YYYY-MM/`: for logs with few events a day (replayed
+    /// history, a small service), where a day is one small file already.
+    Month,
+}
+
+/// The folder a file sits in.
+fn folder(path: &Path) -> Option<String> {
     let parts: Vec<_> = path.parts().collect();
-    let folder = parts.get(parts.len().checked_sub(2)?)?.as_ref().to_string();
-    folder.starts_with("date=").then_some(folder)
+    Some(parts.get(parts.len().checked_sub(2)?)?.as_ref().to_string())
+}
+
+/// The folder a file of `folder` goes to when compacted by `period`; `None` when it is not one
+/// the period merges (or not closed: a date at or after `cutoff`, `date=…` as well).
+fn target(folder: &str, period: Period, cutoff: &str) -> Option<String> {
+    if let Some(date) = folder.strip_prefix("date=") {
+        if folder >= cutoff {
+            return None;
+        }
+        return Some(match period {
+            Period::Day => folder.to_string(),
+            Period::Month => format!("month={}", date.get(..7)?),
+        });
+    }
+    // A month file was made of closed dates.
+    (period == Period::Month && folder.starts_with("month=")).then(|| folder.to_string())
 }
 
 async fn delete(store: &Store, path: &Path) -> Result<(), CountsError> {
@@ -85,13 +119,18 @@ pub async fn compact(
     topic: &str,
     options: CompactOptions,
 ) -> Result<Compacted, CountsError> {
-    let cutoff = format!(
-        "date={}",
-        date_string(options.closed_before * MICROS_PER_DAY)
-    );
+    let files = topic_files(store, topic).await?;
+    let cutoff = match options.closed_before {
+        Some(day) => format!("date={}", date_string(day * MICROS_PER_DAY)),
+        None => files
+            .iter()
+            .filter_map(|(path, _)| folder(path).filter(|f| f.starts_with("date=")))
+            .max()
+            .unwrap_or_default(),
+    };
     let min_files = options.min_files.max(2);
     let mut done = Compacted::default();
-    for (partition, chain) in chains(topic_files(store, topic).await?) {
+    for (partition, chain) in chains(files) {
         for path in &chain.covered {
             tracing::info!(file = %path, "deleting an event file a compacted file covers");
             delete(store, path).await?;
@@ -99,7 +138,7 @@ pub async fn compact(
         }
         let mut runs: Vec<(String, Vec<(Path, (i64, i64))>)> = Vec::new();
         for (path, (first, last)) in chain.files {
-            let Some(date) = date_folder(&path).filter(|d| *d < cutoff) else {
+            let Some(date) = folder(&path).and_then(|f| target(&f, options.period, &cutoff)) else {
                 runs.push((String::new(), Vec::new()));
                 continue;
             };
@@ -126,26 +165,32 @@ pub async fn compact(
     Ok(done)
 }
 
-/// Writes `files` (a run of one partition in one date folder) as one file, then deletes them;
-/// returns the events written.
+/// Writes `files` (a run of one partition) as one file in `folder`, then deletes them; returns
+/// the events written.
 async fn merge(
     store: &Store,
     topic: &str,
     partition: i32,
-    date: &str,
+    into: &str,
     files: &[(Path, (i64, i64))],
 ) -> Result<u64, CountsError> {
     let first = files[0].1.0;
     let last = files[files.len() - 1].1.1;
-    let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
-        .map(|(path, _)| read(store, path, COLUMNS))
+    // Owned paths and store: a stream over borrowed ones is not `Send` for every lifetime.
+    let paths: Vec<Path> = files.iter().map(|(path, _)| path.clone()).collect();
+    let reader = store.clone();
+    let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(paths)
+        .map(move |path| {
+            let store = reader.clone();
+            async move { read(&store, &path, COLUMNS).await }
+        })
         .buffered(8)
         .try_collect()
         .await?;
     let batches: Vec<RecordBatch> = batches.into_iter().flatten().collect();
     let events: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let rel = format!(
-        "{EVENTS_DIR}/{date}/{}",
+        "{EVENTS_DIR}/{into}/{}",
         file_name(topic, partition, first, last)
     );
     let location = store.url(&rel);
@@ -235,9 +280,10 @@ mod tests {
 
     fn options() -> CompactOptions {
         CompactOptions {
-            closed_before: DAY + 2,
+            closed_before: Some(DAY + 2),
             min_files: 8,
             max_offsets: 1_000_000,
+            period: Period::Day,
         }
     }
 
@@ -274,16 +320,50 @@ mod tests {
             check_coverage(&store, "t").await.unwrap(),
             BTreeMap::from([(0, 300)])
         );
+        let newest_open = CompactOptions {
+            closed_before: None,
+            ..options()
+        };
         assert_eq!(
-            compact(&store, "t", options()).await.unwrap(),
+            compact(&store, "t", newest_open).await.unwrap(),
             Compacted::default(),
-            "a second run finds nothing worth doing"
+            "a second run finds nothing worth doing, and the newest date is open"
         );
 
         // Offsets 50..300 are new to the counts job: 250 events, every tenth a skip.
         let counted = aggregate(&store, "t").await.unwrap();
         assert_eq!((counted.events, counted.plays), (250, 225));
         assert_eq!(plays(&store).await, 270);
+    }
+
+    /// By month, the closed days of a month become one file in `month=…/`; a later run merges
+    /// that file with the month's days closed since.
+    #[tokio::test]
+    async fn by_month_closed_days_of_a_month_become_one_file() {
+        let (_dir, store) = lake();
+        write(&store, &[(0..100, 0), (100..200, 1), (200..300, 2)]).await;
+        let month = CompactOptions {
+            period: Period::Month,
+            ..options()
+        };
+        let done = compact(&store, "t", month).await.unwrap();
+        assert_eq!((done.written, done.replaced, done.events), (1, 20, 200));
+        let files = event_files(&store).await;
+        assert_eq!(files[0].1, (0, 0, 199));
+        assert_eq!(folder(&files[0].0).unwrap(), "month=2008-05");
+        let later = CompactOptions {
+            closed_before: Some(DAY + 3),
+            ..month
+        };
+        let done = compact(&store, "t", later).await.unwrap();
+        assert_eq!((done.written, done.replaced, done.events), (1, 11, 300));
+        assert_eq!(event_files(&store).await.len(), 1);
+        assert_eq!(
+            check_coverage(&store, "t").await.unwrap(),
+            BTreeMap::from([(0, 300)])
+        );
+        let counted = aggregate(&store, "t").await.unwrap();
+        assert_eq!((counted.events, counted.plays), (300, 270));
     }
 
     /// A kill between the write and the deletes leaves the inputs beside the compacted file:
