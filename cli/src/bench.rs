@@ -39,6 +39,9 @@ pub enum BenchCommand {
     /// the time from an executor's loss to the job's end, and embedding throughput through the
     /// cluster against embedded. Needs root.
     Cluster(crate::bench_cluster::ClusterBench),
+    /// The orchestrator's jobs on a lake's events: the counts job (seconds per M events, peak
+    /// memory), and the ETL and ALS preparation before and after compaction.
+    Orchestrate(crate::bench_orchestrate::OrchestrateBench),
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +148,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Embed(_) => "embed",
         BenchCommand::Serve(_) => "serve",
         BenchCommand::Cluster(_) => "cluster",
+        BenchCommand::Orchestrate(_) => "orchestrate",
     });
     match cmd {
         BenchCommand::Pipeline(args) => pipeline(lake_args, args).await,
@@ -154,6 +158,7 @@ pub async fn run(lake_args: &LakeArgs, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Embed(args) => crate::bench_embed::run(args).await,
         BenchCommand::Serve(args) => crate::bench_serve::run(lake_args, args).await,
         BenchCommand::Cluster(args) => crate::bench_cluster::run(lake_args, args).await,
+        BenchCommand::Orchestrate(args) => crate::bench_orchestrate::run(lake_args, args).await,
     }
 }
 

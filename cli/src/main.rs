@@ -8,6 +8,7 @@ mod bench_cluster;
 mod bench_embed;
 mod bench_etl;
 mod bench_ingest;
+mod bench_orchestrate;
 mod bench_serve;
 mod catalog;
 mod cluster;

@@ -11,6 +11,9 @@
 
 use std::collections::BTreeMap;
 
+/// (partition, first offset, last offset) of an event file.
+pub type FileRange = (i32, i64, i64);
+
 /// `<topic>-p<partition>-<first>-<last>.parquet`, zero-padded so names sort by offset.
 pub fn file_name(topic: &str, partition: i32, first: i64, last: i64) -> String {
     format!("{topic}-p{partition:04}-{first:020}-{last:020}.parquet")
@@ -51,7 +54,7 @@ pub struct Chain<T> {
 /// Sorts `files` ((partition, first, last) each) into one [`Chain`] per partition. Among files
 /// starting at the same offset the longest range is taken, so a compacted file wins over its
 /// inputs.
-pub fn chains<T>(mut files: Vec<(T, (i32, i64, i64))>) -> BTreeMap<i32, Chain<T>> {
+pub fn chains<T>(mut files: Vec<(T, FileRange)>) -> BTreeMap<i32, Chain<T>> {
     files.sort_by_key(|(_, (p, first, last))| (*p, *first, std::cmp::Reverse(*last)));
     let mut chains: BTreeMap<i32, Chain<T>> = BTreeMap::new();
     for (item, (partition, first, last)) in files {

@@ -80,6 +80,10 @@ pub enum Period {
     Month,
 }
 
+/// Files of one partition to merge into one folder: the folder, and the files with their
+/// (first, last) offsets.
+type Run = (String, Vec<(Path, (i64, i64))>);
+
 /// The folder a file sits in.
 fn folder(path: &Path) -> Option<String> {
     let parts: Vec<_> = path.parts().collect();
@@ -136,7 +140,7 @@ pub async fn compact(
             delete(store, path).await?;
             done.leftovers += 1;
         }
-        let mut runs: Vec<(String, Vec<(Path, (i64, i64))>)> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         for (path, (first, last)) in chain.files {
             let Some(date) = folder(&path).and_then(|f| target(&f, options.period, &cutoff)) else {
                 runs.push((String::new(), Vec::new()));

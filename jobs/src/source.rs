@@ -77,7 +77,7 @@ impl ListenSource {
 /// but those a compacted file covers (see [`recsys_core::event_files`]), in name order.
 pub async fn event_file_urls(lake: &Store) -> Result<Vec<String>, JobError> {
     let objects = crate::lake::list(lake.object_store().as_ref(), &lake.path(EVENTS_DIR)).await?;
-    let mut by_topic: BTreeMap<String, Vec<(usize, (i32, i64, i64))>> = BTreeMap::new();
+    let mut by_topic: BTreeMap<String, Vec<(usize, event_files::FileRange)>> = BTreeMap::new();
     let mut keep = vec![true; objects.len()];
     for (i, o) in objects.iter().enumerate() {
         let name = o.location.filename().unwrap_or_default();
@@ -120,7 +120,7 @@ pub async fn events_table(
     }
     let urls = urls
         .iter()
-        .map(|u| ListingTableUrl::parse(u))
+        .map(ListingTableUrl::parse)
         .collect::<Result<Vec<_>, _>>()?;
     // The session's Parquet options (string types among them), as `register_parquet` takes.
     let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
