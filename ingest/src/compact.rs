@@ -20,25 +20,11 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use recsys_core::Store;
 use recsys_core::event_files::{chains, file_name};
-use recsys_core::schema::{EVENTS_DIR, col};
+use recsys_core::schema::{EVENTS_DIR, event_schema};
 use recsys_core::time::{MICROS_PER_DAY, date_string};
 
 use crate::counts::{CountsError, read};
 use crate::sink::{encode, topic_files};
-
-/// Every column of an event file, in the file's order.
-const COLUMNS: &[&str] = &[
-    col::USER_ID,
-    col::TRACK_ID,
-    col::ARTIST_ID,
-    col::TS,
-    col::ACTION,
-    col::SOURCE,
-    col::DURATION_S,
-    col::TOTAL_DURATION_S,
-    col::LOG_PARTITION,
-    col::LOG_OFFSET,
-];
 
 /// What a compaction may merge.
 #[derive(Debug, Clone, Copy)]
@@ -183,10 +169,15 @@ async fn merge(
     // Owned paths and store: a stream over borrowed ones is not `Send` for every lifetime.
     let paths: Vec<Path> = files.iter().map(|(path, _)| path.clone()).collect();
     let reader = store.clone();
+    let schema = event_schema();
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(paths)
         .map(move |path| {
-            let store = reader.clone();
-            async move { read(&store, &path, COLUMNS).await }
+            let (store, columns) = (reader.clone(), columns.clone());
+            async move {
+                let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+                read(&store, &path, &columns).await
+            }
         })
         .buffered(8)
         .try_collect()
