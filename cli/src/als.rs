@@ -111,15 +111,26 @@ impl AlsArgs {
             train_fraction: self.train_fraction,
             blocks: self.blocks,
             ratings: self.ratings.into(),
+            ..TrainOptions::default()
         }
     }
 }
 
 /// Trains with per-iteration progress lines.
 pub async fn train(cluster: &Cluster, lake: &Store, args: &AlsArgs) -> Result<AlsSummary> {
+    train_with(cluster, lake, args, &args.options()).await
+}
+
+/// [`train`] with other training options (a window, no publication).
+pub async fn train_with(
+    cluster: &Cluster,
+    lake: &Store,
+    args: &AlsArgs,
+    options: &TrainOptions,
+) -> Result<AlsSummary> {
     let params = args.params();
     let total = params.iterations;
-    let summary = recsys_jobs::als::train(cluster, lake, &params, &args.options(), |s| {
+    let summary = recsys_jobs::als::train(cluster, lake, &params, options, |s| {
         tracing::info!(
             iteration = format!("{}/{total}", s.iteration),
             loss = format!("{:.6e}", s.loss),

@@ -66,6 +66,7 @@ async fn jobs(cluster: &recsys_jobs::Cluster, lake: &Store) -> Result<(f64, f64,
             0.8,
             cluster.parallelism(),
             ListenSource::Events,
+            None,
         )
         .await?;
         recsys_jobs::als::prep::remove(lake, "tmp/bench-prep").await?;

@@ -9,7 +9,12 @@
 //! * `window-roll` (daily at `--roll-at`, UTC): the same publication without new events, so songs
 //!   whose plays left the 7-day window drop, down to 0;
 //! * `compact` (daily at `--compact-at`, UTC): each partition's small event files of a closed
-//!   date (or month, `--compact-period`) become one file (`recsys_ingest::compact`).
+//!   date (or month, `--compact-period`) become one file (`recsys_ingest::compact`);
+//! * `retrain` (daily at `--retrain-at`, UTC): ALS on the trailing `--retrain-window-days`
+//!   through the cluster, users outside the window carried over (folded in), published only
+//!   when its NDCG@10 is at most `--retrain-max-ndcg-drop` worse than the serving version's
+//!   (serving hot-reloads it), then all but the last `--keep-models` versions removed
+//!   (`recsys_jobs::als::versions`).
 //!
 //! A daily job whose last success is older than its latest scheduled time runs at start: a
 //! missed day is caught up once.
@@ -28,8 +33,11 @@ use recsys_ingest::counts::{self, Anchor, Counts};
 use recsys_ingest::log::EMBEDDED_TOPIC;
 use serde::{Deserialize, Serialize};
 
-use crate::LakeArgs;
+use recsys_jobs::als::versions;
+use recsys_jobs::als::{TrainWindow, WindowEnd};
+
 use crate::catalog::CatalogArgs;
+use crate::{ClusterArgs, LakeArgs};
 
 const MS_PER_DAY: i64 = MICROS_PER_DAY / 1000;
 
@@ -38,6 +46,7 @@ pub enum Job {
     Counts,
     WindowRoll,
     Compact,
+    Retrain,
 }
 
 /// When a job runs.
@@ -50,13 +59,14 @@ enum Schedule {
 }
 
 impl Job {
-    const ALL: [Job; 3] = [Job::Counts, Job::WindowRoll, Job::Compact];
+    const ALL: [Job; 4] = [Job::Counts, Job::WindowRoll, Job::Compact, Job::Retrain];
 
     fn name(self) -> &'static str {
         match self {
             Job::Counts => "counts",
             Job::WindowRoll => "window-roll",
             Job::Compact => "compact",
+            Job::Retrain => "retrain",
         }
     }
 
@@ -65,6 +75,7 @@ impl Job {
             Job::Counts => Schedule::Every((args.counts_every_s.max(0.1) * 1000.0) as i64),
             Job::WindowRoll => Schedule::Daily(parse_time("--roll-at", &args.roll_at)?),
             Job::Compact => Schedule::Daily(parse_time("--compact-at", &args.compact_at)?),
+            Job::Retrain => Schedule::Daily(parse_time("--retrain-at", &args.retrain_at)?),
         })
     }
 
@@ -121,6 +132,31 @@ pub struct OrchestrateArgs {
     /// `month` (few events a day, as replayed history: each day is one small file already).
     #[arg(long, env = "RECSYS_COMPACT_PERIOD", value_enum, default_value = "day")]
     pub compact_period: CompactPeriod,
+    /// Daily time (UTC, HH:MM) of the ALS retrain.
+    #[arg(long, env = "RECSYS_RETRAIN_AT", default_value = "02:00")]
+    pub retrain_at: String,
+    /// Days of plays the retrain reads, ending at the window clock (`--window-clock`).
+    #[arg(long, env = "RECSYS_RETRAIN_WINDOW_DAYS", default_value_t = 90)]
+    pub retrain_window_days: u32,
+    /// How much worse (a fraction of the serving version's NDCG@10) a retrained version may be
+    /// and still be published.
+    #[arg(long, env = "RECSYS_RETRAIN_MAX_NDCG_DROP", default_value_t = 0.05)]
+    pub retrain_max_ndcg_drop: f64,
+    /// Model versions kept (the serving one always is).
+    #[arg(long, env = "RECSYS_KEEP_MODELS", default_value_t = 3)]
+    pub keep_models: usize,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub als: crate::als::AlsArgs,
+}
+
+/// What every job reads: the lake, the catalog and the flags.
+struct Orchestrator {
+    lake_args: LakeArgs,
+    lake: Store,
+    catalog: std::sync::Arc<dyn Catalog>,
+    args: OrchestrateArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,19 +187,18 @@ async fn record(catalog: &dyn Catalog, job: Job) -> Result<Option<JobRecord>> {
 }
 
 /// What one run of a job did, for people.
-async fn run_job(
-    job: Job,
-    lake: &Store,
-    catalog: &dyn Catalog,
-    args: &OrchestrateArgs,
-) -> Result<String> {
-    let anchor = match args.window_clock {
-        WindowClock::Wall => Anchor::WallClock,
-        WindowClock::Newest => Anchor::NewestEvent,
-    };
-    let aggregated = match job {
-        Job::Counts => Some(counts::aggregate(lake, &args.topic).await?),
-        Job::WindowRoll => None,
+async fn run_job(job: Job, o: &Orchestrator) -> Result<String> {
+    let (lake, args) = (&o.lake, &o.args);
+    match job {
+        Job::Counts => {
+            let a = counts::aggregate(lake, &args.topic).await?;
+            let published = publish(o).await?;
+            Ok(format!(
+                "{} event files, {} events, {} plays counted; {published}",
+                a.files, a.events, a.plays
+            ))
+        }
+        Job::WindowRoll => publish(o).await,
         Job::Compact => {
             let options = CompactOptions {
                 // A live system's dates close at midnight; replayed data's newest date is open.
@@ -179,32 +214,83 @@ async fn run_job(
                 },
             };
             let done = compact(lake, &args.topic, options).await?;
-            return Ok(format!(
+            Ok(format!(
                 "{} files written for {} ({} events); {} covered files of an interrupted run deleted",
                 done.written, done.replaced, done.events, done.leftovers
-            ));
+            ))
         }
-    };
-    let (set, window_end) = publish(lake, catalog, &args.topic, anchor).await?;
-    let window = window_end.map_or("none".into(), |d| {
-        recsys_core::time::date_string(d * MICROS_PER_DAY)
-    });
-    Ok(match aggregated {
-        Some(a) => format!(
-            "{} event files, {} events, {} plays counted; {set} songs set; window ends {window}",
-            a.files, a.events, a.plays
-        ),
-        None => format!("{set} songs set; window ends {window}"),
-    })
+        Job::Retrain => retrain(o).await,
+    }
 }
 
-/// Sets the counts that changed since the last publication; returns (songs set, window end).
-async fn publish(
-    lake: &Store,
-    catalog: &dyn Catalog,
-    topic: &str,
-    anchor: Anchor,
-) -> Result<(usize, Option<i64>)> {
+/// ALS on the trailing window; the new version replaces the serving one only when the gate
+/// lets it (a version kept out is removed and the run says why: not a failure, which would
+/// train again within the minute).
+async fn retrain(o: &Orchestrator) -> Result<String> {
+    let (lake, args) = (&o.lake, &o.args);
+    let cluster = args.cluster.connect(&o.lake_args.s3).await?;
+    let options = recsys_jobs::als::TrainOptions {
+        window: Some(TrainWindow {
+            days: args.retrain_window_days,
+            end: match args.window_clock {
+                WindowClock::Wall => WindowEnd::Now,
+                WindowClock::Newest => WindowEnd::NewestPlay,
+            },
+        }),
+        publish: false,
+        ..args.als.options()
+    };
+    let serving = recsys_jobs::als::model::current(lake).await?;
+    let trained = crate::als::train_with(&cluster, lake, &args.als, &options).await?;
+    let version = &trained.version;
+    let carried = match &serving {
+        Some(from) => versions::carry_over(lake, from, version, &trained.params).await?,
+        None => 0,
+    };
+    let serving_eval = match &serving {
+        Some(v) => versions::evaluation(lake, v).await?,
+        None => None,
+    };
+    let window = trained.window.map_or("all plays".into(), |(since, end)| {
+        format!(
+            "plays {} to {}",
+            recsys_core::time::date_string(since),
+            recsys_core::time::date_string(end - 1)
+        )
+    });
+    match versions::gate(
+        trained.evaluation.as_ref(),
+        serving_eval.as_ref(),
+        args.retrain_max_ndcg_drop,
+    ) {
+        Ok(why) => {
+            versions::publish(lake, version).await?;
+            let removed = versions::prune(lake, args.keep_models).await?;
+            Ok(format!(
+                "published {version} ({window}, {} users, {carried} carried over): {why}; {} old versions removed",
+                trained.model.user_ids.len(),
+                removed.len()
+            ))
+        }
+        Err(why) => {
+            versions::remove(lake, version).await?;
+            tracing::warn!(%version, "retrained model not published: {why}");
+            Ok(format!(
+                "not published ({window}): {why}; still serving {}",
+                serving.as_deref().unwrap_or("none")
+            ))
+        }
+    }
+}
+
+/// Sets the counts that changed since the last publication; says how many and where the 7-day
+/// window ends.
+async fn publish(o: &Orchestrator) -> Result<String> {
+    let (lake, catalog, topic) = (&o.lake, o.catalog.as_ref(), o.args.topic.as_str());
+    let anchor = match o.args.window_clock {
+        WindowClock::Wall => Anchor::WallClock,
+        WindowClock::Newest => Anchor::NewestEvent,
+    };
     let today = recsys_catalog::now_ms().div_euclid(MS_PER_DAY);
     let totals = counts::totals(lake, topic, anchor, today).await?;
     let etl = counts::etl_tracks(lake).await?;
@@ -236,20 +322,19 @@ async fn publish(
         catalog.set_play_counts(chunk, true).await?;
     }
     counts::set_published(lake, &new).await?;
-    Ok((changes.len(), totals.window_end))
+    let window = totals.window_end.map_or("none".into(), |d| {
+        recsys_core::time::date_string(d * MICROS_PER_DAY)
+    });
+    Ok(format!("{} songs set; window ends {window}", changes.len()))
 }
 
 /// Runs `job` once, recording its outcome in `job_metadata`.
-async fn run_recorded(
-    job: Job,
-    lake: &Store,
-    catalog: &dyn Catalog,
-    args: &OrchestrateArgs,
-) -> Result<String> {
+async fn run_recorded(job: Job, o: &Orchestrator) -> Result<String> {
+    let catalog = o.catalog.as_ref();
     let started = Instant::now();
     let start_ms = recsys_catalog::now_ms();
     let previous = record(catalog, job).await.ok().flatten();
-    let result = run_job(job, lake, catalog, args).await;
+    let result = run_job(job, o).await;
     let end_ms = recsys_catalog::now_ms();
     let (outcome, detail) = match &result {
         Ok(detail) => ("ok", detail.clone()),
@@ -328,14 +413,8 @@ fn next_run(schedule: Schedule, last_ok: Option<i64>, now: i64) -> i64 {
     }
 }
 
-async fn job_loop(
-    job: Job,
-    lake: Store,
-    catalog: std::sync::Arc<dyn Catalog>,
-    args: std::sync::Arc<OrchestrateArgs>,
-    schedule: Schedule,
-) {
-    let mut last_ok = record(catalog.as_ref(), job)
+async fn job_loop(job: Job, o: std::sync::Arc<Orchestrator>, schedule: Schedule) {
+    let mut last_ok = record(o.catalog.as_ref(), job)
         .await
         .ok()
         .flatten()
@@ -351,11 +430,11 @@ async fn job_loop(
         }
         // The run is awaited here, so a run never overlaps the previous one; a run that takes
         // longer than the interval delays the next instead of stacking up.
-        match run_recorded(job, &lake, catalog.as_ref(), &args).await {
+        match run_recorded(job, &o).await {
             Ok(_) => {
                 last_ok = Some(recsys_catalog::now_ms());
                 if let Schedule::Every(ms) = schedule {
-                    let jitter = rand::random::<f64>() * args.jitter.clamp(0.0, 1.0);
+                    let jitter = rand::random::<f64>() * o.args.jitter.clamp(0.0, 1.0);
                     jittered = Schedule::Every(ms + (jitter * ms as f64) as i64);
                 }
             }
@@ -378,29 +457,29 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         .map(|job| job.schedule(&args))
         .collect::<Result<Vec<_>>>()?;
     let catalog: std::sync::Arc<dyn Catalog> = args.catalog.open(&lake).await?.into();
-    if let Some(job) = args.once {
-        let detail = run_recorded(job, &lake, catalog.as_ref(), &args).await?;
+    let o = std::sync::Arc::new(Orchestrator {
+        lake_args: lake_args.clone(),
+        lake,
+        catalog,
+        args,
+    });
+    if let Some(job) = o.args.once {
+        let detail = run_recorded(job, &o).await?;
         println!("{}: {detail}", job.name());
         return Ok(());
     }
     tracing::info!(
-        lake = %lake.location(),
-        catalog = %catalog.describe(),
-        counts_every_s = args.counts_every_s,
-        roll_at = %args.roll_at,
-        compact_at = %args.compact_at,
+        lake = %o.lake.location(),
+        catalog = %o.catalog.describe(),
+        counts_every_s = o.args.counts_every_s,
+        roll_at = %o.args.roll_at,
+        compact_at = %o.args.compact_at,
+        retrain_at = %o.args.retrain_at,
         "orchestrator running"
     );
-    let args = std::sync::Arc::new(args);
     let mut tasks = tokio::task::JoinSet::new();
     for (job, schedule) in Job::ALL.into_iter().zip(schedules) {
-        tasks.spawn(job_loop(
-            job,
-            lake.clone(),
-            catalog.clone(),
-            args.clone(),
-            schedule,
-        ));
+        tasks.spawn(job_loop(job, o.clone(), schedule));
     }
     // SIGTERM/SIGINT: the jobs stop where they are; every write they make is atomic (one put
     // per aggregate file, catalog values set, not added), so a stop mid-run loses nothing and
@@ -484,8 +563,25 @@ pub async fn status(lake_args: &LakeArgs, args: StatusArgs) -> Result<()> {
         "\nmodel: {}",
         model.as_deref().unwrap_or("none (popularity only)")
     );
-    if let Some(m) = metrics.as_ref().and_then(|m| m.get("ndcg_at_10")) {
-        println!("  NDCG@10 {m}");
+    if let Some(m) = &metrics {
+        let e = &m["evaluation"];
+        if let (Some(model), Some(popularity)) = (
+            e["model"]["ndcg_at_10"].as_f64(),
+            e["popularity"]["ndcg_at_10"].as_f64(),
+        ) {
+            println!("  NDCG@10 {model:.4} (popularity {popularity:.4})");
+        }
+        let d = &m["data"];
+        println!(
+            "  {} users trained, {} carried over; {} items; plays {}",
+            d["users"],
+            d["carried_over"]["users"].as_u64().unwrap_or(0),
+            d["items"],
+            match (d["window"]["since"].as_str(), d["window"]["end"].as_str()) {
+                (Some(since), Some(end)) => format!("from {since} to {end}"),
+                _ => "of all time".into(),
+            }
+        );
     }
     println!(
         "catalog: {} songs, {} users ({} with a vector)",

@@ -9,6 +9,7 @@
 
 pub mod encoding;
 pub mod event_files;
+pub mod foldin;
 pub mod ids;
 pub mod linalg;
 pub mod manifest;

@@ -2,6 +2,8 @@
 //! `items.parquet`, `metrics.json`) and `models/als/CURRENT`, the version serving loads. Shared by
 //! the job that writes them and the server that loads them.
 
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float32Type;
 use object_store::ObjectStoreExt;
 
 use crate::{Store, StoreError};
@@ -20,4 +22,34 @@ pub async fn current_als(lake: &Store) -> Result<Option<String>, StoreError> {
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(lake.error(&rel, e)),
     }
+}
+
+/// The ids and row-major factors of a model file (`users.parquet`, `items.parquet`: id, then
+/// `FixedSizeList<Float32, k>`), and k; `file` names it in errors.
+pub fn factors(
+    batches: &[RecordBatch],
+    file: &str,
+) -> Result<(Vec<String>, Vec<f32>, usize), String> {
+    let mut ids = Vec::new();
+    let mut values = Vec::new();
+    let mut k = 0;
+    for b in batches {
+        let id = b
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| format!("{file}: column 0 is not a string id"))?;
+        let list = b
+            .column(1)
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| format!("{file}: column 1 is not a fixed-size list of factors"))?;
+        k = list.value_length() as usize;
+        let v = list
+            .values()
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| format!("{file}: factors are not float32"))?;
+        let start = list.offset() * k;
+        ids.extend((0..b.num_rows()).map(|r| id.value(r).to_string()));
+        values.extend_from_slice(&v.values()[start..start + b.num_rows() * k]);
+    }
+    Ok((ids, values, k))
 }

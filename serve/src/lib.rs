@@ -9,13 +9,12 @@
 //! The I/O-free logic every RPC uses is unit-tested exactly: score fusion and min-max
 //! normalisation ([`rank`]), popularity sampling, session vectors and the short-term update
 //! ([`vectors`]), the per-user queues with caps and TTLs ([`session`]) and real-time fold-in of
-//! new users ([`foldin`]). [`model`] loads an ALS model version from the lake, [`recommender`]
+//! new users (`recsys_core::foldin`, shared with the retrain's carry-over). [`model`] loads an ALS model version from the lake, [`recommender`]
 //! holds the serving state over the configured stores, [`service`] is the gRPC front (with
 //! health, reflection and model hot reload), [`http`] the JSON API and the web player on the
 //! same listener, [`status`] what the operator page shows, and [`verify`] checks a live server
 //! end to end.
 
-pub mod foldin;
 pub mod http;
 pub mod model;
 pub mod rank;

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Int32Type};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int32Type;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -16,7 +16,7 @@ use recsys_core::linalg::{dots, top_k};
 use recsys_core::models::ALS_MODELS_DIR;
 
 use crate::ServeError;
-use crate::foldin::ItemFactors;
+use recsys_core::foldin::ItemFactors;
 
 thread_local! {
     /// Scores of one candidate pass.
@@ -61,31 +61,6 @@ pub struct Model {
 }
 
 /// Ids and row-major factors of one model file.
-fn factors(batches: &[RecordBatch], file: &str) -> Result<(Vec<String>, Vec<f32>, usize), String> {
-    let mut ids = Vec::new();
-    let mut values = Vec::new();
-    let mut k = 0;
-    for b in batches {
-        let id = b
-            .column(0)
-            .as_string_opt::<i32>()
-            .ok_or_else(|| format!("{file}: column 0 is not a string id"))?;
-        let list = b
-            .column(1)
-            .as_fixed_size_list_opt()
-            .ok_or_else(|| format!("{file}: column 1 is not a fixed-size list of factors"))?;
-        k = list.value_length() as usize;
-        let v = list
-            .values()
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| format!("{file}: factors are not float32"))?;
-        let start = list.offset() * k;
-        ids.extend((0..b.num_rows()).map(|r| id.value(r).to_string()));
-        values.extend_from_slice(&v.values()[start..start + b.num_rows() * k]);
-    }
-    Ok((ids, values, k))
-}
-
 async fn read(lake: &Store, rel: &str) -> Result<bytes::Bytes, ServeError> {
     let got = lake
         .object_store()
@@ -150,7 +125,7 @@ async fn read_factors(
     rel: &str,
 ) -> Result<(Vec<String>, Vec<f32>, usize), ServeError> {
     let batches = read_batches(lake, rel).await?;
-    factors(&batches, rel).map_err(|reason| ServeError::Model {
+    recsys_core::models::factors(&batches, rel).map_err(|reason| ServeError::Model {
         url: lake.url(rel),
         reason,
     })

@@ -12,6 +12,8 @@
 //! 4. [`model`]: `models/als/<version>/{users,items}.parquet`, `metrics.json`, `loss.svg`, the
 //!    users' plays by dense index (`history/`, what serving leaves out as already heard), then
 //!    `models/als/CURRENT` is switched to the new version.
+//! 5. [`versions`]: a retrain on a trailing window carries users outside it over (folded in
+//!    against the new items), is published only when its NDCG@10 holds up, and old versions go.
 //!
 //! The minimised loss is Σ_{u,i} c_ui (p_ui − x_uᵀy_i)² + Σ_u λ_u‖x_u‖² + Σ_i λ_i‖y_i‖², with
 //! p = 1 for played pairs, c = 1 + α·r (or 1 + α·ln(1 + r/ε)), r = plays, and λ fixed (as in
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod prep;
 pub mod solve;
+pub mod versions;
 
 use std::time::{Duration, Instant};
 
@@ -91,6 +94,27 @@ pub struct TrainOptions {
     pub blocks: Option<usize>,
     /// Streamed events (weighted by action) or sorted listens.
     pub ratings: RatingsSource,
+    /// Only the plays of a trailing window (all plays with `None`).
+    pub window: Option<TrainWindow>,
+    /// Point `models/als/CURRENT` at the new version once it is stored (a retrain that gates
+    /// the version on its metrics publishes it itself: [`versions::publish`]).
+    pub publish: bool,
+}
+
+/// A trailing window of days: the plays a training reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainWindow {
+    pub days: u32,
+    pub end: WindowEnd,
+}
+
+/// Where a training window ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowEnd {
+    /// Now (a live system).
+    Now,
+    /// At the newest play (replayed history).
+    NewestPlay,
 }
 
 impl Default for TrainOptions {
@@ -100,6 +124,8 @@ impl Default for TrainOptions {
             train_fraction: 0.8,
             blocks: None,
             ratings: RatingsSource::Auto,
+            window: None,
+            publish: true,
         }
     }
 }
@@ -133,6 +159,8 @@ pub struct AlsSummary {
     pub listens: u64,
     /// Where the ratings came from (never `Auto`).
     pub ratings: RatingsSource,
+    /// The trailing window the plays were taken from: [since, end) in µs.
+    pub window: Option<(i64, i64)>,
     pub nnz: u64,
     pub iterations: Vec<IterationStat>,
     pub evaluation: Option<Evaluation>,
@@ -197,8 +225,16 @@ pub async fn train(
         1.0
     };
     let block_count = options.blocks.unwrap_or(cluster.parallelism()).max(1);
-    let prepared =
-        prep::prepare(cluster, lake, &work, fraction, block_count, options.ratings).await?;
+    let prepared = prep::prepare(
+        cluster,
+        lake,
+        &work,
+        fraction,
+        block_count,
+        options.ratings,
+        options.window,
+    )
+    .await?;
     let prepare = started.elapsed();
     tracing::info!(
         users = prepared.users.len(),
@@ -359,6 +395,7 @@ pub async fn train(
         params: params.clone(),
         listens: prepared.listens,
         ratings: prepared.source,
+        window: prepared.window,
         nnz: prepared.nnz,
         iterations: stats,
         evaluation,
@@ -368,6 +405,9 @@ pub async fn train(
         model: trained,
     };
     model::store(lake, &summary, fraction, &format!("{work}/by_user")).await?;
+    if options.publish {
+        versions::publish(lake, &version).await?;
+    }
     prep::remove(lake, &work).await?;
     Ok(summary)
 }

@@ -51,8 +51,8 @@ pub async fn current(lake: &Store) -> Result<Option<String>, JobError> {
 }
 
 /// Writes the model files, moves the users' rating blocks from `by_user` (`row` = user index,
-/// `col` = item index or −1, training and test plays) to `history/`, verifies the factors, then
-/// points CURRENT at the new version.
+/// `col` = item index or −1, training and test plays) to `history/` and verifies the factors;
+/// [`super::versions::publish`] then points CURRENT at it.
 pub async fn store(
     lake: &Store,
     summary: &AlsSummary,
@@ -97,6 +97,10 @@ pub async fn store(
         "version": summary.version,
         "params": summary.params,
         "data": {
+            "window": summary.window.map(|(since, end)| json!({
+                "since": recsys_core::time::date_string(since),
+                "end": recsys_core::time::date_string(end),
+            })),
             "listens": summary.listens,
             "ratings": summary.ratings,
             "users": m.user_ids.len(),
@@ -124,12 +128,6 @@ pub async fn store(
         .put(
             &lake.path(&format!("{dir}/loss.svg")),
             PutPayload::from(chart(&summary.iterations)),
-        )
-        .await?;
-    store
-        .put(
-            &lake.path(&format!("{MODELS_DIR}/CURRENT")),
-            PutPayload::from(format!("{}\n", summary.version)),
         )
         .await?;
     Ok(())

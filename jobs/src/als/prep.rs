@@ -10,8 +10,10 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use recsys_core::Store;
 
-use super::block_file;
+use recsys_core::time::MICROS_PER_DAY;
+
 use super::solve::BlockTask;
+use super::{TrainWindow, WindowEnd, block_file};
 pub use crate::source::ListenSource as RatingsSource;
 use crate::write::{Payload, shuffle_write, write_parquet_file};
 use crate::{Cluster, JobError};
@@ -57,6 +59,8 @@ pub struct Prepared {
     pub listens: u64,
     /// Where the ratings came from.
     pub source: RatingsSource,
+    /// The trailing window read, [since, end) in µs.
+    pub window: Option<(i64, i64)>,
 }
 
 /// Cut `rows` into `blocks` contiguous ranges.
@@ -139,12 +143,23 @@ pub async fn prepare(
     train_fraction: f64,
     block_count: usize,
     source: RatingsSource,
+    window: Option<TrainWindow>,
 ) -> Result<Prepared, JobError> {
     let ctx: SessionContext = cluster.planner()?;
     let source = source.resolve(lake).await?;
     source.register(&ctx, lake, "source").await?;
     let (select, order) = source.select();
-    ctx.register_table("listens", ctx.sql(select).await?.into_view())?;
+    let window = match window {
+        Some(w) => window_bounds(cluster, &ctx, w).await?,
+        None => None,
+    };
+    let select = match window {
+        Some((since, end)) => format!(
+            "{select} WHERE ts >= to_timestamp_micros({since}) AND ts < to_timestamp_micros({end})"
+        ),
+        None => select.to_string(),
+    };
+    ctx.register_table("listens", ctx.sql(&select).await?.into_view())?;
 
     // 1. Users, by sorted id.
     let mut users: Vec<(String, i64)> = Vec::new();
@@ -256,6 +271,17 @@ pub async fn prepare(
     items.sort();
     distinct(&items, "track")?;
     let nnz: u64 = items.iter().map(|i| i.1 as u64).sum();
+    if nnz == 0 {
+        return Err(JobError::NoInput(format!(
+            "{listens} plays of {} users{} give no training pair: nothing to train on",
+            users.len(),
+            window.map_or(String::new(), |(since, end)| format!(
+                " from {} to {}",
+                recsys_core::time::date_string(since),
+                recsys_core::time::date_string(end - 1)
+            ))
+        )));
+    }
     let item_schema = Arc::new(Schema::new(vec![
         Field::new("track_id", DataType::Utf8, false),
         Field::new("i", DataType::Int32, false),
@@ -328,7 +354,45 @@ pub async fn prepare(
         nnz,
         listens,
         source,
+        window,
     })
+}
+
+/// [since, end) in µs of `window` over the registered `source` (`None`: no plays to end it).
+async fn window_bounds(
+    cluster: &Cluster,
+    ctx: &SessionContext,
+    window: TrainWindow,
+) -> Result<Option<(i64, i64)>, JobError> {
+    let end = match window.end {
+        WindowEnd::Now => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or_default(),
+        ),
+        // Just after the newest play, so that it is inside.
+        WindowEnd::NewestPlay => {
+            let mut newest = None;
+            for b in cluster
+                .run_df(
+                    ctx.sql("SELECT CAST(max(ts) AS BIGINT) FROM source")
+                        .await?,
+                )
+                .await?
+            {
+                newest = newest.max(
+                    b.column(0)
+                        .as_primitive::<Int64Type>()
+                        .iter()
+                        .flatten()
+                        .max(),
+                );
+            }
+            newest.map(|t| t + 1)
+        }
+    };
+    Ok(end.map(|end| (end - window.days as i64 * MICROS_PER_DAY, end)))
 }
 
 /// Removes a folder of intermediate files.

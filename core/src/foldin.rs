@@ -3,7 +3,7 @@
 //! solve: (YᵀY + Σ (c_i − 1) y_i y_iᵀ + λI) x = Σ c_i y_i), so new users are personalised at
 //! once, not after the next train.
 
-use recsys_core::linalg::{Row, add_gram};
+use crate::linalg::{Row, add_gram};
 
 /// Item factors and the training settings a fold-in needs.
 pub struct ItemFactors {
