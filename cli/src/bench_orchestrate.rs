@@ -23,7 +23,7 @@ use crate::bench::{embedded_cluster, peak_memory_mb, reset_peak_memory};
 #[derive(Debug, Args)]
 pub struct OrchestrateBench {
     /// The event log's topic (its files' names in events/).
-    #[arg(long, env = "RECSYS_TOPIC", default_value = recsys_ingest::log::EMBEDDED_TOPIC)]
+    #[arg(long, env = "RECSYS_KAFKA_TOPIC", default_value = recsys_ingest::log::EMBEDDED_TOPIC)]
     pub topic: String,
     /// Compact by month (the layout of replayed history, a file a day) rather than by day.
     #[arg(long, env = "RECSYS_BENCH_COMPACT_MONTH")]

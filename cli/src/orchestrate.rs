@@ -116,9 +116,6 @@ pub struct OrchestrateArgs {
         default_value = "newest"
     )]
     pub window_clock: WindowClock,
-    /// The event log's topic (its files' names in events/).
-    #[arg(long, env = "RECSYS_TOPIC", default_value = EMBEDDED_TOPIC)]
-    pub topic: String,
     /// Daily time (UTC, HH:MM) of the compaction of closed dates' event files.
     #[arg(long, env = "RECSYS_COMPACT_AT", default_value = "03:00")]
     pub compact_at: String,
@@ -149,6 +146,21 @@ pub struct OrchestrateArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub als: crate::als::AlsArgs,
+    /// Also serve (gRPC, JSON API, web player on `--listen`) from this process: on the embedded
+    /// stores, which one process holds at a time, the way to run the live system on one
+    /// machine. The web player's events reach `events/` (or Kafka with `--kafka`), and the
+    /// server hot-reloads what the retrain publishes.
+    #[arg(long, env = "RECSYS_ORCHESTRATE_SERVE")]
+    pub serve: bool,
+    #[command(flatten)]
+    pub server: crate::serve::ServerArgs,
+}
+
+impl OrchestrateArgs {
+    /// The event log's topic (its files' names in events/).
+    fn topic(&self) -> &str {
+        &self.server.kafka.topic
+    }
 }
 
 /// What every job reads: the lake, the catalog and the flags.
@@ -191,7 +203,7 @@ async fn run_job(job: Job, o: &Orchestrator) -> Result<String> {
     let (lake, args) = (&o.lake, &o.args);
     match job {
         Job::Counts => {
-            let a = counts::aggregate(lake, &args.topic).await?;
+            let a = counts::aggregate(lake, args.topic()).await?;
             let published = publish(o).await?;
             Ok(format!(
                 "{} event files, {} events, {} plays counted; {published}",
@@ -213,7 +225,7 @@ async fn run_job(job: Job, o: &Orchestrator) -> Result<String> {
                     CompactPeriod::Month => Period::Month,
                 },
             };
-            let done = compact(lake, &args.topic, options).await?;
+            let done = compact(lake, args.topic(), options).await?;
             Ok(format!(
                 "{} files written for {} ({} events); {} covered files of an interrupted run deleted",
                 done.written, done.replaced, done.events, done.leftovers
@@ -286,7 +298,7 @@ async fn retrain(o: &Orchestrator) -> Result<String> {
 /// Sets the counts that changed since the last publication; says how many and where the 7-day
 /// window ends.
 async fn publish(o: &Orchestrator) -> Result<String> {
-    let (lake, catalog, topic) = (&o.lake, o.catalog.as_ref(), o.args.topic.as_str());
+    let (lake, catalog, topic) = (&o.lake, o.catalog.as_ref(), o.args.topic());
     let anchor = match o.args.window_clock {
         WindowClock::Wall => Anchor::WallClock,
         WindowClock::Newest => Anchor::NewestEvent,
@@ -481,11 +493,51 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
     for (job, schedule) in Job::ALL.into_iter().zip(schedules) {
         tasks.spawn(job_loop(job, o.clone(), schedule));
     }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = match o.args.serve {
+        true => {
+            let o = o.clone();
+            tokio::spawn(async move {
+                crate::serve::serve_until(
+                    &o.lake_args,
+                    &o.args.server,
+                    o.lake.clone(),
+                    o.catalog.clone(),
+                    async {
+                        stopped.await.ok();
+                    },
+                )
+                .await
+            })
+        }
+        false => tokio::spawn(async {
+            // No server: wait like one that never stops.
+            std::future::pending::<()>().await;
+            Ok(())
+        }),
+    };
     // SIGTERM/SIGINT: the jobs stop where they are; every write they make is atomic (one put
-    // per aggregate file, catalog values set, not added), so a stop mid-run loses nothing and
-    // the next start resumes from the aggregate files.
-    crate::stream::shutdown_signal().await;
+    // per aggregate file, catalog values set, not added; a model is published by one put of
+    // CURRENT after all its files), so a stop mid-run loses nothing and the next start resumes.
+    // A server that fails (its address taken, a store missing) stops the orchestrator too.
+    let served = tokio::select! {
+        done = &mut server => Some(done),
+        () = crate::stream::shutdown_signal() => None,
+    };
     tasks.shutdown().await;
+    let served = match served {
+        Some(done) => done,
+        None => {
+            stop.send(()).ok();
+            if o.args.serve {
+                server.await
+            } else {
+                server.abort();
+                Ok(Ok(()))
+            }
+        }
+    };
+    served?.context("the server of `recsys orchestrate --serve`")?;
     tracing::info!("orchestrator stopped");
     Ok(())
 }
@@ -498,7 +550,7 @@ pub struct StatusArgs {
     #[arg(long, env = "RECSYS_STATUS_JSON")]
     pub json: bool,
     /// The event log's topic.
-    #[arg(long, env = "RECSYS_TOPIC", default_value = EMBEDDED_TOPIC)]
+    #[arg(long, env = "RECSYS_KAFKA_TOPIC", default_value = EMBEDDED_TOPIC)]
     pub topic: String,
 }
 

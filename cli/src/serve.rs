@@ -59,6 +59,15 @@ impl ServeTuning {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub catalog: crate::catalog::CatalogArgs,
+}
+
+/// The server's flags but its catalog (`recsys orchestrate --serve` shares its own).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
     /// Address of the recommendation service: gRPC, the JSON API (`/api/v1`) and the web
     /// player (`/`).
     #[arg(long, env = "RECSYS_SERVE_LISTEN", default_value = "127.0.0.1:50051")]
@@ -69,8 +78,6 @@ pub struct ServeArgs {
     pub web_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tuning: ServeTuning,
-    #[command(flatten)]
-    pub catalog: crate::catalog::CatalogArgs,
     #[command(flatten)]
     pub vectors: crate::lyrics::VectorArgs,
     #[command(flatten)]
@@ -102,6 +109,24 @@ pub struct VerifyArgs {
 pub async fn run_serve(lake: &LakeArgs, args: &ServeArgs) -> Result<()> {
     let store = lake.open()?;
     let catalog: Arc<dyn Catalog> = args.catalog.open(&store).await?.into();
+    serve_until(
+        lake,
+        &args.server,
+        store,
+        catalog,
+        crate::stream::shutdown_signal(),
+    )
+    .await
+}
+
+/// Serves over `catalog` until `shutdown` completes.
+pub async fn serve_until(
+    lake: &LakeArgs,
+    args: &ServerArgs,
+    store: Store,
+    catalog: Arc<dyn Catalog>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let vectors: Arc<dyn VectorStore> = args.vectors.open(&store).await?.into();
     let opened = crate::stream::open_log(lake, &args.kafka, &args.flush, None).await?;
     let rec = Recommender::open(
@@ -132,7 +157,7 @@ pub async fn run_serve(lake: &LakeArgs, args: &ServeArgs) -> Result<()> {
             dir: args.web_dir.clone(),
         },
         args.tuning.reload_every(),
-        crate::stream::shutdown_signal(),
+        shutdown,
     )
     .await?;
     opened.log.close().await?;

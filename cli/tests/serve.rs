@@ -1655,18 +1655,12 @@ fn assert_counts_match_recount(lake: &Path, counts: &HashMap<String, (i64, i64)>
     }
 }
 
-/// The orchestrator's counts job on the pipeline's lake: the first run over the replayed
-/// history changes no song (same rule and window as the ETL); plays logged while it runs reach
-/// the catalog (a new track gets an entry); a kill -9 mid-run and a rerun leave counts equal to
-/// a recount of events/; compacting the closed dates leaves them so; the window roll on the
-/// wall clock drops the 2009-era songs to 0; and `recsys status` reports it all.
-#[test]
-fn orchestrator_keeps_play_counts_equal_to_a_recount() {
+/// A copy of the pipeline's lake without the events its verification logged at the wall clock,
+/// after its ETL: events/ holds what the ETL counted (the replayed history), its last date is
+/// the ETL's anchor, and the newest play is the replay's.
+fn replayed_lake() -> tempfile::TempDir {
     let copy = lake_copy();
-    let lake = copy.path().to_path_buf();
-    // The pipeline's verification logged events at the wall clock, after its ETL: take them
-    // away, so that events/ holds what the ETL counted (the replayed history) and its last
-    // date is the ETL's anchor.
+    let lake = copy.path();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lake.join("catalog/MANIFEST.json")).unwrap())
             .unwrap();
@@ -1682,6 +1676,18 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
             std::fs::remove_dir_all(day.path()).unwrap();
         }
     }
+    copy
+}
+
+/// The orchestrator's counts job on the pipeline's lake: the first run over the replayed
+/// history changes no song (same rule and window as the ETL); plays logged while it runs reach
+/// the catalog (a new track gets an entry); a kill -9 mid-run and a rerun leave counts equal to
+/// a recount of events/; compacting the closed dates leaves them so; the window roll on the
+/// wall clock drops the 2009-era songs to 0; and `recsys status` reports it all.
+#[test]
+fn orchestrator_keeps_play_counts_equal_to_a_recount() {
+    let copy = replayed_lake();
+    let lake = copy.path().to_path_buf();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let before = rt.block_on(catalog_counts(&lake));
     let out = recsys_ok(&lake, &["orchestrate", "--once", "counts"]);
@@ -1833,4 +1839,241 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
         serde_json::from_str(&recsys_ok(&lake, &["status", "--json"])).unwrap();
     assert_eq!(json["events"]["lag"], 0, "{json}");
     assert_eq!(json["jobs"]["counts"]["outcome"], "ok", "{json}");
+}
+
+/// Files under `models/als/<version>/` (a removed version leaves empty folders on a local lake).
+fn model_files(lake: &Path, version: &str) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    if e.file_type().unwrap().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+    }
+    count(&lake.join(ALS_MODELS_DIR).join(version))
+}
+
+fn current_version(lake: &Path) -> String {
+    std::fs::read_to_string(lake.join(ALS_MODELS_DIR).join("CURRENT"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The user ids of a model version, in the file's order.
+fn model_users(lake: &Path, version: &str) -> Vec<String> {
+    let file = lake
+        .join(ALS_MODELS_DIR)
+        .join(version)
+        .join("users.parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for b in reader {
+        use arrow::array::AsArray;
+        out.extend(
+            b.unwrap()
+                .column(0)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string),
+        );
+    }
+    out
+}
+
+/// The retrain job, with the server in the orchestrator's process (`--serve`, the embedded
+/// stores held by one process): at start the missed daily retrain trains on a trailing window,
+/// carries the users outside it over, passes the gate, is published, and the server picks it up;
+/// the old version beyond `--keep-models` goes. A version worse than the gate allows is not
+/// published and is removed. A kill -9 mid-retrain leaves CURRENT on a complete model, and the
+/// next retrain removes what the killed one left.
+#[test]
+fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
+    let copy = replayed_lake();
+    let lake = copy.path().to_path_buf();
+    let first = current_version(&lake);
+    let first_users: HashSet<String> = model_users(&lake, &first).into_iter().collect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut orchestrator = std::process::Command::new(RECSYS)
+        .arg("--data-dir")
+        .arg(&lake)
+        .args([
+            "orchestrate",
+            "--serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--reload-s",
+            "1",
+            "--retrain-window-days",
+            "180",
+            "--retrain-max-ndcg-drop",
+            "1",
+            "--keep-models",
+            "1",
+        ])
+        .env("RECSYS_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = rt.block_on(async {
+        let http = http();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            if let Ok(r) = http.get(format!("{endpoint}/api/v1/health")).send().await {
+                let health: serde_json::Value =
+                    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
+                let version = health["model_version"].as_str().unwrap_or_default();
+                if !version.is_empty() && version != first {
+                    break version.to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never served a retrained model"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let second = current_version(&lake);
+    assert_eq!(served, second, "the server serves what CURRENT names");
+    let metrics: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lake.join(ALS_MODELS_DIR).join(&second).join("metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let data = &metrics["data"];
+    assert!(data["window"]["since"].is_string(), "{data}");
+    let carried = data["carried_over"]["users"].as_u64().unwrap();
+    assert!(
+        carried > 0,
+        "a 180-day window leaves some users out: {data}"
+    );
+    let second_order = model_users(&lake, &second);
+    let second_users: HashSet<String> = second_order.iter().cloned().collect();
+    assert!(
+        first_users.is_subset(&second_users),
+        "every user of the old model has a vector in the new one"
+    );
+    assert_eq!(
+        second_users.len() as u64,
+        data["users"].as_u64().unwrap() + carried
+    );
+    // A carried-over user (after the trained ones in the file) is served from the new model.
+    rt.block_on(async {
+        let user = &second_order[data["users"].as_u64().unwrap() as usize];
+        let (status, feed) = call(
+            &http(),
+            "GET",
+            &format!("{endpoint}/api/v1/users/{user}/feed?limit=5"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{feed}");
+        assert_eq!(feed["songs"].as_array().unwrap().len(), 5, "{feed}");
+    });
+    assert_eq!(
+        model_files(&lake, &first),
+        0,
+        "--keep-models 1 removed the old version"
+    );
+    unsafe { libc::kill(orchestrator.id() as i32, libc::SIGTERM) };
+    assert!(
+        wait_for(&mut orchestrator, 60).success(),
+        "SIGTERM stops it cleanly"
+    );
+
+    // A 30-day window: too few plays for a model as good as the serving one.
+    let out = recsys_ok(
+        &lake,
+        &[
+            "orchestrate",
+            "--once",
+            "retrain",
+            "--retrain-window-days",
+            "30",
+        ],
+    );
+    assert!(
+        out.contains("not published") && out.contains("NDCG@10"),
+        "{out}"
+    );
+    assert_eq!(current_version(&lake), second);
+    let versions: Vec<String> = std::fs::read_dir(lake.join(ALS_MODELS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|v| v != "CURRENT")
+        .collect();
+    for v in &versions {
+        assert!(v == &second || model_files(&lake, v) == 0, "{v} left files");
+    }
+
+    // kill -9 in the middle of a retrain.
+    let mut killed = std::process::Command::new(RECSYS)
+        .arg("--data-dir")
+        .arg(&lake)
+        .args([
+            "orchestrate",
+            "--once",
+            "retrain",
+            "--retrain-max-ndcg-drop",
+            "1",
+        ])
+        .env("RECSYS_LOG", "warn")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(
+        current_version(&lake),
+        second,
+        "CURRENT never names a half-written model"
+    );
+    let out = recsys_ok(
+        &lake,
+        &[
+            "orchestrate",
+            "--once",
+            "retrain",
+            "--retrain-max-ndcg-drop",
+            "1",
+            "--keep-models",
+            "1",
+        ],
+    );
+    assert!(out.contains("published"), "{out}");
+    let third = current_version(&lake);
+    assert_ne!(third, second);
+    for v in std::fs::read_dir(lake.join(ALS_MODELS_DIR)).unwrap() {
+        let v = v.unwrap().file_name().to_string_lossy().to_string();
+        if v != "CURRENT" && v != third {
+            assert_eq!(
+                model_files(&lake, &v),
+                0,
+                "{v} left files after the next retrain"
+            );
+        }
+    }
+    let status = recsys_ok(&lake, &["status"]);
+    assert!(
+        status.contains("retrain") && status.contains("carried over"),
+        "{status}"
+    );
 }

@@ -547,10 +547,17 @@ async fn als_ratings_from_streamed_events_are_weighted_by_action() {
         log.shutdown().await.unwrap();
 
         let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
-        let prepared =
-            recsys_jobs::als::prep::prepare(&cluster, &lake, "work", 1.0, 1, RatingsSource::Auto)
-                .await
-                .unwrap();
+        let prepared = recsys_jobs::als::prep::prepare(
+            &cluster,
+            &lake,
+            "work",
+            1.0,
+            1,
+            RatingsSource::Auto,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(prepared.source, RatingsSource::Events);
         assert_eq!(prepared.listens, 6);
         let mut ratings = BTreeMap::new();

@@ -177,6 +177,9 @@ pub async fn prepare(
     users.sort();
     distinct(&users, "user")?;
     let listens: u64 = users.iter().map(|u| u.1 as u64).sum();
+    if listens == 0 {
+        return Err(nothing_to_train(0, 0, window));
+    }
     let user_schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("u", DataType::Int32, false),
@@ -272,15 +275,7 @@ pub async fn prepare(
     distinct(&items, "track")?;
     let nnz: u64 = items.iter().map(|i| i.1 as u64).sum();
     if nnz == 0 {
-        return Err(JobError::NoInput(format!(
-            "{listens} plays of {} users{} give no training pair: nothing to train on",
-            users.len(),
-            window.map_or(String::new(), |(since, end)| format!(
-                " from {} to {}",
-                recsys_core::time::date_string(since),
-                recsys_core::time::date_string(end - 1)
-            ))
-        )));
+        return Err(nothing_to_train(listens, users.len(), window));
     }
     let item_schema = Arc::new(Schema::new(vec![
         Field::new("track_id", DataType::Utf8, false),
@@ -356,6 +351,17 @@ pub async fn prepare(
         source,
         window,
     })
+}
+
+fn nothing_to_train(listens: u64, users: usize, window: Option<(i64, i64)>) -> JobError {
+    JobError::NoInput(format!(
+        "{listens} plays of {users} users{} give no training pair: nothing to train on",
+        window.map_or(String::new(), |(since, end)| format!(
+            " from {} to {}",
+            recsys_core::time::date_string(since),
+            recsys_core::time::date_string(end - 1)
+        ))
+    ))
 }
 
 /// [since, end) in µs of `window` over the registered `source` (`None`: no plays to end it).
