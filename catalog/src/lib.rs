@@ -15,6 +15,7 @@
 //! Times are UTC milliseconds since the epoch (what a BSON date holds).
 
 pub mod embedded;
+pub mod jobs;
 pub mod load;
 pub mod mongo;
 pub mod text;

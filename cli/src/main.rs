@@ -147,7 +147,8 @@ enum Commands {
     Serve(serve::ServeArgs),
     /// Checks a live recommendation service end to end and prints a pass/fail table.
     Verify(serve::VerifyArgs),
-    /// Keep play counts and the 7-day window current, unattended (or run one job with --once).
+    /// Keep play counts, the 7-day window, the event files and the model current, unattended
+    /// (`--serve`: and serve from the same process; `--once JOB`: run one job and exit).
     Orchestrate(orchestrate::OrchestrateArgs),
     /// The orchestrator's jobs, the model, catalog counts and event lag (--json for scripts).
     Status(orchestrate::StatusArgs),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use recsys_catalog::jobs::{self, JobRecord};
 use recsys_catalog::{Catalog, PlayCounts};
 use recsys_core::Store;
 use recsys_core::manifest::EtlManifest;
@@ -31,7 +32,6 @@ use recsys_core::time::MICROS_PER_DAY;
 use recsys_ingest::compact::{CompactOptions, Period, compact};
 use recsys_ingest::counts::{self, Anchor, Counts};
 use recsys_ingest::log::EMBEDDED_TOPIC;
-use serde::{Deserialize, Serialize};
 
 use recsys_jobs::als::versions;
 use recsys_jobs::als::{TrainWindow, WindowEnd};
@@ -77,10 +77,6 @@ impl Job {
             Job::Compact => Schedule::Daily(parse_time("--compact-at", &args.compact_at)?),
             Job::Retrain => Schedule::Daily(parse_time("--retrain-at", &args.retrain_at)?),
         })
-    }
-
-    fn key(self) -> String {
-        format!("job:{}", self.name())
     }
 }
 
@@ -177,25 +173,8 @@ pub enum CompactPeriod {
     Month,
 }
 
-/// A job's record in `job_metadata`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub last_start_ms: i64,
-    pub last_end_ms: i64,
-    pub duration_ms: i64,
-    /// `ok` or `failed`.
-    pub outcome: String,
-    pub detail: String,
-    pub last_success_ms: Option<i64>,
-}
-
 async fn record(catalog: &dyn Catalog, job: Job) -> Result<Option<JobRecord>> {
-    match catalog.checkpoint(&job.key()).await? {
-        Some(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
-            format!("the record of job {} in job_metadata", job.name())
-        })?)),
-        None => Ok(None),
-    }
+    Ok(jobs::record(catalog, job.name()).await?)
 }
 
 /// What one run of a job did, for people.
@@ -364,9 +343,7 @@ async fn run_recorded(job: Job, o: &Orchestrator) -> Result<String> {
             previous.and_then(|p| p.last_success_ms)
         },
     };
-    catalog
-        .set_checkpoint(&job.key(), Some(&serde_json::to_string(&rec)?))
-        .await?;
+    jobs::set_record(catalog, job.name(), &rec).await?;
     match &result {
         Ok(detail) => {
             tracing::info!(job = job.name(), elapsed = ?started.elapsed(), "{detail}")
@@ -432,6 +409,7 @@ async fn job_loop(job: Job, o: std::sync::Arc<Orchestrator>, schedule: Schedule)
         .flatten()
         .and_then(|r| r.last_success_ms);
     let mut jittered = schedule;
+    let mut failures = 0u32;
     loop {
         let now = recsys_catalog::now_ms();
         let at = next_run(jittered, last_ok, now);
@@ -444,19 +422,22 @@ async fn job_loop(job: Job, o: std::sync::Arc<Orchestrator>, schedule: Schedule)
         // longer than the interval delays the next instead of stacking up.
         match run_recorded(job, &o).await {
             Ok(_) => {
+                failures = 0;
                 last_ok = Some(recsys_catalog::now_ms());
                 if let Schedule::Every(ms) = schedule {
                     let jitter = rand::random::<f64>() * o.args.jitter.clamp(0.0, 1.0);
                     jittered = Schedule::Every(ms + (jitter * ms as f64) as i64);
                 }
             }
-            // Tried again after an interval (a daily job: after a minute).
+            // Tried again after an interval; a daily job after a minute, doubling with every
+            // failure in a row up to an hour (a retrain that fails is not rerun every minute).
             Err(_) => {
+                failures += 1;
                 let retry_ms = match schedule {
                     Schedule::Every(ms) => ms,
-                    Schedule::Daily(_) => 60_000,
+                    Schedule::Daily(_) => 60_000 << (failures - 1).min(6),
                 };
-                tokio::time::sleep(Duration::from_millis(retry_ms as u64)).await;
+                tokio::time::sleep(Duration::from_millis(retry_ms.min(3_600_000) as u64)).await;
             }
         }
     }
@@ -557,13 +538,14 @@ pub struct StatusArgs {
 pub async fn status(lake_args: &LakeArgs, args: StatusArgs) -> Result<()> {
     let lake = lake_args.open()?;
     let catalog = args.catalog.open(&lake).await?;
-    let mut jobs = serde_json::Map::new();
+    let mut records = Vec::new();
     for job in Job::ALL {
-        jobs.insert(
-            job.name().into(),
-            serde_json::to_value(record(catalog.as_ref(), job).await?)?,
-        );
+        records.push((job, record(catalog.as_ref(), job).await?));
     }
+    let jobs: serde_json::Map<String, serde_json::Value> = records
+        .iter()
+        .map(|(job, r)| Ok((job.name().to_string(), serde_json::to_value(r)?)))
+        .collect::<Result<_>>()?;
     let model = recsys_core::models::current_als(&lake).await?;
     let metrics = match &model {
         Some(v) => {
@@ -598,8 +580,8 @@ pub async fn status(lake_args: &LakeArgs, args: StatusArgs) -> Result<()> {
         "\n{:<12} {:<8} {:>10} {:>20}  detail",
         "job", "outcome", "seconds", "last success (UTC)"
     );
-    for job in Job::ALL {
-        match record(catalog.as_ref(), job).await? {
+    for (job, r) in records {
+        match r {
             Some(r) => println!(
                 "{:<12} {:<8} {:>10.2} {:>20}  {}",
                 job.name(),
@@ -691,6 +673,12 @@ mod tests {
             next_run(Schedule::Every(900_000), Some(1_000), 10 * MS_PER_DAY),
             10 * MS_PER_DAY
         );
+    }
+
+    #[test]
+    fn every_job_is_one_the_status_page_reads() {
+        let names: Vec<&str> = Job::ALL.iter().map(|j| j.name()).collect();
+        assert_eq!(names, recsys_catalog::jobs::JOBS);
     }
 
     #[test]

@@ -1993,6 +1993,23 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
         0,
         "--keep-models 1 removed the old version"
     );
+    // The status page shows the job that did it (the server shares the orchestrator's catalog).
+    let status = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, status) =
+                call(&http(), "GET", &format!("{endpoint}/api/v1/status"), None).await;
+            assert_eq!(code, 200, "{status}");
+            if status["jobs"]["retrain"]["outcome"] == "ok" {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no retrain record: {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let detail = status["jobs"]["retrain"]["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("published {second}")), "{detail}");
+    assert_eq!(status["model"]["data"]["carried_over"]["users"], carried);
     unsafe { libc::kill(orchestrator.id() as i32, libc::SIGTERM) };
     assert!(
         wait_for(&mut orchestrator, 60).success(),

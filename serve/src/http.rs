@@ -1057,7 +1057,7 @@ fn schemas() -> Value {
                 "total_duration_s": {"type": "number", "minimum": 0}}},
         "Logged": {"type": "object", "properties": {"status": {"const": "logged"}}},
         "Health": {"type": "object", "properties": {"status": string, "model_version": nullable("string")}},
-        "Status": {"type": "object", "description": "model, catalog and lyrics for operators"},
+        "Status": {"type": "object", "description": "model, catalog, lyrics and the orchestrator's jobs for operators"},
         "OpenApi": {"type": "object"},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],

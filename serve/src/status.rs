@@ -1,6 +1,6 @@
 //! What the operator page (`/status`) shows: the model being served with its evaluation against
 //! popularity and its loss chart (both written by the training), catalog counts and lyrics
-//! coverage. Each part reports its own error, so one unreachable store does not hide the rest.
+//! coverage, and the orchestrator's jobs (their records in the catalog's `job_metadata`). Each part reports its own error, so one unreachable store does not hide the rest.
 
 use object_store::ObjectStoreExt;
 use recsys_catalog::LyricsStatus;
@@ -77,12 +77,23 @@ async fn catalog(rec: &Recommender) -> Result<Value, ServeError> {
     }))
 }
 
+/// Each orchestrator job's last run (`null`: never run).
+async fn jobs(rec: &Recommender) -> Result<Value, ServeError> {
+    let mut out = serde_json::Map::new();
+    for job in recsys_catalog::jobs::JOBS {
+        let record = recsys_catalog::jobs::record(rec.stores().catalog.as_ref(), job).await?;
+        out.insert(job.into(), json!(record));
+    }
+    Ok(Value::Object(out))
+}
+
 /// Everything `/api/v1/status` answers.
 pub async fn report(rec: &Recommender) -> Value {
-    let (model, catalog) = tokio::join!(model(rec), catalog(rec));
+    let (model, catalog, jobs) = tokio::join!(model(rec), catalog(rec), jobs(rec));
     json!({
         "model": or_error(model),
         "catalog": or_error(catalog),
+        "jobs": or_error(jobs),
         "vectors": rec.stores().vectors.describe(),
     })
 }

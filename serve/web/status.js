@@ -59,9 +59,34 @@ function catalog(c) {
   ]);
 }
 
+const utc = (ms) => (ms == null ? "never" : new Date(ms).toISOString().replace("T", " ").slice(0, 19));
+
+function jobs(j) {
+  if (!j) return;
+  if (j.error) {
+    $("jobs-none").textContent = `Job records unreadable: ${j.error}`;
+    return;
+  }
+  const rows = Object.entries(j).filter(([, r]) => r).map(([name, r]) => {
+    const tr = document.createElement("tr");
+    for (const v of [name, r.outcome, utc(r.last_start_ms), (r.duration_ms / 1000).toFixed(2), utc(r.last_success_ms), r.detail]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.append(td);
+    }
+    if (r.outcome !== "ok") tr.className = "failed";
+    return tr;
+  });
+  if (rows.length === 0) return;
+  $("jobs").tBodies[0].replaceChildren(...rows);
+  $("jobs").hidden = false;
+  $("jobs-none").hidden = true;
+}
+
 api.status().then((s) => {
   model(s.model);
   catalog(s.catalog);
+  jobs(s.jobs);
   document.body.dataset.loaded = "true";
 }, (e) => {
   $("status-error").textContent = e.message;
