@@ -475,48 +475,42 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         tasks.spawn(job_loop(job, o.clone(), schedule));
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = match o.args.serve {
-        true => {
-            let o = o.clone();
-            tokio::spawn(async move {
-                crate::serve::serve_until(
-                    &o.lake_args,
-                    &o.args.server,
-                    o.lake.clone(),
-                    o.catalog.clone(),
-                    async {
-                        stopped.await.ok();
-                    },
-                )
-                .await
-            })
-        }
-        false => tokio::spawn(async {
-            // No server: wait like one that never stops.
-            std::future::pending::<()>().await;
-            Ok(())
-        }),
-    };
+    let mut server = o.args.serve.then(|| {
+        let o = o.clone();
+        tokio::spawn(async move {
+            crate::serve::serve_until(
+                &o.lake_args,
+                &o.args.server,
+                o.lake.clone(),
+                o.catalog.clone(),
+                async {
+                    stopped.await.ok();
+                },
+            )
+            .await
+        })
+    });
     // SIGTERM/SIGINT: the jobs stop where they are; every write they make is atomic (one put
     // per aggregate file, catalog values set, not added; a model is published by one put of
     // CURRENT after all its files), so a stop mid-run loses nothing and the next start resumes.
     // A server that fails (its address taken, a store missing) stops the orchestrator too.
-    let served = tokio::select! {
-        done = &mut server => Some(done),
+    let failed = tokio::select! {
+        done = async {
+            match server.as_mut() {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        } => Some(done),
         () = crate::stream::shutdown_signal() => None,
     };
     tasks.shutdown().await;
-    let served = match served {
-        Some(done) => done,
-        None => {
+    let served = match (failed, server) {
+        (Some(done), _) => done,
+        (None, Some(server)) => {
             stop.send(()).ok();
-            if o.args.serve {
-                server.await
-            } else {
-                server.abort();
-                Ok(Ok(()))
-            }
+            server.await
         }
+        (None, None) => Ok(Ok(())),
     };
     served?.context("the server of `recsys orchestrate --serve`")?;
     tracing::info!("orchestrator stopped");

@@ -3,7 +3,7 @@
 //! the job that writes them and the server that loads them.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Float32Type;
+use arrow::datatypes::{Float32Type, Int32Type};
 use object_store::ObjectStoreExt;
 
 use crate::{Store, StoreError};
@@ -52,4 +52,29 @@ pub fn factors(
         values.extend_from_slice(&v.values()[start..start + b.num_rows() * k]);
     }
     Ok((ids, values, k))
+}
+
+/// The plays of one file of a model's `history/` (`row` = user index, `col` = item index or −1,
+/// `r` training and `t` test plays): (user, item, r + t); `file` names it in errors.
+pub fn history(batches: &[RecordBatch], file: &str) -> Result<Vec<(i32, i32, f32)>, String> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let column = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| format!("{file}: no history column `{name}`"))
+        };
+        let (u, i, r, t) = (column("row")?, column("col")?, column("r")?, column("t")?);
+        let (Some(u), Some(i), Some(r), Some(t)) = (
+            u.as_primitive_opt::<Int32Type>(),
+            i.as_primitive_opt::<Int32Type>(),
+            r.as_primitive_opt::<Float32Type>(),
+            t.as_primitive_opt::<Float32Type>(),
+        ) else {
+            return Err(format!(
+                "{file}: history is not (row int32, col int32, r float32, t float32)"
+            ));
+        };
+        rows.extend((0..b.num_rows()).map(|n| (u.value(n), i.value(n), r.value(n) + t.value(n))));
+    }
+    Ok(rows)
 }

@@ -5,8 +5,7 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::Int32Type;
+use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -97,25 +96,17 @@ async fn read_history(lake: &Store, dir: &str) -> Result<Vec<(u32, u32)>, ServeE
     let mut pairs = Vec::new();
     for block in blocks {
         let file = lake.relative(block.location.as_ref());
-        for b in read_batches(lake, &file).await? {
-            let (Some(users), Some(items)) = (
-                b.column(0).as_primitive_opt::<Int32Type>(),
-                b.column(1).as_primitive_opt::<Int32Type>(),
-            ) else {
-                return Err(ServeError::Model {
-                    url: lake.url(&file),
-                    reason: "history columns are not (row int32, col int32)".into(),
-                });
-            };
-            pairs.extend(
-                users
-                    .values()
-                    .iter()
-                    .zip(items.values())
-                    .filter(|(u, i)| **u >= 0 && **i >= 0)
-                    .map(|(u, i)| (*u as u32, *i as u32)),
-            );
-        }
+        let plays = recsys_core::models::history(&read_batches(lake, &file).await?, &file)
+            .map_err(|reason| ServeError::Model {
+                url: lake.url(&file),
+                reason,
+            })?;
+        pairs.extend(
+            plays
+                .into_iter()
+                .filter(|(u, i, _)| *u >= 0 && *i >= 0)
+                .map(|(u, i, _)| (u as u32, i as u32)),
+        );
     }
     Ok(pairs)
 }

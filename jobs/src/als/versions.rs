@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Float32Array, Int32Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Schema};
+use arrow::array::{Float32Array, Int32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use object_store::{ObjectStoreExt, PutPayload};
 use recsys_core::Store;
 use recsys_core::foldin::ItemFactors;
@@ -146,28 +146,10 @@ async fn read_history(lake: &Store, version: &str) -> Result<Vec<(i32, i32, f32)
     let dir = lake.path(&format!("{MODELS_DIR}/{version}/history"));
     for file in crate::lake::list(store.as_ref(), &dir).await? {
         let (batches, _) = read_parquet(store.as_ref(), &file.location).await?;
-        for b in batches {
-            let column = |name: &str| {
-                b.column_by_name(name).cloned().ok_or_else(|| {
-                    JobError::Invariant(format!("{}: no column `{name}`", file.location))
-                })
-            };
-            let (u, i, r, t) = (column("row")?, column("col")?, column("r")?, column("t")?);
-            let (Some(u), Some(i), Some(r), Some(t)) = (
-                u.as_primitive_opt::<Int32Type>(),
-                i.as_primitive_opt::<Int32Type>(),
-                r.as_primitive_opt::<Float32Type>(),
-                t.as_primitive_opt::<Float32Type>(),
-            ) else {
-                return Err(JobError::Invariant(format!(
-                    "{}: history is not (row int32, col int32, r float32, t float32)",
-                    file.location
-                )));
-            };
-            rows.extend(
-                (0..b.num_rows()).map(|n| (u.value(n), i.value(n), r.value(n) + t.value(n))),
-            );
-        }
+        rows.extend(
+            recsys_core::models::history(&batches, file.location.as_ref())
+                .map_err(JobError::Invariant)?,
+        );
     }
     Ok(rows)
 }
