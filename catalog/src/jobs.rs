@@ -6,7 +6,14 @@ use serde::{Deserialize, Serialize};
 use crate::{Catalog, CatalogError};
 
 /// The orchestrator's jobs, by name.
-pub const JOBS: [&str; 4] = ["counts", "window-roll", "compact", "retrain"];
+pub const JOBS: [&str; 6] = [
+    "counts",
+    "window-roll",
+    "compact",
+    "retrain",
+    "enrich",
+    "supervise",
+];
 
 /// A job's record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -413,6 +413,60 @@ pub async fn embed(
     Ok((report, elapsed))
 }
 
+/// What [`lyrics_and_embeddings`] did.
+pub struct LyricsRun {
+    pub fetched: (EnrichCounts, Duration),
+    /// Songs clean & sync removed, and how long it took.
+    pub removed: Option<(u64, Duration)>,
+    pub embedded: Option<(EmbedReport, Duration)>,
+}
+
+/// Lyrics: enrichment of the songs not looked up yet, then clean & sync (songs without lyrics
+/// leave catalog and vector store), then embeddings of the songs that have none yet. Clean &
+/// sync and embeddings are skipped (both `None`) when the source has lyrics for none of the
+/// catalog's songs: it does not describe this catalog, and clean & sync would empty it.
+pub async fn lyrics_and_embeddings(
+    cluster: &recsys_jobs::Cluster,
+    lake: &Store,
+    catalog: &dyn Catalog,
+    vectors: &dyn VectorStore,
+    source: &SourceArgs,
+    model: &ModelArgs,
+) -> Result<LyricsRun> {
+    let fetched = fetch(lake, catalog, source, &EnrichOptions::default()).await?;
+    let stats = catalog.stats().await?;
+    if stats.songs > 0 && stats.with_lyrics(recsys_catalog::LyricsStatus::Found) == 0 {
+        println!(
+            "the lyrics source ({}) has lyrics for none of the catalog's {} songs: clean & sync \
+             and embeddings are skipped (they would empty the catalog); the server is ALS only",
+            source.describe(),
+            stats.songs
+        );
+        return Ok(LyricsRun {
+            fetched,
+            removed: None,
+            embedded: None,
+        });
+    }
+    let t = Instant::now();
+    let removed = clean_sync(catalog, vectors, false, true).await?;
+    let removed = Some((removed, t.elapsed()));
+    let embedded = embed(
+        cluster,
+        lake,
+        catalog,
+        vectors,
+        model,
+        &EmbedJobOptions::default(),
+    )
+    .await?;
+    Ok(LyricsRun {
+        fetched,
+        removed,
+        embedded: Some(embedded),
+    })
+}
+
 /// Prints the lyrics neighbours of the `songs` most played songs that have a vector: the content
 /// side of recommendations, live.
 pub async fn print_lyrics_neighbours(

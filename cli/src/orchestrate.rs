@@ -35,6 +35,7 @@ use recsys_ingest::log::EMBEDDED_TOPIC;
 
 use recsys_jobs::als::versions;
 use recsys_jobs::als::{TrainWindow, WindowEnd};
+use recsys_vectors::VectorStore;
 
 use crate::catalog::CatalogArgs;
 use crate::{ClusterArgs, LakeArgs};
@@ -47,6 +48,8 @@ pub enum Job {
     WindowRoll,
     Compact,
     Retrain,
+    Enrich,
+    Supervise,
 }
 
 /// When a job runs.
@@ -59,7 +62,14 @@ enum Schedule {
 }
 
 impl Job {
-    const ALL: [Job; 4] = [Job::Counts, Job::WindowRoll, Job::Compact, Job::Retrain];
+    const ALL: [Job; 6] = [
+        Job::Counts,
+        Job::WindowRoll,
+        Job::Compact,
+        Job::Retrain,
+        Job::Enrich,
+        Job::Supervise,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -67,6 +77,8 @@ impl Job {
             Job::WindowRoll => "window-roll",
             Job::Compact => "compact",
             Job::Retrain => "retrain",
+            Job::Enrich => "enrich",
+            Job::Supervise => "supervise",
         }
     }
 
@@ -76,6 +88,8 @@ impl Job {
             Job::WindowRoll => Schedule::Daily(parse_time("--roll-at", &args.roll_at)?),
             Job::Compact => Schedule::Daily(parse_time("--compact-at", &args.compact_at)?),
             Job::Retrain => Schedule::Daily(parse_time("--retrain-at", &args.retrain_at)?),
+            Job::Enrich => Schedule::Daily(parse_time("--enrich-at", &args.enrich_at)?),
+            Job::Supervise => Schedule::Every((args.supervise_every_s.max(0.1) * 1000.0) as i64),
         })
     }
 }
@@ -142,6 +156,26 @@ pub struct OrchestrateArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub als: crate::als::AlsArgs,
+    /// Daily time (UTC, HH:MM) of the enrichment: lyrics looked up for the songs that have
+    /// none yet, clean & sync, and their embeddings into the vector store.
+    #[arg(long, env = "RECSYS_ENRICH_AT", default_value = "01:00")]
+    pub enrich_at: String,
+    #[command(flatten)]
+    pub lyrics: crate::lyrics::SourceArgs,
+    /// Seconds between runs of the supervise job: what the event log holds that `events/` does
+    /// not yet (Kafka's lag), and how long ago the newest event file was written.
+    #[arg(long, env = "RECSYS_SUPERVISE_EVERY_S", default_value_t = 60.0)]
+    pub supervise_every_s: f64,
+    /// The supervise job fails (an alert in `recsys status`) when events wait in Kafka and no
+    /// event file has been written for this many seconds.
+    #[arg(long, env = "RECSYS_SINK_STALE_S", default_value_t = 600)]
+    pub sink_stale_s: u64,
+    /// With Kafka: run the sink (Kafka → `events/`, every partition, resuming where `events/`
+    /// ends) in this process, restarted with backoff (1 s doubling to 1 min) when it fails.
+    #[arg(long, env = "RECSYS_ORCHESTRATE_SINK", requires = "kafka")]
+    pub sink: bool,
+    #[command(flatten)]
+    pub model: crate::lyrics::ModelArgs,
     /// Also serve (gRPC, JSON API, web player on `--listen`) from this process: on the embedded
     /// stores, which one process holds at a time, the way to run the live system on one
     /// machine. The web player's events reach `events/` (or Kafka with `--kafka`), and the
@@ -164,7 +198,10 @@ struct Orchestrator {
     lake_args: LakeArgs,
     lake: Store,
     catalog: std::sync::Arc<dyn Catalog>,
+    vectors: std::sync::Arc<dyn VectorStore>,
     args: OrchestrateArgs,
+    /// Times the in-process sink (`--sink`) was restarted.
+    sink_restarts: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,7 +248,160 @@ async fn run_job(job: Job, o: &Orchestrator) -> Result<String> {
             ))
         }
         Job::Retrain => retrain(o).await,
+        Job::Enrich => enrich(o).await,
+        Job::Supervise => supervise(o).await,
     }
+}
+
+/// The event log's health: files in `events/` and the newest one's age; with Kafka, the events
+/// of the topic not yet in `events/` (the sink's lag), failing when they wait and no file has
+/// been written for `--sink-stale-s`.
+async fn supervise(o: &Orchestrator) -> Result<String> {
+    let (lake, args, topic) = (&o.lake, &o.args, o.args.topic());
+    let held = recsys_ingest::sink::written_files(lake, topic).await?;
+    let age_s = recsys_ingest::sink::newest_file_ms(lake, topic)
+        .await?
+        .map(|t| (recsys_catalog::now_ms() - t).max(0) / 1000);
+    let mut detail = format!(
+        "events/: {} files, newest written {}",
+        held.len(),
+        age_s.map_or("never".into(), |s| format!("{s} s ago"))
+    );
+    if let Some(brokers) = &args.server.kafka.kafka {
+        let ends = recsys_ingest::consume::end_offsets(brokers, topic, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("the end offsets of Kafka topic `{topic}` ({brokers})"))?;
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for (partition, _, last) in &held {
+            let n = next.entry(*partition).or_insert(0);
+            *n = (*n).max(last + 1);
+        }
+        let lag: i64 = ends
+            .iter()
+            .map(|(p, end)| (end - next.get(p).copied().unwrap_or(0)).max(0))
+            .sum();
+        detail.push_str(&format!(
+            "; Kafka {brokers} topic `{topic}`: {lag} events not in events/ yet"
+        ));
+        if args.sink {
+            let restarts = o.sink_restarts.load(std::sync::atomic::Ordering::Relaxed);
+            detail.push_str(&format!("; in-process sink restarted {restarts} times"));
+        }
+        if lag > 0 && age_s.is_none_or(|s| s > args.sink_stale_s as i64) {
+            bail!(
+                "the sink is behind: {detail}; is `recsys sink` (or `recsys orchestrate --sink`) \
+                 running against {}?",
+                lake.url(recsys_core::schema::EVENTS_DIR)
+            );
+        }
+    }
+    Ok(detail)
+}
+
+/// Runs `start` (given a stop signal) until `stop` turns true; when it ends before, with an
+/// error or not, it is logged, counted in `restarts` and started again after a backoff (1 s
+/// doubling to 1 min; back to 1 s after a run of a minute).
+async fn supervised<F, Fut>(
+    name: &'static str,
+    restarts: &std::sync::atomic::AtomicU64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut start: F,
+) where
+    F: FnMut(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let began = Instant::now();
+        let result = start(stop.clone()).await;
+        if *stop.borrow() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::warn!(name, "stopped by itself"),
+            Err(e) => tracing::error!(name, "failed: {e:#}"),
+        }
+        restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if began.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tracing::info!(name, ?backoff, "restarting");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// The Kafka sink of `--sink`: every partition of the topic into `events/` until `stop`.
+async fn run_sink(o: &Orchestrator, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    let server = &o.args.server;
+    let brokers = server.kafka.kafka.clone().context("--sink needs --kafka")?;
+    let options = recsys_ingest::consume::ConsumeOptions {
+        brokers,
+        topic: server.kafka.topic.clone(),
+        group: "recsys-sink".into(),
+        instance_id: None,
+        assign_all: true,
+        policy: server.flush.policy(),
+        stop_after: None,
+        fetch_wait_ms: recsys_ingest::consume::DEFAULT_FETCH_WAIT_MS,
+    };
+    let stats = recsys_ingest::consume::run_sink(o.lake.clone(), options, async move {
+        stop.wait_for(|stopped| *stopped).await.ok();
+    })
+    .await?;
+    tracing::info!(
+        rows = stats.sink.rows,
+        files = stats.sink.files,
+        "in-process sink stopped"
+    );
+    Ok(())
+}
+
+/// Lyrics for the songs that arrived since the last run, clean & sync, and embeddings of the
+/// songs without a vector; skipped, saying how to give one, without a lyrics source.
+async fn enrich(o: &Orchestrator) -> Result<String> {
+    let (lake, args) = (&o.lake, &o.args);
+    // The generator's lyrics file counts as a source when it is there (the embedded demo).
+    if !args.lyrics.available(lake, true).await? {
+        return Ok(
+            "skipped: no lyrics source (give one with --lrclib-url URL or --lyrics-file FILE)"
+                .into(),
+        );
+    }
+    let cluster = args.cluster.connect(&o.lake_args.s3).await?;
+    let run = crate::lyrics::lyrics_and_embeddings(
+        &cluster,
+        lake,
+        o.catalog.as_ref(),
+        o.vectors.as_ref(),
+        &args.lyrics,
+        &args.model,
+    )
+    .await?;
+    let c = &run.fetched.0;
+    let mut detail = format!(
+        "{} songs looked up in {} ({} found, {} missing, {} instrumental, {} errors)",
+        c.songs(),
+        args.lyrics.describe(),
+        c.found,
+        c.missing,
+        c.instrumental,
+        c.errors
+    );
+    match (run.removed, &run.embedded) {
+        (Some((removed, _)), Some((e, _))) => detail.push_str(&format!(
+            "; {removed} songs without lyrics removed; {} embedded, {} already embedded, {} too short; {} vectors",
+            e.embedded,
+            e.already_done,
+            e.too_short,
+            o.vectors.count().await?
+        )),
+        _ => detail.push_str("; the source has lyrics for no song: nothing removed or embedded"),
+    }
+    Ok(detail)
 }
 
 /// ALS on the trailing window; the new version replaces the serving one only when the gate
@@ -450,11 +640,14 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         .map(|job| job.schedule(&args))
         .collect::<Result<Vec<_>>>()?;
     let catalog: std::sync::Arc<dyn Catalog> = args.catalog.open(&lake).await?.into();
+    let vectors: std::sync::Arc<dyn VectorStore> = args.server.vectors.open(&lake).await?.into();
     let o = std::sync::Arc::new(Orchestrator {
         lake_args: lake_args.clone(),
         lake,
         catalog,
+        vectors,
         args,
+        sink_restarts: Default::default(),
     });
     if let Some(job) = o.args.once {
         let detail = run_recorded(job, &o).await?;
@@ -468,12 +661,24 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         roll_at = %o.args.roll_at,
         compact_at = %o.args.compact_at,
         retrain_at = %o.args.retrain_at,
+        enrich_at = %o.args.enrich_at,
         "orchestrator running"
     );
     let mut tasks = tokio::task::JoinSet::new();
     for (job, schedule) in Job::ALL.into_iter().zip(schedules) {
         tasks.spawn(job_loop(job, o.clone(), schedule));
     }
+    // The sink is stopped by a signal of its own so that it writes what it holds.
+    let (stop_sink, sink_stopped) = tokio::sync::watch::channel(false);
+    let sink = o.args.sink.then(|| {
+        let o = o.clone();
+        tokio::spawn(async move {
+            supervised("sink", &o.sink_restarts, sink_stopped, |stop| {
+                run_sink(&o, stop)
+            })
+            .await
+        })
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = o.args.serve.then(|| {
         let o = o.clone();
@@ -483,6 +688,7 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
                 &o.args.server,
                 o.lake.clone(),
                 o.catalog.clone(),
+                o.vectors.clone(),
                 async {
                     stopped.await.ok();
                 },
@@ -504,6 +710,10 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         () = crate::stream::shutdown_signal() => None,
     };
     tasks.shutdown().await;
+    stop_sink.send(true).ok();
+    if let Some(sink) = sink {
+        sink.await.context("the in-process sink")?;
+    }
     let served = match (failed, server) {
         (Some(done), _) => done,
         (None, Some(server)) => {

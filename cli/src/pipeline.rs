@@ -259,10 +259,8 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     served
 }
 
-/// Lyrics: enrichment, then clean & sync (songs without lyrics leave catalog and vector store),
-/// then embeddings of what remains. `None` when the source found no lyrics for any song (it does
-/// not describe this catalog): clean & sync would empty the catalog, so neither it nor the
-/// embedding runs.
+/// The lyrics steps ([`crate::lyrics::lyrics_and_embeddings`]) with a line each in the summary;
+/// the embedding report, `None` when the source found no lyrics for any song.
 async fn lyrics_steps(
     args: &PipelineArgs,
     cluster: &recsys_jobs::Cluster,
@@ -271,59 +269,45 @@ async fn lyrics_steps(
     vectors: &dyn recsys_vectors::VectorStore,
     steps: &mut Vec<Step>,
 ) -> Result<Option<(recsys_embed::job::EmbedReport, Duration)>> {
-    let fetched = crate::lyrics::fetch(
-        lake,
-        catalog,
-        &args.lyrics,
-        &recsys_embed::enrich::EnrichOptions::default(),
-    )
-    .await?;
-    steps.push(Step {
-        name: "lyrics",
-        elapsed: fetched.1,
-        rows: fetched.0.songs(),
-        detail: format!(
-            "{} found, {} missing, {} instrumental, {} errors",
-            fetched.0.found, fetched.0.missing, fetched.0.instrumental, fetched.0.errors
-        ),
-    });
-    let stats = catalog.stats().await?;
-    if stats.songs > 0 && stats.with_lyrics(recsys_catalog::LyricsStatus::Found) == 0 {
-        println!(
-            "the lyrics source ({}) has lyrics for none of the catalog's {} songs: clean & sync \
-             and embeddings are skipped (they would empty the catalog); the server is ALS only",
-            args.lyrics.describe(),
-            stats.songs
-        );
-        return Ok(None);
-    }
-    let t = Instant::now();
-    let removed = crate::lyrics::clean_sync(catalog, vectors, false, true).await?;
-    steps.push(Step {
-        name: "clean-sync",
-        elapsed: t.elapsed(),
-        rows: removed,
-        detail: "songs without lyrics removed from catalog and vectors".into(),
-    });
-    let embedded = crate::lyrics::embed(
+    let run = crate::lyrics::lyrics_and_embeddings(
         cluster,
         lake,
         catalog,
         vectors,
+        &args.lyrics,
         &args.model,
-        &recsys_embed::job::EmbedJobOptions::default(),
     )
     .await?;
+    let (fetched, elapsed) = &run.fetched;
     steps.push(Step {
-        name: "embed",
-        elapsed: embedded.1,
-        rows: embedded.0.embedded,
+        name: "lyrics",
+        elapsed: *elapsed,
+        rows: fetched.songs(),
         detail: format!(
-            "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
-            embedded.0.already_done, embedded.0.too_short
+            "{} found, {} missing, {} instrumental, {} errors",
+            fetched.found, fetched.missing, fetched.instrumental, fetched.errors
         ),
     });
-    Ok(Some(embedded))
+    if let Some((removed, elapsed)) = run.removed {
+        steps.push(Step {
+            name: "clean-sync",
+            elapsed,
+            rows: removed,
+            detail: "songs without lyrics removed from catalog and vectors".into(),
+        });
+    }
+    if let Some((report, elapsed)) = &run.embedded {
+        steps.push(Step {
+            name: "embed",
+            elapsed: *elapsed,
+            rows: report.embedded,
+            detail: format!(
+                "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
+                report.already_done, report.too_short
+            ),
+        });
+    }
+    Ok(run.embedded)
 }
 
 /// Waits until the sink has written every event of `topic` (as of now) to the lake's `events/`.

@@ -109,25 +109,27 @@ pub struct VerifyArgs {
 pub async fn run_serve(lake: &LakeArgs, args: &ServeArgs) -> Result<()> {
     let store = lake.open()?;
     let catalog: Arc<dyn Catalog> = args.catalog.open(&store).await?.into();
+    let vectors: Arc<dyn VectorStore> = args.server.vectors.open(&store).await?.into();
     serve_until(
         lake,
         &args.server,
         store,
         catalog,
+        vectors,
         crate::stream::shutdown_signal(),
     )
     .await
 }
 
-/// Serves over `catalog` until `shutdown` completes.
+/// Serves over `catalog` and `vectors` until `shutdown` completes.
 pub async fn serve_until(
     lake: &LakeArgs,
     args: &ServerArgs,
     store: Store,
     catalog: Arc<dyn Catalog>,
+    vectors: Arc<dyn VectorStore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let vectors: Arc<dyn VectorStore> = args.vectors.open(&store).await?.into();
     let opened = crate::stream::open_log(lake, &args.kafka, &args.flush, None).await?;
     let rec = Recommender::open(
         Stores {

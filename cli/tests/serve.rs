@@ -108,11 +108,41 @@ fn foreign_tsv(path: &Path) -> u64 {
     lines
 }
 
+/// Lyrics for the films of `foreign_tsv` by studios 0 to 29 (230 of the 300), and for one
+/// film that is not in the log (`Film number 1000`, by Studio 5), as JSON lines.
+fn films_lyrics(path: &Path) {
+    const THEMES: [&str; 6] = [
+        "the sea and the boats that never come home",
+        "a city at night with neon and rain",
+        "dancing until the morning light",
+        "a broken heart on a long road",
+        "mountains, snow and quiet pine trees",
+        "robots and stars and the cold of space",
+    ];
+    let mut out = String::new();
+    for item in (0..300u64).chain([1000]) {
+        if item % 40 >= 30 {
+            continue;
+        }
+        let theme = THEMES[(item / 50 % 6) as usize];
+        let record = serde_json::json!({
+            "track_name": format!("Film number {item} ({})", 1950 + item % 70),
+            "artist_name": format!("Studio {}", item % 40),
+            "plain_lyrics": format!("Verse {item}: a song about {theme}.\nAnd again, {theme}."),
+        });
+        out.push_str(&format!("{record}\n"));
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
 /// `recsys pipeline --input` on a log the generator did not write and without a lyrics source:
 /// it says so at the start, keeps every song in the catalog, and serves and verifies ALS-only
-/// recommendations.
+/// recommendations. Then the orchestrator's enrich job: skipped without a source; given one,
+/// lyrics, clean & sync and embeddings for the whole catalog; run again after a new song
+/// arrived, only that song.
 #[test]
-fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only() {
+fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only_until_enriched() {
     let dir = tempfile::tempdir().unwrap();
     let tsv = dir.path().join("listens.tsv");
     let good = foreign_tsv(&tsv);
@@ -138,6 +168,71 @@ fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only() {
         catalog.stats().await.unwrap().songs
     });
     assert_eq!(songs, 300, "{stdout}");
+
+    let enrich = |extra: &[&str]| {
+        let mut args = vec!["orchestrate", "--once", "enrich"];
+        args.extend_from_slice(extra);
+        recsys_ok(&lake, &args)
+    };
+    let skipped = enrich(&[]);
+    assert!(
+        skipped.contains("enrich: skipped: no lyrics source (give one with --lrclib-url"),
+        "{skipped}"
+    );
+    films_lyrics(&lake.join("raw/films.jsonl"));
+    let source = ["--lyrics-file", "raw/films.jsonl"];
+    let first = enrich(&source);
+    assert!(
+        first.contains(
+            "enrich: 300 songs looked up in raw/films.jsonl (230 found, 70 missing, 0 instrumental, 0 errors); \
+             70 songs without lyrics removed; 230 embedded, 0 already embedded, 0 too short; 230 vectors"
+        ),
+        "{first}"
+    );
+    let (songs, vectors) = rt.block_on(async {
+        let catalog = EmbeddedCatalog::open(&lake.join("catalog.redb"))
+            .await
+            .unwrap();
+        // A song the catalog gains after the first run (as an ETL load of new songs adds it).
+        catalog
+            .upsert_songs(&[recsys_catalog::SongStats {
+                id: "ml-01000".into(),
+                track_name: "Film number 1000 (2020)".into(),
+                artist_name: "Studio 5".into(),
+                ..Default::default()
+            }])
+            .await
+            .unwrap();
+        let vectors = EmbeddedStore::open(&lake.join("vectors.redb"), recsys_embed::DIM).unwrap();
+        (
+            catalog.stats().await.unwrap().songs,
+            vectors.count().await.unwrap(),
+        )
+    });
+    assert_eq!((songs, vectors), (231, 230));
+    let second = enrich(&source);
+    assert!(
+        second.contains(
+            "enrich: 1 songs looked up in raw/films.jsonl (1 found, 0 missing, 0 instrumental, 0 errors); \
+             0 songs without lyrics removed; 1 embedded, 230 already embedded, 0 too short; 231 vectors"
+        ),
+        "{second}"
+    );
+    // The vectors are the lyrics': a film's nearest neighbours share its theme (films 50 apart).
+    let hits = rt.block_on(async {
+        let vectors = EmbeddedStore::open(&lake.join("vectors.redb"), recsys_embed::DIM).unwrap();
+        let v = vectors.vector("ml-00001").await.unwrap().unwrap();
+        vectors.search(&v, 5, &["ml-00001".into()]).await.unwrap()
+    });
+    for hit in &hits {
+        let film: u64 = hit.payload.title["Film number ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(film / 50 % 6 == 0 && film != 1, "{hits:?}");
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

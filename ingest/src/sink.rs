@@ -166,6 +166,27 @@ pub(crate) async fn topic_files(
     store: &Store,
     topic: &str,
 ) -> Result<Vec<(object_store::path::Path, (i32, i64, i64))>, SinkError> {
+    Ok(topic_objects(store, topic)
+        .await?
+        .into_iter()
+        .map(|(o, range)| (o.location, range))
+        .collect())
+}
+
+/// When the newest file of `topic` in `events/` was written (ms since the epoch), if any: how
+/// long the sink has been quiet.
+pub async fn newest_file_ms(store: &Store, topic: &str) -> Result<Option<i64>, SinkError> {
+    Ok(topic_objects(store, topic)
+        .await?
+        .iter()
+        .map(|(o, _)| o.last_modified.timestamp_millis())
+        .max())
+}
+
+async fn topic_objects(
+    store: &Store,
+    topic: &str,
+) -> Result<Vec<(object_store::ObjectMeta, (i32, i64, i64))>, SinkError> {
     let prefix = store.path(EVENTS_DIR);
     let objects: Vec<_> = store
         .object_store()
@@ -180,7 +201,7 @@ pub(crate) async fn topic_files(
         .into_iter()
         .filter_map(|o| {
             let range = parse_file_name(topic, o.location.filename()?)?;
-            Some((o.location, range))
+            Some((o, range))
         })
         .collect())
 }
