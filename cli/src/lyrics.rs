@@ -117,8 +117,9 @@ pub struct SourceArgs {
     /// through the same interface.
     #[arg(long, env = "RECSYS_LRCLIB_URL")]
     pub lrclib_url: Option<String>,
-    /// The offline lyrics file (JSON lines of `track_name`, `artist_name`, `plain_lyrics`, as
-    /// the generator writes), relative to the lake [default: raw/lyrics.jsonl].
+    /// The offline lyrics file (JSON lines of LRCLIB records: `trackName`, `artistName`,
+    /// `plainLyrics`, optional `duration`, `instrumental`, `syncedLyrics`; snake_case names
+    /// work too), relative to the lake [default: raw/lyrics.jsonl].
     #[arg(long, env = "RECSYS_LYRICS_FILE")]
     pub lyrics_file: Option<String>,
     /// Per-request timeout, seconds.

@@ -109,7 +109,7 @@ fn foreign_tsv(path: &Path) -> u64 {
 }
 
 /// Lyrics for the films of `foreign_tsv` by studios 0 to 29 (230 of the 300), and for one
-/// film that is not in the log (`Film number 1000`, by Studio 5), as JSON lines.
+/// film that is not in the log (`Film number 1000`, by Studio 0), as JSON lines.
 fn films_lyrics(path: &Path) {
     const THEMES: [&str; 6] = [
         "the sea and the boats that never come home",
@@ -179,6 +179,33 @@ fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only_until_enriched() {
         skipped.contains("enrich: skipped: no lyrics source (give one with --lrclib-url"),
         "{skipped}"
     );
+    // A file of records that are not LRCLIB's is refused by line, not read as songs without
+    // lyrics (which clean & sync would then remove).
+    std::fs::create_dir_all(lake.join("raw")).unwrap();
+    std::fs::write(
+        lake.join("raw/other.jsonl"),
+        "{\"title\": \"Film number 1\"}\n",
+    )
+    .unwrap();
+    let refused = std::process::Command::new(RECSYS)
+        .arg("--data-dir")
+        .arg(&lake)
+        .args([
+            "orchestrate",
+            "--once",
+            "enrich",
+            "--lyrics-file",
+            "raw/other.jsonl",
+        ])
+        .env("RECSYS_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("line 1: a record needs `trackName` and `artistName`"),
+        "{stderr}"
+    );
     films_lyrics(&lake.join("raw/films.jsonl"));
     let source = ["--lyrics-file", "raw/films.jsonl"];
     let first = enrich(&source);
@@ -197,8 +224,8 @@ fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only_until_enriched() {
         catalog
             .upsert_songs(&[recsys_catalog::SongStats {
                 id: "ml-01000".into(),
-                track_name: "Film number 1000 (2020)".into(),
-                artist_name: "Studio 5".into(),
+                track_name: "Film number 1000 (1970)".into(),
+                artist_name: "Studio 0".into(),
                 ..Default::default()
             }])
             .await

@@ -17,26 +17,27 @@ use crate::rng::Rng;
 /// Name of the lyrics file inside the generator's output folder.
 pub const LYRICS_FILE: &str = "lyrics.jsonl";
 
-/// One LRCLIB record (the JSON of `/api/get` and of each `/api/search` element).
+/// One LRCLIB record (the JSON of `/api/get` and of each `/api/search` element; its camelCase
+/// names, or the same in snake_case).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LyricsRecord {
     #[serde(default)]
     pub id: u64,
-    #[serde(default)]
+    #[serde(default, alias = "track_name")]
     pub track_name: String,
-    #[serde(default)]
+    #[serde(default, alias = "artist_name")]
     pub artist_name: String,
-    #[serde(default)]
+    #[serde(default, alias = "album_name")]
     pub album_name: Option<String>,
     /// Seconds.
     #[serde(default)]
     pub duration: Option<f64>,
     #[serde(default)]
     pub instrumental: bool,
-    #[serde(default)]
+    #[serde(default, alias = "plain_lyrics")]
     pub plain_lyrics: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "synced_lyrics")]
     pub synced_lyrics: Option<String>,
 }
 

@@ -354,10 +354,17 @@ impl LyricsFile {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            records.push(
-                serde_json::from_slice::<LyricsRecord>(line)
-                    .map_err(|e| err(format!("line {}: {e}", n + 1)))?,
-            );
+            let record = serde_json::from_slice::<LyricsRecord>(line)
+                .map_err(|e| err(format!("line {}: {e}", n + 1)))?;
+            // Every field has a default: a record of other names would otherwise pass as one
+            // without a title, and every song would come out `missing`.
+            if record.track_name.trim().is_empty() || record.artist_name.trim().is_empty() {
+                return Err(err(format!(
+                    "line {}: a record needs `trackName` and `artistName` (LRCLIB's JSON)",
+                    n + 1
+                )));
+            }
+            records.push(record);
         }
         Ok(LyricsFile::from_records(location, records))
     }
