@@ -885,6 +885,31 @@ mod tests {
         assert_eq!(names, recsys_catalog::jobs::JOBS);
     }
 
+    #[tokio::test]
+    async fn a_failing_supervised_task_is_restarted_with_a_growing_backoff() {
+        let restarts = std::sync::atomic::AtomicU64::new(0);
+        let runs = std::sync::atomic::AtomicU64::new(0);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        supervised("test", &restarts, stopped, |_| {
+            let run = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let stop = &stop;
+            async move {
+                if run < 2 {
+                    bail!("failure {run}");
+                }
+                stop.send(true)?;
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(restarts.into_inner(), 2);
+        // 1 s after the first failure, 2 s after the second.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+
     #[test]
     fn times_of_day_are_checked() {
         assert_eq!(parse_time("--roll-at", "02:00").unwrap(), 120);

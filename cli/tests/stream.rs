@@ -668,3 +668,149 @@ async fn grpc_ingest_into_kafka_then_a_catch_up_sink_in_a_group() {
         per_partition
     );
 }
+
+/// `plays` listens (and 2 skips, which count for nothing) of each of `tracks`, produced to
+/// Kafka; returns the plays per track.
+async fn produce_plays(brokers: &str, tracks: &[(&str, usize)], day: i64) -> BTreeMap<String, i64> {
+    use recsys_ingest::EventLog;
+    use recsys_ingest::event::{Action, Event, EventBuilder};
+    let log = recsys_ingest::log::KafkaLog::connect(recsys_ingest::log::KafkaOptions {
+        brokers: brokers.into(),
+        topic: "music_log".into(),
+        compression: "none".into(),
+        idempotence: true,
+        queue_messages: 10_000,
+    })
+    .await
+    .unwrap();
+    let mut builder = EventBuilder::default();
+    let mut plays = BTreeMap::new();
+    for (t, &(track, n)) in tracks.iter().enumerate() {
+        for i in 0..n + 2 {
+            builder.push(
+                &Event {
+                    user_id: format!("kafka-user-{}", i % 5),
+                    track_id: track.into(),
+                    artist_id: "kafka-artist".into(),
+                    timestamp: day + (t * 1000 + i) as i64 * 1_000_000,
+                    action: if i < n { Action::Listen } else { Action::Skip },
+                    source: "test".into(),
+                    duration_s: 100.0,
+                    total_duration_s: 200.0,
+                },
+                0,
+                0,
+            );
+        }
+        *plays.entry(track.to_string()).or_default() += n as i64;
+    }
+    log.append(builder.finish()).await.unwrap().await.unwrap();
+    log.close().await.unwrap();
+    plays
+}
+
+/// The orchestrator on Kafka: its in-process sink (`--sink`) writes the topic to events/, the
+/// counts job counts them (new tracks get catalog entries), the supervise job reports no lag
+/// and `recsys status` shows it; with no sink running and events waiting longer than
+/// `--sink-stale-s`, supervise fails and names the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_sinks_kafka_counts_it_and_reports_the_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path();
+    let broker = Broker::start("music_log", 2);
+    let day = 14_000 * 86_400_000_000i64;
+    let plays = produce_plays(&broker.brokers, &[("kafka-a", 30), ("kafka-b", 12)], day).await;
+    let mut orchestrator = recsys(lake)
+        .args([
+            "orchestrate",
+            "--kafka",
+            &broker.brokers,
+            "--sink",
+            "--flush-interval-ms",
+            "100",
+            "--counts-every-s",
+            "0.3",
+            "--supervise-every-s",
+            "0.3",
+            "--jitter",
+            "0",
+        ])
+        .spawn()
+        .unwrap();
+    let store = local_store(lake);
+    let total = plays.values().sum::<i64>() + 4;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let held: i64 = recsys_ingest::sink::written_files(&store, "music_log")
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, f, l)| l - f + 1)
+            .sum();
+        let counted = recsys_ingest::counts::counted(&store, "music_log")
+            .await
+            .unwrap();
+        if held == total && counted == held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && orchestrator.try_wait().unwrap().is_none(),
+            "the orchestrator's sink and counts got {held} and {counted} of {total} events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few intervals more: the publication follows the aggregation, the lag check follows.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    terminate(&orchestrator);
+    assert!(
+        wait_for(&mut orchestrator, 30).success(),
+        "SIGTERM stops it (and its sink) cleanly"
+    );
+    let catalog = recsys_catalog::EmbeddedCatalog::open(&lake.join("catalog.redb"))
+        .await
+        .unwrap();
+    for (track, n) in &plays {
+        let song = recsys_catalog::Catalog::song(&catalog, track)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{track} has a catalog entry"));
+        assert_eq!((song.stats.plays, song.stats.plays_7d), (*n, *n), "{track}");
+    }
+    drop(catalog);
+    let status = recsys(lake).args(["status", "--json"]).output().unwrap();
+    assert!(status.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let supervise = &status["jobs"]["supervise"];
+    assert_eq!(supervise["outcome"], "ok", "{status}");
+    let detail = supervise["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0 events not in events/ yet")
+            && detail.contains("in-process sink restarted 0 times"),
+        "{detail}"
+    );
+    assert_eq!(status["events"]["lag"], 0, "{status}");
+
+    // Events wait in Kafka with no sink running: an alert once no file was written for a second.
+    produce_plays(&broker.brokers, &[("kafka-c", 3)], day).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let once = recsys(lake)
+        .args([
+            "orchestrate",
+            "--once",
+            "supervise",
+            "--kafka",
+            &broker.brokers,
+            "--sink-stale-s",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert!(
+        !once.status.success()
+            && stderr.contains("the sink is behind")
+            && stderr.contains("5 events not in events/ yet")
+            && stderr.contains("is `recsys sink` (or `recsys orchestrate --sink`) running"),
+        "{stderr}"
+    );
+}
