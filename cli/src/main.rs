@@ -149,7 +149,7 @@ enum Commands {
     Verify(serve::VerifyArgs),
     /// Keep play counts, the 7-day window, the event files and the model current, unattended
     /// (`--serve`: and serve from the same process; `--once JOB`: run one job and exit).
-    Orchestrate(orchestrate::OrchestrateArgs),
+    Orchestrate(Box<orchestrate::OrchestrateArgs>),
     /// The orchestrator's jobs, the model, catalog counts and event lag (--json for scripts).
     Status(orchestrate::StatusArgs),
     /// Measure a step against its peers (Spark, DuckDB, implicit, PyTorch) run beside it.
@@ -260,7 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
         Commands::Sink(args) => stream::run_sink_command(&cli.lake, &args).await.map(|_| ()),
         Commands::Serve(args) => serve::run_serve(&cli.lake, &args).await,
         Commands::Verify(args) => serve::run_verify(&cli.lake, &args).await,
-        Commands::Orchestrate(args) => orchestrate::run(&cli.lake, args).await,
+        Commands::Orchestrate(args) => orchestrate::run(&cli.lake, *args).await,
         Commands::Status(args) => orchestrate::status(&cli.lake, args).await,
         Commands::Bench(cmd) => bench::run(&cli.lake, cmd).await,
         Commands::Docs(cmd) => {

@@ -258,7 +258,7 @@ fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only_until_enriched() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(film / 50 % 6 == 0 && film != 1, "{hits:?}");
+        assert!(film < 50 && film != 1, "{hits:?}");
     }
 }
 
@@ -1859,15 +1859,7 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
         let store = local_store(&lake);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let held: i64 = recsys_ingest::sink::written_files(&store, "music_log")
-                .await
-                .unwrap()
-                .iter()
-                .map(|(_, f, l)| l - f + 1)
-                .sum();
-            let counted = recsys_ingest::counts::counted(&store, "music_log")
-                .await
-                .unwrap();
+            let (held, counted) = held_and_counted(&store, "music_log").await;
             if counted == held {
                 break;
             }

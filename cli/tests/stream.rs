@@ -741,15 +741,7 @@ async fn orchestrator_sinks_kafka_counts_it_and_reports_the_lag() {
     let total = plays.values().sum::<i64>() + 4;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let held: i64 = recsys_ingest::sink::written_files(&store, "music_log")
-            .await
-            .unwrap()
-            .iter()
-            .map(|(_, f, l)| l - f + 1)
-            .sum();
-        let counted = recsys_ingest::counts::counted(&store, "music_log")
-            .await
-            .unwrap();
+        let (held, counted) = held_and_counted(&store, "music_log").await;
         if held == total && counted == held {
             break;
         }

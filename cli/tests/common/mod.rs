@@ -355,3 +355,15 @@ pub fn assert_same_model(a: &recsys_jobs::als::AlsSummary, b: &recsys_jobs::als:
     assert_eq!(ea.model.users, eb.model.users);
     assert!((ea.model.ndcg_at_10 - eb.model.ndcg_at_10).abs() <= 1e-3);
 }
+
+/// The events of `topic` in `store`'s `events/`, and how many of them the counts job counted.
+pub async fn held_and_counted(store: &Store, topic: &str) -> (i64, i64) {
+    let held = recsys_ingest::sink::written_files(store, topic)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, first, last)| last - first + 1)
+        .sum();
+    let counted = recsys_ingest::counts::counted(store, topic).await.unwrap();
+    (held, counted)
+}
