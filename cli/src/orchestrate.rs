@@ -271,11 +271,7 @@ async fn supervise(o: &Orchestrator) -> Result<String> {
         let ends = recsys_ingest::consume::end_offsets(brokers, topic, Duration::from_secs(10))
             .await
             .with_context(|| format!("the end offsets of Kafka topic `{topic}` ({brokers})"))?;
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for (partition, _, last) in &held {
-            let n = next.entry(*partition).or_insert(0);
-            *n = (*n).max(last + 1);
-        }
+        let next = recsys_ingest::sink::next_offsets(&held);
         let lag: i64 = ends
             .iter()
             .map(|(p, end)| (end - next.get(p).copied().unwrap_or(0)).max(0))

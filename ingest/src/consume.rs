@@ -440,11 +440,7 @@ pub async fn wait_for_sink(
     let deadline = tokio::time::Instant::now() + timeout;
     let total: u64 = ends.values().map(|&e| e.max(0) as u64).sum();
     loop {
-        let mut written: BTreeMap<i32, i64> = BTreeMap::new();
-        for (partition, _, last) in crate::sink::written_files(store, topic).await? {
-            let next = written.entry(partition).or_insert(0);
-            *next = (*next).max(last + 1);
-        }
+        let written = crate::sink::next_offsets(&crate::sink::written_files(store, topic).await?);
         let done: u64 = ends
             .iter()
             .map(|(p, &end)| written.get(p).copied().unwrap_or(0).min(end).max(0) as u64)

@@ -145,6 +145,17 @@ pub async fn written_files(store: &Store, topic: &str) -> Result<Vec<(i32, i64, 
         .collect())
 }
 
+/// Per partition, the offset after the last of `files` ((partition, first, last), as
+/// [`written_files`] lists them): what `events/` holds up to.
+pub fn next_offsets(files: &[(i32, i64, i64)]) -> BTreeMap<i32, i64> {
+    let mut next = BTreeMap::new();
+    for &(partition, _, last) in files {
+        let n = next.entry(partition).or_insert(0);
+        *n = (*n).max(last + 1);
+    }
+    next
+}
+
 /// Deletes every file written for `topic` (a pipeline run that rebuilds the lake from its
 /// input); returns how many there were.
 pub async fn clear(store: &Store, topic: &str) -> Result<usize, SinkError> {
