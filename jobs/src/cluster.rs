@@ -20,6 +20,39 @@ use recsys_core::{S3Options, Store};
 use crate::JobError;
 use crate::registry::{RecsysOptions, physical_codec, session_config, session_state};
 
+/// Runs a write job until its output checks out, at most [`CHECKED_WRITE_ATTEMPTS`] times: a
+/// Ballista 55 job that lost an executor can come out with rows doubled (seen with kill -9
+/// during our jobs), and such a write is done again. `write` returns `Ok(Err(why))` for output
+/// that does not check out; every write replaces its previous attempt's files.
+pub(crate) async fn checked_write<T, F, Fut>(what: &str, mut write: F) -> Result<T, JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, String>, JobError>>,
+{
+    let mut attempt = 1;
+    loop {
+        let why = match write().await? {
+            Ok(done) => return Ok(done),
+            Err(why) => why,
+        };
+        if attempt == CHECKED_WRITE_ATTEMPTS {
+            return Err(JobError::Invariant(format!(
+                "{what}: {why}, after {attempt} attempts"
+            )));
+        }
+        tracing::warn!(
+            what,
+            why,
+            attempt,
+            "a write came out wrong; writing it again"
+        );
+        attempt += 1;
+    }
+}
+
+/// How many times [`checked_write`] tries.
+const CHECKED_WRITE_ATTEMPTS: usize = 3;
+
 /// How long to wait for a scheduler to answer before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -812,6 +845,41 @@ fn wait_ready(port: u16, timeout: Duration) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_comes_out_wrong_is_done_again_and_fails_after_three_attempts() {
+        let mut tries = 0;
+        let written = checked_write("blocks", || {
+            tries += 1;
+            let n = tries;
+            async move {
+                Ok(if n < 3 {
+                    Err(format!("try {n} doubled"))
+                } else {
+                    Ok(n)
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(written, 3);
+
+        let mut tries = 0;
+        let err = checked_write("blocks", || {
+            tries += 1;
+            let n = tries;
+            async move {
+                Ok::<Result<(), String>, JobError>(Err(format!("{n} rows written, 1 expected")))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries, 3);
+        assert!(
+            matches!(&err, JobError::Invariant(m) if m == "blocks: 3 rows written, 1 expected, after 3 attempts"),
+            "{err}"
+        );
+    }
 
     fn task(start: u64, end: u64) -> TaskRun {
         TaskRun {

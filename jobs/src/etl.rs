@@ -28,6 +28,7 @@ use recsys_core::manifest::{EtlManifest, TableFiles};
 use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR};
 use recsys_core::time::MICROS_PER_DAY;
 
+use crate::cluster::checked_write;
 use crate::source::{ListenSource, register_sorted};
 use crate::udf::BUCKET;
 use crate::write::{run_writes, shuffle_write_plan};
@@ -146,10 +147,8 @@ pub async fn run_etl(
     // A reader must never pair the old manifest with new files.
     EtlManifest::remove(lake).await?;
     // Both tables in one job: their stages run side by side. Every play counts once in each
-    // table, so both must sum to the play count; a Ballista 55 job that lost an executor can
-    // come out with rows doubled, and such a write is done again.
-    let mut attempt = 1;
-    let written = loop {
+    // table, so both must sum to the play count.
+    let written = checked_write("the catalog tables", || async {
         let t = Instant::now();
         let plan = UnionExec::try_new(vec![
             table_plan(lake, songs.clone(), "track_id", CATALOG_SONGS_DIR, files).await?,
@@ -157,25 +156,16 @@ pub async fn run_etl(
         ])?;
         let written = run_writes(cluster, plan).await?;
         tracing::debug!(elapsed = ?t.elapsed(), "etl: tables written");
-        let sums = written_plays(cluster, lake).await?;
-        if sums == (count, count) {
-            break written;
-        }
-        if attempt == 3 {
-            return Err(JobError::Invariant(format!(
-                "the catalog tables count {} and {} plays of {count}, after {attempt} attempts",
-                sums.0, sums.1
-            )));
-        }
-        tracing::warn!(
-            songs = sums.0,
-            users = sums.1,
-            plays = count,
-            attempt,
-            "etl: the written tables do not count every play once; writing them again"
-        );
-        attempt += 1;
-    };
+        let (by_songs, by_users) = written_plays(cluster, lake).await?;
+        Ok(if (by_songs, by_users) == (count, count) {
+            Ok(written)
+        } else {
+            Err(format!(
+                "the songs table counts {by_songs} and the users table {by_users} plays of {count}"
+            ))
+        })
+    })
+    .await?;
     let table = |dir: &str| {
         let prefix = format!("{dir}/");
         let files: Vec<(String, u64)> = written

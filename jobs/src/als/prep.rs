@@ -14,6 +14,7 @@ use recsys_core::time::MICROS_PER_DAY;
 
 use super::solve::BlockTask;
 use super::{TrainWindow, WindowEnd, block_file};
+use crate::cluster::checked_write;
 pub use crate::source::ListenSource as RatingsSource;
 use crate::write::{Payload, shuffle_write, write_parquet_file};
 use crate::{Cluster, JobError};
@@ -88,10 +89,7 @@ async fn write_blocks(
     expected: u64,
 ) -> Result<(), JobError> {
     let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
-    // A Ballista 55 job that lost an executor can come out with rows doubled (seen with kill -9
-    // during these jobs): a write with the wrong number of rows is done again.
-    let mut attempt = 1;
-    loop {
+    checked_write(dir, || async {
         let written: u64 = shuffle_write(
             cluster,
             lake,
@@ -105,23 +103,13 @@ async fn write_blocks(
         .iter()
         .map(|(_, rows)| rows)
         .sum();
-        if written == expected {
-            return Ok(());
-        }
-        if attempt == 3 {
-            return Err(JobError::Invariant(format!(
-                "{dir}: {written} rows written, {expected} expected, after {attempt} attempts"
-            )));
-        }
-        tracing::warn!(
-            dir,
-            written,
-            expected,
-            attempt,
-            "als: a block write came out with the wrong number of rows; writing it again"
-        );
-        attempt += 1;
-    }
+        Ok(if written == expected {
+            Ok(())
+        } else {
+            Err(format!("{written} rows written, {expected} expected"))
+        })
+    })
+    .await
 }
 
 /// Fails when `sorted` (ids with counts, sorted) holds an id twice: a job's result doubled.
