@@ -128,18 +128,7 @@ pub async fn train_with(
     args: &AlsArgs,
     options: &TrainOptions,
 ) -> Result<AlsSummary> {
-    let params = args.params();
-    let total = params.iterations;
-    let summary = recsys_jobs::als::train(cluster, lake, &params, options, |s| {
-        tracing::info!(
-            iteration = format!("{}/{total}", s.iteration),
-            loss = format!("{:.6e}", s.loss),
-            secs = format!("{:.3}", s.seconds),
-            "als"
-        );
-    })
-    .await?;
-    Ok(summary)
+    Ok(recsys_flow::als::train(cluster, lake, &args.params(), options).await?)
 }
 
 pub fn print_summary(summary: &AlsSummary, lake: &Store) {

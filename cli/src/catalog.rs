@@ -2,19 +2,18 @@
 //! `recsys catalog load | stats | search`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use recsys_catalog::load::{LoadReport, UserVectors, load};
+use recsys_catalog::load::LoadReport;
 use recsys_catalog::{Catalog, MongoOptions};
 use recsys_core::Store;
-use recsys_core::manifest::EtlManifest;
 use recsys_jobs::Cluster;
-use recsys_jobs::etl::{DEFAULT_FILES, EtlSummary, run_etl};
+use recsys_jobs::etl::{DEFAULT_FILES, EtlSummary};
 use recsys_jobs::source::ListenSource;
 
-use crate::progress::{bar, rate, spin};
+use crate::progress::{Bars, rate, spin};
 use crate::{ClusterArgs, LakeArgs};
 
 /// Which catalog: MongoDB when `--mongo` is given, else the embedded store.
@@ -50,18 +49,8 @@ impl CatalogArgs {
         let path = self
             .catalog_path
             .clone()
-            .unwrap_or_else(|| beside_lake(lake, "catalog.redb"));
+            .unwrap_or_else(|| recsys_flow::beside_lake(lake, "catalog.redb"));
         Ok(recsys_catalog::open(mongo.as_ref(), &path).await?)
-    }
-}
-
-/// `file` in a local lake's folder, else in the working directory (embedded stores are files).
-pub fn beside_lake(lake: &Store, file: &str) -> PathBuf {
-    let location = lake.location();
-    if location.contains("://") {
-        PathBuf::from(file)
-    } else {
-        PathBuf::from(location).join(file)
     }
 }
 
@@ -153,21 +142,10 @@ pub async fn etl(
 ) -> Result<EtlSummary> {
     let (summary, _) = spin(
         &format!("etl on {}", cluster.describe()),
-        run_etl(cluster, lake, source.into(), files),
+        recsys_flow::catalog::etl(cluster, lake, source.into(), files),
     )
     .await;
-    let summary = summary?;
-    let m = &summary.manifest;
-    tracing::info!(
-        plays = m.plays,
-        songs = m.songs.rows,
-        users = m.users.rows,
-        source = m.source,
-        secs = format!("{:.2}", summary.elapsed.as_secs_f64()),
-        plays_per_sec = format!("{:.0}", rate(m.plays, summary.elapsed)),
-        "etl written"
-    );
-    Ok(summary)
+    Ok(summary?)
 }
 
 pub fn print_etl(summary: &EtlSummary) {
@@ -185,19 +163,6 @@ pub fn print_etl(summary: &EtlSummary) {
     );
 }
 
-/// The current ALS model's user vectors, if a model exists.
-async fn current_vectors(lake: &Store) -> Result<Option<UserVectors>> {
-    let Some(version) = recsys_jobs::als::model::current(lake).await? else {
-        return Ok(None);
-    };
-    let path = format!("{}/{version}/users.parquet", recsys_jobs::als::MODELS_DIR);
-    let (batches, _) =
-        recsys_jobs::lake::read_parquet(lake.object_store().as_ref(), &lake.path(&path))
-            .await
-            .with_context(|| format!("reading {}", lake.url(&path)))?;
-    Ok(Some(UserVectors::from_batches(&version, &batches)?))
-}
-
 /// Loads the latest ETL output into `catalog` with a progress bar over documents.
 pub async fn load_catalog(
     catalog: &dyn Catalog,
@@ -205,67 +170,7 @@ pub async fn load_catalog(
     args: &LoadArgs,
     reload: bool,
 ) -> Result<(LoadReport, Duration)> {
-    let Some(manifest) = EtlManifest::read(lake).await? else {
-        bail!(
-            "{} has no ETL output (catalog/MANIFEST.json): run `recsys submit etl` first",
-            lake.location()
-        );
-    };
-    if reload {
-        for table in ["songs", "users"] {
-            catalog
-                .set_checkpoint(&recsys_catalog::load::checkpoint_key(table), None)
-                .await?;
-        }
-    }
-    let vectors = current_vectors(lake).await?;
-    let total = manifest.songs.rows + manifest.users.rows;
-    let progress = bar(total, "catalog", "docs");
-    let started = Instant::now();
-    let mut last_log = Instant::now();
-    let songs_total = manifest.songs.rows;
-    let report = load(
-        catalog,
-        lake,
-        &manifest,
-        vectors.as_ref(),
-        args.batch,
-        &mut |p| {
-            let done = if p.table == "songs" {
-                p.rows
-            } else {
-                songs_total + p.rows
-            };
-            progress.set_position(done);
-            if last_log.elapsed() > Duration::from_secs(5) {
-                last_log = Instant::now();
-                tracing::info!(
-                    table = p.table,
-                    rows = p.rows,
-                    total = p.total,
-                    "catalog load"
-                );
-            }
-            Ok(())
-        },
-    )
-    .await;
-    progress.finish_and_clear();
-    let report = report?;
-    let elapsed = started.elapsed();
-    let loaded = report.songs.loaded + report.users.loaded;
-    tracing::info!(
-        catalog = catalog.describe(),
-        songs = report.songs.loaded,
-        users = report.users.loaded,
-        skipped = report.songs.skipped + report.users.skipped,
-        vectors = vectors
-            .as_ref()
-            .map_or("none".to_string(), |v| v.model_version.clone()),
-        docs_per_sec = format!("{:.0}", rate(loaded, elapsed)),
-        "catalog loaded"
-    );
-    Ok((report, elapsed))
+    Ok(recsys_flow::catalog::load_catalog(catalog, lake, args.batch, reload, &Bars).await?)
 }
 
 pub fn print_load(catalog: &dyn Catalog, report: &LoadReport, elapsed: Duration) {

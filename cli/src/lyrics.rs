@@ -4,24 +4,21 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use recsys_catalog::Catalog;
 use recsys_core::Store;
-use recsys_core::schema::RAW_DIR;
 use recsys_embed::clean::{remove_songs, songs_without_lyrics};
-use recsys_embed::enrich::{EnrichCounts, EnrichOptions, enrich, songs_to_look_up};
-use recsys_embed::job::{
-    EmbedJobError, EmbedJobOptions, EmbedReport, SHARDS_DIR, ShardRunner, run_embed,
-};
-use recsys_embed::lyrics::{Lrclib, LyricsApi, LyricsFile};
+use recsys_embed::enrich::{EnrichCounts, EnrichOptions};
+use recsys_embed::job::{EmbedJobOptions, EmbedReport};
 use recsys_embed::{DIM, Embedder, model_dir};
+use recsys_flow::lyrics::{LyricsRun, LyricsSource};
 use recsys_vectors::{QdrantOptions, VectorStore};
 
 use crate::catalog::CatalogArgs;
-use crate::progress::{bar, rate};
+use crate::progress::{Bars, rate};
 use crate::{ClusterArgs, LakeArgs};
 
 /// Which vector store: Qdrant when `--qdrant` is given, else the embedded store.
@@ -52,7 +49,7 @@ impl VectorArgs {
         let path = self
             .vectors_path
             .clone()
-            .unwrap_or_else(|| crate::catalog::beside_lake(lake, "vectors.redb"));
+            .unwrap_or_else(|| recsys_flow::beside_lake(lake, "vectors.redb"));
         Ok(recsys_vectors::open(qdrant.as_ref(), &path, DIM).await?)
     }
 }
@@ -79,37 +76,6 @@ impl ModelArgs {
     }
 }
 
-/// Shards embedded by the batch job `EmbedExec` on a Ballista cluster, a wave of two shards per
-/// task slot per job.
-struct ClusterShards<'a> {
-    cluster: &'a recsys_jobs::Cluster,
-    lake: &'a Store,
-    batch: usize,
-    model_dir: PathBuf,
-}
-
-#[async_trait::async_trait]
-impl ShardRunner for ClusterShards<'_> {
-    fn wave(&self) -> usize {
-        2 * self.cluster.parallelism()
-    }
-
-    async fn embed(&self, shards: &[u64]) -> Result<u64, EmbedJobError> {
-        let done = recsys_jobs::embed::run_embed(
-            self.cluster,
-            self.lake,
-            SHARDS_DIR,
-            recsys_core::schema::EMBEDDINGS_DIR,
-            shards,
-            self.batch,
-            Some(self.model_dir.as_path()),
-        )
-        .await
-        .map_err(|e| EmbedJobError::Runner(e.to_string()))?;
-        Ok(done.iter().map(|d| d.tokens).sum())
-    }
-}
-
 /// Where lyrics come from.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
@@ -128,47 +94,20 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    /// The source, for messages.
-    pub fn describe(&self) -> String {
-        match &self.lrclib_url {
-            Some(url) => url.clone(),
-            None => self.file(),
+    pub fn source(&self) -> LyricsSource {
+        LyricsSource {
+            lrclib_url: self.lrclib_url.clone(),
+            lyrics_file: self.lyrics_file.clone(),
+            timeout: Duration::from_secs(self.timeout_s),
         }
     }
 
-    fn file(&self) -> String {
-        self.lyrics_file
-            .clone()
-            .unwrap_or_else(|| format!("{RAW_DIR}/{}", recsys_datasets::LYRICS_FILE))
-    }
-
-    async fn open(&self, lake: &Store) -> Result<Box<dyn LyricsApi>> {
-        Ok(match &self.lrclib_url {
-            Some(url) => Box::new(Lrclib::new(
-                url,
-                Duration::from_secs(self.timeout_s.max(1)),
-            )?),
-            None => Box::new(LyricsFile::open(lake, &self.file()).await?),
-        })
-    }
-
-    /// Whether there is a lyrics source: an LRCLIB URL, or the lyrics file in the lake. A file
-    /// named with `--lyrics-file` must exist; the default one only when `generated` (the
-    /// generator just wrote it: a file left by an earlier run would not describe this input).
+    /// Whether there is a lyrics source ([`LyricsSource::available`]).
     pub async fn available(&self, lake: &Store, generated: bool) -> Result<bool> {
-        if self.lrclib_url.is_some() {
-            return Ok(true);
-        }
-        if self.lyrics_file.is_none() && !generated {
-            return Ok(false);
-        }
-        let file = self.file();
-        match object_store::ObjectStoreExt::head(&*lake.object_store(), &lake.path(&file)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) if self.lyrics_file.is_none() => Ok(false),
-            Err(e) => Err(anyhow::Error::new(lake.error(&file, e))
-                .context(format!("the lyrics file given with --lyrics-file ({file})"))),
-        }
+        self.source()
+            .available(lake, generated)
+            .await
+            .context("the lyrics file given with --lyrics-file")
     }
 }
 
@@ -288,36 +227,7 @@ pub async fn fetch(
     source: &SourceArgs,
     options: &EnrichOptions,
 ) -> Result<(EnrichCounts, Duration)> {
-    let api = source.open(lake).await?;
-    let todo = songs_to_look_up(&catalog.stats().await?, options);
-    tracing::info!(source = %api.describe(), catalog = %catalog.describe(), songs = todo, "lyrics: looking up");
-    let started = Instant::now();
-    let progress = bar(todo, "lyrics", "songs");
-    let counts = enrich(catalog, api.as_ref(), options, &|c| {
-        progress.set_position(c.songs());
-        progress.set_message(format!(
-            "found {} missing {} instrumental {} errors {} · {:.0} req/s",
-            c.found,
-            c.missing,
-            c.instrumental,
-            c.errors,
-            rate(c.requests, started.elapsed())
-        ));
-    })
-    .await?;
-    progress.finish_and_clear();
-    let elapsed = started.elapsed();
-    tracing::info!(
-        found = counts.found,
-        missing = counts.missing,
-        instrumental = counts.instrumental,
-        errors = counts.errors,
-        requests = counts.requests,
-        retries = counts.retries,
-        songs_per_sec = format!("{:.0}", rate(counts.songs(), elapsed)),
-        "lyrics: done"
-    );
-    Ok((counts, elapsed))
+    Ok(recsys_flow::lyrics::fetch(lake, catalog, &source.source(), options, &Bars).await?)
 }
 
 fn print_fetch((c, elapsed): &(EnrichCounts, Duration)) {
@@ -378,54 +288,20 @@ pub async fn embed(
     model: &ModelArgs,
     options: &EmbedJobOptions,
 ) -> Result<(EmbedReport, Duration)> {
-    let runner = ClusterShards {
+    Ok(recsys_flow::lyrics::embed(
         cluster,
         lake,
-        batch: options.batch,
-        model_dir: model.locate()?,
-    };
-    let with_lyrics = catalog
-        .stats()
-        .await?
-        .with_lyrics(recsys_catalog::LyricsStatus::Found);
-    let progress = bar(with_lyrics, "embed", "songs");
-    let started = Instant::now();
-    let report = run_embed(catalog, vectors, &runner, lake, options, &|r, elapsed| {
-        progress.set_position(r.songs);
-        progress.set_message(format!(
-            "{} embedded · {:.1} texts/s · {:.0} tokens/s",
-            r.embedded,
-            rate(r.embedded, elapsed),
-            rate(r.tokens, elapsed)
-        ));
-    })
-    .await?;
-    progress.finish_and_clear();
-    let elapsed = started.elapsed();
-    tracing::info!(
-        embedded = report.embedded,
-        already_done = report.already_done,
-        too_short = report.too_short,
-        parts = report.parts_written,
-        texts_per_sec = format!("{:.1}", rate(report.embedded, elapsed)),
-        store = %vectors.describe(),
-        "embed: done"
-    );
-    Ok((report, elapsed))
+        catalog,
+        vectors,
+        model.locate()?,
+        options,
+        &Bars,
+    )
+    .await?)
 }
 
-/// What [`lyrics_and_embeddings`] did.
-pub struct LyricsRun {
-    pub fetched: (EnrichCounts, Duration),
-    /// Songs clean & sync removed, and how long it took.
-    pub removed: Option<(u64, Duration)>,
-    pub embedded: Option<(EmbedReport, Duration)>,
-}
-
-/// Lyrics: enrichment of the songs not looked up yet, then clean & sync (songs without lyrics
-/// leave catalog and vector store), then embeddings of the songs that have none yet. Clean &
-/// sync and embeddings are skipped (both `None`) when the source has lyrics for none of the
-/// catalog's songs: it does not describe this catalog, and clean & sync would empty it.
+/// [`recsys_flow::lyrics::lyrics_and_embeddings`] with progress bars and a line for each
+/// thing it did.
 pub async fn lyrics_and_embeddings(
     cluster: &recsys_jobs::Cluster,
     lake: &Store,
@@ -434,38 +310,32 @@ pub async fn lyrics_and_embeddings(
     source: &SourceArgs,
     model: &ModelArgs,
 ) -> Result<LyricsRun> {
-    let fetched = fetch(lake, catalog, source, &EnrichOptions::default()).await?;
-    let stats = catalog.stats().await?;
-    if stats.songs > 0 && stats.with_lyrics(recsys_catalog::LyricsStatus::Found) == 0 {
-        println!(
-            "the lyrics source ({}) has lyrics for none of the catalog's {} songs: clean & sync \
-             and embeddings are skipped (they would empty the catalog); the server is ALS only",
-            source.describe(),
-            stats.songs
-        );
-        return Ok(LyricsRun {
-            fetched,
-            removed: None,
-            embedded: None,
-        });
-    }
-    let t = Instant::now();
-    let removed = clean_sync(catalog, vectors, false, true).await?;
-    let removed = Some((removed, t.elapsed()));
-    let embedded = embed(
+    let run = recsys_flow::lyrics::lyrics_and_embeddings(
         cluster,
         lake,
         catalog,
         vectors,
-        model,
-        &EmbedJobOptions::default(),
+        &source.source(),
+        model.locate()?,
+        &Bars,
     )
     .await?;
-    Ok(LyricsRun {
-        fetched,
-        removed,
-        embedded: Some(embedded),
-    })
+    match run.removed {
+        Some((without, removed, _)) => println!(
+            "clean-sync: {without} songs without lyrics (missing or instrumental) removed: \
+             {removed} from {} and {}; {} vectors",
+            catalog.describe(),
+            vectors.describe(),
+            vectors.count().await?
+        ),
+        None => println!(
+            "the lyrics source ({}) has lyrics for none of the catalog's {} songs: clean & sync \
+             and embeddings are skipped (they would empty the catalog); the server is ALS only",
+            source.source().describe(),
+            catalog.stats().await?.songs
+        ),
+    }
+    Ok(run)
 }
 
 /// Prints the lyrics neighbours of the `songs` most played songs that have a vector: the content

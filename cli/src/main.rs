@@ -94,18 +94,18 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    pub fn config(&self, s3: &S3Options) -> recsys_flow::ClusterConfig {
+        recsys_flow::ClusterConfig {
+            scheduler: self.scheduler.clone(),
+            vcores: self.vcores,
+            shared_lake: self.shared_lake,
+            retries: self.retries,
+            s3: s3.clone(),
+        }
+    }
+
     pub async fn connect(&self, s3: &S3Options) -> Result<recsys_jobs::Cluster> {
-        let vcores = match (&self.scheduler, self.vcores) {
-            (None, 0) => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            (_, n) => n,
-        };
-        Ok(
-            recsys_jobs::Cluster::connect(self.scheduler.as_deref(), s3, vcores, self.shared_lake)
-                .await?
-                .with_retries(self.retries),
-        )
+        Ok(self.config(s3).connect().await?)
     }
 }
 

@@ -288,7 +288,7 @@ async fn lyrics_steps(
             fetched.found, fetched.missing, fetched.instrumental, fetched.errors
         ),
     });
-    if let Some((removed, elapsed)) = run.removed {
+    if let Some((_, removed, elapsed)) = run.removed {
         steps.push(Step {
             name: "clean-sync",
             elapsed,

@@ -46,7 +46,32 @@ pub async fn spin<T>(what: &str, job: impl Future<Output = T>) -> (T, Duration) 
     (out, started.elapsed())
 }
 
-/// `n` per second over `d`, for log lines.
-pub fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
+pub use recsys_flow::progress::rate;
+
+/// The workflow's progress as indicatif bars on stderr.
+pub struct Bars;
+
+impl recsys_flow::Progress for Bars {
+    fn bar(&self, what: &str, total: u64, unit: &str) -> Box<dyn recsys_flow::Bar> {
+        Box::new(Shown(bar(total, what, unit)))
+    }
+}
+
+/// A bar cleared when the step ends.
+struct Shown(ProgressBar);
+
+impl recsys_flow::Bar for Shown {
+    fn set_position(&self, done: u64) {
+        self.0.set_position(done);
+    }
+
+    fn set_message(&self, message: String) {
+        self.0.set_message(message);
+    }
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }

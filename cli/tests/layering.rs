@@ -31,6 +31,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "recsys-ingest",
         ],
     ),
+    (
+        "flow",
+        &[
+            "recsys-core",
+            "recsys-datasets",
+            "recsys-jobs",
+            "recsys-ingest",
+            "recsys-catalog",
+            "recsys-embed",
+            "recsys-vectors",
+        ],
+    ),
     ("scheduler", &["recsys-jobs", "recsys-core"]),
     ("executor", &["recsys-jobs", "recsys-core"]),
 ];
