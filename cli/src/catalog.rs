@@ -13,7 +13,7 @@ use recsys_jobs::Cluster;
 use recsys_jobs::etl::{DEFAULT_FILES, EtlSummary};
 use recsys_jobs::source::ListenSource;
 
-use crate::progress::{Bars, rate, spin};
+use crate::progress::{Bars, rate};
 use crate::{ClusterArgs, LakeArgs};
 
 /// Which catalog: MongoDB when `--mongo` is given, else the embedded store.
@@ -140,12 +140,7 @@ pub async fn etl(
     source: Source,
     files: usize,
 ) -> Result<EtlSummary> {
-    let (summary, _) = spin(
-        &format!("etl on {}", cluster.describe()),
-        recsys_flow::catalog::etl(cluster, lake, source.into(), files),
-    )
-    .await;
-    Ok(summary?)
+    Ok(recsys_flow::catalog::etl(cluster, lake, source.into(), files, &Bars).await?)
 }
 
 pub fn print_etl(summary: &EtlSummary) {

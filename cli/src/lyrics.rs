@@ -300,33 +300,19 @@ pub async fn embed(
     .await?)
 }
 
-/// [`recsys_flow::lyrics::lyrics_and_embeddings`] with progress bars and a line for each
-/// thing it did.
-pub async fn lyrics_and_embeddings(
-    cluster: &recsys_jobs::Cluster,
-    lake: &Store,
+/// What clean & sync did in a [`LyricsRun`], or why it did not run.
+pub async fn print_lyrics_run(
+    run: &LyricsRun,
+    source: &SourceArgs,
     catalog: &dyn Catalog,
     vectors: &dyn VectorStore,
-    source: &SourceArgs,
-    model: &ModelArgs,
-) -> Result<LyricsRun> {
-    let run = recsys_flow::lyrics::lyrics_and_embeddings(
-        cluster,
-        lake,
-        catalog,
-        vectors,
-        &source.source(),
-        model.locate()?,
-        &Bars,
-    )
-    .await?;
+) -> Result<()> {
     match run.removed {
         Some((without, removed, _)) => println!(
-            "clean-sync: {without} songs without lyrics (missing or instrumental) removed: \
-             {removed} from {} and {}; {} vectors",
+            "clean-sync: {without} songs without lyrics (missing or instrumental), {removed} \
+             removed from {} and {}",
             catalog.describe(),
             vectors.describe(),
-            vectors.count().await?
         ),
         None => println!(
             "the lyrics source ({}) has lyrics for none of the catalog's {} songs: clean & sync \
@@ -335,7 +321,7 @@ pub async fn lyrics_and_embeddings(
             catalog.stats().await?.songs
         ),
     }
-    Ok(run)
+    Ok(())
 }
 
 /// Prints the lyrics neighbours of the `songs` most played songs that have a vector: the content

@@ -1,14 +1,19 @@
 //! `recsys pipeline`: every step, end to end, on the embedded default (or whatever the flags
-//! select), with a summary of what each step did and how long it took.
+//! select), with a summary of what each step did and how long it took. The steps and their
+//! order are `recsys_flow::pipeline`'s; this adds the data (generated or given), the stream
+//! step, the printing and serving.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
+use recsys_core::Store;
 use recsys_core::schema::RAW_DIR;
+use recsys_flow::pipeline::{PipelineConfig, Step};
 
 use crate::data::{GenerateArgs, generate};
-use crate::submit::{clean, clean_input, print_clean, print_sort, sort};
+use crate::progress::Bars;
+use crate::submit::{clean_input, print_clean, print_sort};
 use crate::{ClusterArgs, LakeArgs};
 
 #[derive(Debug, Args)]
@@ -48,13 +53,6 @@ pub struct PipelineArgs {
     pub keep_serving: Option<std::net::SocketAddr>,
 }
 
-struct Step {
-    name: &'static str,
-    elapsed: Duration,
-    rows: u64,
-    detail: String,
-}
-
 pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     let started = Instant::now();
     let lake = lake_args.open()?;
@@ -86,125 +84,44 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
 
     // Lyrics come from LRCLIB, a lyrics file, or (the demo) the generator's file. Without any
     // the run says so now, then trains, loads and serves without lyrics and embeddings.
-    let lyrics = args.lyrics.available(&lake, args.input.is_none()).await?;
-    if !lyrics {
+    let lyrics = if args.lyrics.available(&lake, args.input.is_none()).await? {
+        Some((args.lyrics.source(), args.model.locate()?))
+    } else {
         println!(
             "no lyrics source: lyrics and embeddings are skipped and the server is ALS only \
              (give one with --lrclib-url URL, or --lyrics-file FILE: JSON lines in the lake)"
         );
-    }
-
-    let cluster = args.cluster.connect(&lake_args.s3).await?;
-    let tsv = clean_input(lake_args, &lake, Some(&input)).await?;
-    let cleaned = clean(&cluster, &tsv, &lake).await?;
-    steps.push(Step {
-        name: "clean",
-        elapsed: cleaned.elapsed,
-        rows: cleaned.lines,
-        detail: format!(
-            "{} clean, {} rejected, {} Parquet files",
-            cleaned.clean_rows,
-            cleaned.rejected_total(),
-            cleaned.files_written
-        ),
-    });
-    let sorted = sort(&cluster, &lake, args.sort_files).await?;
-    steps.push(Step {
-        name: "sort",
-        elapsed: sorted.elapsed,
-        rows: sorted.rows,
-        detail: format!("{} time-ranged files", sorted.files.len()),
-    });
-
-    let replay = crate::stream::ReplayArgs::with_speed(args.replay_speed);
-    if replay.kafka.kafka.is_none() && replay.via.is_none() {
-        // The pipeline rebuilds the lake from its input: a previous run's events go first.
-        recsys_ingest::sink::clear(&lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
-        // ...and the play counts aggregated from them (`recsys orchestrate`).
-        recsys_ingest::counts::clear(&lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
-    }
-    let streamed = crate::stream::run_replay(lake_args, &replay).await?;
-    if let Some(brokers) = &replay.kafka.kafka {
-        // Production: the sink service writes the topic to events/; the steps below read it.
-        wait_for_sink(&lake, brokers, &replay.kafka.topic, args.sink_wait_s).await?;
-    }
-    steps.push(Step {
-        name: "stream",
-        elapsed: streamed.elapsed,
-        rows: streamed.events,
-        detail: format!(
-            "replayed at {}× into {}",
-            if args.replay_speed > 0.0 {
-                args.replay_speed.to_string()
-            } else {
-                "max".into()
-            },
-            if replay.kafka.kafka.is_some() {
-                "Kafka"
-            } else {
-                "events/ (embedded log)"
-            }
-        ),
-    });
-
-    let trained = crate::als::train(&cluster, &lake, &args.als).await?;
-    steps.push(Step {
-        name: "als",
-        elapsed: trained.prepare + trained.train + trained.evaluate,
-        rows: trained.listens,
-        detail: format!(
-            "{} iterations, rank {}, model {}",
-            trained.iterations.len(),
-            trained.params.rank,
-            trained.version
-        ),
-    });
-
-    // The catalog last: user documents carry the vectors of the model just trained.
-    let catalog = args.catalog.open(&lake).await?;
-    let etl = crate::catalog::etl(
-        &cluster,
-        &lake,
-        crate::catalog::Source::Auto,
-        recsys_jobs::etl::DEFAULT_FILES,
-    )
-    .await?;
-    steps.push(Step {
-        name: "etl",
-        elapsed: etl.elapsed,
-        rows: etl.manifest.plays,
-        detail: format!(
-            "{} songs, {} users → catalog/",
-            etl.manifest.songs.rows, etl.manifest.users.rows
-        ),
-    });
-    let (loaded, load_elapsed) =
-        crate::catalog::load_catalog(catalog.as_ref(), &lake, &args.load, false).await?;
-    steps.push(Step {
-        name: "load",
-        elapsed: load_elapsed,
-        rows: loaded.songs.loaded + loaded.users.loaded,
-        detail: catalog.describe(),
-    });
-
-    let vectors = args.vectors.open(&lake).await?;
-    let embedded = if lyrics {
-        lyrics_steps(
-            &args,
-            &cluster,
-            &lake,
-            catalog.as_ref(),
-            vectors.as_ref(),
-            &mut steps,
-        )
-        .await?
-    } else {
         None
     };
 
+    let cluster = args.cluster.connect(&lake_args.s3).await?;
+    let tsv = clean_input(lake_args, &lake, Some(&input)).await?;
+    let catalog = args.catalog.open(&lake).await?;
+    let vectors = args.vectors.open(&lake).await?;
+    let config = PipelineConfig {
+        sort_files: args.sort_files,
+        als: args.als.params(),
+        train: args.als.options(),
+        load_batch: args.load.batch,
+        lyrics,
+    };
+    let built = recsys_flow::pipeline::run(
+        &cluster,
+        &lake,
+        &tsv,
+        catalog.as_ref(),
+        vectors.as_ref(),
+        &config,
+        &Bars,
+        async { Ok(stream(lake_args, &lake, &args).await?) },
+    )
+    .await?;
+    steps.extend(built.steps);
+    let embedded = built.lyrics.as_ref().and_then(|l| l.embedded.as_ref());
+
     println!();
-    print_clean(&cleaned);
-    print_sort(&sorted, &lake);
+    print_clean(&built.cleaned);
+    print_sort(&built.sorted, &lake);
     println!();
     println!(
         "{:<10} {:>9} {:>12} {:>14}  what",
@@ -227,12 +144,16 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         cluster.describe()
     );
     println!();
-    crate::catalog::print_etl(&etl);
-    crate::catalog::print_load(catalog.as_ref(), &loaded, load_elapsed);
-    if let Some(embedded) = &embedded {
+    crate::catalog::print_etl(&built.etl);
+    crate::catalog::print_load(catalog.as_ref(), &built.loaded.0, built.loaded.1);
+    if let Some(run) = &built.lyrics {
+        crate::lyrics::print_lyrics_run(run, &args.lyrics, catalog.as_ref(), vectors.as_ref())
+            .await?;
+    }
+    if let Some(embedded) = embedded {
         crate::lyrics::print_embed(embedded);
     }
-    crate::als::print_summary(&trained, &lake);
+    crate::als::print_summary(&built.trained, &lake);
     if embedded.is_some() {
         crate::lyrics::print_lyrics_neighbours(catalog.as_ref(), vectors.as_ref(), 2, 5).await?;
     }
@@ -259,64 +180,43 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
     served
 }
 
-/// The lyrics steps ([`crate::lyrics::lyrics_and_embeddings`]) with a line each in the summary;
-/// the embedding report, `None` when the source found no lyrics for any song.
-async fn lyrics_steps(
-    args: &PipelineArgs,
-    cluster: &recsys_jobs::Cluster,
-    lake: &recsys_core::Store,
-    catalog: &dyn recsys_catalog::Catalog,
-    vectors: &dyn recsys_vectors::VectorStore,
-    steps: &mut Vec<Step>,
-) -> Result<Option<(recsys_embed::job::EmbedReport, Duration)>> {
-    let run = crate::lyrics::lyrics_and_embeddings(
-        cluster,
-        lake,
-        catalog,
-        vectors,
-        &args.lyrics,
-        &args.model,
-    )
-    .await?;
-    let (fetched, elapsed) = &run.fetched;
-    steps.push(Step {
-        name: "lyrics",
-        elapsed: *elapsed,
-        rows: fetched.songs(),
+/// The stream step: the sorted listens replayed into the event log (the embedded one, whose
+/// previous events and counts go first, or Kafka, whose sink is waited for).
+async fn stream(lake_args: &LakeArgs, lake: &Store, args: &PipelineArgs) -> Result<Step> {
+    let replay = crate::stream::ReplayArgs::with_speed(args.replay_speed);
+    if replay.kafka.kafka.is_none() && replay.via.is_none() {
+        // The pipeline rebuilds the lake from its input: a previous run's events go first.
+        recsys_ingest::sink::clear(lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
+        // ...and the play counts aggregated from them (`recsys orchestrate`).
+        recsys_ingest::counts::clear(lake, recsys_ingest::log::EMBEDDED_TOPIC).await?;
+    }
+    let streamed = crate::stream::run_replay(lake_args, &replay).await?;
+    if let Some(brokers) = &replay.kafka.kafka {
+        // Production: the sink service writes the topic to events/; the steps below read it.
+        wait_for_sink(lake, brokers, &replay.kafka.topic, args.sink_wait_s).await?;
+    }
+    Ok(Step {
+        name: "stream",
+        elapsed: streamed.elapsed,
+        rows: streamed.events,
         detail: format!(
-            "{} found, {} missing, {} instrumental, {} errors",
-            fetched.found, fetched.missing, fetched.instrumental, fetched.errors
+            "replayed at {}× into {}",
+            if args.replay_speed > 0.0 {
+                args.replay_speed.to_string()
+            } else {
+                "max".into()
+            },
+            if replay.kafka.kafka.is_some() {
+                "Kafka"
+            } else {
+                "events/ (embedded log)"
+            }
         ),
-    });
-    if let Some((_, removed, elapsed)) = run.removed {
-        steps.push(Step {
-            name: "clean-sync",
-            elapsed,
-            rows: removed,
-            detail: "songs without lyrics removed from catalog and vectors".into(),
-        });
-    }
-    if let Some((report, elapsed)) = &run.embedded {
-        steps.push(Step {
-            name: "embed",
-            elapsed: *elapsed,
-            rows: report.embedded,
-            detail: format!(
-                "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
-                report.already_done, report.too_short
-            ),
-        });
-    }
-    Ok(run.embedded)
+    })
 }
 
 /// Waits until the sink has written every event of `topic` (as of now) to the lake's `events/`.
-async fn wait_for_sink(
-    lake: &recsys_core::Store,
-    brokers: &str,
-    topic: &str,
-    wait_s: u64,
-) -> Result<()> {
+async fn wait_for_sink(lake: &Store, brokers: &str, topic: &str, wait_s: u64) -> Result<()> {
     use recsys_ingest::consume::{end_offsets, wait_for_sink};
     let ends = end_offsets(brokers, topic, Duration::from_secs(30)).await?;
     let total: i64 = ends.values().sum();

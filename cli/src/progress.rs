@@ -1,9 +1,8 @@
 //! Progress display: bars for work with a known size, spinners with elapsed time for cluster jobs
-//! (which report when they finish). Hidden when stderr is not a terminal, where the structured
+//! (which report when they finish), for the workflow's steps ([`Bars`]). Hidden when stderr is not a terminal, where the structured
 //! log lines carry the counts and rates instead.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -32,18 +31,15 @@ pub fn bytes_bar(total: Option<u64>, what: &str) -> ProgressBar {
     bar
 }
 
-/// Runs `job` under a spinner named `what`, returning its output and how long it took.
-pub async fn spin<T>(what: &str, job: impl Future<Output = T>) -> (T, Duration) {
+/// A spinner named `what` with the elapsed time.
+fn spinner(what: &str) -> ProgressBar {
     let spinner = ProgressBar::new_spinner();
     spinner.set_style(
         ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
     );
     spinner.set_message(what.to_string());
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let started = Instant::now();
-    let out = job.await;
-    spinner.finish_and_clear();
-    (out, started.elapsed())
+    spinner
 }
 
 pub use recsys_flow::progress::rate;
@@ -54,6 +50,10 @@ pub struct Bars;
 impl recsys_flow::Progress for Bars {
     fn bar(&self, what: &str, total: u64, unit: &str) -> Box<dyn recsys_flow::Bar> {
         Box::new(Shown(bar(total, what, unit)))
+    }
+
+    fn spinner(&self, what: &str) -> Box<dyn recsys_flow::Bar> {
+        Box::new(Shown(spinner(what)))
     }
 }
 

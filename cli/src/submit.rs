@@ -5,10 +5,10 @@ use clap::{Args, Subcommand};
 use recsys_core::Store;
 use recsys_core::schema::RAW_DIR;
 use recsys_jobs::Cluster;
-use recsys_jobs::clean::{CleanSummary, TsvInput, run_clean};
-use recsys_jobs::sort::{SortSummary, run_sort};
+use recsys_jobs::clean::{CleanSummary, TsvInput};
+use recsys_jobs::sort::SortSummary;
 
-use crate::progress::{rate, spin};
+use crate::progress::Bars;
 use crate::{ClusterArgs, LakeArgs};
 
 #[derive(Debug, Subcommand)]
@@ -65,40 +65,11 @@ pub async fn clean_input(
 }
 
 pub async fn clean(cluster: &Cluster, input: &TsvInput, lake: &Store) -> Result<CleanSummary> {
-    let (summary, _) = spin(
-        &format!("clean on {}", cluster.describe()),
-        run_clean(cluster, input, lake),
-    )
-    .await;
-    let summary = summary?;
-    tracing::info!(
-        lines = summary.lines,
-        clean = summary.clean_rows,
-        rejected = summary.rejected_total(),
-        tasks = summary.tasks,
-        files = summary.files_written,
-        secs = format!("{:.2}", summary.elapsed.as_secs_f64()),
-        rows_per_sec = format!("{:.0}", rate(summary.lines, summary.elapsed)),
-        "cleaned"
-    );
-    Ok(summary)
+    Ok(recsys_flow::pipeline::clean(cluster, input, lake, &Bars).await?)
 }
 
 pub async fn sort(cluster: &Cluster, lake: &Store, files: Option<usize>) -> Result<SortSummary> {
-    let (summary, _) = spin(
-        &format!("sort on {}", cluster.describe()),
-        run_sort(cluster, lake, files),
-    )
-    .await;
-    let summary = summary?;
-    tracing::info!(
-        rows = summary.rows,
-        files = summary.files.len(),
-        secs = format!("{:.2}", summary.elapsed.as_secs_f64()),
-        rows_per_sec = format!("{:.0}", rate(summary.rows, summary.elapsed)),
-        "sorted"
-    );
-    Ok(summary)
+    Ok(recsys_flow::pipeline::sort(cluster, lake, files, &Bars).await?)
 }
 
 pub fn print_clean(summary: &CleanSummary) {

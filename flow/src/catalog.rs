@@ -20,8 +20,12 @@ pub async fn etl(
     lake: &Store,
     source: ListenSource,
     files: usize,
+    progress: &dyn Progress,
 ) -> Result<EtlSummary, FlowError> {
-    let summary = run_etl(cluster, lake, source, files).await?;
+    let spinner = progress.spinner(&format!("etl on {}", cluster.describe()));
+    let summary = run_etl(cluster, lake, source, files).await;
+    drop(spinner);
+    let summary = summary?;
     let m = &summary.manifest;
     tracing::info!(
         plays = m.plays,

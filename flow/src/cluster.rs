@@ -28,10 +28,13 @@ impl ClusterConfig {
                 .unwrap_or(2),
             (_, n) => n,
         };
-        Ok(
-            Cluster::connect(self.scheduler.as_deref(), &self.s3, vcores, self.shared_lake)
-                .await?
-                .with_retries(self.retries),
+        Ok(Cluster::connect(
+            self.scheduler.as_deref(),
+            &self.s3,
+            vcores,
+            self.shared_lake,
         )
+        .await?
+        .with_retries(self.retries))
     }
 }

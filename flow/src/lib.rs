@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod lyrics;
 pub mod orchestrate;
+pub mod pipeline;
 pub mod progress;
 
 pub use cluster::ClusterConfig;
@@ -63,6 +64,8 @@ pub enum FlowError {
          against {events}?"
     )]
     SinkBehind { detail: String, events: String },
+    #[error("the stream step: {0}")]
+    Stream(Box<dyn std::error::Error + Send + Sync>),
     #[error("the in-process sink needs Kafka (--kafka)")]
     SinkWithoutKafka,
 }

@@ -275,8 +275,8 @@ impl Orchestrator {
             return Ok(detail);
         };
         let brokers = &kafka.brokers;
-        let ends = recsys_ingest::consume::end_offsets(brokers, topic, Duration::from_secs(10))
-            .await?;
+        let ends =
+            recsys_ingest::consume::end_offsets(brokers, topic, Duration::from_secs(10)).await?;
         let next = recsys_ingest::sink::next_offsets(&held);
         let lag: i64 = ends
             .iter()
@@ -440,9 +440,9 @@ impl Orchestrator {
             catalog.set_play_counts(chunk, true).await?;
         }
         counts::set_published(lake, &new).await?;
-        let window = totals.window_end.map_or("none".into(), |d| {
-            date_string(d * MICROS_PER_DAY)
-        });
+        let window = totals
+            .window_end
+            .map_or("none".into(), |d| date_string(d * MICROS_PER_DAY));
         Ok(format!("{} songs set; window ends {window}", changes.len()))
     }
 
@@ -452,7 +452,10 @@ impl Orchestrator {
     pub fn spawn(
         self: &Arc<Self>,
         stop_sink: watch::Receiver<bool>,
-    ) -> (tokio::task::JoinSet<()>, Option<tokio::task::JoinHandle<()>>) {
+    ) -> (
+        tokio::task::JoinSet<()>,
+        Option<tokio::task::JoinHandle<()>>,
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         for job in Job::ALL {
             tasks.spawn(job_loop(job, self.clone()));
@@ -468,7 +471,11 @@ impl Orchestrator {
 
     /// The Kafka sink: every partition of the topic into `events/` until `stop`.
     async fn run_sink(&self, mut stop: watch::Receiver<bool>) -> Result<(), FlowError> {
-        let kafka = self.config.kafka.clone().ok_or(FlowError::SinkWithoutKafka)?;
+        let kafka = self
+            .config
+            .kafka
+            .clone()
+            .ok_or(FlowError::SinkWithoutKafka)?;
         let options = recsys_ingest::consume::ConsumeOptions {
             brokers: kafka.brokers,
             topic: self.config.topic.clone(),

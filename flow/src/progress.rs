@@ -8,6 +8,9 @@ pub trait Progress: Send + Sync {
     /// A bar over `total` items of `unit` (e.g. "songs") for the step `what`; it is cleared
     /// when dropped.
     fn bar(&self, what: &str, total: u64, unit: &str) -> Box<dyn Bar>;
+
+    /// A spinner with the elapsed time, for a cluster job that reports only when it ends.
+    fn spinner(&self, what: &str) -> Box<dyn Bar>;
 }
 
 /// One step's progress.
@@ -23,6 +26,10 @@ pub struct Silent;
 
 impl Progress for Silent {
     fn bar(&self, _: &str, _: u64, _: &str) -> Box<dyn Bar> {
+        Box::new(Silent)
+    }
+
+    fn spinner(&self, _: &str) -> Box<dyn Bar> {
         Box::new(Silent)
     }
 }
