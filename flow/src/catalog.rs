@@ -12,7 +12,7 @@ use recsys_jobs::etl::{EtlSummary, run_etl};
 use recsys_jobs::source::ListenSource;
 
 use crate::FlowError;
-use crate::progress::{Progress, rate};
+use crate::progress::{Progress, rate, spinning};
 
 /// Runs the ETL job: plays from `source` into `files` Parquet files per catalog table.
 pub async fn etl(
@@ -22,10 +22,8 @@ pub async fn etl(
     files: usize,
     progress: &dyn Progress,
 ) -> Result<EtlSummary, FlowError> {
-    let spinner = progress.spinner(&format!("etl on {}", cluster.describe()));
-    let summary = run_etl(cluster, lake, source, files).await;
-    drop(spinner);
-    let summary = summary?;
+    let what = format!("etl on {}", cluster.describe());
+    let summary = spinning(progress, &what, run_etl(cluster, lake, source, files)).await?;
     let m = &summary.manifest;
     tracing::info!(
         plays = m.plays,

@@ -262,10 +262,8 @@ impl Orchestrator {
     /// file has been written for `sink_stale_s`.
     async fn supervise(&self) -> Result<String, FlowError> {
         let (lake, c, topic) = (&self.lake, &self.config, &self.config.topic);
-        let held = recsys_ingest::sink::written_files(lake, topic).await?;
-        let age_s = recsys_ingest::sink::newest_file_ms(lake, topic)
-            .await?
-            .map(|t| (now_ms() - t).max(0) / 1000);
+        let (held, newest) = recsys_ingest::sink::written_files_and_newest(lake, topic).await?;
+        let age_s = newest.map(|t| (now_ms() - t).max(0) / 1000);
         let mut detail = format!(
             "events/: {} files, newest written {}",
             held.len(),

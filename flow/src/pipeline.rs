@@ -19,7 +19,7 @@ use recsys_vectors::VectorStore;
 
 use crate::FlowError;
 use crate::lyrics::{LyricsRun, LyricsSource, lyrics_and_embeddings};
-use crate::progress::{Progress, rate};
+use crate::progress::{Progress, rate, spinning};
 
 /// One line of a run's summary.
 #[derive(Debug, Clone)]
@@ -62,10 +62,8 @@ pub async fn clean(
     lake: &Store,
     progress: &dyn Progress,
 ) -> Result<CleanSummary, FlowError> {
-    let spinner = progress.spinner(&format!("clean on {}", cluster.describe()));
-    let summary = run_clean(cluster, input, lake).await;
-    drop(spinner);
-    let summary = summary?;
+    let what = format!("clean on {}", cluster.describe());
+    let summary = spinning(progress, &what, run_clean(cluster, input, lake)).await?;
     tracing::info!(
         lines = summary.lines,
         clean = summary.clean_rows,
@@ -86,10 +84,8 @@ pub async fn sort(
     files: Option<usize>,
     progress: &dyn Progress,
 ) -> Result<SortSummary, FlowError> {
-    let spinner = progress.spinner(&format!("sort on {}", cluster.describe()));
-    let summary = run_sort(cluster, lake, files).await;
-    drop(spinner);
-    let summary = summary?;
+    let what = format!("sort on {}", cluster.describe());
+    let summary = spinning(progress, &what, run_sort(cluster, lake, files)).await?;
     tracing::info!(
         rows = summary.rows,
         files = summary.files.len(),

@@ -1,6 +1,7 @@
 //! How long work shows its progress: the `recsys` command draws bars ([`Progress`] over
 //! indicatif); the orchestrator runs [`Silent`] and logs counts and rates when a step ends.
 
+use std::future::Future;
 use std::time::Duration;
 
 /// Where a step shows how far it got.
@@ -19,6 +20,12 @@ pub trait Bar: Send + Sync {
     fn set_position(&self, done: u64);
     /// A short status beside the bar (counts, rates).
     fn set_message(&self, message: String);
+}
+
+/// Runs `job` under a spinner named `what`.
+pub async fn spinning<T>(progress: &dyn Progress, what: &str, job: impl Future<Output = T>) -> T {
+    let _spinner = progress.spinner(what);
+    job.await
 }
 
 /// No display: for unattended runs, whose log lines carry the counts.

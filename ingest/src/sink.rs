@@ -134,15 +134,35 @@ async fn chains(
 /// (partition, first, last) of each file in the partitions' chains (files a compacted file
 /// covers, and files beyond a gap, left out): what `topic`'s events in the lake are.
 pub async fn written_files(store: &Store, topic: &str) -> Result<Vec<(i32, i64, i64)>, SinkError> {
-    Ok(event_files::chains(topic_files(store, topic).await?)
-        .into_iter()
-        .flat_map(|(p, chain)| {
-            chain
-                .files
-                .into_iter()
-                .map(move |(_, (first, last))| (p, first, last))
-        })
-        .collect())
+    Ok(written_files_and_newest(store, topic).await?.0)
+}
+
+/// [`written_files`], and when the newest file of `topic` was written (ms since the epoch; how
+/// long the sink has been quiet), from one listing.
+pub async fn written_files_and_newest(
+    store: &Store,
+    topic: &str,
+) -> Result<(Vec<(i32, i64, i64)>, Option<i64>), SinkError> {
+    let objects = topic_objects(store, topic).await?;
+    let newest = objects
+        .iter()
+        .map(|(o, _)| o.last_modified.timestamp_millis())
+        .max();
+    let files = event_files::chains(
+        objects
+            .into_iter()
+            .map(|(o, range)| (o.location, range))
+            .collect(),
+    )
+    .into_iter()
+    .flat_map(|(p, chain)| {
+        chain
+            .files
+            .into_iter()
+            .map(move |(_, (first, last))| (p, first, last))
+    })
+    .collect();
+    Ok((files, newest))
 }
 
 /// Per partition, the offset after the last of `files` ((partition, first, last), as
@@ -182,16 +202,6 @@ pub(crate) async fn topic_files(
         .into_iter()
         .map(|(o, range)| (o.location, range))
         .collect())
-}
-
-/// When the newest file of `topic` in `events/` was written (ms since the epoch), if any: how
-/// long the sink has been quiet.
-pub async fn newest_file_ms(store: &Store, topic: &str) -> Result<Option<i64>, SinkError> {
-    Ok(topic_objects(store, topic)
-        .await?
-        .iter()
-        .map(|(o, _)| o.last_modified.timestamp_millis())
-        .max())
 }
 
 async fn topic_objects(
