@@ -348,9 +348,7 @@ pub async fn open(
 
 /// Milliseconds since the epoch, by this machine's clock.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    recsys_core::time::now_micros() / 1000
 }
 
 /// Milliseconds from microseconds, rounding down (also before 1970).

@@ -104,9 +104,7 @@ pub async fn run(lake_args: &LakeArgs, args: IngestBench) -> Result<()> {
     };
     let topic = format!(
         "music_log_bench_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
+        recsys_core::time::now_micros() / recsys_core::time::MICROS_PER_SEC
     );
     create_topic(&brokers, &topic, 3).await?;
     let producer = KafkaLog::connect(KafkaOptions {

@@ -34,10 +34,7 @@ pub async fn run(lake: &LakeArgs, args: ClusterCommand) -> Result<()> {
             "executor", "address", "slots", "last heartbeat"
         );
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now_ms = (recsys_core::time::now_micros() / 1000) as u64;
     for e in &executors {
         let seen = e.last_seen.map_or("never".to_string(), |ms| {
             format!("{:.1} s ago", now_ms.saturating_sub(ms) as f64 / 1000.0)

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use recsys_catalog::Catalog;
 use recsys_core::Store;
-use recsys_embed::clean::{remove_songs, songs_without_lyrics};
+use recsys_embed::clean::songs_without_lyrics;
 use recsys_embed::enrich::{EnrichCounts, EnrichOptions};
 use recsys_embed::job::{EmbedJobOptions, EmbedReport};
 use recsys_embed::{DIM, Embedder, model_dir};
@@ -214,7 +214,14 @@ pub async fn run(lake_args: &LakeArgs, cmd: LyricsCommand) -> Result<()> {
         LyricsCommand::CleanSync(args) => {
             let catalog = args.catalog.open(&lake).await?;
             let vectors = args.vectors.open(&lake).await?;
-            clean_sync(catalog.as_ref(), vectors.as_ref(), args.dry_run, args.yes).await?;
+            clean_sync(
+                &lake,
+                catalog.as_ref(),
+                vectors.as_ref(),
+                args.dry_run,
+                args.yes,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -247,6 +254,7 @@ fn print_fetch((c, elapsed): &(EnrichCounts, Duration)) {
 /// Shows what clean & sync would remove, asks (unless `--yes`), removes it; returns the number
 /// of songs removed.
 pub async fn clean_sync(
+    lake: &Store,
     catalog: &dyn Catalog,
     vectors: &dyn VectorStore,
     dry_run: bool,
@@ -271,7 +279,7 @@ pub async fn clean_sync(
             bail!("clean-sync: nothing removed (answer was not `yes`)");
         }
     }
-    let removed = remove_songs(catalog, vectors, &ids).await?;
+    let removed = recsys_flow::lyrics::remove(lake, catalog, vectors, &ids).await?;
     println!(
         "clean-sync: removed {removed} songs; {} vectors remain",
         vectors.count().await?

@@ -230,21 +230,42 @@ fn pipeline_on_a_users_own_log_without_lyrics_serves_als_only_until_enriched() {
             }])
             .await
             .unwrap();
+        // And a track only events named (the counts job's entry: an id, no title or artist).
+        catalog
+            .set_play_counts(
+                &[recsys_catalog::PlayCounts {
+                    id: "events-only-track".into(),
+                    plays: 3,
+                    plays_7d: 3,
+                }],
+                true,
+            )
+            .await
+            .unwrap();
         let vectors = EmbeddedStore::open(&lake.join("vectors.redb"), recsys_embed::DIM).unwrap();
         (
             catalog.stats().await.unwrap().songs,
             vectors.count().await.unwrap(),
         )
     });
-    assert_eq!((songs, vectors), (231, 230));
+    assert_eq!((songs, vectors), (232, 230));
     let second = enrich(&source);
     assert!(
         second.contains(
             "enrich: 1 songs looked up in raw/films.jsonl (1 found, 0 missing, 0 instrumental, 0 errors); \
+             1 songs without a title or artist not looked up (kept until they get one); \
              0 songs without lyrics removed; 1 embedded, 230 already embedded, 0 too short; 231 vectors"
         ),
         "{second}"
     );
+    let kept = rt.block_on(async {
+        let catalog = EmbeddedCatalog::open(&lake.join("catalog.redb"))
+            .await
+            .unwrap();
+        catalog.song("events-only-track").await.unwrap()
+    });
+    let kept = kept.expect("clean & sync keeps a song it could not look up");
+    assert_eq!((kept.stats.plays, kept.lyrics), (3, None), "{kept:?}");
     // The vectors are the lyrics': a film's nearest neighbours share its theme (films 50 apart).
     let hits = rt.block_on(async {
         let vectors = EmbeddedStore::open(&lake.join("vectors.redb"), recsys_embed::DIM).unwrap();
@@ -360,6 +381,81 @@ async fn publish_copy(lake: &Store, version: &str) {
         )
         .await
         .unwrap();
+}
+
+/// Clean & sync removing a song and embeddings adding a vector while a server runs: once
+/// `models/STORES_CHANGED` says so, the server stops picking the removed song (ALS candidates
+/// and lyrics neighbours) and its cached lyrics neighbours include the new vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_follows_changes_to_the_catalog_and_vectors() {
+    let copy = lake_copy();
+    let lake_dir: PathBuf = copy.path().to_path_buf();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (rec, vectors) = recommender(&lake_dir).await;
+        let lake = local_store(&lake_dir);
+        let catalog = rec.stores().catalog.clone();
+        assert!(!rec.refresh_stores().await.unwrap(), "nothing changed yet");
+        let model = rec.model().unwrap();
+        let servable = model.servable();
+        let mut song = None;
+        for id in &model.item_ids {
+            if vectors.vector(id).await.unwrap().is_some() {
+                song = Some(id.clone());
+                break;
+            }
+        }
+        let song = song.expect("a model song with lyrics");
+        let similar = |rec: Arc<Recommender>, song: String| async move {
+            let got = rec.similar_songs(&song, 10).await.unwrap();
+            got.into_iter().map(|(s, _)| s.stats.id).collect::<Vec<_>>()
+        };
+        let before = similar(rec.clone(), song.clone()).await;
+        let gone = before[1..]
+            .iter()
+            .find(|id| model.item(id).is_some())
+            .expect("a lyrics neighbour the model knows")
+            .clone();
+
+        // Clean & sync removes `gone`; another song gets `song`'s own vector (embedding).
+        recsys_flow::lyrics::remove(&lake, catalog.as_ref(), vectors.as_ref(), &[gone.clone()])
+            .await
+            .unwrap();
+        let twin = catalog
+            .top_songs(200)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.stats)
+            .find(|s| s.id != song && !before.contains(&s.id))
+            .unwrap();
+        let point = recsys_vectors::Point {
+            payload: recsys_vectors::Payload {
+                track_id: twin.id.clone(),
+                title: twin.track_name.clone(),
+                artist: twin.artist_name.clone(),
+            },
+            vector: vectors.vector(&song).await.unwrap().unwrap(),
+        };
+        vectors.upsert(&[point]).await.unwrap();
+        assert_eq!(
+            similar(rec.clone(), song.clone()).await.first(),
+            before.first(),
+            "the neighbours are cached until the stores say they changed"
+        );
+        recsys_core::models::mark_stores_changed(&lake).await.unwrap();
+
+        assert!(rec.refresh_stores().await.unwrap());
+        assert!(!rec.refresh_stores().await.unwrap(), "once per change");
+        assert_eq!(model.servable(), servable - 1);
+        let item = model.item(&gone).unwrap();
+        let everything = model.candidates(model.item_factor(item), model.item_ids.len(), |_| false);
+        assert!(everything.iter().all(|(i, _)| *i != item), "{gone} is still an ALS candidate");
+        let after = similar(rec.clone(), song.clone()).await;
+        assert_eq!(after.first(), Some(&twin.id), "{after:?}");
+        assert!(!after.contains(&gone), "{after:?}");
+    })
+    .await
+    .expect("the test finished in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1880,6 +1976,23 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     let live = rt.block_on(catalog_counts(&lake));
     assert_eq!(live[&song].0, plays + 50, "plays logged while it ran");
     assert_eq!(live[NEW_TRACK], (5, 5), "a new track gets an entry");
+    // ...and so do the new users, with the first and last time they were seen.
+    let users = rt.block_on(async {
+        let catalog = EmbeddedCatalog::open(&lake.join("catalog.redb"))
+            .await
+            .unwrap();
+        let mut users = Vec::new();
+        for i in 0..4 {
+            users.push(catalog.user(&format!("orchestrate-user-{i}")).await.unwrap());
+        }
+        users
+    });
+    for (i, user) in users.iter().enumerate() {
+        let user = user.as_ref().expect("a new user gets an entry");
+        // The user's events: the 50 plays of `song`, then NEW_TRACK's 8 events, a second apart.
+        assert_eq!(user.stats.first_seen_ms, next_day / 1000 + i as i64 * 1000);
+        assert!(user.stats.last_seen_ms > user.stats.first_seen_ms, "{user:?}");
+    }
     assert_counts_match_recount(&lake, &live, newest_day + 1);
 
     // kill -9 while it counts more; a rerun finishes the job exactly.

@@ -1,6 +1,7 @@
 //! Where trained models live in the lake: `models/als/<version>/` (`users.parquet`,
-//! `items.parquet`, `metrics.json`) and `models/als/CURRENT`, the version serving loads. Shared by
-//! the job that writes them and the server that loads them.
+//! `items.parquet`, `metrics.json`) and `models/als/CURRENT`, the version serving loads; and
+//! `models/STORES_CHANGED`, the mark of a change to the songs serving may pick. Shared by the
+//! jobs that write them and the server that loads them.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int32Type};
@@ -13,14 +14,40 @@ pub const ALS_MODELS_DIR: &str = "models/als";
 
 /// The version `models/als/CURRENT` names, if any.
 pub async fn current_als(lake: &Store) -> Result<Option<String>, StoreError> {
-    let rel = format!("{ALS_MODELS_DIR}/CURRENT");
-    match lake.object_store().get(&lake.path(&rel)).await {
+    read_small(lake, &format!("{ALS_MODELS_DIR}/CURRENT")).await
+}
+
+/// Written (a new token each time) by every step that changes which songs the catalog holds or
+/// which have a lyrics vector (clean & sync, embedding); a server that finds a token it has not
+/// seen refreshes what it derived from those stores (the servable songs, its cache of lyrics
+/// neighbours). The catalog and vector store may be MongoDB and Qdrant; the lake is what every
+/// process shares.
+pub const STORES_CHANGED: &str = "models/STORES_CHANGED";
+
+/// Marks the catalog and vector store changed (see [`STORES_CHANGED`]).
+pub async fn mark_stores_changed(lake: &Store) -> Result<(), StoreError> {
+    let token = format!("{}-{}", crate::time::now_nanos(), std::process::id());
+    lake.object_store()
+        .put(&lake.path(STORES_CHANGED), token.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| lake.error(STORES_CHANGED, e))
+}
+
+/// The last [`mark_stores_changed`] token, if any.
+pub async fn stores_changed(lake: &Store) -> Result<Option<String>, StoreError> {
+    read_small(lake, STORES_CHANGED).await
+}
+
+/// A small text object of the lake, trimmed; `None` when it does not exist.
+async fn read_small(lake: &Store, rel: &str) -> Result<Option<String>, StoreError> {
+    match lake.object_store().get(&lake.path(rel)).await {
         Ok(got) => {
-            let bytes = got.bytes().await.map_err(|e| lake.error(&rel, e))?;
+            let bytes = got.bytes().await.map_err(|e| lake.error(rel, e))?;
             Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string()))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(lake.error(&rel, e)),
+        Err(e) => Err(lake.error(rel, e)),
     }
 }
 

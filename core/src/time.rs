@@ -10,6 +10,19 @@ pub const SANE_MIN_MICROS: i64 = 631_152_000 * MICROS_PER_SEC;
 /// First timestamp no longer accepted: 2100-01-01T00:00:00Z.
 pub const SANE_MAX_MICROS: i64 = 4_102_444_800 * MICROS_PER_SEC;
 
+/// Wall-clock nanoseconds since the epoch (0 before it), for run ids and stamps.
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Wall-clock microseconds since the epoch (0 before it).
+pub fn now_micros() -> i64 {
+    (now_nanos() / 1_000) as i64
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };

@@ -53,6 +53,10 @@ pub struct EnrichCounts {
     pub missing: u64,
     pub instrumental: u64,
     pub errors: u64,
+    /// Songs without a title or artist (entries the counts job made for tracks only events
+    /// named): not looked up and left pending, so that clean & sync keeps them, until a load
+    /// gives them names.
+    pub unnamed: u64,
     /// HTTP requests (or file lookups) made, retries included.
     pub requests: u64,
     pub retries: u64,
@@ -180,8 +184,17 @@ pub async fn enrich(
         options,
     };
     let limit = options.limit.unwrap_or(u64::MAX);
+    let unnamed = AtomicU64::new(0);
     let mut results = std::pin::pin!(
         songs_to_do(catalog, options.retry_errors)
+            .filter(|song| {
+                let named = !matches!(song, Ok(s) if s.stats.track_name.trim().is_empty()
+                    || s.stats.artist_name.trim().is_empty());
+                if !named {
+                    unnamed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::future::ready(named)
+            })
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .map(|song| {
                 let counted = &counted;
@@ -209,7 +222,9 @@ pub async fn enrich(
         }
         counts.requests = counted.requests.load(Ordering::Relaxed);
         counts.retries = counted.retries.load(Ordering::Relaxed);
+        counts.unnamed = unnamed.load(Ordering::Relaxed);
         progress(&counts);
     }
+    counts.unnamed = unnamed.load(Ordering::Relaxed);
     Ok(counts)
 }

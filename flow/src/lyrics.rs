@@ -117,15 +117,12 @@ pub async fn fetch(
 /// Clean & sync: the songs without lyrics (missing or instrumental) leave the vector store and
 /// the catalog. Returns how many there were and how many were removed.
 pub async fn clean_sync(
+    lake: &Store,
     catalog: &dyn Catalog,
     vectors: &dyn VectorStore,
 ) -> Result<(usize, u64), FlowError> {
     let ids = songs_without_lyrics(catalog).await?;
-    let removed = if ids.is_empty() {
-        0
-    } else {
-        remove_songs(catalog, vectors, &ids).await?
-    };
+    let removed = remove(lake, catalog, vectors, &ids).await?;
     tracing::info!(
         without_lyrics = ids.len(),
         removed,
@@ -134,6 +131,22 @@ pub async fn clean_sync(
         "clean-sync: done"
     );
     Ok((ids.len(), removed))
+}
+
+/// Removes songs `ids` from the vector store, then the catalog, and tells servers so
+/// (`models/STORES_CHANGED`): they stop picking them without waiting for a new model.
+pub async fn remove(
+    lake: &Store,
+    catalog: &dyn Catalog,
+    vectors: &dyn VectorStore,
+    ids: &[String],
+) -> Result<u64, FlowError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let removed = remove_songs(catalog, vectors, ids).await?;
+    recsys_core::models::mark_stores_changed(lake).await?;
+    Ok(removed)
 }
 
 /// Shards embedded by the batch job `EmbedExec` on a Ballista cluster, a wave of two shards per
@@ -198,6 +211,10 @@ pub async fn embed(
     })
     .await?;
     drop(bar);
+    if report.embedded > 0 {
+        // New lyrics neighbours: servers refresh their cache of them.
+        recsys_core::models::mark_stores_changed(lake).await?;
+    }
     let elapsed = started.elapsed();
     tracing::info!(
         embedded = report.embedded,
@@ -249,7 +266,7 @@ pub async fn lyrics_and_embeddings(
         });
     }
     let t = Instant::now();
-    let (without, removed) = clean_sync(catalog, vectors).await?;
+    let (without, removed) = clean_sync(lake, catalog, vectors).await?;
     let removed = Some((without, removed, t.elapsed()));
     let embedded = embed(
         cluster,

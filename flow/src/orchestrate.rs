@@ -3,7 +3,7 @@
 //!
 //! * `counts` (an interval, 15 min by default): new event files → per-day aggregates →
 //!   `plays_cumulative` and `plays_7d` set on the songs whose numbers changed
-//!   (`recsys_ingest::counts`);
+//!   (`recsys_ingest::counts`); new tracks and new users get catalog entries;
 //! * `window-roll` (daily): the same publication without new events, so songs whose plays left
 //!   the 7-day window drop, down to 0;
 //! * `compact` (daily): each partition's small event files of a closed date (or month) become
@@ -25,13 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use recsys_catalog::jobs::{self, JobRecord};
-use recsys_catalog::{Catalog, PlayCounts, now_ms};
+use recsys_catalog::{Catalog, PlayCounts, User, UserStats, now_ms};
 use recsys_core::Store;
 use recsys_core::manifest::EtlManifest;
 use recsys_core::time::{MICROS_PER_DAY, date_string};
 use recsys_ingest::FlushPolicy;
 use recsys_ingest::compact::{CompactOptions, Period, compact};
-use recsys_ingest::counts::{self, Anchor, Counts};
+use recsys_ingest::counts::{self, Anchor, Counts, Seen};
 use recsys_jobs::als::{AlsParams, TrainOptions, TrainWindow, WindowEnd, versions};
 use recsys_vectors::VectorStore;
 use tokio::sync::watch;
@@ -223,11 +223,25 @@ impl Orchestrator {
     async fn run(&self, job: Job) -> Result<String, FlowError> {
         match job {
             Job::Counts => {
-                let a = counts::aggregate(&self.lake, &self.config.topic).await?;
+                let created = Arc::new(AtomicU64::new(0));
+                let a = counts::aggregate_with_users(&self.lake, &self.config.topic, |users| {
+                    let (catalog, created) = (self.catalog.clone(), created.clone());
+                    async move {
+                        let n = add_new_users(catalog.as_ref(), users)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        created.fetch_add(n, Ordering::Relaxed);
+                        Ok(())
+                    }
+                })
+                .await?;
                 let published = self.publish().await?;
                 Ok(format!(
-                    "{} event files, {} events, {} plays counted; {published}",
-                    a.files, a.events, a.plays
+                    "{} event files, {} events, {} plays counted, {} new users; {published}",
+                    a.files,
+                    a.events,
+                    a.plays,
+                    created.load(Ordering::Relaxed)
                 ))
             }
             Job::WindowRoll => self.publish().await,
@@ -329,6 +343,12 @@ impl Orchestrator {
             f.instrumental,
             f.errors
         );
+        if f.unnamed > 0 {
+            detail.push_str(&format!(
+                "; {} songs without a title or artist not looked up (kept until they get one)",
+                f.unnamed
+            ));
+        }
         match (run.removed, &run.embedded) {
             (Some((_, removed, _)), Some((e, _))) => detail.push_str(&format!(
                 "; {removed} songs without lyrics removed; {} embedded, {} already embedded, {} too short; {} vectors",
@@ -437,6 +457,10 @@ impl Orchestrator {
         for chunk in unknown.chunks(5_000) {
             catalog.set_play_counts(chunk, true).await?;
         }
+        if !unknown.is_empty() {
+            // New songs: servers mark again which of their model's songs they may pick.
+            recsys_core::models::mark_stores_changed(lake).await?;
+        }
         counts::set_published(lake, &new).await?;
         let window = totals
             .window_end
@@ -495,6 +519,37 @@ impl Orchestrator {
         );
         Ok(())
     }
+}
+
+/// Gives the users of `users` the catalog does not hold an entry: their id and when they were
+/// first and last seen (their play statistics come with the next ETL); returns how many.
+/// Idempotent: a user created by an earlier, interrupted run is left alone.
+async fn add_new_users(
+    catalog: &dyn Catalog,
+    users: BTreeMap<String, Seen>,
+) -> Result<u64, recsys_catalog::CatalogError> {
+    let mut new = Vec::new();
+    for (id, seen) in users {
+        if catalog.user(&id).await?.is_none() {
+            new.push(User {
+                stats: UserStats {
+                    id,
+                    plays: 0,
+                    distinct_tracks: 0,
+                    distinct_artists: 0,
+                    first_seen_ms: seen.first_us.div_euclid(1000),
+                    last_seen_ms: seen.last_us.div_euclid(1000),
+                    active_days: 0,
+                },
+                name: None,
+                latent: None,
+            });
+        }
+    }
+    for chunk in new.chunks(1_000) {
+        catalog.upsert_users(chunk).await?;
+    }
+    Ok(new.len() as u64)
 }
 
 /// Runs `start` (given a stop signal) until `stop` turns true; when it ends before, with an

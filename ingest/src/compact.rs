@@ -287,6 +287,40 @@ mod tests {
         totals.tracks.values().map(|c| c.plays).sum()
     }
 
+    /// The users of new events reach the hook before the aggregate file is written: a hook that
+    /// fails leaves the events uncounted, and the next run gives it the same users again.
+    #[tokio::test]
+    async fn users_of_new_events_are_seen_before_their_checkpoint() {
+        let (_dir, store) = lake();
+        write(&store, &[(0..50, 0)]).await;
+        let err = crate::counts::aggregate_with_users(&store, "t", |_| async {
+            Err("catalog down".to_string())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("catalog down"), "{err}");
+        assert_eq!(counted(&store, "t").await.unwrap(), 0);
+
+        let mut seen = BTreeMap::new();
+        let done = crate::counts::aggregate_with_users(&store, "t", |users| {
+            seen.extend(users);
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+        assert_eq!((done.events, done.users), (50, 7));
+        let at = |o: i64| (DAY) * MICROS_PER_DAY + o;
+        // u3: offsets 3, 10, …, 45.
+        assert_eq!(
+            seen["u3"],
+            crate::counts::Seen {
+                first_us: at(3),
+                last_us: at(45)
+            }
+        );
+        assert_eq!(seen.len(), 7);
+    }
+
     /// Three days of 100 events, in files of 10; days 0 and 1 are closed. The counts job ran
     /// after the first half of day 0, so day 0's compacted file straddles its checkpoint.
     #[tokio::test]

@@ -48,6 +48,8 @@ pub enum CountsError {
     List(#[from] SinkError),
     #[error("reading `{location}`: {reason}")]
     Read { location: String, reason: String },
+    #[error("the users of partition {partition}'s new events: {reason}")]
+    UsersSeen { partition: i32, reason: String },
     #[error("writing `{location}`: {reason}")]
     Write { location: String, reason: String },
     #[error(
@@ -80,6 +82,8 @@ pub struct Aggregated {
     pub events: u64,
     /// Plays among them.
     pub plays: u64,
+    /// Distinct users in them (per partition: a user in two partitions counts twice).
+    pub users: usize,
     /// (partition, first, last) of each aggregate file written.
     pub ranges: Vec<(i32, i64, i64)>,
 }
@@ -212,9 +216,31 @@ async fn aggregate_files(
         .collect())
 }
 
+/// A user seen in a run's new events: the first and last of their events' times (µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub first_us: i64,
+    pub last_us: i64,
+}
+
 /// Aggregates the event files of `topic` not counted yet. Any unreadable file fails the run
 /// with its name, and nothing of that partition is written: the next run tries it again.
 pub async fn aggregate(store: &Store, topic: &str) -> Result<Aggregated, CountsError> {
+    aggregate_with_users(store, topic, |_| async { Ok(()) }).await
+}
+
+/// [`aggregate`], and `users_seen` is given each partition's users before its aggregate file is
+/// written (the checkpoint), so what it does with them (catalog entries for new users) is done
+/// at least once for every event, also across a kill; it must be idempotent.
+pub async fn aggregate_with_users<F, Fut>(
+    store: &Store,
+    topic: &str,
+    mut users_seen: F,
+) -> Result<Aggregated, CountsError>
+where
+    F: FnMut(BTreeMap<String, Seen>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let counted: BTreeMap<i32, i64> = chains(aggregate_files(store, topic).await?)
         .into_iter()
         .map(|(p, chain)| (p, chain.end))
@@ -242,25 +268,47 @@ pub async fn aggregate(store: &Store, topic: &str) -> Result<Aggregated, CountsE
             continue;
         };
         let (first, last) = ((*first).max(from + 1), *last);
-        // Parallel reads; per (day, track) sums.
+        // Parallel reads; per (day, track) sums; users with their first and last event.
         let mut per: HashMap<(i32, String), i64> = HashMap::new();
+        let mut users: HashMap<String, Seen> = HashMap::new();
         let paths: Vec<Path> = new.iter().map(|(path, _)| path.clone()).collect();
-        let columns = &[col::TRACK_ID, col::TS, col::ACTION, col::LOG_OFFSET];
+        let columns = &[
+            col::USER_ID,
+            col::TRACK_ID,
+            col::TS,
+            col::ACTION,
+            col::LOG_OFFSET,
+        ];
         let mut reads = read_all(store, paths, columns);
         while let Some(batches) = reads.next().await {
             done.files += 1;
             for b in batches? {
-                let tracks = b.column(0).as_string::<i32>();
+                let user = b.column(0).as_string::<i32>();
+                let tracks = b.column(1).as_string::<i32>();
                 let ts = b
-                    .column(1)
+                    .column(2)
                     .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-                let action = b.column(2).as_string::<i32>();
-                let offset = b.column(3).as_primitive::<Int64Type>();
+                let action = b.column(3).as_string::<i32>();
+                let offset = b.column(4).as_primitive::<Int64Type>();
                 for i in 0..b.num_rows() {
                     if offset.value(i) <= from {
                         continue;
                     }
                     done.events += 1;
+                    let t = ts.value(i);
+                    match users.get_mut(user.value(i)) {
+                        Some(seen) => {
+                            seen.first_us = seen.first_us.min(t);
+                            seen.last_us = seen.last_us.max(t);
+                        }
+                        None => {
+                            let seen = Seen {
+                                first_us: t,
+                                last_us: t,
+                            };
+                            users.insert(user.value(i).to_string(), seen);
+                        }
+                    }
                     if !matches!(action.value(i), "listen" | "complete") {
                         continue;
                     }
@@ -285,6 +333,10 @@ pub async fn aggregate(store: &Store, topic: &str) -> Result<Aggregated, CountsE
             ],
         )
         .expect("columns match the schema");
+        done.users += users.len();
+        users_seen(users.into_iter().collect())
+            .await
+            .map_err(|reason| CountsError::UsersSeen { partition, reason })?;
         let rel = format!("{DAILY_DIR}/{}", file_name(topic, partition, first, last));
         write(store, &rel, batch).await?;
         done.ranges.push((partition, first, last));

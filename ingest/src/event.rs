@@ -88,11 +88,7 @@ impl InvalidEvent {
 
 /// The latest accepted timestamp: one day ahead of this machine's clock (skewed clients).
 fn latest_sane_micros() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(i64::MAX - MICROS_PER_DAY);
-    now + MICROS_PER_DAY
+    recsys_core::time::now_micros() + MICROS_PER_DAY
 }
 
 impl Event {

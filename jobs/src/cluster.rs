@@ -183,10 +183,7 @@ impl Cluster {
         let session_id = format!(
             "recsys-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
+            recsys_core::time::now_nanos()
         );
         Cluster {
             scheduler_url,

@@ -240,8 +240,5 @@ async fn table_plan(
 
 /// A run id: wall-clock nanoseconds, unique enough for one lake.
 fn run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("etl-{}", now.as_nanos())
+    format!("etl-{}", recsys_core::time::now_nanos())
 }

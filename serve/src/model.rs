@@ -4,6 +4,7 @@
 //! was trained with; they must never be recommended).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
@@ -39,6 +40,12 @@ struct Metrics {
     params: Params,
 }
 
+/// Items the catalog holds, and their factors (row-major).
+struct Servable {
+    items: Vec<u32>,
+    y: Vec<f32>,
+}
+
 /// One loaded model version.
 pub struct Model {
     pub version: String,
@@ -49,10 +56,9 @@ pub struct Model {
     items: HashMap<String, u32>,
     /// Item factors (row-major) and the fold-in solver over them.
     pub fold: ItemFactors,
-    /// Items the catalog holds, and their factors (row-major): the rows candidates are
-    /// scanned from.
-    servable: Vec<u32>,
-    servable_y: Vec<f32>,
+    /// Items the catalog holds, and their factors: the rows candidates are scanned from
+    /// (replaced by [`Model::refresh_servable`] when the catalog changes).
+    servable: std::sync::RwLock<Arc<Servable>>,
     /// Every user's played items (`history/`), as CSR: user `u`'s are
     /// `heard[heard_at[u]..heard_at[u + 1]]`.
     heard_at: Vec<usize>,
@@ -122,6 +128,34 @@ async fn read_factors(
     })
 }
 
+/// The items of `item_ids` (indexed by `items`) that `catalog` holds, with their rows of the
+/// row-major `factors` (rank `k`).
+async fn servable(
+    catalog: &dyn Catalog,
+    item_ids: &[String],
+    items: &HashMap<String, u32>,
+    factors: &[f32],
+    k: usize,
+) -> Result<Servable, ServeError> {
+    let mut held = vec![false; item_ids.len()];
+    for chunk in item_ids.chunks(CATALOG_CHUNK) {
+        for song in catalog.songs(chunk).await? {
+            if let Some(&i) = items.get(&song.stats.id) {
+                held[i as usize] = true;
+            }
+        }
+    }
+    let servable: Vec<u32> = (0..item_ids.len() as u32)
+        .filter(|&i| held[i as usize])
+        .collect();
+    let y = servable
+        .iter()
+        .flat_map(|&i| &factors[i as usize * k..(i as usize + 1) * k])
+        .copied()
+        .collect();
+    Ok(Servable { items: servable, y })
+}
+
 impl Model {
     /// Reads version `version` of the lake's ALS models and marks the items `catalog` holds.
     pub async fn load(
@@ -149,27 +183,12 @@ impl Model {
             });
         }
         let p = metrics.params;
-        let mut held = vec![false; item_ids.len()];
         let items: HashMap<String, u32> = item_ids
             .iter()
             .enumerate()
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
-        for chunk in item_ids.chunks(CATALOG_CHUNK) {
-            for song in catalog.songs(chunk).await? {
-                if let Some(&i) = items.get(&song.stats.id) {
-                    held[i as usize] = true;
-                }
-            }
-        }
-        let servable: Vec<u32> = (0..item_ids.len() as u32)
-            .filter(|&i| held[i as usize])
-            .collect();
-        let servable_y = servable
-            .iter()
-            .flat_map(|&i| &item_factors[i as usize * k..(i as usize + 1) * k])
-            .copied()
-            .collect();
+        let servable = servable(catalog, &item_ids, &items, &item_factors, k).await?;
         let mut history = read_history(lake, &dir).await?;
         history.retain(|(u, i)| (*u as usize) < user_ids.len() && (*i as usize) < item_ids.len());
         history.sort_unstable();
@@ -202,9 +221,17 @@ impl Model {
                 p.alpha,
                 p.log_epsilon,
             ),
-            servable,
-            servable_y,
+            servable: std::sync::RwLock::new(Arc::new(servable)),
         })
+    }
+
+    /// Marks again which items the catalog holds (after clean & sync removed songs, or songs
+    /// came back); returns how many.
+    pub async fn refresh_servable(&self, catalog: &dyn Catalog) -> Result<usize, ServeError> {
+        let fresh = servable(catalog, &self.item_ids, &self.items, &self.fold.y, self.k).await?;
+        let n = fresh.items.len();
+        *self.servable.write().expect("servable lock") = Arc::new(fresh);
+        Ok(n)
     }
 
     /// The user's ALS factor.
@@ -232,7 +259,7 @@ impl Model {
 
     /// Items the catalog holds.
     pub fn servable(&self) -> usize {
-        self.servable.len()
+        self.servable.read().expect("servable lock").items.len()
     }
 
     /// The `n` servable items with the largest inner product with `v`, best first, skipping
@@ -246,14 +273,15 @@ impl Model {
         if v.len() != self.k || self.k == 0 {
             return vec![];
         }
+        let servable = self.servable.read().expect("servable lock").clone();
         SCORES.with_borrow_mut(|scores| {
             // One buffer per thread: a fresh 250 KB buffer per call cost page faults.
             scores.clear();
-            scores.resize(self.servable.len(), 0.0);
-            dots(&self.servable_y, v, scores);
-            top_k(scores, n, |j| excluded(self.servable[j as usize]))
+            scores.resize(servable.items.len(), 0.0);
+            dots(&servable.y, v, scores);
+            top_k(scores, n, |j| excluded(servable.items[j as usize]))
                 .into_iter()
-                .map(|j| (self.servable[j as usize], scores[j as usize]))
+                .map(|j| (servable.items[j as usize], scores[j as usize]))
                 .collect()
         })
     }

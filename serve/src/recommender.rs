@@ -211,6 +211,8 @@ pub struct Recommender {
     locks: Vec<tokio::sync::Mutex<()>>,
     neighbours: Mutex<NeighbourCache>,
     popular: Mutex<Option<(Instant, Popular)>>,
+    /// The `models/STORES_CHANGED` token the servable songs and caches were derived after.
+    stores_seen: Mutex<Option<String>>,
 }
 
 fn not_found(what: &'static str, id: &str) -> ServeError {
@@ -255,7 +257,10 @@ impl Recommender {
                 .collect(),
             neighbours: Mutex::default(),
             popular: Mutex::new(None),
+            stores_seen: Mutex::new(None),
         };
+        *rec.stores_seen.lock().expect("stores lock") =
+            recsys_core::models::stores_changed(&rec.stores.lake).await?;
         rec.reload().await?;
         Ok(rec)
     }
@@ -291,6 +296,27 @@ impl Recommender {
         );
         *self.model.write().expect("model lock") = Some(Arc::new(model));
         Ok(Some(version))
+    }
+
+    /// Derives again what serving took from the catalog and vector store (the model's
+    /// servable songs; the caches of lyrics neighbours and popular songs) when
+    /// `models/STORES_CHANGED` holds a token this server has not seen: clean & sync removed
+    /// songs, or embeddings added vectors. Returns whether it did.
+    pub async fn refresh_stores(&self) -> Result<bool, ServeError> {
+        let token = recsys_core::models::stores_changed(&self.stores.lake).await?;
+        if *self.stores_seen.lock().expect("stores lock") == token {
+            return Ok(false);
+        }
+        if let Some(model) = self.model() {
+            let servable = model
+                .refresh_servable(self.stores.catalog.as_ref())
+                .await?;
+            info!(version = %model.version, servable_items = servable, "servable songs refreshed");
+        }
+        *self.neighbours.lock().expect("cache lock") = NeighbourCache::default();
+        *self.popular.lock().expect("popular lock") = None;
+        *self.stores_seen.lock().expect("stores lock") = token;
+        Ok(true)
     }
 
     /// The lock of `user`'s session.

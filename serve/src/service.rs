@@ -199,7 +199,8 @@ impl RecommendService for Service {
 }
 
 /// Checks `models/als/CURRENT` every `every` and swaps in a new version once it is loaded; a
-/// failed load keeps the model being served (and is retried at the next check).
+/// failed load keeps the model being served (and is retried at the next check). Also checks
+/// `models/STORES_CHANGED` ([`Recommender::refresh_stores`]).
 pub async fn watch_models(rec: Arc<Recommender>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,6 +211,9 @@ pub async fn watch_models(rec: Arc<Recommender>, every: Duration) {
             Ok(Some(version)) => info!(%version, "hot-reloaded the ALS model"),
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot load the new ALS model; serving the old one"),
+        }
+        if let Err(e) = rec.refresh_stores().await {
+            warn!(error = %e, "cannot refresh the servable songs; serving the old ones");
         }
     }
 }

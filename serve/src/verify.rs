@@ -711,10 +711,7 @@ impl Verifier {
 }
 
 fn event(user: &str, song: &str) -> ListenEvent {
-    let now_us = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default();
+    let now_us = recsys_core::time::now_micros();
     ListenEvent {
         user_id: user.into(),
         track_id: song.into(),

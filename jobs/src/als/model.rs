@@ -16,12 +16,8 @@ use crate::write::{Payload, write_parquet_file};
 
 /// A new version name: the UTC time of the train (`20091201T101500Z`), made unique.
 pub async fn new_version(lake: &Store) -> Result<String, JobError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
     let mut stamp = Vec::new();
-    recsys_core::time::format_timestamp_secs(now * recsys_core::time::MICROS_PER_SEC, &mut stamp);
+    recsys_core::time::format_timestamp_secs(recsys_core::time::now_micros(), &mut stamp);
     let base: String = String::from_utf8_lossy(&stamp)
         .chars()
         .filter(|c| *c != '-' && *c != ':')

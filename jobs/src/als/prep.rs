@@ -359,12 +359,7 @@ async fn window_bounds(
     window: TrainWindow,
 ) -> Result<Option<(i64, i64)>, JobError> {
     let end = match window.end {
-        WindowEnd::Now => Some(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or_default(),
-        ),
+        WindowEnd::Now => Some(recsys_core::time::now_micros()),
         // Just after the newest play, so that it is inside.
         WindowEnd::NewestPlay => {
             let mut newest = None;
