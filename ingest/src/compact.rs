@@ -214,7 +214,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::counts::{Anchor, aggregate, totals};
+    use crate::counts::{Anchor, aggregate, counted, totals};
     use crate::event::{Action, Event, EventBuilder};
     use crate::sink::{FlushPolicy, Sink, check_coverage};
 

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{
     ArrayBuilder, AsArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,

@@ -308,9 +308,7 @@ impl Recommender {
             return Ok(false);
         }
         if let Some(model) = self.model() {
-            let servable = model
-                .refresh_servable(self.stores.catalog.as_ref())
-                .await?;
+            let servable = model.refresh_servable(self.stores.catalog.as_ref()).await?;
             info!(version = %model.version, servable_items = servable, "servable songs refreshed");
         }
         *self.neighbours.lock().expect("cache lock") = NeighbourCache::default();
