@@ -132,6 +132,9 @@ impl EmbeddedCatalog {
 
 fn fail(path: &str, e: Fail) -> CatalogError {
     match e {
+        Fail::Db(redb::Error::DatabaseAlreadyOpen) => CatalogError::InUse {
+            path: path.to_string(),
+        },
         Fail::Db(source) => CatalogError::Embedded {
             path: path.to_string(),
             source,
@@ -678,6 +681,39 @@ impl Catalog for EmbeddedCatalog {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn swap_checkpoint(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, CatalogError> {
+        let (key, expected, new) = (
+            key.to_string(),
+            expected.map(str::to_string),
+            new.map(str::to_string),
+        );
+        self.run(move |db| {
+            // One write transaction: redb runs one at a time, and one process holds the file.
+            let tx = db.begin_write()?;
+            let swapped = {
+                let mut meta = tx.open_table(META)?;
+                let now = meta.get(key.as_str())?.map(|v| v.value().to_string());
+                if now != expected {
+                    false
+                } else {
+                    match &new {
+                        Some(v) => meta.insert(key.as_str(), v.as_str())?,
+                        None => meta.remove(key.as_str())?,
+                    };
+                    true
+                }
+            };
+            tx.commit()?;
+            Ok(swapped)
         })
         .await
     }

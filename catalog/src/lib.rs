@@ -192,6 +192,12 @@ pub enum CatalogError {
         #[source]
         source: redb::Error,
     },
+    #[error(
+        "embedded catalog {path} is open in another process (`recsys serve` or `recsys \
+         orchestrate`?): the embedded stores allow one process at a time; serve and run the jobs \
+         in one (`recsys orchestrate --serve`), or share a MongoDB catalog (--mongo)"
+    )]
+    InUse { path: String },
     /// `uri` never holds credentials.
     #[error("MongoDB {uri}: {source}")]
     Mongo {
@@ -304,6 +310,16 @@ pub trait Catalog: Send + Sync {
 
     /// Saves (or, with `None`, clears) a job's position.
     async fn set_checkpoint(&self, key: &str, value: Option<&str>) -> Result<(), CatalogError>;
+
+    /// Sets `key` to `new` (`None`: removes it) only if its value is `expected` now (`None`:
+    /// absent); whether it did. Atomic, also between processes sharing the catalog: the job
+    /// leases ([`jobs::acquire_lease`]) rest on it.
+    async fn swap_checkpoint(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, CatalogError>;
 }
 
 /// Every song with lyrics status `status` (`None`: not looked up yet) in id order, fetched

@@ -686,6 +686,49 @@ impl Catalog for MongoCatalog {
         }
         Ok(())
     }
+
+    async fn swap_checkpoint(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool, CatalogError> {
+        let swapped = match (expected, new) {
+            // `_id` is unique: of two inserts, one fails with a duplicate key.
+            (None, Some(v)) => match self.meta.insert_one(doc! { "_id": key, "value": v }).await {
+                Ok(_) => true,
+                Err(e) if duplicate_key(&e) => false,
+                Err(e) => return Err(self.err(e)),
+            },
+            (Some(old), Some(v)) => {
+                self.meta
+                    .update_one(
+                        doc! { "_id": key, "value": old },
+                        doc! { "$set": { "value": v } },
+                    )
+                    .await
+                    .map_err(|e| self.err(e))?
+                    .matched_count
+                    == 1
+            }
+            (Some(old), None) => {
+                self.meta
+                    .delete_one(doc! { "_id": key, "value": old })
+                    .await
+                    .map_err(|e| self.err(e))?
+                    .deleted_count
+                    == 1
+            }
+            (None, None) => self.checkpoint(key).await?.is_none(),
+        };
+        Ok(swapped)
+    }
+}
+
+/// Whether `e` is MongoDB's duplicate key error (code 11000).
+fn duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000)
 }
 
 #[cfg(test)]

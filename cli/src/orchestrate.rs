@@ -96,6 +96,12 @@ pub struct OrchestrateArgs {
     /// ends) in this process, restarted with backoff (1 s doubling to 1 min) when it fails.
     #[arg(long, env = "RECSYS_ORCHESTRATE_SINK", requires = "kafka")]
     pub sink: bool,
+    /// Seconds a job's lease in `job_metadata` lasts unless renewed (every quarter of it, while
+    /// the job runs): another orchestrator sharing the catalog, or `--once` beside this one,
+    /// does not run the job meanwhile. A holder that died on this host is taken over at once,
+    /// one elsewhere when its lease runs out (keep the hosts' clocks within a fraction of it).
+    #[arg(long, env = "RECSYS_JOB_LEASE_S", default_value_t = 120.0)]
+    pub lease_s: f64,
     #[command(flatten)]
     pub model: crate::lyrics::ModelArgs,
     /// Also serve (gRPC, JSON API, web player on `--listen`) from this process: on the embedded
@@ -148,6 +154,7 @@ impl OrchestrateArgs {
                 policy: self.server.flush.policy(),
             }),
             sink_stale_s: self.sink_stale_s,
+            lease_ms: (self.lease_s * 1_000.0) as i64,
         })
     }
 }
@@ -215,6 +222,7 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         () = crate::stream::shutdown_signal() => None,
     };
     tasks.shutdown().await;
+    o.release_leases().await;
     stop_sink.send(true).ok();
     if let Some(sink) = sink {
         sink.await.context("the in-process sink")?;

@@ -620,6 +620,76 @@ fn submit_etl_into_mongodb_from_the_command_line() {
     );
 }
 
+/// Two processes sharing a catalog never run the same job at once: `orchestrate --once` finds
+/// the job's lease held (here by a process elsewhere) and says so without running it, then runs
+/// it once the lease is given up. On the embedded stores a second process cannot open the
+/// catalog at all, and is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_another_process_runs_is_left_alone() {
+    use recsys_catalog::jobs::{Leased, acquire_lease, record, release_lease};
+    use recsys_catalog::{Catalog, EmbeddedCatalog, MongoCatalog, MongoOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mongo = CongoDb::start();
+    let catalog = MongoCatalog::connect(&MongoOptions::new(&mongo.uri))
+        .await
+        .unwrap();
+    let now = recsys_catalog::now_ms();
+    let elsewhere = "elsewhere:1:1";
+    let span = (now, now + 600_000);
+    let taken = acquire_lease(&catalog, "compact", elsewhere, span, &|_| false);
+    assert_eq!(taken.await.unwrap(), Leased::Acquired);
+    let once = || {
+        std::process::Command::new(RECSYS)
+            .args(["--object-store", dir.path().to_str().unwrap()])
+            .args(["orchestrate", "--once", "compact", "--mongo", &mongo.uri])
+            .output()
+            .unwrap()
+    };
+    let out = once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "job compact is running in another process, {elsewhere}"
+        )),
+        "{err}"
+    );
+    assert_eq!(record(&catalog, "compact").await.unwrap(), None, "not run");
+    assert!(release_lease(&catalog, "compact", elsewhere).await.unwrap());
+    let out = once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        record(&catalog, "compact").await.unwrap().unwrap().outcome,
+        "ok"
+    );
+    assert_eq!(
+        catalog.checkpoint("lease:compact").await.unwrap(),
+        None,
+        "given up"
+    );
+
+    let path = dir.path().join("catalog.redb");
+    let _held = EmbeddedCatalog::open(&path).await.unwrap();
+    let out = std::process::Command::new(RECSYS)
+        .args(["--object-store", dir.path().to_str().unwrap()])
+        .args(["orchestrate", "--once", "compact"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "embedded catalog {} is open in another process",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
 /// An unreachable MongoDB fails the ETL before it runs, naming the URI without the password.
 #[test]
 fn unreachable_mongodb_is_named() {

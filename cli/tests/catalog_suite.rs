@@ -378,6 +378,121 @@ async fn play_counts_are_set_not_added(c: &dyn Catalog) {
     assert_eq!(ids(&c.top_songs(10).await.unwrap()), vec!["a", "b", "new"]);
 }
 
+async fn checkpoints_swap_atomically_and_leases_exclude(c: &dyn Catalog) {
+    use recsys_catalog::jobs::{Lease, Leased, acquire_lease, release_lease};
+    let get = || c.checkpoint("k");
+    assert!(c.swap_checkpoint("k", None, Some("a")).await.unwrap());
+    assert!(!c.swap_checkpoint("k", None, Some("b")).await.unwrap());
+    assert!(!c.swap_checkpoint("k", Some("x"), Some("b")).await.unwrap());
+    assert_eq!(get().await.unwrap().as_deref(), Some("a"));
+    assert!(c.swap_checkpoint("k", Some("a"), Some("b")).await.unwrap());
+    assert!(!c.swap_checkpoint("k", Some("a"), None).await.unwrap());
+    assert!(c.swap_checkpoint("k", Some("b"), None).await.unwrap());
+    assert_eq!(get().await.unwrap(), None);
+    assert!(c.swap_checkpoint("k", None, None).await.unwrap());
+
+    // Of concurrent first writers, exactly one wins.
+    let values: Vec<String> = (0..8).map(|i| format!("v{i}")).collect();
+    let won = futures::future::join_all(
+        values
+            .iter()
+            .map(|v| c.swap_checkpoint("race", None, Some(v))),
+    )
+    .await;
+    let winners: Vec<&String> = values
+        .iter()
+        .zip(&won)
+        .filter(|(_, w)| *w.as_ref().unwrap())
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(winners.len(), 1, "{won:?}");
+    assert_eq!(
+        c.checkpoint("race").await.unwrap().as_ref(),
+        Some(winners[0])
+    );
+
+    // Leases: held until they run out, renewed by their owner, taken over after, or when the
+    // holder is known dead.
+    let alive = |_: &Lease| false;
+    let a = Lease {
+        owner: "a".into(),
+        until_ms: 2_000,
+    };
+    assert_eq!(
+        acquire_lease(c, "counts", "a", (1_000, 2_000), &alive)
+            .await
+            .unwrap(),
+        Leased::Acquired
+    );
+    assert_eq!(
+        acquire_lease(c, "counts", "b", (1_500, 2_500), &alive)
+            .await
+            .unwrap(),
+        Leased::HeldBy(a)
+    );
+    assert_eq!(
+        acquire_lease(c, "retrain", "b", (1_500, 2_500), &alive)
+            .await
+            .unwrap(),
+        Leased::Acquired,
+        "a lease is per job"
+    );
+    assert_eq!(
+        acquire_lease(c, "counts", "a", (1_900, 3_000), &alive)
+            .await
+            .unwrap(),
+        Leased::Acquired
+    );
+    assert!(matches!(
+        acquire_lease(c, "counts", "b", (2_999, 4_000), &alive)
+            .await
+            .unwrap(),
+        Leased::HeldBy(Lease {
+            until_ms: 3_000,
+            ..
+        })
+    ));
+    assert_eq!(
+        acquire_lease(c, "counts", "b", (3_001, 4_000), &alive)
+            .await
+            .unwrap(),
+        Leased::Acquired
+    );
+    assert!(
+        !release_lease(c, "counts", "a").await.unwrap(),
+        "a's lease ran out"
+    );
+    assert_eq!(
+        acquire_lease(c, "counts", "a", (3_002, 5_000), &|l: &Lease| l.owner
+            == "b")
+        .await
+        .unwrap(),
+        Leased::Acquired,
+        "b died"
+    );
+    assert!(
+        !release_lease(c, "counts", "b").await.unwrap(),
+        "a took it over"
+    );
+    assert!(release_lease(c, "counts", "a").await.unwrap());
+    assert!(!release_lease(c, "counts", "a").await.unwrap());
+
+    // Of concurrent takers, exactly one gets it.
+    let owners: Vec<String> = (0..6).map(|i| format!("o{i}")).collect();
+    let got = futures::future::join_all(
+        owners
+            .iter()
+            .map(|o| acquire_lease(c, "compact", o, (5_000, 6_000), &alive)),
+    )
+    .await;
+    let got: Vec<Leased> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        got.iter().filter(|g| **g == Leased::Acquired).count(),
+        1,
+        "{got:?}"
+    );
+}
+
 async fn top_by_plays_7d(c: &dyn Catalog) {
     c.upsert_songs(&[
         song("a", "A", "X", 100, 5),
@@ -709,4 +824,22 @@ suite!(
     lyrics_status_queries,
     resume_after_partial_load,
     sessions_expire_and_can_be_deleted,
+    checkpoints_swap_atomically_and_leases_exclude,
 );
+
+#[tokio::test]
+async fn an_embedded_catalog_another_process_holds_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.redb");
+    let _held = EmbeddedCatalog::open(&path).await.unwrap();
+    // redb's lock is a file lock: a second open in this process meets it as another would.
+    let Err(e) = EmbeddedCatalog::open(&path).await else {
+        panic!("opened twice");
+    };
+    assert!(matches!(e, CatalogError::InUse { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("--serve"),
+        "{text}"
+    );
+}

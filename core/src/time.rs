@@ -199,6 +199,13 @@ pub fn format_timestamp_secs(micros: i64, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of a time in milliseconds since the epoch (for people).
+pub fn utc_string(ms: i64) -> String {
+    let mut out = Vec::with_capacity(20);
+    format_timestamp_secs(ms.saturating_mul(1_000), &mut out);
+    String::from_utf8(out).expect("ASCII")
+}
+
 /// `YYYY-MM-DD` of a timestamp (the date partitions of the lake).
 pub fn date_string(micros: i64) -> String {
     let (y, m, d) = civil_from_days(micros.div_euclid(MICROS_PER_DAY));

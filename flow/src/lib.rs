@@ -68,4 +68,15 @@ pub enum FlowError {
     Stream(Box<dyn std::error::Error + Send + Sync>),
     #[error("the in-process sink needs Kafka (--kafka)")]
     SinkWithoutKafka,
+    #[error(
+        "job {job} is running in another process, {owner} (its lease runs until {}); not run here",
+        recsys_core::time::utc_string(*until_ms)
+    )]
+    Busy {
+        job: &'static str,
+        owner: String,
+        until_ms: i64,
+    },
+    #[error("job {job} stopped: {reason}")]
+    LeaseLost { job: &'static str, reason: String },
 }

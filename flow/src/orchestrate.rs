@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use recsys_catalog::jobs::{self, JobRecord};
+use recsys_catalog::jobs::{self, JobRecord, Lease, Leased};
 use recsys_catalog::{Catalog, PlayCounts, User, UserStats, now_ms};
 use recsys_core::Store;
 use recsys_core::manifest::EtlManifest;
@@ -151,6 +151,8 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// The supervise job fails when events wait in Kafka and no file came for this long.
     pub sink_stale_s: u64,
+    /// How long a job's lease lasts without renewal (it is renewed every quarter of it).
+    pub lease_ms: i64,
 }
 
 impl Config {
@@ -168,6 +170,9 @@ pub struct Orchestrator {
     pub config: Config,
     /// Times the in-process sink was restarted.
     sink_restarts: AtomicU64,
+    /// This process as the owner of job leases: `host:pid:start`.
+    owner: String,
+    host: String,
 }
 
 impl Orchestrator {
@@ -183,16 +188,87 @@ impl Orchestrator {
             vectors,
             config,
             sink_restarts: AtomicU64::new(0),
+            owner: process_owner(),
+            host: hostname(),
+        }
+    }
+
+    /// Takes (or renews) `job`'s lease; the holder when another process has it.
+    async fn lease(&self, job: Job) -> Result<Leased, FlowError> {
+        let now = now_ms();
+        let dead = |l: &Lease| dead_here(&l.owner, &self.host);
+        let span = (now, now + self.config.lease_ms);
+        Ok(
+            jobs::acquire_lease(self.catalog.as_ref(), job.name(), &self.owner, span, &dead)
+                .await?,
+        )
+    }
+
+    /// Renews `job`'s lease every quarter of its length; returns only when it is lost (another
+    /// process took it, or the catalog could not be reached until it ran out).
+    async fn keep_lease(&self, job: Job) -> FlowError {
+        let lease_ms = self.config.lease_ms.max(4);
+        let mut valid_until = now_ms() + lease_ms;
+        loop {
+            tokio::time::sleep(Duration::from_millis(lease_ms as u64 / 4)).await;
+            match self.lease(job).await {
+                Ok(Leased::Acquired) => valid_until = now_ms() + lease_ms,
+                Ok(Leased::HeldBy(l)) => {
+                    return FlowError::LeaseLost {
+                        job: job.name(),
+                        reason: format!("{} took its lease over", l.owner),
+                    };
+                }
+                Err(e) if now_ms() >= valid_until => {
+                    return FlowError::LeaseLost {
+                        job: job.name(),
+                        reason: format!("its lease ran out while it could not be renewed: {e}"),
+                    };
+                }
+                Err(e) => tracing::warn!(job = job.name(), "renewing the job's lease: {e}"),
+            }
+        }
+    }
+
+    /// Gives up this process's job leases (after its job tasks stopped), so that another
+    /// process need not wait for them to run out.
+    pub async fn release_leases(&self) {
+        for job in Job::ALL {
+            self.release_lease(job).await;
+        }
+    }
+
+    async fn release_lease(&self, job: Job) {
+        if let Err(e) = jobs::release_lease(self.catalog.as_ref(), job.name(), &self.owner).await {
+            tracing::warn!(
+                job = job.name(),
+                "releasing the job's lease (it runs out): {e}"
+            );
         }
     }
 
     /// Runs `job` once, recording its outcome in `job_metadata`; what it did, for people.
+    /// Another process running it (its lease in `job_metadata`) is [`FlowError::Busy`], not run
+    /// and not recorded; a lease lost while running stops the job where it is (every job can
+    /// be stopped anywhere without leaving partial output, as by a kill).
     pub async fn run_recorded(&self, job: Job) -> Result<String, FlowError> {
+        if let Leased::HeldBy(l) = self.lease(job).await? {
+            let busy = FlowError::Busy {
+                job: job.name(),
+                owner: l.owner,
+                until_ms: l.until_ms,
+            };
+            tracing::warn!(job = job.name(), "{busy}");
+            return Err(busy);
+        }
         let catalog = self.catalog.as_ref();
         let started = Instant::now();
         let start_ms = now_ms();
         let previous = jobs::record(catalog, job.name()).await.ok().flatten();
-        let result = self.run(job).await;
+        let result = tokio::select! {
+            result = self.run(job) => result,
+            lost = self.keep_lease(job) => Err(lost),
+        };
         let end_ms = now_ms();
         let (outcome, detail) = match &result {
             Ok(detail) => ("ok", detail.clone()),
@@ -211,6 +287,7 @@ impl Orchestrator {
             },
         };
         jobs::set_record(catalog, job.name(), &rec).await?;
+        self.release_lease(job).await;
         match &result {
             Ok(detail) => {
                 tracing::info!(job = job.name(), elapsed = ?started.elapsed(), "{detail}")
@@ -588,6 +665,47 @@ async fn supervised<F, Fut>(
     }
 }
 
+/// This host's name (the kernel's, else `$HOSTNAME`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// When process `pid` started (clock ticks after boot), from `/proc`.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (in parentheses) may hold spaces; the start time is field 22 of the line.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// This process as a lease owner, `host:pid:start`: the start time tells a process from a
+/// later one that got the same pid (0 where `/proc` is missing).
+fn process_owner() -> String {
+    let pid = std::process::id();
+    format!("{}:{pid}:{}", hostname(), start_ticks(pid).unwrap_or(0))
+}
+
+/// Whether `owner` (as [`process_owner`] names one) is a process of `host`, this host, that no
+/// longer runs: its lease is taken over at once rather than when it runs out (an orchestrator
+/// restarted after a crash does not wait for its own lease).
+fn dead_here(owner: &str, host: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(on)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    match (start.parse::<u64>(), pid.parse::<u32>()) {
+        (Ok(start), Ok(pid)) => on == host && start != 0 && start_ticks(pid) != Some(start),
+        _ => false,
+    }
+}
+
 /// The latest daily time at or before `now_ms`.
 fn latest_daily(now_ms: i64, minute: i64) -> i64 {
     let today = now_ms.div_euclid(MS_PER_DAY) * MS_PER_DAY + minute * 60_000;
@@ -643,6 +761,17 @@ async fn job_loop(job: Job, o: Arc<Orchestrator>) {
                     jittered = Schedule::Every(ms + (jitter * ms as f64) as i64);
                 }
             }
+            // Another process runs it: look again when its lease ends, and count its success.
+            Err(FlowError::Busy { until_ms, .. }) => {
+                let wait = (until_ms - now_ms()).clamp(1_000, o.config.lease_ms.max(1_000));
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                let theirs = jobs::record(o.catalog.as_ref(), job.name()).await;
+                last_ok = theirs
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.last_success_ms)
+                    .max(last_ok);
+            }
             // Tried again after an interval; a daily job after a minute, doubling with every
             // failure in a row up to an hour (a retrain that fails is not rerun every minute).
             Err(_) => {
@@ -660,6 +789,138 @@ async fn job_loop(job: Job, o: Arc<Orchestrator>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An orchestrator over an empty lake in `dir`, its leases `lease_ms` long.
+    async fn empty(dir: &std::path::Path, lease_ms: i64) -> Orchestrator {
+        let lake = Store::open(dir.to_str().unwrap(), &Default::default()).unwrap();
+        let catalog = recsys_catalog::EmbeddedCatalog::open(&dir.join("catalog.redb"))
+            .await
+            .unwrap();
+        let vectors = recsys_vectors::EmbeddedStore::open(&dir.join("vectors.redb"), 4).unwrap();
+        let config = Config {
+            schedules: [Schedule::every_s(60.0); 6],
+            jitter: 0.0,
+            window_clock: WindowClock::Newest,
+            topic: "music_log".into(),
+            compact_min_files: 8,
+            compact_max_events: 1_000,
+            compact_period: Period::Day,
+            retrain_window_days: 90,
+            retrain_max_ndcg_drop: 0.05,
+            keep_models: 3,
+            cluster: ClusterConfig {
+                scheduler: None,
+                vcores: 1,
+                shared_lake: false,
+                retries: 0,
+                s3: Default::default(),
+            },
+            als: Default::default(),
+            train: Default::default(),
+            lyrics: LyricsSource {
+                lrclib_url: None,
+                lyrics_file: None,
+                timeout: Duration::from_secs(1),
+            },
+            model_dir: None,
+            kafka: None,
+            sink_stale_s: 600,
+            lease_ms,
+        };
+        Orchestrator::new(lake, Arc::new(catalog), Arc::new(vectors), config)
+    }
+
+    #[tokio::test]
+    async fn a_job_another_process_holds_is_not_run_until_its_holder_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = empty(dir.path(), 60_000).await;
+        let catalog = o.catalog.as_ref();
+        let alive = |_: &Lease| false;
+        let now = now_ms();
+        let elsewhere = "elsewhere:1:1";
+        let taken = jobs::acquire_lease(catalog, "compact", elsewhere, (now, now + 60_000), &alive);
+        assert_eq!(taken.await.unwrap(), Leased::Acquired);
+        match o.run_recorded(Job::Compact).await {
+            Err(e @ FlowError::Busy { .. }) => {
+                assert!(e.to_string().contains(elsewhere), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(jobs::record(catalog, "compact").await.unwrap(), None);
+
+        // A process of this host that is gone (no pid 0 runs) holds it: taken over at once.
+        assert!(
+            jobs::release_lease(catalog, "compact", elsewhere)
+                .await
+                .unwrap()
+        );
+        let gone = format!("{}:0:1", hostname());
+        let taken = jobs::acquire_lease(catalog, "compact", &gone, (now, now + 60_000), &alive);
+        assert_eq!(taken.await.unwrap(), Leased::Acquired);
+        o.run_recorded(Job::Compact).await.unwrap();
+        assert_eq!(
+            jobs::record(catalog, "compact")
+                .await
+                .unwrap()
+                .unwrap()
+                .outcome,
+            "ok"
+        );
+        assert_eq!(
+            catalog.checkpoint("lease:compact").await.unwrap(),
+            None,
+            "released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_running_job_whose_lease_is_taken_over_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = empty(dir.path(), 80).await;
+        assert_eq!(o.lease(Job::Retrain).await.unwrap(), Leased::Acquired);
+        let keep = o.keep_lease(Job::Retrain);
+        tokio::pin!(keep);
+        // Renewed while nobody else wants it.
+        let renewed = tokio::time::timeout(Duration::from_millis(300), &mut keep).await;
+        assert!(renewed.is_err(), "{renewed:?}");
+        // Another process decides this one is gone and takes the lease.
+        let now = now_ms();
+        let span = (now, now + 60_000);
+        let taken = jobs::acquire_lease(
+            o.catalog.as_ref(),
+            "retrain",
+            "elsewhere:1:1",
+            span,
+            &|_| true,
+        );
+        assert_eq!(taken.await.unwrap(), Leased::Acquired);
+        let lost = tokio::time::timeout(Duration::from_secs(5), keep)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&lost, FlowError::LeaseLost { reason, .. } if reason.contains("elsewhere")),
+            "{lost}"
+        );
+    }
+
+    #[test]
+    fn only_a_gone_process_of_this_host_is_dead() {
+        let host = hostname();
+        assert!(!dead_here(&process_owner(), &host), "this process");
+        let pid = std::process::id();
+        let start = start_ticks(pid).unwrap();
+        assert!(
+            dead_here(&format!("{host}:{pid}:{}", start + 1), &host),
+            "an earlier process with this pid"
+        );
+        assert!(dead_here(&format!("{host}:0:{start}"), &host));
+        assert!(!dead_here(&format!("other-host:0:{start}"), &host));
+        assert!(
+            !dead_here(&format!("{host}:0:0"), &host),
+            "no start time known"
+        );
+        assert!(!dead_here("garbage", &host));
+    }
 
     const MIN: i64 = 60_000;
 
