@@ -102,6 +102,11 @@ pub struct OrchestrateArgs {
     /// one elsewhere when its lease runs out (keep the hosts' clocks within a fraction of it).
     #[arg(long, env = "RECSYS_JOB_LEASE_S", default_value_t = 120.0)]
     pub lease_s: f64,
+    /// Also run the gRPC ingest service (as `recsys ingest`) on this address, appending to
+    /// the same event log as `--serve` (the embedded log has one writer per lake), restarted
+    /// with backoff when it fails; `recsys replay --via grpc://ADDR` streams into it.
+    #[arg(long, env = "RECSYS_ORCHESTRATE_INGEST_LISTEN")]
+    pub ingest_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub model: crate::lyrics::ModelArgs,
     /// Also serve (gRPC, JSON API, web player on `--listen`) from this process: on the embedded
@@ -155,6 +160,7 @@ impl OrchestrateArgs {
             }),
             sink_stale_s: self.sink_stale_s,
             lease_ms: (self.lease_s * 1_000.0) as i64,
+            ingest_listen: self.ingest_listen,
         })
     }
 }
@@ -195,17 +201,27 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         enrich_at = %args.enrich_at,
         "orchestrator running"
     );
-    // The sink is stopped by a signal of its own so that it writes what it holds.
-    let (stop_sink, sink_stopped) = tokio::sync::watch::channel(false);
-    let (mut tasks, sink) = o.spawn(sink_stopped);
+    // The sink and the ingest service are stopped by a signal of their own so that they
+    // write what they hold; the server and the ingest service share one event log.
+    let (stop_services, services_stopped) = tokio::sync::watch::channel(false);
+    let (mut tasks, sink) = o.spawn(services_stopped.clone());
+    let opened = match args.serve || args.ingest_listen.is_some() {
+        true => Some(
+            crate::stream::open_log(lake_args, &args.server.kafka, &args.server.flush, None)
+                .await?,
+        ),
+        false => None,
+    };
+    let ingest = opened
+        .as_ref()
+        .and_then(|l| o.spawn_ingest(l.log.clone(), services_stopped));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = args.serve.then(|| {
-        let lake_args = lake_args.clone();
+    let mut server = opened.clone().filter(|_| args.serve).map(|log| {
         tokio::spawn(async move {
-            crate::serve::serve_until(&lake_args, &args.server, lake, catalog, vectors, async {
+            let shutdown = async {
                 stopped.await.ok();
-            })
-            .await
+            };
+            crate::serve::serve_until(&args.server, lake, catalog, vectors, &log, shutdown).await
         })
     });
     // SIGTERM/SIGINT: the jobs stop where they are; every write they make is atomic (one put
@@ -223,9 +239,12 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
     };
     tasks.shutdown().await;
     o.release_leases().await;
-    stop_sink.send(true).ok();
+    stop_services.send(true).ok();
     if let Some(sink) = sink {
         sink.await.context("the in-process sink")?;
+    }
+    if let Some(ingest) = ingest {
+        ingest.await.context("the in-process ingest service")?;
     }
     let served = match (failed, server) {
         (Some(done), _) => done,
@@ -235,6 +254,9 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateArgs) -> Result<()> {
         }
         (None, None) => Ok(Ok(())),
     };
+    if let Some(opened) = opened {
+        opened.log.close().await.context("closing the event log")?;
+    }
     served?.context("the server of `recsys orchestrate --serve`")?;
     tracing::info!("orchestrator stopped");
     Ok(())

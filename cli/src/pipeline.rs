@@ -158,25 +158,21 @@ pub async fn run(lake_args: &LakeArgs, args: PipelineArgs) -> Result<()> {
         crate::lyrics::print_lyrics_neighbours(catalog.as_ref(), vectors.as_ref(), 2, 5).await?;
     }
 
-    // Serving: the recommendation service on the embedded stores, verified end to end; its
-    // logged events go to the embedded log like the streamed ones.
-    let log = recsys_ingest::EmbeddedLog::open(
-        lake.clone(),
-        crate::stream::ReplayArgs::with_speed(0.0).flush.policy(),
-    )
-    .await?;
-    let log: std::sync::Arc<recsys_ingest::EmbeddedLog> = std::sync::Arc::new(log);
+    // Serving: the recommendation service on the pipeline's stores, verified end to end; its
+    // logged events go where the streamed ones went (the embedded log, or Kafka and its sink).
+    let replay = crate::stream::ReplayArgs::with_speed(0.0);
+    let opened = crate::stream::open_log(lake_args, &replay.kafka, &replay.flush, None).await?;
     let keep = args.keep_serving;
     let served = crate::serve::serve_and_verify(
         &lake,
         catalog.into(),
         vectors.into(),
-        log.clone(),
+        opened.log.clone(),
         embedded.is_some(),
         keep,
     )
     .await;
-    log.shutdown().await?;
+    opened.log.close().await?;
     served
 }
 

@@ -110,27 +110,24 @@ pub async fn run_serve(lake: &LakeArgs, args: &ServeArgs) -> Result<()> {
     let store = lake.open()?;
     let catalog: Arc<dyn Catalog> = args.catalog.open(&store).await?.into();
     let vectors: Arc<dyn VectorStore> = args.server.vectors.open(&store).await?.into();
-    serve_until(
-        lake,
-        &args.server,
-        store,
-        catalog,
-        vectors,
-        crate::stream::shutdown_signal(),
-    )
-    .await
+    let opened =
+        crate::stream::open_log(lake, &args.server.kafka, &args.server.flush, None).await?;
+    let shutdown = crate::stream::shutdown_signal();
+    serve_until(&args.server, store, catalog, vectors, &opened, shutdown).await?;
+    opened.log.close().await?;
+    Ok(())
 }
 
-/// Serves over `catalog` and `vectors` until `shutdown` completes.
+/// Serves over `catalog` and `vectors`, logging events to `opened`, until `shutdown` completes
+/// (the caller closes the log).
 pub async fn serve_until(
-    lake: &LakeArgs,
     args: &ServerArgs,
     store: Store,
     catalog: Arc<dyn Catalog>,
     vectors: Arc<dyn VectorStore>,
+    opened: &crate::stream::OpenLog,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let opened = crate::stream::open_log(lake, &args.kafka, &args.flush, None).await?;
     let rec = Recommender::open(
         Stores {
             lake: store,
@@ -162,7 +159,6 @@ pub async fn serve_until(
         shutdown,
     )
     .await?;
-    opened.log.close().await?;
     Ok(())
 }
 

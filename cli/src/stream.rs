@@ -148,6 +148,7 @@ pub struct SinkArgs {
 }
 
 /// A log as the flags select it.
+#[derive(Clone)]
 pub struct OpenLog {
     pub log: Arc<dyn EventLog>,
     pub describe: String,

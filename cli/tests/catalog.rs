@@ -591,11 +591,19 @@ fn submit_etl_then_search_from_the_command_line() {
 
 /// The production path from the command line: `recsys submit etl --mongo …` into a MongoDB
 /// wire-protocol server, then `recsys catalog stats|search --mongo …` read it back; the same
-/// numbers as the embedded catalog gives for the same lake.
+/// numbers as the embedded catalog gives for the same lake. Against both stand-ins.
 #[test]
-fn submit_etl_into_mongodb_from_the_command_line() {
+fn submit_etl_into_congodb_from_the_command_line() {
+    submit_etl_into_mongodb_from_the_command_line(MongoServer::congodb());
+}
+
+#[test]
+fn submit_etl_into_secantusdb_from_the_command_line() {
+    submit_etl_into_mongodb_from_the_command_line(MongoServer::secantusdb());
+}
+
+fn submit_etl_into_mongodb_from_the_command_line(mongo: MongoServer) {
     let dir = tempfile::tempdir().unwrap();
-    let mongo = CongoDb::start();
     let run = |args: &[&str]| recsys_ok(dir.path(), args);
     sorted_from_the_command_line(dir.path(), "20", "150", "3000");
     let out = run(&["submit", "etl", "--vcores", "2", "--mongo", &mongo.uri]);
@@ -629,7 +637,7 @@ async fn a_job_another_process_runs_is_left_alone() {
     use recsys_catalog::jobs::{Leased, acquire_lease, record, release_lease};
     use recsys_catalog::{Catalog, EmbeddedCatalog, MongoCatalog, MongoOptions};
     let dir = tempfile::tempdir().unwrap();
-    let mongo = CongoDb::start();
+    let mongo = MongoServer::congodb();
     let catalog = MongoCatalog::connect(&MongoOptions::new(&mongo.uri))
         .await
         .unwrap();

@@ -1,8 +1,10 @@
 //! One behavioural suite, run against every catalog implementation with the same cases and the
 //! same expectations:
 //! - `embedded`: the redb store in a temporary folder;
-//! - `congodb`: the MongoDB implementation against CongoDB, a MongoDB wire-protocol server
+//! - `congodb`: the MongoDB implementation against CongoDB, a MongoDB wire-protocol emulator
 //!   (`RECSYS_TEST_CONGODB` names its start script; scripts/test installs it);
+//! - `secantusdb`: the same against SecantusDB, a MongoDB-compatible server over WiredTiger
+//!   (`RECSYS_TEST_SECANTUSDB` names its `secantusd-py`; scripts/test installs it);
 //! - `mongodb`: the MongoDB implementation against a real MongoDB when `RECSYS_TEST_MONGO_URI`
 //!   is set (each test uses its own database and drops it); otherwise these tests say so and
 //!   check nothing.
@@ -41,7 +43,14 @@ async fn embedded() -> Option<Subject> {
 }
 
 async fn congodb() -> Option<Subject> {
-    let server = common::CongoDb::start();
+    mongo_subject(common::MongoServer::congodb()).await
+}
+
+async fn secantusdb() -> Option<Subject> {
+    mongo_subject(common::MongoServer::secantusdb()).await
+}
+
+async fn mongo_subject(server: common::MongoServer) -> Option<Subject> {
     let catalog = MongoCatalog::connect(&MongoOptions::new(&server.uri))
         .await
         .unwrap();
@@ -798,6 +807,15 @@ macro_rules! suite {
                 #[tokio::test]
                 async fn $case() {
                     let s = super::congodb().await.unwrap();
+                    super::$case(s.catalog.as_ref()).await;
+                }
+            )*
+        }
+        mod secantusdb_server {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let s = super::secantusdb().await.unwrap();
                     super::$case(s.catalog.as_ref()).await;
                 }
             )*

@@ -45,6 +45,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("scheduler", &["recsys-jobs", "recsys-core"]),
     ("executor", &["recsys-jobs", "recsys-core"]),
+    // Test stand-ins: used only as a dev-dependency.
+    ("testkit", &[]),
 ];
 
 /// The recsys crates named in the `[dependencies]` table of `folder/Cargo.toml`.

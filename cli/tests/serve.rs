@@ -1678,7 +1678,7 @@ async fn sessions_survive_a_restart_and_are_shared_by_replicas() {
         let lake = served.stop().await;
 
         // MongoDB (CongoDB): two replicas share sessions.
-        let congo = CongoDb::start();
+        let congo = MongoServer::congodb();
         let embedded = EmbeddedCatalog::open(&lake.path().join("catalog.redb"))
             .await
             .unwrap();
@@ -1839,12 +1839,27 @@ async fn catalog_counts(lake: &Path) -> HashMap<String, (i64, i64)> {
 const NEW_TRACK: &str = "orchestrate-new-track";
 
 /// Appends `plays` plays of `track` and 3 skips at `day` (µs) through the embedded log.
-async fn append_plays(lake: &Path, track: &str, plays: usize, day: i64) {
-    use recsys_ingest::EventLog;
+async fn append_plays(to: Via<'_>, track: &str, plays: usize, day: i64) {
     use recsys_ingest::event::{Action, Event, EventBuilder};
-    let log = EmbeddedLog::open(local_store(lake), flush_policy())
-        .await
-        .unwrap();
+    use recsys_ingest::{EventLog, GrpcLog};
+    let log: Box<dyn EventLog> = match to {
+        Via::Lake(lake) => Box::new(
+            EmbeddedLog::open(local_store(lake), flush_policy())
+                .await
+                .unwrap(),
+        ),
+        // The service may still be starting.
+        Via::Ingest(endpoint) => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match GrpcLog::connect(endpoint).await {
+                    Ok(log) => break Box::new(log),
+                    Err(e) if Instant::now() > deadline => panic!("{e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+    };
     let mut builder = EventBuilder::default();
     for i in 0..plays + 3 {
         let event = Event {
@@ -1864,7 +1879,14 @@ async fn append_plays(lake: &Path, track: &str, plays: usize, day: i64) {
         builder.push(&event, 0, 0);
     }
     log.append(builder.finish()).await.unwrap().await.unwrap();
-    log.shutdown().await.unwrap();
+    log.close().await.unwrap();
+}
+
+/// Where [`append_plays`] sends events: the lake's embedded log, or an ingest service.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Lake(&'a Path),
+    Ingest(&'a str),
 }
 
 /// Every song's (plays, plays_7d) equals a recount of events/ with the window ending on day
@@ -1956,16 +1978,28 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     });
     assert_counts_match_recount(&lake, &after, newest_day);
     let next_day = (newest_day + 1) * 86_400_000_000;
+    // The plays reach it through its own ingest service (the lake's one event-log writer).
+    let ingest = format!("127.0.0.1:{}", free_port());
     let mut orchestrator = std::process::Command::new(RECSYS)
         .arg("--data-dir")
         .arg(&lake)
         .args(["orchestrate", "--counts-every-s", "0.2", "--jitter", "0"])
+        .args(["--ingest-listen", &ingest])
         .env("RECSYS_LOG", "warn")
         .spawn()
         .unwrap();
+    let via = format!("grpc://{ingest}");
     rt.block_on(async {
-        append_plays(&lake, &song, 50, next_day).await;
-        append_plays(&lake, NEW_TRACK, 5, next_day).await;
+        append_plays(Via::Ingest(&via), &song, 50, next_day).await;
+        // Not beside it: the embedded log has one writer.
+        let err = EmbeddedLog::open(local_store(&lake), flush_policy())
+            .await
+            .err();
+        assert!(
+            matches!(err, Some(recsys_ingest::LogError::InUse { .. })),
+            "{err:?}"
+        );
+        append_plays(Via::Ingest(&via), NEW_TRACK, 5, next_day).await;
         let store = local_store(&lake);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -2018,7 +2052,7 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     assert_counts_match_recount(&lake, &live, newest_day + 1);
 
     // kill -9 while it counts more; a rerun finishes the job exactly.
-    rt.block_on(append_plays(&lake, &song, 20, next_day));
+    rt.block_on(append_plays(Via::Lake(&lake), &song, 20, next_day));
     let mut killed = std::process::Command::new(RECSYS)
         .arg("--data-dir")
         .arg(&lake)
@@ -2342,4 +2376,89 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
         status.contains("retrain") && status.contains("carried over"),
         "{status}"
     );
+}
+
+/// Kills a child process on drop (a failing test leaves no server behind).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The production path on one machine, every store a separate server: MongoDB (SecantusDB, a
+/// MongoDB-compatible server over WiredTiger), Qdrant (the protocol stand-in in this process) and Kafka (tansu)
+/// with `recsys sink` writing the topic into `events/`. The pipeline fills them and verifies
+/// its own server on them; then `recsys serve` on the same stores passes `recsys verify
+/// --events`: the event it logs travels through Kafka and the sink into `events/`.
+#[test]
+fn serving_on_mongodb_qdrant_and_kafka() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let qdrant = rt
+        .block_on(recsys_testkit::qdrant::Running::start())
+        .unwrap();
+    let mongo = MongoServer::secantusdb();
+    let kafka = Broker::start("music_log", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path();
+    let recsys = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(RECSYS);
+        cmd.arg("--data-dir")
+            .arg(lake)
+            .args(args)
+            .env("RECSYS_KAFKA", &kafka.brokers)
+            .env("RECSYS_MONGO", &mongo.uri)
+            .env("RECSYS_QDRANT", &qdrant.url)
+            .env("RECSYS_LOG", "warn");
+        cmd
+    };
+    let _sink = Killed(recsys(&["sink", "--assign-all"]).spawn().unwrap());
+    let out = recsys(&[
+        "pipeline", "--users", "40", "--tracks", "2000", "--events", "30000",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in ["replayed at max× into Kafka", "embed:", " 0 failed"] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+    // The stores hold what the pipeline made, not the lake's embedded files.
+    assert!(!lake.join("catalog.redb").exists() && !lake.join("vectors.redb").exists());
+    let in_qdrant = rt.block_on(async {
+        let options = recsys_vectors::QdrantOptions::new(&qdrant.url);
+        let store = recsys_vectors::QdrantStore::connect(&options, recsys_embed::DIM)
+            .await
+            .unwrap();
+        store.count().await.unwrap()
+    });
+    assert!(in_qdrant > 100, "{in_qdrant} vectors in Qdrant");
+    let stats = recsys(&["catalog", "stats"]).output().unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.contains(&format!("MongoDB {}", mongo.uri)), "{stats}");
+
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _server = Killed(
+        recsys(&["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "recsys serve did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = recsys(&["verify", "--endpoint", &endpoint, "--events"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains(" 0 failed"), "{report}");
 }

@@ -267,6 +267,7 @@ mod tests {
         );
         let child = store.child("raw");
         assert_eq!(child.path("f.tsv"), store.path("raw/f.tsv"));
+        assert_eq!(child.local_dir(), Some(abs.join("raw")));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -280,6 +281,7 @@ mod tests {
         let store = Store::open("s3://lake/prod/v1", &opts).unwrap();
         assert_eq!(store.base_url().as_str(), "s3://lake/");
         assert_eq!(store.url("sorted/"), "s3://lake/prod/v1/sorted/");
+        assert_eq!(store.local_dir(), None);
         assert!(matches!(
             Store::open("s3:///nobucket", &opts),
             Err(StoreError::InvalidLocation { .. })

@@ -77,6 +77,13 @@ pub enum FlowError {
         owner: String,
         until_ms: i64,
     },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    IngestServer(#[from] recsys_ingest::server::ServeError),
     #[error("job {job} stopped: {reason}")]
     LeaseLost { job: &'static str, reason: String },
 }

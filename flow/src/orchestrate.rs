@@ -19,6 +19,7 @@
 //! missed day is caught up once.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,9 +30,9 @@ use recsys_catalog::{Catalog, PlayCounts, User, UserStats, now_ms};
 use recsys_core::Store;
 use recsys_core::manifest::EtlManifest;
 use recsys_core::time::{MICROS_PER_DAY, date_string};
-use recsys_ingest::FlushPolicy;
 use recsys_ingest::compact::{CompactOptions, Period, compact};
 use recsys_ingest::counts::{self, Anchor, Counts, Seen};
+use recsys_ingest::{EventLog, FlushPolicy};
 use recsys_jobs::als::{AlsParams, TrainOptions, TrainWindow, WindowEnd, versions};
 use recsys_vectors::VectorStore;
 use tokio::sync::watch;
@@ -153,6 +154,8 @@ pub struct Config {
     pub sink_stale_s: u64,
     /// How long a job's lease lasts without renewal (it is renewed every quarter of it).
     pub lease_ms: i64,
+    /// Run the gRPC ingest service here, on this address ([`Orchestrator::spawn_ingest`]).
+    pub ingest_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -168,8 +171,9 @@ pub struct Orchestrator {
     pub catalog: Arc<dyn Catalog>,
     pub vectors: Arc<dyn VectorStore>,
     pub config: Config,
-    /// Times the in-process sink was restarted.
+    /// Times the in-process sink and ingest service were restarted.
     sink_restarts: AtomicU64,
+    ingest_restarts: AtomicU64,
     /// This process as the owner of job leases: `host:pid:start`.
     owner: String,
     host: String,
@@ -188,6 +192,7 @@ impl Orchestrator {
             vectors,
             config,
             sink_restarts: AtomicU64::new(0),
+            ingest_restarts: AtomicU64::new(0),
             owner: process_owner(),
             host: hostname(),
         }
@@ -360,6 +365,12 @@ impl Orchestrator {
             held.len(),
             age_s.map_or("never".into(), |s| format!("{s} s ago"))
         );
+        if let Some(listen) = c.ingest_listen {
+            let restarts = self.ingest_restarts.load(Ordering::Relaxed);
+            detail.push_str(&format!(
+                "; in-process ingest service on {listen} restarted {restarts} times"
+            ));
+        }
         let Some(kafka) = &c.kafka else {
             return Ok(detail);
         };
@@ -566,6 +577,38 @@ impl Orchestrator {
             })
         });
         (tasks, sink)
+    }
+
+    /// With `ingest_listen`, the gRPC ingest service there, appending to `log` (the process's
+    /// one event log, which its server shares), until `stop` turns true; restarted with backoff
+    /// when it fails (its address taken, say).
+    pub fn spawn_ingest(
+        self: &Arc<Self>,
+        log: Arc<dyn EventLog>,
+        stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let listen = self.config.ingest_listen?;
+        let o = self.clone();
+        Some(tokio::spawn(async move {
+            supervised("ingest", &o.ingest_restarts, stop, |mut stop| {
+                let log = log.clone();
+                async move {
+                    let listener =
+                        tokio::net::TcpListener::bind(listen)
+                            .await
+                            .map_err(|source| FlowError::Bind {
+                                addr: listen,
+                                source,
+                            })?;
+                    tracing::info!(%listen, "in-process ingest service ready");
+                    let stopped = async move {
+                        stop.wait_for(|stopped| *stopped).await.ok();
+                    };
+                    Ok(recsys_ingest::server::serve(listener, log, stopped).await?)
+                }
+            })
+            .await
+        }))
     }
 
     /// The Kafka sink: every partition of the topic into `events/` until `stop`.
@@ -826,6 +869,7 @@ mod tests {
             kafka: None,
             sink_stale_s: 600,
             lease_ms,
+            ingest_listen: None,
         };
         Orchestrator::new(lake, Arc::new(catalog), Arc::new(vectors), config)
     }

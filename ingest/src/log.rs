@@ -40,6 +40,17 @@ pub enum LogError {
     Grpc { endpoint: String, reason: String },
     #[error("the embedded log has stopped")]
     Stopped,
+    #[error(
+        "the embedded log of {lake} is being written by another process (it has one writer: send \
+         events to that process, e.g. `recsys replay --via` its ingest service, or use Kafka)"
+    )]
+    InUse { lake: String },
+    #[error("locking {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Resolves once the events of one append are durable.
@@ -204,16 +215,49 @@ pub struct EmbeddedLog {
     commands: mpsc::Sender<Command>,
 }
 
+/// The lock file of a local lake's embedded log, in the lake's folder.
+pub const WRITER_LOCK: &str = "embedded-log.lock";
+
+/// The embedded log's one writer: an OS lock on `<lake>/embedded-log.lock`, held while the log
+/// runs (released by the OS when its process dies). Two writers would number events from the
+/// same offset and one's files would replace the other's. S3 lakes have no such lock: one
+/// process writes their embedded log, or events go through Kafka.
+fn writer_lock(store: &Store) -> Result<Option<std::fs::File>, LogError> {
+    let Some(dir) = store.local_dir() else {
+        return Ok(None);
+    };
+    let path = dir.join(WRITER_LOCK);
+    let lock_err = |source| LogError::Lock {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse {
+            lake: store.location().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+    }
+}
+
 impl EmbeddedLog {
-    /// Opens the sink on `store` and starts the log's task.
+    /// Opens the sink on `store` and starts the log's task; [`LogError::InUse`] when another
+    /// process (or log) writes the embedded log of the same local lake.
     pub async fn open(store: Store, policy: FlushPolicy) -> Result<EmbeddedLog, LogError> {
+        let lock = writer_lock(&store)?;
         let interval = policy.interval;
         let mut sink = Sink::open(store, EMBEDDED_TOPIC, policy)
             .await
             .map_err(Arc::new)?;
         sink.reload(&[0]).await.map_err(Arc::new)?;
         let (commands, rx) = mpsc::channel(16);
-        tokio::spawn(run_embedded(sink, rx, interval));
+        tokio::spawn(run_embedded(sink, rx, interval, lock));
         Ok(EmbeddedLog { commands })
     }
 
@@ -260,7 +304,14 @@ fn with_offsets(batch: &RecordBatch, first: i64) -> RecordBatch {
     RecordBatch::try_new(schema, columns).expect("event schema")
 }
 
-async fn run_embedded(mut sink: Sink, mut commands: mpsc::Receiver<Command>, interval: Duration) {
+/// The log's task; it holds the writer lock until it stops (released before a close is
+/// acknowledged, so that the next writer can open the log at once).
+async fn run_embedded(
+    mut sink: Sink,
+    mut commands: mpsc::Receiver<Command>,
+    interval: Duration,
+    lock: Option<std::fs::File>,
+) {
     // Appends waiting for their last offset to be written, in offset order.
     let mut waiting: std::collections::VecDeque<(i64, oneshot::Sender<Result<(), LogError>>)> =
         Default::default();
@@ -281,6 +332,7 @@ async fn run_embedded(mut sink: Sink, mut commands: mpsc::Receiver<Command>, int
                 Some(Command::Close(done)) => {
                     let result = sink.flush_all().await.map(|_| ()).map_err(Arc::new);
                     settle(&mut waiting, sink.written(0), result.clone());
+                    drop(lock);
                     let _ = done.send(result.map(|()| sink.stats()).map_err(LogError::Sink));
                     return;
                 }
@@ -389,5 +441,34 @@ impl EventLog for GrpcLog {
     async fn close(&self) -> Result<(), LogError> {
         // Every receipt is awaited by the caller; nothing is buffered here.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_lakes_embedded_log_has_one_writer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let policy = FlushPolicy {
+            rows: 100,
+            interval: Duration::from_millis(50),
+            in_flight: 1,
+        };
+        let first = EmbeddedLog::open(store.clone(), policy.clone())
+            .await
+            .unwrap();
+        // The lock is the OS's, per open file: a second log in this process meets it as
+        // another process would.
+        let Err(e) = EmbeddedLog::open(store.clone(), policy.clone()).await else {
+            panic!("a second writer opened the log");
+        };
+        assert!(matches!(e, LogError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains(store.location()), "{e}");
+        first.shutdown().await.unwrap();
+        let next = EmbeddedLog::open(store, policy).await.unwrap();
+        next.shutdown().await.unwrap();
     }
 }

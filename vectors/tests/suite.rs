@@ -1,5 +1,7 @@
-//! One behavioural suite for every vector store: the embedded store always, Qdrant when
-//! `RECSYS_TEST_QDRANT_URL` names a server (a fresh collection per run).
+//! One behavioural suite for every vector store: the embedded store; the Qdrant store against
+//! the Qdrant stand-in (`recsys_testkit::qdrant`: Qdrant's gRPC protocol over an exact
+//! in-memory index), always; and against a real Qdrant when `RECSYS_TEST_QDRANT_URL` names one
+//! (a fresh collection per run).
 
 use recsys_vectors::{
     EmbeddedStore, Payload, Point, QdrantOptions, QdrantStore, VectorStore, normalized,
@@ -135,9 +137,65 @@ async fn embedded_search_matches_brute_force() {
 }
 
 #[tokio::test]
-async fn qdrant_store_when_configured() {
+async fn qdrant_store_against_the_stand_in() {
+    let server = recsys_testkit::qdrant::Running::start().await.unwrap();
+    let store = QdrantStore::connect(&QdrantOptions::new(&server.url), DIM)
+        .await
+        .unwrap();
+    suite(&store).await;
+    // Connecting again finds the collection (and its points) instead of creating it.
+    let again = QdrantStore::connect(&QdrantOptions::new(&server.url), DIM)
+        .await
+        .unwrap();
+    assert_eq!(again.count().await.unwrap(), 3);
+    // A vector of the wrong dimension is refused by the server too, naming both sizes.
+    let wrong = QdrantStore::connect(&QdrantOptions::new(&server.url), 2)
+        .await
+        .unwrap();
+    let err = wrong
+        .upsert(&[Point {
+            payload: point("x", axis(0, 1.0)).payload,
+            vector: vec![1.0, 0.0],
+        }])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&server.url) && err.contains("expected dim: 8, got 2"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn qdrant_store_follows_its_server_away_and_back() {
+    let server = recsys_testkit::qdrant::Running::start().await.unwrap();
+    let options = QdrantOptions {
+        timeout: std::time::Duration::from_secs(2),
+        ..QdrantOptions::new(&server.url)
+    };
+    let store = QdrantStore::connect(&options, DIM).await.unwrap();
+    store.upsert(&[point("a", axis(0, 1.0))]).await.unwrap();
+    let addr = server.addr;
+    let data = server.stop().await;
+    let err = store.search(&axis(0, 1.0), 1, &[]).await.unwrap_err();
+    assert!(err.to_string().contains(&options.url), "{err}");
+    // The same client works again once the server is back, without reconnecting by hand.
+    let _back = data.serve(addr).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let hits = loop {
+        match store.search(&axis(0, 1.0), 1, &[]).await {
+            Ok(hits) => break hits,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(ids(&hits), ["a"]);
+}
+
+#[tokio::test]
+async fn qdrant_store_against_a_real_server() {
     let Ok(url) = std::env::var("RECSYS_TEST_QDRANT_URL") else {
-        eprintln!("RECSYS_TEST_QDRANT_URL not set: Qdrant suite skipped");
+        eprintln!("RECSYS_TEST_QDRANT_URL not set: not run against a real Qdrant");
         return;
     };
     let options = QdrantOptions {

@@ -294,33 +294,58 @@ pub fn wait_for(child: &mut std::process::Child, secs: u64) -> std::process::Exi
     }
 }
 
-/// CongoDB, a MongoDB wire-protocol server (Node.js), in memory on a loopback port, killed on
-/// drop. `RECSYS_TEST_CONGODB` names its start script (scripts/test installs it).
-pub struct CongoDb {
+/// A MongoDB wire-protocol server on a loopback port, in memory, killed on drop: one of the two
+/// stand-ins scripts/test installs (no real mongod can be installed here).
+pub struct MongoServer {
     pub uri: String,
     child: std::process::Child,
 }
 
-impl Drop for CongoDb {
+impl Drop for MongoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl CongoDb {
-    pub fn start() -> CongoDb {
+impl MongoServer {
+    /// CongoDB, the emulator of `@push.rocks/smartmongo` (Node.js); `RECSYS_TEST_CONGODB` names
+    /// its start script.
+    pub fn congodb() -> MongoServer {
         let script = std::env::var("RECSYS_TEST_CONGODB").expect(
             "RECSYS_TEST_CONGODB names CongoDB's start script: run the tests with scripts/test, which installs it",
         );
         let port = free_port();
-        let child = std::process::Command::new("node")
-            .arg(&script)
-            .arg(port.to_string())
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(&script).arg(port.to_string());
+        MongoServer::start("CongoDB", cmd, port)
+    }
+
+    /// SecantusDB, a MongoDB-compatible server over WiredTiger (Python);
+    /// `RECSYS_TEST_SECANTUSDB` names its `secantusd-py`.
+    pub fn secantusdb() -> MongoServer {
+        let binary = std::env::var("RECSYS_TEST_SECANTUSDB").expect(
+            "RECSYS_TEST_SECANTUSDB names SecantusDB's secantusd-py: run the tests with scripts/test, which installs it",
+        );
+        let port = free_port();
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--storage-path",
+                ":memory:",
+                "--standalone",
+                "--log-level",
+                "WARNING",
+            ]);
+        MongoServer::start("SecantusDB", cmd, port)
+    }
+
+    fn start(name: &str, mut cmd: std::process::Command, port: u16) -> MongoServer {
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("node starts CongoDB");
-        let server = CongoDb {
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let server = MongoServer {
             uri: format!("mongodb://127.0.0.1:{port}"),
             child,
         };
@@ -328,7 +353,7 @@ impl CongoDb {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "CongoDB did not listen on {port}"
+                "{name} did not listen on {port}"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
