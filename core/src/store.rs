@@ -199,6 +199,11 @@ impl Store {
         self.inner.clone()
     }
 
+    /// The folder of a local store (`None` for S3).
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        (self.base_url.scheme() == "file").then(|| PathBuf::from(format!("/{}", self.root)))
+    }
+
     pub fn options(&self) -> &S3Options {
         &self.options
     }

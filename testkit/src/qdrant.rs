@@ -29,7 +29,6 @@ use std::time::Instant;
 use q::collections_server::{Collections, CollectionsServer};
 use q::points_server::{Points, PointsServer};
 use qdrant_client::qdrant as q;
-use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 /// A point id: Qdrant's integers and UUIDs are distinct ids.
@@ -119,36 +118,40 @@ pub struct QdrantStandIn {
     state: Arc<RwLock<State>>,
 }
 
-/// A serving stand-in; stopped when dropped.
+/// A serving stand-in; stopped when dropped. It runs on a runtime of its own, so that stopping
+/// it ends every connection at once, as a Qdrant process that stops does.
 pub struct Running {
     /// `http://127.0.0.1:PORT`, as `QdrantOptions::url` takes it.
     pub url: String,
     pub addr: SocketAddr,
     data: QdrantStandIn,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl QdrantStandIn {
     /// Serves this data on `addr` (port 0: any free port) until the result is stopped or
     /// dropped.
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<Running> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("qdrant-stand-in")
+            .enable_all()
+            .build()?;
         let service = Service(self.clone());
-        let task = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(CollectionsServer::new(service.clone()))
-                .add_service(PointsServer::new(service))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        stopped.await.ok();
-                    },
-                )
-                .await;
-            if let Err(e) = served {
+        runtime.spawn(async move {
+            let served = async {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tonic::transport::Server::builder()
+                    .add_service(CollectionsServer::new(service.clone()))
+                    .add_service(PointsServer::new(service))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+                    .map_err(std::io::Error::other)
+            };
+            if let Err(e) = served.await {
                 eprintln!("Qdrant stand-in on {addr}: {e}");
             }
         });
@@ -156,8 +159,7 @@ impl QdrantStandIn {
             url: format!("http://{addr}"),
             addr,
             data: self.clone(),
-            stop: Some(stop),
-            task: Some(task),
+            runtime: Some(runtime),
         })
     }
 }
@@ -170,15 +172,11 @@ impl Running {
             .await
     }
 
-    /// Stops serving (connections are closed: clients see the server gone) and returns the
-    /// data, which [`QdrantStandIn::serve`] can serve again on the same address.
-    pub async fn stop(mut self) -> QdrantStandIn {
-        if let Some(stop) = self.stop.take() {
-            stop.send(()).ok();
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-            task.await.ok();
+    /// Stops serving (its listener and every connection close: clients see the server gone)
+    /// and returns the data, which [`QdrantStandIn::serve`] can serve again on the same address.
+    pub fn stop(mut self) -> QdrantStandIn {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
         self.data.clone()
     }
@@ -186,8 +184,8 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -176,7 +176,7 @@ async fn qdrant_store_follows_its_server_away_and_back() {
     let store = QdrantStore::connect(&options, DIM).await.unwrap();
     store.upsert(&[point("a", axis(0, 1.0))]).await.unwrap();
     let addr = server.addr;
-    let data = server.stop().await;
+    let data = server.stop();
     let err = store.search(&axis(0, 1.0), 1, &[]).await.unwrap_err();
     assert!(err.to_string().contains(&options.url), "{err}");
     // The same client works again once the server is back, without reconnecting by hand.
