@@ -1701,6 +1701,12 @@ async fn sessions_survive_a_restart_and_are_shared_by_replicas() {
         let store = local_store(lake.path());
         let vectors: Arc<dyn VectorStore> =
             Arc::new(EmbeddedStore::open(&lake.path().join("vectors.redb"), 384).unwrap());
+        // One event log for both: the embedded log has one writer per lake.
+        let log = Arc::new(
+            EmbeddedLog::open(store.clone(), flush_policy())
+                .await
+                .unwrap(),
+        );
         let mut replicas = Vec::new();
         for _ in 0..2 {
             let catalog: Arc<dyn Catalog> = Arc::new(
@@ -1708,11 +1714,7 @@ async fn sessions_survive_a_restart_and_are_shared_by_replicas() {
                     .await
                     .unwrap(),
             );
-            let log = Arc::new(
-                EmbeddedLog::open(store.clone(), flush_policy())
-                    .await
-                    .unwrap(),
-            );
+            let log = log.clone();
             let stores = Stores {
                 lake: store.clone(),
                 catalog,
@@ -2399,7 +2401,10 @@ fn serving_on_mongodb_qdrant_and_kafka() {
     let qdrant = rt
         .block_on(recsys_testkit::qdrant::Running::start())
         .unwrap();
-    let mongo = MongoServer::secantusdb();
+    let mongo_dir = tempfile::tempdir().unwrap();
+    let mongo_port = free_port();
+    let mongo = MongoServer::secantusdb_on(mongo_port, Some(mongo_dir.path()));
+    let mongo_uri = mongo.uri.clone();
     let kafka = Broker::start("music_log", 3);
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path();
@@ -2409,7 +2414,8 @@ fn serving_on_mongodb_qdrant_and_kafka() {
             .arg(lake)
             .args(args)
             .env("RECSYS_KAFKA", &kafka.brokers)
-            .env("RECSYS_MONGO", &mongo.uri)
+            .env("RECSYS_MONGO", &mongo_uri)
+            .env("RECSYS_MONGO_TIMEOUT_S", "2")
             .env("RECSYS_QDRANT", &qdrant.url)
             .env("RECSYS_LOG", "warn");
         cmd
@@ -2441,7 +2447,7 @@ fn serving_on_mongodb_qdrant_and_kafka() {
     assert!(in_qdrant > 100, "{in_qdrant} vectors in Qdrant");
     let stats = recsys(&["catalog", "stats"]).output().unwrap();
     let stats = String::from_utf8_lossy(&stats.stdout);
-    assert!(stats.contains(&format!("MongoDB {}", mongo.uri)), "{stats}");
+    assert!(stats.contains(&format!("MongoDB {mongo_uri}")), "{stats}");
 
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
@@ -2461,4 +2467,74 @@ fn serving_on_mongodb_qdrant_and_kafka() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}");
     assert!(report.contains(" 0 failed"), "{report}");
+
+    // Each store stopped while serving: what needs it answers 503 naming it (never a hang or a
+    // 500), what does not keep working, and service resumes when it is back, no restart.
+    let api = |path: &str| format!("{endpoint}/api/v1{path}");
+    let http = http();
+    let get = |path: String| {
+        let http = http.clone();
+        rt.block_on(async move { call(&http, "GET", &path, None).await })
+    };
+    let (s, users) = get(api("/users?limit=5"));
+    assert_eq!(s, 200, "{users}");
+    let user = users["users"][0]["id"].as_str().unwrap().to_string();
+    let (s, feed) = get(api(&format!("/users/{user}/feed")));
+    assert_eq!(s, 200, "{feed}");
+    let songs: Vec<String> = feed["songs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(songs.len() >= 3, "{feed}");
+    let until_ok = |path: String| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, body) = get(path.clone());
+            if s == 200 {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never recovered: {s} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // Qdrant: lyrics neighbours need it (a song not asked before: nothing cached).
+    let addr = qdrant.addr;
+    let data = qdrant.stop();
+    let (s, body) = get(api(&format!("/songs/{}/similar", songs[0])));
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body.to_string().contains(&format!("Qdrant http://{addr}")),
+        "{body}"
+    );
+    let (s, body) = get(api(&format!("/songs/{}", songs[0])));
+    assert_eq!(s, 200, "the catalog does not need Qdrant: {body}");
+    let _qdrant = rt.block_on(data.serve(addr)).unwrap();
+    until_ok(api(&format!("/songs/{}/similar", songs[0])));
+
+    // MongoDB: a song's page needs the catalog; the health check does not.
+    drop(mongo);
+    let (s, body) = get(api(&format!("/songs/{}", songs[1])));
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        body.to_string().contains(&format!("MongoDB {mongo_uri}")),
+        "{body}"
+    );
+    let (s, body) = get(api("/health"));
+    assert_eq!(s, 200, "{body}");
+    let _mongo = MongoServer::secantusdb_on(mongo_port, Some(mongo_dir.path()));
+    let song = until_ok(api(&format!("/songs/{}", songs[1])));
+    assert_eq!(song["id"].as_str(), Some(songs[1].as_str()), "{song}");
+
+    // Kafka: a logged event is refused (503) once the producer gives up, never accepted and
+    // lost; within the producer's 30 s delivery bound.
+    drop(kafka);
+    let event = event_json(&user, &feed["songs"][2], "complete");
+    let (s, body) = rt.block_on(async { call(&http, "POST", &api("/events"), Some(&event)).await });
+    assert_eq!(s, 503, "{body}");
 }

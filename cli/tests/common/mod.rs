@@ -324,15 +324,21 @@ impl MongoServer {
     /// SecantusDB, a MongoDB-compatible server over WiredTiger (Python);
     /// `RECSYS_TEST_SECANTUSDB` names its `secantusd-py`.
     pub fn secantusdb() -> MongoServer {
+        MongoServer::secantusdb_on(free_port(), None)
+    }
+
+    /// SecantusDB on `port`, keeping its data in `storage` (in memory without), so that a
+    /// server started again on the same folder and port finds it.
+    pub fn secantusdb_on(port: u16, storage: Option<&Path>) -> MongoServer {
         let binary = std::env::var("RECSYS_TEST_SECANTUSDB").expect(
             "RECSYS_TEST_SECANTUSDB names SecantusDB's secantusd-py: run the tests with scripts/test, which installs it",
         );
-        let port = free_port();
+        let storage = storage.map_or(":memory:".into(), |p| p.display().to_string());
         let mut cmd = std::process::Command::new(binary);
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args([
                 "--storage-path",
-                ":memory:",
+                &storage,
                 "--standalone",
                 "--log-level",
                 "WARNING",
