@@ -113,6 +113,7 @@ pub async fn run(lake_args: &LakeArgs, args: IngestBench) -> Result<()> {
         compression: args.compression.clone(),
         idempotence: true,
         queue_messages: 200_000,
+        delivery_timeout_ms: recsys_ingest::log::DELIVERY_TIMEOUT_MS,
     })
     .await?;
     // End to end: the sink consumes while the replay produces.

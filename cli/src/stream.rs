@@ -32,6 +32,10 @@ pub struct KafkaArgs {
     /// Bound of the producer's queue (messages); a full queue slows the sender down.
     #[arg(long, env = "RECSYS_KAFKA_QUEUE_MESSAGES", default_value_t = 200_000)]
     pub queue_messages: usize,
+    /// Milliseconds an event may wait for Kafka's acknowledgement before it is refused (a
+    /// logged event answers `UNAVAILABLE` then, never "ok" for an event Kafka did not take).
+    #[arg(long, env = "RECSYS_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = recsys_ingest::log::DELIVERY_TIMEOUT_MS)]
+    pub delivery_timeout_ms: u64,
 }
 
 impl KafkaArgs {
@@ -42,6 +46,7 @@ impl KafkaArgs {
             compression: self.compression.clone(),
             idempotence: self.idempotence,
             queue_messages: self.queue_messages,
+            delivery_timeout_ms: self.delivery_timeout_ms,
         }
     }
 }

@@ -680,6 +680,7 @@ async fn produce_plays(brokers: &str, tracks: &[(&str, usize)], day: i64) -> BTr
         compression: "none".into(),
         idempotence: true,
         queue_messages: 10_000,
+        delivery_timeout_ms: recsys_ingest::log::DELIVERY_TIMEOUT_MS,
     })
     .await
     .unwrap();

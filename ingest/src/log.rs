@@ -79,7 +79,14 @@ pub struct KafkaOptions {
     pub idempotence: bool,
     /// Bound of the producer's queue, in messages; a full queue makes `append` wait.
     pub queue_messages: usize,
+    /// How long an appended event may wait for Kafka to acknowledge it (`message.timeout.ms`)
+    /// before its receipt fails: the bound on an append while the brokers are unreachable.
+    pub delivery_timeout_ms: u64,
 }
+
+/// [`KafkaOptions::delivery_timeout_ms`]'s default: a listener's logged event is refused after
+/// this long, never accepted and lost.
+pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 
 /// Events to Kafka as JSON, keyed by `user_id` (a user's events stay in order on one partition).
 pub struct KafkaLog {
@@ -107,7 +114,10 @@ impl KafkaLog {
                 options.queue_messages.to_string(),
             )
             .set("queue.buffering.max.kbytes", "65536")
-            .set("message.timeout.ms", "30000")
+            .set(
+                "message.timeout.ms",
+                options.delivery_timeout_ms.to_string(),
+            )
             .create_with_context(KafkaLogs::default())
             .map_err(kafka_err)?;
         let probe = producer.clone();
