@@ -186,6 +186,7 @@ impl Orchestrator {
         vectors: Arc<dyn VectorStore>,
         config: Config,
     ) -> Orchestrator {
+        let host = hostname();
         Orchestrator {
             lake,
             catalog,
@@ -193,8 +194,8 @@ impl Orchestrator {
             config,
             sink_restarts: AtomicU64::new(0),
             ingest_restarts: AtomicU64::new(0),
-            owner: process_owner(),
-            host: hostname(),
+            owner: process_owner(&host),
+            host,
         }
     }
 
@@ -728,11 +729,11 @@ fn start_ticks(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// This process as a lease owner, `host:pid:start`: the start time tells a process from a
-/// later one that got the same pid (0 where `/proc` is missing).
-fn process_owner() -> String {
+/// This process on `host` as a lease owner, `host:pid:start`: the start time tells a process
+/// from a later one that got the same pid (0 where `/proc` is missing).
+fn process_owner(host: &str) -> String {
     let pid = std::process::id();
-    format!("{}:{pid}:{}", hostname(), start_ticks(pid).unwrap_or(0))
+    format!("{host}:{pid}:{}", start_ticks(pid).unwrap_or(0))
 }
 
 /// Whether `owner` (as [`process_owner`] names one) is a process of `host`, this host, that no
@@ -950,7 +951,7 @@ mod tests {
     #[test]
     fn only_a_gone_process_of_this_host_is_dead() {
         let host = hostname();
-        assert!(!dead_here(&process_owner(), &host), "this process");
+        assert!(!dead_here(&process_owner(&host), &host), "this process");
         let pid = std::process::id();
         let start = start_ticks(pid).unwrap();
         assert!(

@@ -174,10 +174,8 @@ impl Running {
 
     /// Stops serving (its listener and every connection close: clients see the server gone)
     /// and returns the data, which [`QdrantStandIn::serve`] can serve again on the same address.
-    pub fn stop(mut self) -> QdrantStandIn {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+    pub fn stop(self) -> QdrantStandIn {
+        // Dropping `self` shuts its runtime down.
         self.data.clone()
     }
 }
