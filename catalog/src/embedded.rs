@@ -319,14 +319,7 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn user(&self, id: &str) -> Result<Option<User>, CatalogError> {
-        let id = id.to_string();
-        self.run(move |db| {
-            let tx = db.begin_read()?;
-            let table = tx.open_table(USERS)?;
-            let got = table.get(id.as_str())?;
-            got.map(|g| decode(&id, g.value())).transpose()
-        })
-        .await
+        Ok(self.users(&[id.to_string()]).await?.pop())
     }
 
     async fn songs(&self, ids: &[String]) -> Result<Vec<Song>, CatalogError> {
@@ -336,6 +329,21 @@ impl Catalog for EmbeddedCatalog {
             let mut out = Vec::with_capacity(ids.len());
             for id in &ids {
                 out.extend(get_song(&songs, id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn users(&self, ids: &[String]) -> Result<Vec<User>, CatalogError> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            let users = db.begin_read()?.open_table(USERS)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(got) = users.get(id.as_str())? {
+                    out.push(decode(id, got.value())?);
+                }
             }
             Ok(out)
         })

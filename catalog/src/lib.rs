@@ -242,6 +242,9 @@ pub trait Catalog: Send + Sync {
     /// The songs of `ids` that exist, in the order asked (one round trip, not one per id).
     async fn songs(&self, ids: &[String]) -> Result<Vec<Song>, CatalogError>;
 
+    /// The users of `ids` that exist, in the order asked (one round trip, not one per id).
+    async fn users(&self, ids: &[String]) -> Result<Vec<User>, CatalogError>;
+
     /// Users by id, after id `after`.
     async fn list_users(
         &self,

@@ -477,6 +477,26 @@ impl Catalog for MongoCatalog {
         Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
+    async fn users(&self, ids: &[String]) -> Result<Vec<User>, CatalogError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let found = self
+            .find(
+                &self.users,
+                doc! { "_id": { "$in": ids } },
+                doc! { "_id": 1 },
+                ids.len(),
+            )
+            .await?;
+        let mut by_id = std::collections::HashMap::new();
+        for d in &found {
+            let user = self.user_from(d)?;
+            by_id.insert(user.stats.id.clone(), user);
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
     async fn list_users(
         &self,
         after: Option<&str>,

@@ -371,13 +371,13 @@ pub async fn print_lyrics_neighbours(
 
 pub fn print_embed((r, elapsed): &(EmbedReport, Duration)) {
     println!(
-        "embed: {} songs with lyrics: {} embedded in {:.2} s ({:.1} texts/s, {} tokens), {} already embedded, {} too short; {} Parquet parts in {}/",
+        "embed: {} songs with lyrics: {} embedded in {:.2} s ({:.1} texts/s, {} tokens), {}, {} too short; {} Parquet parts in {}/",
         r.songs,
         r.embedded,
         elapsed.as_secs_f64(),
         rate(r.embedded, *elapsed),
         r.tokens,
-        r.already_done,
+        r.earlier(),
         r.too_short,
         r.parts_written,
         recsys_core::schema::EMBEDDINGS_DIR

@@ -228,6 +228,16 @@ async fn batch_lookup_listing_and_names(c: &dyn Catalog) {
     assert_eq!(listed(None, 2).await, ["u1", "u2"]);
     assert_eq!(listed(Some("u2"), 10).await, ["u3"]);
     assert!(listed(Some("u3"), 10).await.is_empty());
+    let asked: Vec<String> = ["u2", "nope", "u3"].map(String::from).to_vec();
+    let found: Vec<String> = c
+        .users(&asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.stats.id)
+        .collect();
+    assert_eq!(found, ["u2", "u3"]);
+    assert!(c.users(&[]).await.unwrap().is_empty());
 
     // A name given is stored; an upsert without one keeps it.
     let mut named = user("u9", 0, None);

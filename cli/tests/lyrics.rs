@@ -540,6 +540,32 @@ async fn clean_sync_then_embed_resumably() {
             );
         }
     }
+    drop(store);
+
+    // A new, empty vector store (Qdrant switched on for this lake, say) gets the earlier
+    // parts' vectors again, except for a song that has since lost its lyrics.
+    std::fs::remove_file(dir.path().join("vectors.redb")).unwrap();
+    {
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb"))
+            .await
+            .unwrap();
+        let gone = (ids[0].clone(), lyrics(LyricsStatus::Missing, None));
+        catalog.set_lyrics(&[gone]).await.unwrap();
+    }
+    let restored = ok(run(&["submit", "embed"], "").await);
+    assert!(
+        restored.contains("0 embedded")
+            && restored.contains("5 already embedded (5 stored again in the vector store)"),
+        "{restored}"
+    );
+    let again = ok(run(&["submit", "embed"], "").await);
+    assert!(
+        again.contains("5 already embedded,") && !again.contains("stored again"),
+        "{again}"
+    );
+    let store = recsys_vectors::EmbeddedStore::open(&dir.path().join("vectors.redb"), 384).unwrap();
+    assert_eq!(store.count().await.unwrap(), 5);
+    assert!(store.vector(&ids[0]).await.unwrap().is_none());
 }
 
 #[test]

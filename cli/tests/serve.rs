@@ -2405,7 +2405,12 @@ fn serving_on_mongodb_qdrant_and_kafka() {
     let mongo_port = free_port();
     let mongo = MongoServer::secantusdb_on(mongo_port, Some(mongo_dir.path()));
     let mongo_uri = mongo.uri.clone();
-    let kafka = Broker::start("music_log", 3);
+    // Kafka keeps its log in S3 (the bucket of an S3 server in this process), so a broker
+    // started again on the same port carries on with the topic and the consumer's offsets.
+    let kafka_s3 = rt.block_on(S3Server::start("tansu"));
+    let kafka_port = free_port();
+    let kafka = Broker::launch(kafka_port, Some(&kafka_s3));
+    kafka.create_topic("music_log", 3);
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path();
     let recsys = |args: &[&str]| {
@@ -2543,6 +2548,46 @@ fn serving_on_mongodb_qdrant_and_kafka() {
     // (`--kafka-delivery-timeout-ms`, 3 s here), never accepted and lost.
     drop(kafka);
     let event = event_json(&user, &feed["songs"][2], "complete");
-    let (s, body) = rt.block_on(async { call(&http, "POST", &api("/events"), Some(&event)).await });
+    let post = |event: &str| {
+        rt.block_on(async { call(&http, "POST", &api("/events"), Some(event)).await })
+    };
+    let (s, body) = post(&event);
     assert_eq!(s, 503, "{body}");
+    // Back on the same port and storage: the server's producer and the sink reconnect by
+    // themselves; events are accepted again and reach `events/`, the refused one never does.
+    let track = feed["songs"][2]["id"].as_str().unwrap();
+    let count = |action: &str| {
+        let logged = logged_events(lake, &user);
+        logged
+            .iter()
+            .filter(|(t, a)| t == track && a == action)
+            .count()
+    };
+    let (listens_before, completes_before) = (count("listen"), count("complete"));
+    let _kafka = Broker::launch(kafka_port, Some(&kafka_s3));
+    let listen = event_json(&user, &feed["songs"][2], "listen");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = post(&listen);
+        if s == 202 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka never came back: {s} {body}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count("listen") <= listens_before {
+        assert!(
+            Instant::now() < deadline,
+            "the accepted event never reached events/"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        count("complete"),
+        completes_before,
+        "a refused event was logged"
+    );
 }

@@ -76,8 +76,23 @@ pub struct EmbedReport {
     pub too_short: u64,
     /// Embedded by an earlier run.
     pub already_done: u64,
+    /// Of those, stored again from their parts because the vector store lacked them.
+    pub restored: u64,
     pub parts_written: u64,
     pub tokens: u64,
+}
+
+impl EmbedReport {
+    /// "N already embedded", with how many of them were stored again when any were.
+    pub fn earlier(&self) -> String {
+        match self.restored {
+            0 => format!("{} already embedded", self.already_done),
+            n => format!(
+                "{} already embedded ({n} stored again in the vector store)",
+                self.already_done
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +138,8 @@ fn numbered(file: &str, prefix: &str) -> Option<u64> {
         .ok()
 }
 
-/// Track ids already in `embeddings/lyrics/`, and the next part number.
-pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJobError> {
+/// Track ids already in `embeddings/lyrics/`, and the numbers of its parts.
+pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, Vec<u64>), EmbedJobError> {
     let store = lake.object_store();
     let objects: Vec<_> = store
         .list(Some(&lake.path(EMBEDDINGS_DIR)))
@@ -132,12 +147,12 @@ pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJ
         .await
         .map_err(|e| lake.error(EMBEDDINGS_DIR, e))?;
     let mut ids = HashSet::new();
-    let mut next = 0;
+    let mut parts = Vec::new();
     for o in objects {
         let Some(n) = o.location.filename().and_then(|f| numbered(f, "part-")) else {
             continue;
         };
-        next = next.max(n + 1);
+        parts.push(n);
         let err = parquet_err(lake.url(&lake.relative(o.location.as_ref())));
         let reader = LakeFileReader::new(store.clone(), o.location.clone(), o.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
@@ -162,7 +177,7 @@ pub async fn embedded_ids(lake: &Store) -> Result<(HashSet<String>, u64), EmbedJ
             );
         }
     }
-    Ok((ids, next))
+    Ok((ids, parts))
 }
 
 /// The songs of a part, with their vectors, as vector-store points.
@@ -233,6 +248,36 @@ async fn store_part(
         .await
         .map_err(|e| lake.error(&rel, e))?;
     Ok(points.len() as u64)
+}
+
+/// Stores again, from the parts, the vectors of `songs` (embedded earlier and still in the
+/// catalog with lyrics) when the vector store holds fewer points than there are such songs: a new
+/// or emptied store (Qdrant switched on for a lake embedded before, a collection dropped). Songs
+/// clean & sync removed are not among `songs`, so they stay removed. Returns how many.
+async fn restore_missing(
+    lake: &Store,
+    vectors: &dyn VectorStore,
+    parts: &[u64],
+    songs: &HashSet<String>,
+) -> Result<u64, EmbedJobError> {
+    if vectors.count().await? >= songs.len() as u64 {
+        return Ok(0);
+    }
+    let mut restored = 0;
+    for &n in parts {
+        let mut points = part_points(lake, n).await?;
+        points.retain(|p| songs.contains(&p.payload.track_id));
+        for group in points.chunks(256) {
+            vectors.upsert(group).await?;
+        }
+        restored += points.len() as u64;
+    }
+    tracing::info!(
+        restored,
+        store = %vectors.describe(),
+        "embed: stored again the vectors of earlier parts that the store lacked"
+    );
+    Ok(restored)
 }
 
 /// Shards an earlier run left: those whose part exists get their vectors stored; the others
@@ -323,7 +368,9 @@ pub async fn run_embed(
 ) -> Result<EmbedReport, EmbedJobError> {
     let started = Instant::now();
     finish_earlier_run(lake, vectors).await?;
-    let (done, mut next) = embedded_ids(lake).await?;
+    let (done, parts) = embedded_ids(lake).await?;
+    let mut next = parts.iter().max().map_or(0, |n| n + 1);
+    let mut kept = HashSet::new();
     let mut report = EmbedReport::default();
     let mut pending: Vec<(Payload, String)> = Vec::new();
     let limit = options.limit.unwrap_or(u64::MAX);
@@ -336,6 +383,7 @@ pub async fn run_embed(
         report.songs += 1;
         if done.contains(&song.stats.id) {
             report.already_done += 1;
+            kept.insert(song.stats.id.clone());
             continue;
         }
         let plain = song.lyrics.as_ref().and_then(|l| l.plain.as_deref());
@@ -355,6 +403,7 @@ pub async fn run_embed(
             text.to_string(),
         ));
     }
+    report.restored = restore_missing(lake, vectors, &parts, &kept).await?;
     let shards: Vec<&[(Payload, String)]> = pending.chunks(options.chunk.max(1)).collect();
     for wave in shards.chunks(runner.wave().max(1)) {
         let numbers: Vec<u64> = (next..next + wave.len() as u64).collect();

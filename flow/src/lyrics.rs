@@ -211,7 +211,7 @@ pub async fn embed(
     })
     .await?;
     drop(bar);
-    if report.embedded > 0 {
+    if report.embedded + report.restored > 0 {
         // New lyrics neighbours: servers refresh their cache of them.
         recsys_core::models::mark_stores_changed(lake).await?;
     }
@@ -219,6 +219,7 @@ pub async fn embed(
     tracing::info!(
         embedded = report.embedded,
         already_done = report.already_done,
+        restored = report.restored,
         too_short = report.too_short,
         parts = report.parts_written,
         texts_per_sec = format!("{:.1}", rate(report.embedded, elapsed)),

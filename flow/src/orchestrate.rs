@@ -18,7 +18,7 @@
 //! A daily job whose last success is older than its latest scheduled time runs at start: a
 //! missed day is caught up once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -440,9 +440,9 @@ impl Orchestrator {
         }
         match (run.removed, &run.embedded) {
             (Some((_, removed, _)), Some((e, _))) => detail.push_str(&format!(
-                "; {removed} songs without lyrics removed; {} embedded, {} already embedded, {} too short; {} vectors",
+                "; {removed} songs without lyrics removed; {} embedded, {}, {} too short; {} vectors",
                 e.embedded,
-                e.already_done,
+                e.earlier(),
                 e.too_short,
                 self.vectors.count().await?
             )),
@@ -650,8 +650,13 @@ async fn add_new_users(
     users: BTreeMap<String, Seen>,
 ) -> Result<u64, recsys_catalog::CatalogError> {
     let mut new = Vec::new();
+    let ids: Vec<String> = users.keys().cloned().collect();
+    let mut known = HashSet::new();
+    for chunk in ids.chunks(1_000) {
+        known.extend(catalog.users(chunk).await?.into_iter().map(|u| u.stats.id));
+    }
     for (id, seen) in users {
-        if catalog.user(&id).await?.is_none() {
+        if !known.contains(&id) {
             new.push(User {
                 stats: UserStats {
                     id,

@@ -223,8 +223,9 @@ fn lyrics_steps(run: &LyricsRun) -> Vec<Step> {
             elapsed: *elapsed,
             rows: report.embedded,
             detail: format!(
-                "MiniLM-L6 in burn on the cluster, {} already embedded, {} too short",
-                report.already_done, report.too_short
+                "MiniLM-L6 in burn on the cluster, {}, {} too short",
+                report.earlier(),
+                report.too_short
             ),
         });
     }

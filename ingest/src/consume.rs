@@ -11,13 +11,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use recsys_core::Store;
@@ -359,12 +359,36 @@ pub async fn run_sink(
     tokio::pin!(shutdown);
     // The message's bytes, copied so the message (borrowing the consumer) is released first.
     let mut payload = Vec::new();
+    // When the brokers became unreachable, while they are.
+    let mut outage: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => member.on_tick().await?,
             message = member.consumer.recv() => {
-                let message = message.map_err(|e| member.kafka_err(e))?;
+                let message = match message {
+                    Ok(message) => message,
+                    // Brokers unreachable: librdkafka reconnects by itself; the sink waits
+                    // with what it holds rather than ending.
+                    Err(KafkaError::MessageConsumption(code)) if unreachable(code) => {
+                        if outage.is_none() {
+                            tracing::warn!(
+                                brokers = %member.options.brokers,
+                                %code,
+                                "sink: Kafka unreachable, waiting for it"
+                            );
+                            outage = Some(Instant::now());
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(member.kafka_err(e)),
+                };
+                if let Some(since) = outage.take() {
+                    tracing::info!(
+                        after_s = since.elapsed().as_secs(),
+                        "sink: Kafka reachable again"
+                    );
+                }
                 let (partition, offset) = (message.partition(), message.offset());
                 payload.clear();
                 payload.extend_from_slice(message.payload().unwrap_or_default());
@@ -387,6 +411,19 @@ pub async fn run_sink(
     member.finish().await?;
     member.stats.sink = member.sink.stats();
     Ok(member.stats)
+}
+
+/// Whether a consumer error only says that brokers cannot be reached right now.
+fn unreachable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+    )
 }
 
 /// The end offset (the next offset to be written) of every partition of `topic`.

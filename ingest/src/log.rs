@@ -2,6 +2,7 @@
 //! the [`Sink`] (no broker). Both acknowledge an append only once its events are durable.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::array::{Int32Array, Int64Array, RecordBatch};
@@ -90,8 +91,46 @@ pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 
 /// Events to Kafka as JSON, keyed by `user_id` (a user's events stay in order on one partition).
 pub struct KafkaLog {
-    producer: FutureProducer<KafkaLogs>,
+    /// Replaced by a new producer after a fatal error (see [`KafkaLog::producer`]).
+    producer: std::sync::RwLock<FutureProducer<KafkaLogs>>,
+    /// Set by a delivery the broker refused for the producer's identity.
+    renew: Arc<AtomicBool>,
     options: KafkaOptions,
+}
+
+/// Delivery errors that say the broker no longer accepts the producer's id or epoch (a broker
+/// restarted without its producer state fences it): every later send would fail the same way.
+fn identity_refused(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
+}
+
+fn new_producer(options: &KafkaOptions) -> Result<FutureProducer<KafkaLogs>, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("client.id", "recsys-ingest")
+        .set("enable.idempotence", options.idempotence.to_string())
+        .set("compression.type", &options.compression)
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1048576")
+        .set(
+            "queue.buffering.max.messages",
+            options.queue_messages.to_string(),
+        )
+        .set("queue.buffering.max.kbytes", "65536")
+        .set(
+            "message.timeout.ms",
+            options.delivery_timeout_ms.to_string(),
+        )
+        .create_with_context(KafkaLogs::default())
 }
 
 impl KafkaLog {
@@ -101,25 +140,7 @@ impl KafkaLog {
             brokers: options.brokers.clone(),
             source,
         };
-        let producer: FutureProducer<KafkaLogs> = ClientConfig::new()
-            .set("bootstrap.servers", &options.brokers)
-            .set("client.id", "recsys-ingest")
-            .set("enable.idempotence", options.idempotence.to_string())
-            .set("compression.type", &options.compression)
-            .set("linger.ms", "10")
-            .set("batch.num.messages", "10000")
-            .set("batch.size", "1048576")
-            .set(
-                "queue.buffering.max.messages",
-                options.queue_messages.to_string(),
-            )
-            .set("queue.buffering.max.kbytes", "65536")
-            .set(
-                "message.timeout.ms",
-                options.delivery_timeout_ms.to_string(),
-            )
-            .create_with_context(KafkaLogs::default())
-            .map_err(kafka_err)?;
+        let producer = new_producer(&options).map_err(kafka_err)?;
         let probe = producer.clone();
         let topic = options.topic.clone();
         let metadata = tokio::task::spawn_blocking(move || {
@@ -139,13 +160,48 @@ impl KafkaLog {
                 topic: options.topic.clone(),
             });
         }
-        Ok(KafkaLog { producer, options })
+        Ok(KafkaLog {
+            producer: std::sync::RwLock::new(producer),
+            renew: Arc::default(),
+            options,
+        })
+    }
+
+    /// The producer, a new one when the current one has failed fatally or the broker refused
+    /// its identity ([`identity_refused`]). Either fails every later send until the producer is
+    /// recreated; the events it held have already failed their receipts, so nothing is
+    /// acknowledged and lost.
+    fn producer(&self) -> Result<FutureProducer<KafkaLogs>, LogError> {
+        let current = self.producer.read().expect("not poisoned").clone();
+        if current.client().fatal_error().is_none() && !self.renew.load(Ordering::Acquire) {
+            return Ok(current);
+        }
+        let mut slot = self.producer.write().expect("not poisoned");
+        // Another append may have replaced it meanwhile.
+        let fatal = slot.client().fatal_error();
+        if fatal.is_some() || self.renew.swap(false, Ordering::AcqRel) {
+            let reason = fatal.map_or(
+                "the broker refused its producer id".into(),
+                |(code, why)| format!("{code}: {why}"),
+            );
+            tracing::warn!(
+                brokers = %self.options.brokers,
+                reason,
+                "Kafka producer failed; starting a new one"
+            );
+            *slot = new_producer(&self.options).map_err(|source| LogError::Kafka {
+                brokers: self.options.brokers.clone(),
+                source,
+            })?;
+        }
+        Ok(slot.clone())
     }
 }
 
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn append(&self, batch: RecordBatch) -> Result<Receipt, LogError> {
+        let producer = self.producer()?;
         let cols = EventColumns::new(&batch);
         let mut deliveries = Vec::with_capacity(cols.len());
         for row in 0..cols.len() {
@@ -155,7 +211,7 @@ impl EventLog for KafkaLog {
                 .key(&event.user_id)
                 .payload(&payload);
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         deliveries.push(delivery);
                         break;
@@ -175,11 +231,15 @@ impl EventLog for KafkaLog {
             }
         }
         let brokers = self.options.brokers.clone();
+        let renew = self.renew.clone();
         Ok(async move {
             for delivery in deliveries {
                 match delivery.await {
                     Ok(Ok(_)) => {}
                     Ok(Err((source, _))) => {
+                        if identity_refused(&source) {
+                            renew.store(true, Ordering::Release);
+                        }
                         return Err(LogError::Kafka {
                             brokers: brokers.clone(),
                             source,
@@ -199,7 +259,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn close(&self) -> Result<(), LogError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.read().expect("not poisoned").clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
             .expect("flush task does not panic")

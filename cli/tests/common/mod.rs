@@ -207,8 +207,8 @@ pub async fn sorted_lake(
     lake
 }
 
-/// A Kafka-protocol broker (tansu, memory storage) on a loopback port, killed on drop. The
-/// binary comes from `RECSYS_TEST_TANSU` (scripts/test installs it and sets the variable).
+/// A Kafka-protocol broker (tansu) on a loopback port, killed on drop. The binary comes from
+/// `RECSYS_TEST_TANSU` (scripts/test installs it and sets the variable).
 pub struct Broker {
     pub brokers: String,
     child: std::process::Child,
@@ -228,25 +228,40 @@ fn tansu() -> String {
 }
 
 impl Broker {
-    /// Starts the broker and creates `topic` with `partitions` partitions (30 s at most).
+    /// Starts the broker on memory storage and creates `topic` with `partitions` partitions
+    /// (30 s at most).
     pub fn start(topic: &str, partitions: u32) -> Broker {
-        let port = free_port();
+        let broker = Broker::launch(free_port(), None);
+        broker.create_topic(topic, partitions);
+        broker
+    }
+
+    /// Starts the broker on `port`, keeping its topics, messages and consumer offsets in the
+    /// bucket `tansu` of `s3` when given (then a broker started again on the same port and
+    /// server carries on where the killed one stopped), in memory otherwise.
+    pub fn launch(port: u16, s3: Option<&S3Server>) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+        let mut command = std::process::Command::new(tansu());
+        command
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu starts");
+            .stderr(std::process::Stdio::null());
+        match s3 {
+            Some(s3) => {
+                let key = |k: &Option<String>| k.clone().unwrap_or_default();
+                command
+                    .args(["--storage-engine", "s3://tansu/"])
+                    .env("AWS_ENDPOINT", &s3.endpoint)
+                    .env("AWS_ACCESS_KEY_ID", key(&s3.options.access_key_id))
+                    .env("AWS_SECRET_ACCESS_KEY", key(&s3.options.secret_access_key))
+                    .env("AWS_DEFAULT_REGION", key(&s3.options.region))
+                    .env("AWS_ALLOW_HTTP", "true")
+            }
+            None => command.args(["--storage-engine", "memory://tansu/"]),
+        };
+        let child = command.spawn().expect("tansu starts");
         let broker = Broker {
             brokers: format!("127.0.0.1:{port}"),
             child,
@@ -259,23 +274,21 @@ impl Broker {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        broker
+    }
+
+    /// Creates `topic` with `partitions` partitions (30 s at most).
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let url = format!("tcp://{}", self.brokers);
         let mut create = std::process::Command::new(tansu())
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                &url,
-                "--partitions",
-                &partitions.to_string(),
-            ])
+            .args(["topic", "create", topic, "--broker", &url])
+            .args(["--partitions", &partitions.to_string()])
             .spawn()
             .expect("tansu topic create runs");
         assert!(
             wait_for(&mut create, 30).success(),
             "creating topic {topic} on {url}"
         );
-        broker
     }
 }
 
