@@ -318,9 +318,15 @@ impl Orchestrator {
                     }
                 })
                 .await?;
+                let merged = counts::merge_aggregates(
+                    &self.lake,
+                    &self.config.topic,
+                    counts::MERGE_AGGREGATES_AT,
+                )
+                .await?;
                 let published = self.publish().await?;
                 Ok(format!(
-                    "{} event files, {} events, {} plays counted, {} new users; {published}",
+                    "{} event files, {} events, {} plays counted, {} new users, {merged} aggregate files merged; {published}",
                     a.files,
                     a.events,
                     a.plays,

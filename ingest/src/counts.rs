@@ -318,21 +318,7 @@ where
                 }
             }
         }
-        let mut rows: Vec<_> = per.into_iter().collect();
-        rows.sort_unstable();
-        let batch = RecordBatch::try_new(
-            daily_schema(),
-            vec![
-                Arc::new(Int32Array::from_iter_values(
-                    rows.iter().map(|((d, _), _)| *d),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|((_, t), _)| t),
-                )),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, n)| *n))),
-            ],
-        )
-        .expect("columns match the schema");
+        let batch = daily_batch(per);
         done.users += users.len();
         users_seen(users.into_iter().collect())
             .await
@@ -342,6 +328,77 @@ where
         done.ranges.push((partition, first, last));
     }
     Ok(done)
+}
+
+/// An aggregate file's rows: plays per (UTC day, track), sorted.
+fn daily_batch(per: HashMap<(i32, String), i64>) -> RecordBatch {
+    let mut rows: Vec<_> = per.into_iter().collect();
+    rows.sort_unstable();
+    RecordBatch::try_new(
+        daily_schema(),
+        vec![
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|((d, _), _)| *d),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|((_, t), _)| t),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, n)| *n))),
+        ],
+    )
+    .expect("columns match the schema")
+}
+
+/// A partition's aggregate files are merged once it has this many (each counts run adds one).
+pub const MERGE_AGGREGATES_AT: usize = 16;
+
+/// Merges each partition's aggregate files into one once there are `at_least` of them (the
+/// sums per (day, track), named with the whole offset range), so that [`totals`] reads a few
+/// files rather than one per run ever made. Crash-safe as event compaction is: the merged file
+/// is written with one `put` before its inputs are deleted, and from then on every reader
+/// leaves the files it covers out; those left by a kill are deleted by the next call. Returns
+/// how many files were merged away.
+pub async fn merge_aggregates(
+    store: &Store,
+    topic: &str,
+    at_least: usize,
+) -> Result<usize, CountsError> {
+    let mut merged = 0;
+    for (partition, chain) in chains(aggregate_files(store, topic).await?) {
+        for path in &chain.covered {
+            crate::compact::delete(store, path).await?;
+        }
+        let (Some((_, (first, _))), Some((_, (_, last)))) =
+            (chain.files.first(), chain.files.last())
+        else {
+            continue;
+        };
+        if chain.files.len() < at_least.max(2) {
+            continue;
+        }
+        let rel = format!("{DAILY_DIR}/{}", file_name(topic, partition, *first, *last));
+        let paths: Vec<Path> = chain.files.iter().map(|(path, _)| path.clone()).collect();
+        let mut per: HashMap<(i32, String), i64> = HashMap::new();
+        let mut reads = read_all(store, paths, &["day", col::TRACK_ID, "plays"]);
+        while let Some(batches) = reads.next().await {
+            for b in batches? {
+                let days = b.column(0).as_primitive::<Int32Type>();
+                let ids = b.column(1).as_string::<i32>();
+                let plays = b.column(2).as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    *per.entry((days.value(i), ids.value(i).to_string()))
+                        .or_insert(0) += plays.value(i);
+                }
+            }
+        }
+        write(store, &rel, daily_batch(per)).await?;
+        for (path, _) in &chain.files {
+            crate::compact::delete(store, path).await?;
+        }
+        tracing::info!(partition, files = chain.files.len(), into = %rel, "counts: aggregates merged");
+        merged += chain.files.len();
+    }
+    Ok(merged)
 }
 
 /// Events counted so far (the offsets the aggregate files hold).
