@@ -176,6 +176,35 @@ fn get_song(
     songs.get(id)?.map(|g| decode(id, g.value())).transpose()
 }
 
+/// A song without its lyrics' texts (the status kept): what listings show. Decoding skips the
+/// texts rather than allocating them.
+fn get_card(
+    songs: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Song>, Fail> {
+    #[derive(serde::Deserialize)]
+    struct Card {
+        stats: SongStats,
+        lyrics: Option<Status>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: LyricsStatus,
+    }
+    let Some(got) = songs.get(id)? else {
+        return Ok(None);
+    };
+    let card: Card = decode(id, got.value())?;
+    Ok(Some(Song {
+        stats: card.stats,
+        lyrics: card.lyrics.map(|l| Lyrics {
+            status: l.status,
+            plain: None,
+            synced: None,
+        }),
+    }))
+}
+
 /// Upserts `songs` in `tx`, keeping lyrics and every index in step.
 fn upsert_songs(tx: &WriteTransaction, songs: &[SongStats]) -> Result<(), Fail> {
     let mut docs = tx.open_table(SONGS)?;
@@ -328,7 +357,7 @@ impl Catalog for EmbeddedCatalog {
             let songs = db.begin_read()?.open_table(SONGS)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in &ids {
-                out.extend(get_song(&songs, id)?);
+                out.extend(get_card(&songs, id)?);
             }
             Ok(out)
         })
@@ -401,7 +430,7 @@ impl Catalog for EmbeddedCatalog {
             let songs = tx.open_table(SONGS)?;
             let mut matching = Vec::with_capacity(ids.len());
             for id in &ids {
-                if let Some(song) = get_song(&songs, id)? {
+                if let Some(song) = get_card(&songs, id)? {
                     matching.push(song);
                 }
             }
@@ -420,7 +449,7 @@ impl Catalog for EmbeddedCatalog {
             for entry in top.iter()?.take(limit) {
                 let (key, _) = entry?;
                 let (_, _, id) = key.value();
-                if let Some(song) = get_song(&songs, id)? {
+                if let Some(song) = get_card(&songs, id)? {
                     out.push(song);
                 }
             }

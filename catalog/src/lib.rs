@@ -239,7 +239,9 @@ pub trait Catalog: Send + Sync {
 
     async fn user(&self, id: &str) -> Result<Option<User>, CatalogError>;
 
-    /// The songs of `ids` that exist, in the order asked (one round trip, not one per id).
+    /// The songs of `ids` that exist, in the order asked (one round trip, not one per id),
+    /// without their lyrics' texts (`plain` and `synced` are `None`, the status is kept): what
+    /// listings show. [`Catalog::song`] has the texts.
     async fn songs(&self, ids: &[String]) -> Result<Vec<Song>, CatalogError>;
 
     /// The users of `ids` that exist, in the order asked (one round trip, not one per id).
@@ -252,7 +254,8 @@ pub trait Catalog: Send + Sync {
         limit: usize,
     ) -> Result<Vec<User>, CatalogError>;
 
-    /// Songs matching every word of `query` (see [`text`]), best first.
+    /// Songs matching every word of `query` (see [`text`]), best first, without their lyrics'
+    /// texts (as [`Catalog::songs`]).
     async fn search_songs(
         &self,
         query: &str,
@@ -260,7 +263,8 @@ pub trait Catalog: Send + Sync {
         skip: usize,
     ) -> Result<Page<Song>, CatalogError>;
 
-    /// The `limit` songs with the most plays in the last 7 days (ties: most plays, then id).
+    /// The `limit` songs with the most plays in the last 7 days (ties: most plays, then id),
+    /// without their lyrics' texts (as [`Catalog::songs`]).
     async fn top_songs(&self, limit: usize) -> Result<Vec<Song>, CatalogError>;
 
     /// Records songs' lyrics `(id, lyrics)`; returns how many of the songs exist (unknown ids

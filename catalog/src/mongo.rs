@@ -210,29 +210,42 @@ impl MongoCatalog {
         Ok(matched)
     }
 
+    /// Songs matching `filter`; without their lyrics' texts and search terms unless `texts`
+    /// (listings show neither, and they are most of a document's bytes).
     async fn find_songs(
         &self,
         filter: Document,
         sort: Document,
         limit: usize,
+        texts: bool,
     ) -> Result<Vec<Song>, CatalogError> {
-        let docs = self.find(&self.songs, filter, sort, limit).await?;
+        let projection = (!texts).then(|| {
+            doc! { "terms": 0, "lrclib_plain_lyrics": 0, "lrclib_synced_lyrics": 0 }
+        });
+        let docs = self
+            .find(&self.songs, filter, sort, limit, projection)
+            .await?;
         docs.iter().map(|d| self.song_from(d)).collect()
     }
 
-    /// The documents of `collection` matching `filter`, in `sort` order, at most `limit`.
+    /// The documents of `collection` matching `filter`, in `sort` order, at most `limit`, with
+    /// the fields `projection` selects (all when `None`).
     async fn find(
         &self,
         collection: &Collection<Document>,
         filter: Document,
         sort: Document,
         limit: usize,
+        projection: Option<Document>,
     ) -> Result<Vec<Document>, CatalogError> {
-        collection
+        let mut find = collection
             .find(filter)
             .sort(sort)
-            .limit(limit.min(i64::MAX as usize) as i64)
-            .await
+            .limit(limit.min(i64::MAX as usize) as i64);
+        if let Some(projection) = projection {
+            find = find.projection(projection);
+        }
+        find.await
             .map_err(|e| self.err(e))?
             .try_collect()
             .await
@@ -470,7 +483,12 @@ impl Catalog for MongoCatalog {
             return Ok(vec![]);
         }
         let found = self
-            .find_songs(doc! { "_id": { "$in": ids } }, doc! { "_id": 1 }, ids.len())
+            .find_songs(
+                doc! { "_id": { "$in": ids } },
+                doc! { "_id": 1 },
+                ids.len(),
+                false,
+            )
             .await?;
         let mut by_id: std::collections::HashMap<String, Song> =
             found.into_iter().map(|s| (s.stats.id.clone(), s)).collect();
@@ -487,6 +505,7 @@ impl Catalog for MongoCatalog {
                 doc! { "_id": { "$in": ids } },
                 doc! { "_id": 1 },
                 ids.len(),
+                None,
             )
             .await?;
         let mut by_id = std::collections::HashMap::new();
@@ -510,7 +529,7 @@ impl Catalog for MongoCatalog {
             None => doc! {},
         };
         let docs = self
-            .find(&self.users, filter, doc! { "_id": 1 }, limit)
+            .find(&self.users, filter, doc! { "_id": 1 }, limit, None)
             .await?;
         docs.iter().map(|d| self.user_from(d)).collect()
     }
@@ -527,6 +546,7 @@ impl Catalog for MongoCatalog {
                 doc! { "terms": { "$all": &words } },
                 doc! { "plays_cumulative": -1, "_id": 1 },
                 crate::text::MAX_CANDIDATES,
+                false,
             )
             .await?;
         cap_candidates(&mut matching);
@@ -541,6 +561,7 @@ impl Catalog for MongoCatalog {
             doc! {},
             doc! { "plays_7d": -1, "plays_cumulative": -1, "_id": 1 },
             limit,
+            false,
         )
         .await
     }
@@ -582,7 +603,8 @@ impl Catalog for MongoCatalog {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after });
         }
-        self.find_songs(filter, doc! { "_id": 1 }, limit).await
+        self.find_songs(filter, doc! { "_id": 1 }, limit, true)
+            .await
     }
 
     async fn stats(&self) -> Result<CatalogStats, CatalogError> {

@@ -19,7 +19,7 @@ use arrow::array::{
 use recsys_catalog::load::{UserVectors, checkpoint_key, load};
 use recsys_catalog::{
     Catalog, CatalogError, EmbeddedCatalog, LatentVector, Lyrics, LyricsStatus, MongoCatalog,
-    MongoOptions, SongStats, User, UserStats,
+    MongoOptions, Song, SongStats, User, UserStats,
 };
 use recsys_core::manifest::{EtlManifest, TableFiles};
 use recsys_core::schema::{song_schema, user_schema};
@@ -172,6 +172,14 @@ async fn upsert_is_idempotent(c: &dyn Catalog) {
     assert_eq!(s1.stats, again[0]);
     assert_eq!(s1.lyrics, Some(found("how does it feel")));
     assert_eq!(c.stats().await.unwrap().songs, 2);
+    // Listings carry the lyrics' status, not their texts.
+    let card = |s: Song| s.lyrics.map(|l| (l.status, l.plain, l.synced));
+    let listed = c.songs(&["s1".to_string()]).await.unwrap().pop().unwrap();
+    assert_eq!(listed.stats, again[0]);
+    assert_eq!(card(listed), Some((LyricsStatus::Found, None, None)));
+    let top = c.top_songs(10).await.unwrap();
+    let top = top.into_iter().find(|s| s.stats.id == "s1").unwrap();
+    assert_eq!(card(top), Some((LyricsStatus::Found, None, None)));
 
     // Users: statistics replaced, the vector kept unless a new one is given.
     let v1 = vec![0.25_f32, -1.5, 3.0e-7];
