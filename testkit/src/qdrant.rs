@@ -144,10 +144,16 @@ impl QdrantStandIn {
         runtime.spawn(async move {
             let served = async {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
+                // As Qdrant's own server does: without it, small replies wait for the client's
+                // delayed ACK (Nagle), tens of milliseconds each.
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |socket| socket.and_then(|s| s.set_nodelay(true).map(|()| s)),
+                );
                 tonic::transport::Server::builder()
                     .add_service(CollectionsServer::new(service.clone()))
                     .add_service(PointsServer::new(service))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .serve_with_incoming(incoming)
                     .await
                     .map_err(std::io::Error::other)
             };
