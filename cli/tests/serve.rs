@@ -2576,6 +2576,7 @@ fn serving_on_mongodb_qdrant_and_kafka() {
             Instant::now() < deadline,
             "Kafka never came back: {s} {body}"
         );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while count("listen") <= listens_before {
