@@ -5,7 +5,12 @@ listens (Parquet folder), written to Parquet, with the same definitions as `recs
 frequent spelling; per user plays, distinct tracks and artists, first/last seen, active days).
 Prints JSON timings.
 
-usage: duckdb_etl.py SORTED_DIR SCRATCH_DIR THREADS   (needs `pip install duckdb`)
+With EVENTS_DIR the plays come from the streamed events there instead (actions `listen` and
+`complete`; durations only when positive; songs with titles but no plays kept), as `recsys
+submit etl --source events` reads them; the titles still come from the sorted listens. `recsys
+bench etl` runs it without; docs/performance.md runs it with, beside `recsys submit etl`.
+
+usage: duckdb_etl.py SORTED_DIR SCRATCH_DIR THREADS [EVENTS_DIR]   (needs `pip install duckdb`)
 """
 import json
 import os
@@ -19,16 +24,25 @@ con = duckdb.connect()
 con.execute(f"SET threads = {threads}")
 con.execute("SET TimeZone = 'UTC'")
 src = f"read_parquet('{sorted_dir}/*.parquet')"
+if len(sys.argv) > 4:
+    plays = f"""(SELECT user_id, track_id, artist_id, ts,
+                       CASE WHEN total_duration_s > 0 THEN total_duration_s END AS total
+                FROM read_parquet('{sys.argv[4]}/**/*.parquet')
+                WHERE action IN ('listen', 'complete'))"""
+    duration, join = ", max(total) AS duration_s", "FULL JOIN"
+else:
+    plays, duration, join = src, "", "JOIN"
 
 t = time.perf_counter()
 con.execute(f"""
 COPY (
-  WITH anchor AS (SELECT max(ts) - INTERVAL 7 DAY AS since FROM {src}),
+  WITH anchor AS (SELECT max(ts) - INTERVAL 7 DAY AS since FROM {plays}),
   stats AS (
     SELECT track_id, count(*) AS plays,
            count(*) FILTER (WHERE ts >= (SELECT since FROM anchor)) AS plays_7d,
            count(DISTINCT user_id) AS listeners, min(ts) AS first_played, max(ts) AS last_played
-    FROM {src} GROUP BY track_id),
+           {duration}
+    FROM {plays} GROUP BY track_id),
   spellings AS (
     SELECT track_id, track_name, artist_name, artist_id, count(*) AS n
     FROM {src} GROUP BY ALL),
@@ -37,7 +51,7 @@ COPY (
            arg_max(track_name, n) AS track_name, arg_max(artist_name, n) AS artist_name,
            arg_max(artist_id, n) AS artist_id
     FROM spellings GROUP BY track_id)
-  SELECT * FROM stats JOIN names USING (track_id)
+  SELECT * FROM stats {join} names USING (track_id)
 ) TO '{scratch}/songs.parquet' (FORMAT parquet, COMPRESSION zstd)
 """)
 songs_s = time.perf_counter() - t
@@ -48,7 +62,7 @@ COPY (
   SELECT user_id, count(*) AS plays, count(DISTINCT track_id) AS distinct_tracks,
          count(DISTINCT artist_id) AS distinct_artists, min(ts) AS first_seen, max(ts) AS last_seen,
          count(DISTINCT date_trunc('day', ts)) AS active_days
-  FROM {src} GROUP BY user_id
+  FROM {plays} GROUP BY user_id
 ) TO '{scratch}/users.parquet' (FORMAT parquet, COMPRESSION zstd)
 """)
 users_s = time.perf_counter() - t
