@@ -21,7 +21,7 @@ use recsys_vectors::Payload;
 
 use crate::bench::{embedded_cluster, sorted_bench_lake};
 use crate::lyrics::ModelArgs;
-use crate::netns::{Host, Net, kill9};
+use crate::netns::{Host, Net, cpu_secs, kill9};
 use crate::submit::{clean, clean_input, sort};
 use crate::{ClusterArgs, LakeArgs};
 
@@ -68,22 +68,6 @@ impl ClusterBench {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// CPU seconds (user + system) process `pid` has used (`self`: this one), from `/proc`.
-fn cpu_secs(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may hold spaces) in parentheses.
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            // /proc reports in USER_HZ, 100 on Linux.
-            Some(ticks as f64 / 100.0)
-        })
-        .unwrap_or(0.0)
 }
 
 /// The scheduler and executors of one cluster on their own hosts.

@@ -164,3 +164,19 @@ pub fn kill9(pid: u32) {
     // `ip netns exec` execs the program, so the child's pid is the program's.
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
+
+/// CPU seconds (user + system) process `pid` has used (`self`: this one), from `/proc`.
+pub fn cpu_secs(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            // /proc reports in USER_HZ, 100 on Linux.
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}

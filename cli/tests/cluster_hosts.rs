@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use common::netns::{Host, Net, kill9};
+use common::netns::{Host, Net, cpu_secs, kill9};
 use common::{RECSYS, S3Server, assert_same_model, generate, small_config};
 use recsys_core::Store;
 use recsys_jobs::Cluster;
@@ -38,6 +38,22 @@ struct Hosts {
     pids: Vec<u32>,
     logs: tempfile::TempDir,
     net: Net,
+}
+
+/// The log filter of the cluster's processes: `RECSYS_TEST_CLUSTER_LOG` (e.g.
+/// `info,ballista_scheduler=debug` to follow a failure), `warn` by default.
+fn cluster_log() -> String {
+    std::env::var("RECSYS_TEST_CLUSTER_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// A failed test keeps its cluster's logs, and says where.
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = std::mem::replace(&mut self.logs, tempfile::tempdir().unwrap());
+            eprintln!("the cluster's logs are kept in {}", logs.keep().display());
+        }
+    }
 }
 
 impl Hosts {
@@ -82,7 +98,7 @@ impl Hosts {
                 RECSYS,
                 &scheduler_args("0.0.0.0", &self.scheduler.addr, SCHEDULER_PORT),
                 &[
-                    ("RECSYS_LOG", "warn".into()),
+                    ("RECSYS_LOG", cluster_log()),
                     // Its own lake, for SQL over the lake's tables (Flight SQL).
                     ("RECSYS_OBJECT_STORE", "s3://lake/cluster".into()),
                     ("RECSYS_S3_ENDPOINT", self.s3.endpoint.clone()),
@@ -114,7 +130,7 @@ impl Hosts {
         std::fs::create_dir_all(&work).unwrap();
         let options = &self.s3.options;
         let mut env = vec![
-            ("RECSYS_LOG", "warn".to_string()),
+            ("RECSYS_LOG", cluster_log()),
             ("AWS_ACCESS_KEY_ID", options.access_key_id.clone().unwrap()),
             (
                 "AWS_SECRET_ACCESS_KEY",
@@ -529,13 +545,17 @@ async fn separate_hosts_produce_what_the_embedded_cluster_produces() {
 }
 
 /// Runs `job` on `cluster` and calls `disrupt` once the scheduler reports the `nth` (from 1)
-/// Ballista job the step submits as running. Returns the job's output and how long it took.
+/// Ballista job the step submits as running and, when `busy` names a process, that process is
+/// working for it (using CPU: an idle executor uses next to none), so that the disruption
+/// takes work of the job with it. Returns the job's output and how long it took.
 async fn disrupt_during<T>(
     cluster: &Cluster,
     nth: usize,
+    busy: Option<u32>,
     job: impl std::future::Future<Output = T>,
     disrupt: impl FnOnce(),
 ) -> (T, Duration) {
+    const POLL: Duration = Duration::from_millis(50);
     let started = Instant::now();
     let known: Vec<String> = cluster
         .jobs()
@@ -544,8 +564,11 @@ async fn disrupt_during<T>(
         .into_iter()
         .map(|j| j.job_id)
         .collect();
+    let cpu = || busy.map_or(0.0, |pid| cpu_secs(&pid.to_string()));
     let watcher = async {
+        let mut used = cpu();
         loop {
+            tokio::time::sleep(POLL).await;
             let new: Vec<_> = cluster
                 .jobs()
                 .await
@@ -553,15 +576,20 @@ async fn disrupt_during<T>(
                 .into_iter()
                 .filter(|j| !known.contains(&j.job_id))
                 .collect();
-            if new.len() >= nth && new.iter().any(|j| j.status == "Running") {
+            let now = cpu();
+            // CPU used within the last 50 ms poll (the kernel counts in 10 ms ticks; an idle
+            // executor uses a tick every few seconds, for its heartbeat).
+            let working = busy.is_none() || now > used;
+            used = now;
+            if new.len() >= nth && new.iter().any(|j| j.status == "Running") && working {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     tokio::pin!(job);
     let output = tokio::select! {
-        _ = &mut job => panic!("the step ended before its job {nth} was seen running"),
+        _ = &mut job => panic!("the step ended before its job {nth} was seen running{}",
+            if busy.is_some() { " on the process to disrupt" } else { "" }),
         _ = watcher => {
             disrupt();
             job.await
@@ -608,17 +636,25 @@ async fn jobs_survive_the_loss_of_an_executor() {
             .unwrap();
         let mut took = Vec::new();
         let victim = hosts.pids[0];
-        let (cleaned, t) = disrupt_during(&remote, 1, run_clean(&remote, &input, &lake_b), || {
-            kill9(victim)
-        })
+        let (cleaned, t) = disrupt_during(
+            &remote,
+            1,
+            Some(victim),
+            run_clean(&remote, &input, &lake_b),
+            || kill9(victim),
+        )
         .await;
         cleaned.unwrap();
         took.push(("clean, kill -9", t));
         hosts.replace_executor(0).await;
 
-        let (sorted, t) = disrupt_during(&remote, 1, run_sort(&remote, &lake_b, Some(5)), || {
-            hosts.net.link(&hosts.executors[1], false).unwrap()
-        })
+        let (sorted, t) = disrupt_during(
+            &remote,
+            1,
+            Some(hosts.pids[1]),
+            run_sort(&remote, &lake_b, Some(5)),
+            || hosts.net.link(&hosts.executors[1], false).unwrap(),
+        )
         .await;
         sorted.unwrap();
         took.push(("sort, link down", t));
@@ -629,15 +665,21 @@ async fn jobs_survive_the_loss_of_an_executor() {
             .unwrap();
         // The 4th job is past the ratings' preparation: in the iterations.
         let victim = hosts.pids[2];
-        let (model_b, t) =
-            disrupt_during(&remote, 4, als(&remote, &lake_b), || kill9(victim)).await;
+        let (model_b, t) = disrupt_during(&remote, 4, Some(victim), als(&remote, &lake_b), || {
+            kill9(victim)
+        })
+        .await;
         took.push(("ALS, kill -9", t));
         hosts.replace_executor(2).await;
         write_shards(&lake_b).await;
         let victim = hosts.pids[0];
-        let ((), t) = disrupt_during(&remote, 1, embed(&remote, &lake_b, &shards), || {
-            kill9(victim)
-        })
+        let ((), t) = disrupt_during(
+            &remote,
+            1,
+            Some(victim),
+            embed(&remote, &lake_b, &shards),
+            || kill9(victim),
+        )
         .await;
         took.push(("embedding, kill -9", t));
 
@@ -686,6 +728,7 @@ async fn a_scheduler_restart_fails_the_job_clearly_and_a_retry_resumes_it() {
         let (failed, _) = disrupt_during(
             &remote,
             4,
+            None,
             async {
                 let params = AlsParams {
                     rank: 8,
@@ -707,7 +750,7 @@ async fn a_scheduler_restart_fails_the_job_clearly_and_a_retry_resumes_it() {
 
         // With retries, the failed job is submitted again and the training goes on from there.
         let retrying = hosts.cluster().await.with_retries(3);
-        let (model_b, _) = disrupt_during(&retrying, 4, als(&retrying, &lake), || {
+        let (model_b, _) = disrupt_during(&retrying, 4, None, als(&retrying, &lake), || {
             kill9(hosts.scheduler_pid);
             // Its port is free once the process is gone.
             std::thread::sleep(Duration::from_millis(500));

@@ -2380,6 +2380,105 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
     );
 }
 
+/// How many runs of each job the orchestrator's log (`RECSYS_LOG=info`) reports as ended.
+fn job_runs(log: &Path) -> HashMap<String, usize> {
+    let mut runs = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        // `run_recorded` ends every run, ok or failed, with the job's name and its time.
+        let Some(job) = line.split("job=\"").nth(1) else {
+            continue;
+        };
+        if line.contains(" elapsed=") {
+            let name = job.split('"').next().unwrap_or_default().to_string();
+            *runs.entry(name).or_default() += 1;
+        }
+    }
+    runs
+}
+
+/// Waits until every job has ended `n` runs in `log` (or fails after `secs`).
+fn wait_for_runs(log: &Path, jobs: &[&str], n: usize, secs: u64) -> HashMap<String, usize> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let runs = job_runs(log);
+        if jobs.iter().all(|j| runs.get(*j).copied().unwrap_or(0) >= n) {
+            return runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every job ran {n} times in {secs} s: {runs:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The orchestrator's own wall clock jumps two days ahead while it runs (libfaketime, its
+/// offset changed through a file; the monotonic clock its sleeps use stays real): every job,
+/// the 10-minute ones and the daily ones alike, catches up with one run, not one per interval
+/// or day it missed, and the interval jobs then wait a whole interval again.
+#[test]
+fn a_wall_clock_jump_is_caught_up_once_per_job() {
+    let faketime = std::env::var("RECSYS_TEST_FAKETIME").expect(
+        "RECSYS_TEST_FAKETIME names Debian's libfaketimeMT.so.1: run the tests with \
+         scripts/test, which installs it",
+    );
+    let copy = replayed_lake();
+    let lake = copy.path().to_path_buf();
+    let clock = lake.join("faketime-offset");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let log = lake.join("orchestrate.log");
+    let mut orchestrator = Killed(
+        std::process::Command::new(RECSYS)
+            .arg("--data-dir")
+            .arg(&lake)
+            .args(["orchestrate", "--jitter", "0"])
+            .args(["--counts-every-s", "600", "--supervise-every-s", "600"])
+            .args(["--retrain-max-ndcg-drop", "1"])
+            .env("RECSYS_LOG", "info,ballista=warn,datafusion=warn")
+            .env("LD_PRELOAD", &faketime)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("DONT_FAKE_MONOTONIC", "1")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let jobs = [
+        "counts",
+        "window-roll",
+        "compact",
+        "retrain",
+        "enrich",
+        "supervise",
+    ];
+    // At start: the interval jobs run, and so do the daily ones (never run on this lake).
+    let first = wait_for_runs(&log, &jobs, 1, 300);
+    assert!(jobs.iter().all(|j| first[*j] == 1), "{first:?}");
+    // Nothing more is due for 10 minutes...
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(job_runs(&log), first, "a job ran again before it was due");
+
+    // ...until the clock skips two days: 288 missed intervals of the 10-minute jobs, two of
+    // every daily one. One run each.
+    std::fs::write(&clock, "+2d\n").unwrap();
+    let second = wait_for_runs(&log, &jobs, 2, 300);
+    // The loop looks at the clock every second: a few seconds more would show a second
+    // catch-up run.
+    std::thread::sleep(Duration::from_secs(5));
+    let after = job_runs(&log);
+    assert_eq!(after, second, "a job ran again after catching up");
+    assert!(jobs.iter().all(|j| after[*j] == 2), "{after:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(" ERROR "), "a job failed:\n{text}");
+
+    unsafe { libc::kill(orchestrator.0.id() as i32, libc::SIGTERM) };
+    assert!(
+        wait_for(&mut orchestrator.0, 60).success(),
+        "SIGTERM stops it cleanly"
+    );
+}
+
 /// Kills a child process on drop (a failing test leaves no server behind).
 struct Killed(std::process::Child);
 

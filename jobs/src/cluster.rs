@@ -65,6 +65,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const HEARTBEAT_S: u64 = 2;
 pub const EXECUTOR_TIMEOUT_S: u64 = 10;
 pub const EXPIRE_CHECK_S: u64 = 2;
+/// The embedded scheduler's executor timeout: ten years, i.e. never (see `start_embedded`).
+const EMBEDDED_EXECUTOR_TIMEOUT_S: u64 = 10 * 365 * 86_400;
 
 /// A connection to a Ballista scheduler, plus the local session that plans jobs for it.
 pub struct Cluster {
@@ -82,6 +84,9 @@ pub struct Cluster {
     retries: usize,
     /// Jobs run so far, for their names (`<session>-<n>`) on the scheduler.
     jobs_run: std::sync::atomic::AtomicU64,
+    /// The embedded cluster's stop: why its scheduler or executor stopped, once one has (its
+    /// jobs fail then instead of waiting for tasks nobody runs). `None` for a remote cluster.
+    embedded_stopped: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Cluster {
@@ -110,8 +115,10 @@ impl Cluster {
         let mut attempt = 1;
         loop {
             match start_embedded(s3, vcores).await {
-                Ok(url) => {
-                    return Ok(Cluster::new(url, EMBEDDED.into(), s3, vcores, true));
+                Ok((url, stopped)) => {
+                    let mut cluster = Cluster::new(url, EMBEDDED.into(), s3, vcores, true);
+                    cluster.embedded_stopped = Some(stopped);
+                    return Ok(cluster);
                 }
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "the embedded cluster did not start; trying fresh ports");
@@ -194,6 +201,7 @@ impl Cluster {
             shares_folders,
             retries: 0,
             jobs_run: Default::default(),
+            embedded_stopped: None,
         }
     }
 
@@ -325,9 +333,16 @@ impl Cluster {
             .await?;
             Ok(datafusion::physical_plan::common::collect(stream).await?)
         };
-        if self.display_url == EMBEDDED {
-            // Nothing of an in-process cluster can be lost.
-            return job.await;
+        if let Some(stopped) = &self.embedded_stopped {
+            // Nothing of an in-process cluster is lost while it runs; if it stops, it is gone.
+            let mut stopped = stopped.clone();
+            return tokio::select! {
+                done = job => done,
+                why = stopped.wait_for(Option::is_some) => Err(JobError::Cluster(format!(
+                    "the embedded cluster stopped during the job: {}",
+                    why.ok().and_then(|w| w.clone()).unwrap_or_else(|| "its runtime ended".into())
+                ))),
+            };
         }
         tokio::select! {
             done = job => done,
@@ -557,7 +572,12 @@ async fn registered_slots(grpc_url: &str, shown: &str) -> Result<usize, JobError
 /// Starts an embedded scheduler and executor on free loopback ports; returns the scheduler's
 /// gRPC URL once the executor has registered. Either task stopping (a port taken meanwhile)
 /// ends the wait at once with its error, and stops the other task.
-async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobError> {
+/// Starts the embedded scheduler and executor; their URL and a channel that says why, once
+/// one of them stopped.
+async fn start_embedded(
+    s3: &S3Options,
+    vcores: usize,
+) -> Result<(String, tokio::sync::watch::Receiver<Option<String>>), JobError> {
     use ballista_core::config::TaskSchedulingPolicy::PushStaged;
     use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
     use ballista_scheduler::config::SchedulerConfig;
@@ -568,7 +588,10 @@ async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobErro
     scheduler.bind_host = "127.0.0.1".into();
     scheduler.external_host = "127.0.0.1".into();
     scheduler.bind_port = scheduler_port;
-    scheduler.executor_timeout_seconds = EXECUTOR_TIMEOUT_S;
+    // An executor in this process cannot be lost, but Ballista judges liveness by wall-clock
+    // heartbeat times: a clock that jumps ahead (an NTP step, a laptop waking from sleep) would
+    // expire it and stop it for good. So it never times out.
+    scheduler.executor_timeout_seconds = EMBEDDED_EXECUTOR_TIMEOUT_S;
     scheduler.expire_dead_executor_interval_seconds = EXPIRE_CHECK_S;
     scheduler.no_executors_grace_period_seconds = EXECUTOR_TIMEOUT_S;
     crate::registry::configure_scheduler(&mut scheduler, s3, None);
@@ -586,10 +609,15 @@ async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobErro
     }
 
     let work = tempfile::tempdir().map_err(io)?;
+    // The shuffle (Flight) port is bound here, before the executor starts: Ballista binds it
+    // only after registering, and a port picked free a moment before can be taken by then
+    // (an outgoing connection's), which stops the executor after it registered.
+    let flight = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let flight_port = flight.local_addr().map_err(io)?.port();
     let mut executor = ExecutorProcessConfig {
         bind_host: "127.0.0.1".into(),
         external_host: Some("127.0.0.1".into()),
-        port: free_port().map_err(io)?,
+        port: flight_port,
         grpc_port: free_port().map_err(io)?,
         scheduler_host: "127.0.0.1".into(),
         scheduler_port,
@@ -601,6 +629,11 @@ async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobErro
         ..ExecutorProcessConfig::default()
     };
     crate::registry::configure_executor(&mut executor, s3)?;
+    executor.override_arrow_flight_service = Some(flight_service(
+        flight,
+        executor.grpc_max_encoding_message_size as usize,
+        executor.grpc_max_decoding_message_size as usize,
+    ));
     let health = executor.health.clone();
     let mut executor_task = AbortOnDrop(tokio::spawn(async move {
         let _work = work;
@@ -620,10 +653,49 @@ async fn start_embedded(s3: &S3Options, vcores: usize) -> Result<String, JobErro
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Both run for the rest of the process.
-    std::mem::forget(scheduler_task);
-    std::mem::forget(executor_task);
-    Ok(url)
+    // Both run for the rest of the process; if one stops, the cluster's jobs hear why.
+    let (stop, stopped) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            r = &mut scheduler_task.0 => format!("its scheduler: {}", why_stopped(r)),
+            r = &mut executor_task.0 => format!("its executor: {}", why_stopped(r)),
+        };
+        let _ = stop.send(Some(why));
+    });
+    Ok((url, stopped))
+}
+
+/// The embedded executor's Flight service (shuffle reads) on `listener`, already bound, with
+/// what Ballista's own would do otherwise.
+fn flight_service(
+    listener: std::net::TcpListener,
+    max_encoding: usize,
+    max_decoding: usize,
+) -> Arc<ballista_executor::ArrowFlightServerProvider> {
+    use arrow_flight::flight_service_server::FlightServiceServer;
+    use ballista_core::error::BallistaError;
+    use ballista_executor::flight_service::BallistaFlightService;
+    let listener = std::sync::Mutex::new(Some(listener));
+    Arc::new(move |work_dir, _address, mut shutdown, grpc| {
+        let listener = listener.lock().ok().and_then(|mut l| l.take());
+        tokio::spawn(async move {
+            let listener = listener
+                .ok_or_else(|| BallistaError::General("the Flight service started twice".into()))?;
+            listener.set_nonblocking(true)?;
+            let incoming = tonic::transport::server::TcpIncoming::from(
+                tokio::net::TcpListener::from_std(listener)?,
+            );
+            ballista_core::utils::create_grpc_server(&grpc)
+                .add_service(
+                    FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                        .max_decoding_message_size(max_decoding)
+                        .max_encoding_message_size(max_encoding),
+                )
+                .serve_with_incoming_shutdown(incoming, shutdown.recv())
+                .await
+                .map_err(BallistaError::TonicError)
+        })
+    })
 }
 
 /// A task that is stopped when the handle is dropped (a failed start leaves nothing running).
@@ -642,16 +714,22 @@ fn stopped(what: &str, error: impl std::fmt::Display) -> String {
     error.to_string()
 }
 
-fn stopped_early(
-    what: &str,
-    result: Result<Result<(), String>, tokio::task::JoinError>,
-) -> JobError {
-    let why = match result {
+fn stopped_early(what: &str, result: EmbeddedEnd) -> JobError {
+    JobError::Cluster(format!(
+        "the embedded {what} stopped while starting: {}",
+        why_stopped(result)
+    ))
+}
+
+/// How an embedded scheduler's or executor's task ended.
+type EmbeddedEnd = Result<Result<(), String>, tokio::task::JoinError>;
+
+fn why_stopped(result: EmbeddedEnd) -> String {
+    match result {
         Ok(Ok(())) => "stopped".to_string(),
         Ok(Err(e)) => e,
         Err(e) => e.to_string(),
-    };
-    JobError::Cluster(format!("the embedded {what} stopped while starting: {why}"))
+    }
 }
 
 async fn connect(
