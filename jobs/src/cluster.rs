@@ -352,10 +352,11 @@ impl Cluster {
 
     /// Returns (after cancelling it) when job `name` is stalled: still running, none of its
     /// tasks running and nothing changed for [`STALL_S`] seconds when some failed with a lost
-    /// executor ([`QUEUED_STALL_S`] when none did). Ballista 55 can leave a job so after an
-    /// executor loss (tasks marked `ResultLost` never scheduled again, or a later job's tasks
-    /// never given the slots), and its client would wait forever; a stalled job fails instead,
-    /// and [`Cluster::run`] submits it again when retries are allowed.
+    /// executor ([`QUEUED_STALL_S`] when none did). Ballista 55 left jobs so after an executor
+    /// loss (the slots of cancelled tasks never given back; our scheduler is built with that
+    /// fixed, see `vendor/README.md`), and a client would wait forever: a safety net for what
+    /// else may do it. A stalled job fails instead, and [`Cluster::run`] submits it again when
+    /// retries are allowed.
     async fn watch(&self, name: &str) -> JobError {
         let mut seen: Option<(String, Vec<String>)> = None;
         let mut since = std::time::Instant::now();
