@@ -8,7 +8,7 @@ Prints JSON timings.
 With EVENTS_DIR the plays come from the streamed events there instead (actions `listen` and
 `complete`; durations only when positive; songs with titles but no plays kept), as `recsys
 submit etl --source events` reads them; the titles still come from the sorted listens. `recsys
-bench etl` runs it without; docs/performance.md runs it with, beside `recsys submit etl`.
+bench etl` runs it without; `recsys bench orchestrate` with, before and after compaction.
 
 usage: duckdb_etl.py SORTED_DIR SCRATCH_DIR THREADS [EVENTS_DIR]   (needs `pip install duckdb`)
 """

@@ -3,7 +3,9 @@
 //! hard-linked into a scratch lake, so the lake itself is not touched. Measured there:
 //! * the counts job over every event (aggregation, then the totals): seconds and peak memory;
 //! * the ETL and the ALS preparation over events/ as the sink wrote it, then compaction, then the
-//!   same two jobs over the compacted layout, with the speed-up.
+//!   same two jobs over the compacted layout, with the speed-up; DuckDB computing the same
+//!   tables from the same events (`benches/duckdb_etl.py` with the events folder) beside the
+//!   ETL, before and after.
 
 use std::path::Path;
 use std::time::Instant;
@@ -19,6 +21,7 @@ use recsys_jobs::source::ListenSource;
 
 use crate::LakeArgs;
 use crate::bench::{embedded_cluster, peak_memory_mb, reset_peak_memory};
+use crate::peers::{Peer, PeerPython, print_comparison};
 
 #[derive(Debug, Args)]
 pub struct OrchestrateBench {
@@ -28,6 +31,11 @@ pub struct OrchestrateBench {
     /// Compact by month (the layout of replayed history, a file a day) rather than by day.
     #[arg(long, env = "RECSYS_BENCH_COMPACT_MONTH")]
     pub month: bool,
+    /// Leave DuckDB (the ETL's peer over the same events) out.
+    #[arg(long, env = "RECSYS_BENCH_NO_DUCKDB")]
+    pub no_duckdb: bool,
+    #[command(flatten)]
+    pub python: PeerPython,
 }
 
 /// Counts job target over 1 M new events on this 2-core machine.
@@ -49,6 +57,24 @@ fn link_tree(from: &Path, to: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+impl OrchestrateBench {
+    /// DuckDB's run of the ETL over `lake`'s events (`None` when left out).
+    fn duckdb_etl(&self, lake: &Path, threads: usize) -> Result<Option<serde_json::Value>> {
+        if self.no_duckdb {
+            return Ok(None);
+        }
+        let out = tempfile::tempdir()?;
+        let args = [
+            lake.join(SORTED_DIR),
+            out.path().to_path_buf(),
+            threads.to_string().into(),
+            lake.join(EVENTS_DIR),
+        ];
+        let args: Vec<String> = args.iter().map(|a| a.display().to_string()).collect();
+        Ok(Some(self.python.run(Peer::DuckDb, "duckdb_etl.py", &args)?))
+    }
 }
 
 /// (ETL seconds, ALS preparation seconds, plays the ETL counted), the second of two runs.
@@ -111,6 +137,7 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateBench) -> Result<()> {
 
     let cluster = embedded_cluster(lake_args).await?;
     let (etl_before, prep_before, plays_before) = jobs(&cluster, &lake).await?;
+    let duckdb_before = args.duckdb_etl(scratch.path(), cluster.parallelism())?;
     let t = Instant::now();
     let options = CompactOptions {
         closed_before: None,
@@ -132,6 +159,7 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateBench) -> Result<()> {
         options.period, done.replaced, done.written, done.events
     );
     let (etl_after, prep_after, plays_after) = jobs(&cluster, &lake).await?;
+    let duckdb_after = args.duckdb_etl(scratch.path(), cluster.parallelism())?;
     if plays_after != plays_before {
         bail!("the ETL counted {plays_before} plays before compaction and {plays_after} after");
     }
@@ -143,6 +171,13 @@ pub async fn run(lake_args: &LakeArgs, args: OrchestrateBench) -> Result<()> {
         "als preparation over events: {prep_before:.2} s, then {prep_after:.2} s ({:.2}x)",
         prep_before / prep_after
     );
+    if let (Some(before), Some(after)) = (duckdb_before, duckdb_after) {
+        let keys: &[&str] = &["songs_s", "users_s"];
+        println!("etl over events as the sink wrote them ({files} files):");
+        print_comparison(&[("etl", etl_before, keys)], &[before])?;
+        println!("etl over compacted events ({after_files} files):");
+        print_comparison(&[("etl", etl_after, keys)], &[after])?;
+    }
     println!("  on {}", cluster.describe());
     Ok(())
 }
