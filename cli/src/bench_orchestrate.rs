@@ -73,7 +73,11 @@ impl OrchestrateBench {
             lake.join(EVENTS_DIR),
         ];
         let args: Vec<String> = args.iter().map(|a| a.display().to_string()).collect();
-        Ok(Some(self.python.run(Peer::DuckDb, "duckdb_etl.py", &args)?))
+        Ok(Some(self.python.run(
+            Peer::DuckDb,
+            "duckdb_etl.py",
+            &args,
+        )?))
     }
 }
 

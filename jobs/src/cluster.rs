@@ -592,9 +592,10 @@ async fn start_embedded(
     // An executor in this process cannot be lost, but Ballista judges liveness by wall-clock
     // heartbeat times: a clock that jumps ahead (an NTP step, a laptop waking from sleep) would
     // expire it and stop it for good. So it never times out.
+    // Nor do its jobs give up on it (if it stops, `Cluster::run_once` hears why and fails them).
     scheduler.executor_timeout_seconds = EMBEDDED_EXECUTOR_TIMEOUT_S;
     scheduler.expire_dead_executor_interval_seconds = EXPIRE_CHECK_S;
-    scheduler.no_executors_grace_period_seconds = EXECUTOR_TIMEOUT_S;
+    scheduler.no_executors_grace_period_seconds = EMBEDDED_EXECUTOR_TIMEOUT_S;
     crate::registry::configure_scheduler(&mut scheduler, s3, None);
     let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&scheduler).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], scheduler_port));
