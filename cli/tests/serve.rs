@@ -2444,14 +2444,7 @@ fn a_wall_clock_jump_is_caught_up_once_per_job() {
             .spawn()
             .unwrap(),
     );
-    let jobs = [
-        "counts",
-        "window-roll",
-        "compact",
-        "retrain",
-        "enrich",
-        "supervise",
-    ];
+    let jobs = recsys_catalog::jobs::JOBS;
     // At start: the interval jobs run, and so do the daily ones (never run on this lake).
     let first = wait_for_runs(&log, &jobs, 1, 300);
     assert!(jobs.iter().all(|j| first[*j] == 1), "{first:?}");
