@@ -571,10 +571,9 @@ async fn registered_slots(grpc_url: &str, shown: &str) -> Result<usize, JobError
 }
 
 /// Starts an embedded scheduler and executor on free loopback ports; returns the scheduler's
-/// gRPC URL once the executor has registered. Either task stopping (a port taken meanwhile)
-/// ends the wait at once with its error, and stops the other task.
-/// Starts the embedded scheduler and executor; their URL and a channel that says why, once
-/// one of them stopped.
+/// gRPC URL once the executor has registered, and a channel that says why once one of them
+/// stopped. Either task stopping while starting (a port taken meanwhile) ends the wait at once
+/// with its error, and stops the other task.
 async fn start_embedded(
     s3: &S3Options,
     vcores: usize,
