@@ -67,12 +67,11 @@ impl OrchestrateBench {
         }
         let out = tempfile::tempdir()?;
         let args = [
-            lake.join(SORTED_DIR),
-            out.path().to_path_buf(),
-            threads.to_string().into(),
-            lake.join(EVENTS_DIR),
+            lake.join(SORTED_DIR).display().to_string(),
+            out.path().display().to_string(),
+            threads.to_string(),
+            lake.join(EVENTS_DIR).display().to_string(),
         ];
-        let args: Vec<String> = args.iter().map(|a| a.display().to_string()).collect();
         Ok(Some(self.python.run(
             Peer::DuckDb,
             "duckdb_etl.py",
