@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use ballista_core::config::BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK;
+use ballista_core::config::{
+    BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK, BALLISTA_SHUFFLE_COMPRESSION_CODEC,
+};
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
@@ -117,6 +119,12 @@ impl Cluster {
             match start_embedded(s3, vcores).await {
                 Ok((url, stopped)) => {
                     let mut cluster = Cluster::new(url, EMBEDDED.into(), s3, vcores, true);
+                    // Shuffles stay on this machine's disk (its page cache, mostly): compressing
+                    // them (lz4 by default) saves no transfer. Measured on the ETL at 4 M events:
+                    // 2.15–2.45 s without, 2.25–2.65 s with.
+                    cluster.config = cluster
+                        .config
+                        .set_str(BALLISTA_SHUFFLE_COMPRESSION_CODEC, "none");
                     cluster.embedded_stopped = Some(stopped);
                     return Ok(cluster);
                 }

@@ -15,6 +15,10 @@ use crate::als::evaluate::{AlsEvalExec, EvalSpec};
 use crate::als::solve::{AlsSolveExec, SolveSpec};
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
 use crate::embed::{EmbedExec, EmbedSpec};
+use crate::etl::{
+    CatalogWrite, CatalogWriteExec, PlayFold, PlayFoldExec, SpellFold, SpellFoldExec, UserMerge,
+    UserMergeExec,
+};
 use crate::sort::{MergeRangeExec, MergeRangeSpec};
 use crate::write::{ParquetWriterExec, WriteSpec};
 
@@ -29,6 +33,10 @@ enum Node {
     MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
     Embed(EmbedSpec),
+    EtlPlayFold(PlayFold),
+    EtlSpellFold(SpellFold),
+    EtlUserMerge(UserMerge),
+    EtlCatalogWrite(CatalogWrite),
 }
 
 #[derive(Debug)]
@@ -71,6 +79,12 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
                 spec,
             )?),
             Node::Embed(spec) => Arc::new(EmbedExec::new(input("EmbedExec")?, spec)),
+            Node::EtlPlayFold(spec) => Arc::new(PlayFoldExec::new(input("EtlPlayFold")?, spec)),
+            Node::EtlSpellFold(spec) => Arc::new(SpellFoldExec::new(input("EtlSpellFold")?, spec)),
+            Node::EtlUserMerge(spec) => Arc::new(UserMergeExec::new(input("EtlUserMerge")?, spec)),
+            Node::EtlCatalogWrite(spec) => {
+                Arc::new(CatalogWriteExec::new(input("EtlCatalogWrite")?, spec))
+            }
         })
     }
 
@@ -93,6 +107,14 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::ParquetWriter(writer.spec().clone())
         } else if let Some(embed) = any.downcast_ref::<EmbedExec>() {
             Node::Embed(embed.spec().clone())
+        } else if let Some(fold) = any.downcast_ref::<PlayFoldExec>() {
+            Node::EtlPlayFold(fold.spec().clone())
+        } else if let Some(fold) = any.downcast_ref::<SpellFoldExec>() {
+            Node::EtlSpellFold(fold.spec().clone())
+        } else if let Some(merge) = any.downcast_ref::<UserMergeExec>() {
+            Node::EtlUserMerge(merge.spec().clone())
+        } else if let Some(write) = any.downcast_ref::<CatalogWriteExec>() {
+            Node::EtlCatalogWrite(write.spec().clone())
         } else {
             return self.inner.try_encode(node, buf, proto_converter);
         };

@@ -16,6 +16,7 @@ use datafusion::execution::SessionState;
 use datafusion::functions::expr_fn::to_char;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
+use object_store::ObjectMeta;
 use recsys_core::Store;
 use recsys_core::event_files;
 use recsys_core::schema::{EVENTS_DIR, SORTED_DIR, col};
@@ -73,9 +74,9 @@ impl ListenSource {
     }
 }
 
-/// The URLs of the event files that hold `lake`'s events: every Parquet file under `events/`
-/// but those a compacted file covers (see [`recsys_core::event_files`]), in name order.
-pub async fn event_file_urls(lake: &Store) -> Result<Vec<String>, JobError> {
+/// The event files that hold `lake`'s events: every Parquet file under `events/` but those a
+/// compacted file covers (see [`recsys_core::event_files`]), in name order.
+pub async fn event_files(lake: &Store) -> Result<Vec<ObjectMeta>, JobError> {
     let objects = crate::lake::list(lake.object_store().as_ref(), &lake.path(EVENTS_DIR)).await?;
     let mut by_topic: BTreeMap<String, Vec<(usize, event_files::FileRange)>> = BTreeMap::new();
     let mut keep = vec![true; objects.len()];
@@ -98,20 +99,32 @@ pub async fn event_file_urls(lake: &Store) -> Result<Vec<String>, JobError> {
         }
     }
     Ok(objects
-        .iter()
+        .into_iter()
         .zip(keep)
         .filter(|(_, keep)| *keep)
-        .map(|(o, _)| lake.url(&lake.relative(o.location.as_ref())))
+        .map(|(o, _)| o)
         .collect())
 }
 
-/// The streamed events as a table: the files of [`event_file_urls`], with their UTC `date` (the
+/// The sorted listens' Parquet files, in name order.
+pub async fn sorted_files(lake: &Store) -> Result<Vec<ObjectMeta>, JobError> {
+    let mut objects =
+        crate::lake::list(lake.object_store().as_ref(), &lake.path(SORTED_DIR)).await?;
+    objects.retain(|o| o.location.as_ref().ends_with(".parquet"));
+    Ok(objects)
+}
+
+/// The streamed events as a table: the files of [`event_files`], with their UTC `date` (the
 /// folder they sit in) as a column.
 pub async fn events_table(
     state: &SessionState,
     lake: &Store,
 ) -> Result<Arc<dyn TableProvider>, JobError> {
-    let urls = event_file_urls(lake).await?;
+    let urls: Vec<String> = event_files(lake)
+        .await?
+        .iter()
+        .map(|o| lake.url(&lake.relative(o.location.as_ref())))
+        .collect();
     if urls.is_empty() {
         return Err(JobError::NoInput(format!(
             "no event files in {}",

@@ -4,12 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, Int64Array, StringArray, StringBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, StringArray, StringBuilder};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, UInt32Type};
-use datafusion::common::{ScalarValue, exec_err, plan_err};
+use datafusion::common::plan_err;
 use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -30,17 +28,8 @@ pub struct ArtistIdUdf {
     signature: Signature,
 }
 
-/// `recsys_bucket(text, n)`: a stable bucket in `0..n` for a string (FNV-1a 64 of its bytes,
-/// modulo `n`), the same on every process and every run: jobs use it to spread rows over a fixed
-/// set of output files.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct BucketUdf {
-    signature: Signature,
-}
-
 pub const TRACK_ID: &str = "recsys_track_id";
 pub const ARTIST_ID: &str = "recsys_artist_id";
-pub const BUCKET: &str = "recsys_bucket";
 
 /// Every project UDF, in one list for the registry.
 pub fn all() -> Vec<Arc<ScalarUDF>> {
@@ -51,12 +40,6 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
         })),
         Arc::new(ScalarUDF::from(ArtistIdUdf {
             signature: Signature::any(2, Volatility::Immutable),
-        })),
-        Arc::new(ScalarUDF::from(BucketUdf {
-            signature: Signature::exact(
-                vec![DataType::Utf8, DataType::Int64],
-                Volatility::Immutable,
-            ),
         })),
     ]
 }
@@ -224,44 +207,10 @@ impl ScalarUDFImpl for ArtistIdUdf {
     }
 }
 
-/// FNV-1a, 64 bits: tiny, stable across versions and platforms (unlike std's hashers).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-impl ScalarUDFImpl for BucketUdf {
-    fn name(&self) -> &str {
-        BUCKET
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Int64)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let ColumnarValue::Scalar(ScalarValue::Int64(Some(n))) = args.args[1] else {
-            return exec_err!("{BUCKET}: the bucket count must be a constant");
-        };
-        if n < 1 {
-            return exec_err!("{BUCKET}: the bucket count must be at least 1, got {n}");
-        }
-        let values = args.args[0].to_array(args.number_rows)?;
-        let text = values.as_string::<i32>();
-        let out: Int64Array = text
-            .iter()
-            .map(|v| v.map(|v| (fnv1a(v.as_bytes()) % n as u64) as i64))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{Field, Int64Type};
+    use arrow::datatypes::Field;
     use datafusion::config::ConfigOptions;
 
     fn invoke(udf: &ScalarUDF, args: Vec<ColumnarValue>, rows: usize) -> ArrayRef {
@@ -354,24 +303,5 @@ mod tests {
             4,
         );
         assert_eq!(plain(&unshared), expected);
-    }
-
-    #[test]
-    fn buckets_are_stable_and_in_range() {
-        let udfs = all();
-        let out = invoke(
-            &udfs[2],
-            vec![
-                strings(&[Some("user_000001"), Some(""), None, Some("user_000001")]),
-                ColumnarValue::Scalar(ScalarValue::Int64(Some(7))),
-            ],
-            4,
-        );
-        let out = out.as_primitive::<Int64Type>();
-        // FNV-1a of the empty string is its offset basis.
-        assert_eq!(out.value(1), (0xcbf2_9ce4_8422_2325_u64 % 7) as i64);
-        assert_eq!(out.value(0), (fnv1a(b"user_000001") % 7) as i64);
-        assert_eq!(out.value(0), out.value(3));
-        assert!(out.is_null(2));
     }
 }

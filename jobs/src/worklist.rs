@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::stream::BoxStream;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -100,19 +100,57 @@ pub trait Work: fmt::Debug + Clone + Send + Sync + 'static {
     ) -> Result<BoxStream<'static, Result<RecordBatch>>>;
 }
 
-/// The one operator type over work lists: partition p runs the units of work-list partition p.
+/// What an operator does with the batches of one input partition. Every [`Work`] is one (its
+/// input partition is a work list); operators over data (the ETL's partial aggregation, its
+/// merge) implement it directly.
+pub trait Operator: fmt::Debug + Clone + Send + Sync + 'static {
+    /// The operator's name in plans.
+    const NAME: &'static str;
+    /// Schema of the batches [`Operator::stream`] produces.
+    fn output_schema(&self) -> SchemaRef;
+    /// The output of one partition, from that partition of the input.
+    fn stream(
+        self: Arc<Self>,
+        input: SendableRecordBatchStream,
+        context: Arc<TaskContext>,
+        metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>>;
+}
+
+impl<W: Work> Operator for W {
+    const NAME: &'static str = <W as Work>::NAME;
+
+    fn output_schema(&self) -> SchemaRef {
+        self.schema()
+    }
+
+    fn stream(
+        self: Arc<Self>,
+        input: SendableRecordBatchStream,
+        context: Arc<TaskContext>,
+        metrics: BaselineMetrics,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        Ok(items::<W::Unit>(input)
+            .and_then(move |unit| {
+                futures::future::ready(self.clone().run(unit, context.clone(), metrics.clone()))
+            })
+            .try_flatten()
+            .boxed())
+    }
+}
+
+/// The one type of our operators: partition p is [`Operator::stream`] of input partition p.
 #[derive(Debug)]
-pub struct WorkExec<W: Work> {
+pub struct WorkExec<W: Operator> {
     input: Arc<dyn ExecutionPlan>,
     work: Arc<W>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
-
-impl<W: Work> WorkExec<W> {
+impl<W: Operator> WorkExec<W> {
     pub fn new(input: Arc<dyn ExecutionPlan>, work: W) -> Self {
         let properties = PlanProperties::new(
-            EquivalenceProperties::new(work.schema()),
+            EquivalenceProperties::new(work.output_schema()),
             Partitioning::UnknownPartitioning(input.properties().partitioning.partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
@@ -131,13 +169,13 @@ impl<W: Work> WorkExec<W> {
     }
 }
 
-impl<W: Work> DisplayAs for WorkExec<W> {
+impl<W: Operator> DisplayAs for WorkExec<W> {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{}", W::NAME)
     }
 }
 
-impl<W: Work> ExecutionPlan for WorkExec<W> {
+impl<W: Operator> ExecutionPlan for WorkExec<W> {
     fn name(&self) -> &str {
         W::NAME
     }
@@ -184,16 +222,11 @@ impl<W: Work> ExecutionPlan for WorkExec<W> {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let units = items::<W::Unit>(self.input.execute(partition, context.clone())?);
-        let work = self.work.clone();
+        let input = self.input.execute(partition, context.clone())?;
         let metrics = BaselineMetrics::new(&self.metrics, partition);
-        let stream = units
-            .and_then(move |unit| {
-                futures::future::ready(work.clone().run(unit, context.clone(), metrics.clone()))
-            })
-            .try_flatten();
+        let stream = self.work.clone().stream(input, context, metrics)?;
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.work.schema(),
+            self.work.output_schema(),
             stream,
         )))
     }
