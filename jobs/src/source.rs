@@ -114,7 +114,7 @@ pub async fn sorted_files(lake: &Store) -> Result<Vec<ObjectMeta>, JobError> {
     Ok(objects)
 }
 
-/// The streamed events as a table: the files of [`event_files`], with their UTC `date` (the
+/// The streamed events as a table: the files of [`event_files()`], with their UTC `date` (the
 /// folder they sit in) as a column.
 pub async fn events_table(
     state: &SessionState,

@@ -16,13 +16,13 @@
 //! the same files.
 //!
 //! The job is three stages of our own operators, not SQL (five scans of the plays and twelve
-//! stages of hash aggregates were about half DuckDB's speed). Stage one ([`fold`]) reads groups
+//! stages of hash aggregates were about half DuckDB's speed). Stage one (`fold.rs`) reads groups
 //! of files with strings kept as the Parquet dictionaries they are stored as, so each distinct
 //! string is hashed once per column chunk, and turns every play into a row of 64-bit ids; the
-//! first row of each id in a task also carries its string. Stage two ([`by_user`]), shuffled by
+//! first row of each id in a task also carries its string. Stage two (`by_user.rs`), shuffled by
 //! user, counts everything a user needs and everything a track needs over those users; stage
-//! three ([`write`]), shuffled by output file, adds up the tracks' partial rows
-//! ([`partial`]), picks the titles from the spellings stage one counted in the sorted listens,
+//! three (`write.rs`), shuffled by output file, adds up the tracks' partial rows
+//! (`partial.rs`), picks the titles from the spellings stage one counted in the sorted listens,
 //! and writes both tables. A count and the anchor come first, from a small query.
 
 mod by_user;
