@@ -11,13 +11,14 @@ use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::metrics::BaselineMetrics;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use hashbrown::HashMap;
 use recsys_core::time::MICROS_PER_DAY;
 use serde::{Deserialize, Serialize};
 
 use super::partial::{PartialRows, TrackStats, UserStats};
+use super::{emit_when_done, same_id};
 use crate::worklist::{Operator, WorkExec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,21 +30,6 @@ pub struct UserMerge {
 }
 
 pub type UserMergeExec = WorkExec<UserMerge>;
-
-/// Records the string of an id hash, or fails if another string had the same hash.
-fn name(slot: &mut Option<String>, value: &str, what: &str) -> Result<()> {
-    match slot {
-        None => *slot = Some(value.to_string()),
-        Some(known) if known == value => {}
-        Some(known) => {
-            return exec_err!(
-                "the {what} ids `{known}` and `{value}` have the same 64-bit hash; the ETL \
-                 cannot tell them apart"
-            );
-        }
-    }
-    Ok(())
-}
 
 struct User {
     key: u64,
@@ -171,13 +157,13 @@ impl Merge {
             // Days since 1970 fit 32 bits for another 11 million years.
             self.user_days.push(u, ts.div_euclid(MICROS_PER_DAY) as u32);
             if user_id.is_valid(r) {
-                name(&mut user.id, user_id.value(r), "user")?;
+                same_id(&mut user.id, user_id.value(r), "user")?;
             }
             if track_id.is_valid(r) {
-                name(&mut track.id, track_id.value(r), "track")?;
+                same_id(&mut track.id, track_id.value(r), "track")?;
             }
             if artist_id.is_valid(r) {
-                name(&mut self.artists[a as usize], artist_id.value(r), "artist")?;
+                same_id(&mut self.artists[a as usize], artist_id.value(r), "artist")?;
             }
         }
         Ok(())
@@ -228,6 +214,7 @@ impl Operator for UserMerge {
         _context: Arc<TaskContext>,
         metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        let output = metrics.clone();
         let batches = async move {
             let mut merge = Merge::default();
             while let Some(batch) = input.next().await {
@@ -237,11 +224,8 @@ impl Operator for UserMerge {
             }
             let _timer = metrics.elapsed_compute().timer();
             let out = merge.finish(self.files)?;
-            metrics.record_output(out.iter().map(|b| b.num_rows()).sum());
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
-                out.into_iter().map(Ok),
-            ))
+            Ok(out)
         };
-        Ok(futures::stream::once(batches).try_flatten().boxed())
+        Ok(emit_when_done(output, batches))
     }
 }

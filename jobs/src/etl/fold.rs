@@ -30,8 +30,8 @@ use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use recsys_core::schema::col;
 use serde::{Deserialize, Serialize};
 
-use super::id_hash;
 use super::partial::PartialRows;
+use super::{emit_when_done, id_hash};
 use crate::intern::Interner;
 use crate::lake::LakeFileReader;
 use crate::worklist::{Work, WorkExec, task_store};
@@ -279,6 +279,7 @@ impl Work for PlayFold {
         metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let store = task_store(&context, &self.store_url)?;
+        let output = metrics.clone();
         let batches = async move {
             let mut columns = vec![col::USER_ID, col::TRACK_ID, col::ARTIST_ID, col::TS];
             if self.events {
@@ -351,12 +352,9 @@ impl Work for PlayFold {
             if !rows.ts.is_empty() {
                 out.push(rows.finish()?);
             }
-            metrics.record_output(out.iter().map(|b| b.num_rows()).sum());
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
-                out.into_iter().map(Ok),
-            ))
+            Ok(out)
         };
-        Ok(futures::stream::once(batches).try_flatten().boxed())
+        Ok(emit_when_done(output, batches))
     }
 }
 
@@ -386,6 +384,7 @@ impl Work for SpellFold {
         metrics: BaselineMetrics,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let store = task_store(&context, &self.store_url)?;
+        let output = metrics.clone();
         let batches = async move {
             let columns = [
                 col::TRACK_ID,
@@ -438,11 +437,8 @@ impl Work for SpellFold {
             if rows.len() > 0 {
                 out.push(rows.finish()?);
             }
-            metrics.record_output(out.iter().map(|b| b.num_rows()).sum());
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
-                out.into_iter().map(Ok),
-            ))
+            Ok(out)
         };
-        Ok(futures::stream::once(batches).try_flatten().boxed())
+        Ok(emit_when_done(output, batches))
     }
 }

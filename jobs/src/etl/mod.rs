@@ -33,12 +33,15 @@ mod write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::metrics::BaselineMetrics;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::union::InterleaveExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use recsys_core::Store;
 use recsys_core::manifest::{EtlManifest, TableFiles};
@@ -272,6 +275,37 @@ fn units(mut files: Vec<ObjectMeta>, n: usize) -> Vec<Vec<FileRef>> {
                 .collect()
         })
         .collect()
+}
+
+/// Records the string an id hash stands for in `slot`, or fails if another string had the same
+/// hash (`what`: user, track or artist).
+fn same_id(slot: &mut Option<String>, value: &str, what: &str) -> datafusion::error::Result<()> {
+    match slot {
+        None => *slot = Some(value.to_string()),
+        Some(known) if known == value => {}
+        Some(known) => {
+            return datafusion::common::exec_err!(
+                "the {what} ids `{known}` and `{value}` have the same 64-bit hash; the ETL \
+                 cannot tell them apart"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The output of an operator that emits only once its work is done: `batches` runs when the
+/// stream is first polled, and its rows are recorded as the operator's output.
+fn emit_when_done(
+    metrics: BaselineMetrics,
+    batches: impl Future<Output = datafusion::error::Result<Vec<RecordBatch>>> + Send + 'static,
+) -> BoxStream<'static, datafusion::error::Result<RecordBatch>> {
+    futures::stream::once(async move {
+        let out = batches.await?;
+        metrics.record_output(out.iter().map(|b| b.num_rows()).sum());
+        Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
+    })
+    .try_flatten()
+    .boxed()
 }
 
 /// The 64-bit id the ETL gives a string (FNV-1a: stable across processes, versions and

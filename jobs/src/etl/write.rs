@@ -22,6 +22,7 @@ use recsys_core::schema::{song_schema, user_schema};
 use serde::{Deserialize, Serialize};
 
 use super::partial::{Partial, TrackStats, UserStats, rows};
+use super::same_id;
 use crate::worklist::{Operator, WorkExec, task_store};
 use crate::write::{Payload, write_parquet_file, written_schema};
 
@@ -53,20 +54,6 @@ struct Bucket {
     users: Vec<(String, UserStats)>,
 }
 
-fn check_id(slot: &mut Option<String>, id: &str) -> Result<()> {
-    match slot {
-        None => *slot = Some(id.to_string()),
-        Some(known) if known == id => {}
-        Some(known) => {
-            return exec_err!(
-                "the track ids `{known}` and `{id}` have the same 64-bit hash; the ETL cannot \
-                 tell them apart"
-            );
-        }
-    }
-    Ok(())
-}
-
 fn add(buckets: &mut BTreeMap<i64, Bucket>, batch: &RecordBatch) -> Result<()> {
     for (bucket, key, row) in rows(batch)? {
         let bucket = buckets.entry(bucket).or_default();
@@ -75,7 +62,7 @@ fn add(buckets: &mut BTreeMap<i64, Bucket>, batch: &RecordBatch) -> Result<()> {
             Partial::Track { id, stats } => {
                 let song = bucket.songs.entry(key).or_default();
                 if let Some(id) = id {
-                    check_id(&mut song.id, id)?;
+                    same_id(&mut song.id, id, "track")?;
                 }
                 song.stats = Some(match song.stats {
                     None => stats,
@@ -94,7 +81,7 @@ fn add(buckets: &mut BTreeMap<i64, Bucket>, batch: &RecordBatch) -> Result<()> {
             }
             Partial::Spelling { id, names, n } => {
                 let song = bucket.songs.entry(key).or_default();
-                check_id(&mut song.id, id)?;
+                same_id(&mut song.id, id, "track")?;
                 *song.spellings.entry(names.map(str::to_string)).or_default() += n;
             }
         }
