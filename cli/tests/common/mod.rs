@@ -62,13 +62,22 @@ use recsys_datasets::{GenerateConfig, Manifest};
 
 pub const RECSYS: &str = env!("CARGO_BIN_EXE_recsys");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and one this process has not handed out before: the
+/// kernel may give a released port again at once, and two servers started side by side on one
+/// port leave one test talking to the other's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A scheduler and `executors` executor processes of our binary on 127.0.0.1.
@@ -364,12 +373,15 @@ impl MongoServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let server = MongoServer {
+        let mut server = MongoServer {
             uri: format!("mongodb://127.0.0.1:{port}"),
             child,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("{name} exited ({status}) before listening on {port}");
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "{name} did not listen on {port}"
