@@ -61,7 +61,9 @@ fn fixture() -> Vec<Row> {
     ]
 }
 
-fn write_sorted(dir: &std::path::Path, rows: &[Row]) {
+/// Writes `rows` as the sorted listens; with `statistics` (the writer's default) the footer
+/// holds each column's minimum and maximum.
+fn write_sorted(dir: &std::path::Path, rows: &[Row], statistics: bool) {
     let mut rows = rows.to_vec();
     rows.sort_by_key(|r| (r.1, r.0, r.4));
     let text = |f: fn(&Row) -> &str| -> Arc<dyn Array> {
@@ -84,10 +86,17 @@ fn write_sorted(dir: &std::path::Path, rows: &[Row]) {
     .unwrap();
     let path = dir.join(SORTED_DIR).join("part-00000.parquet");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_statistics_enabled(if statistics {
+            parquet::file::properties::EnabledStatistics::Page
+        } else {
+            parquet::file::properties::EnabledStatistics::None
+        })
+        .build();
     let mut w = parquet::arrow::ArrowWriter::try_new(
         std::fs::File::create(path).unwrap(),
         batch.schema(),
-        None,
+        Some(props),
     )
     .unwrap();
     w.write(&batch).unwrap();
@@ -234,7 +243,7 @@ fn song(names: (&str, &str, &str), counts: [i64; 3], span: (i64, i64)) -> SongRo
 async fn etl_aggregates_listens_as_computed_by_hand() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().unwrap();
-        write_sorted(dir.path(), &fixture());
+        write_sorted(dir.path(), &fixture(), true);
         let lake = local_store(dir.path());
         let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
         let summary = run_etl(&cluster, &lake, ListenSource::Auto, 3)
@@ -320,10 +329,17 @@ async fn etl_aggregates_listens_as_computed_by_hand() {
             files(&dir.path().join(CATALOG_SONGS_DIR)),
             files(&dir.path().join(CATALOG_USERS_DIR)),
         );
+        // The play count and the anchor came from the footers; without statistics there, a
+        // query counts them, to the same figures.
+        write_sorted(dir.path(), &fixture(), false);
         let again = run_etl(&cluster, &lake, ListenSource::Auto, 3)
             .await
             .unwrap();
         assert_ne!(again.manifest.run_id, summary.manifest.run_id);
+        assert_eq!(
+            (again.manifest.plays, again.manifest.anchor_us),
+            (11, D0 + 10 * DAY + 12 * HOUR)
+        );
         assert_eq!(read_songs(dir.path()), songs);
         assert_eq!(read_users(dir.path()), users);
         assert_eq!(
@@ -342,7 +358,7 @@ async fn etl_aggregates_listens_as_computed_by_hand() {
 async fn etl_counts_streamed_plays_not_skips() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().unwrap();
-        write_sorted(dir.path(), &fixture());
+        write_sorted(dir.path(), &fixture(), true);
         let lake: Store = local_store(dir.path());
         let policy = FlushPolicy {
             rows: 1000,
@@ -453,7 +469,7 @@ async fn etl_and_als_preparation_read_a_compacted_lake_as_before() {
     use recsys_ingest::compact::{CompactOptions, compact};
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().unwrap();
-        write_sorted(dir.path(), &fixture());
+        write_sorted(dir.path(), &fixture(), true);
         let lake: Store = local_store(dir.path());
         stream_fixture_in_small_files(&lake).await;
         let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
@@ -725,7 +741,7 @@ async fn als_preparation_reads_only_its_trailing_window() {
     use recsys_jobs::als::{TrainWindow, WindowEnd};
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().unwrap();
-        write_sorted(dir.path(), &fixture());
+        write_sorted(dir.path(), &fixture(), true);
         let lake: Store = local_store(dir.path());
         let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
         let window = |days, end| {

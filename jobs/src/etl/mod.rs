@@ -23,7 +23,8 @@
 //! user, counts everything a user needs and everything a track needs over those users; stage
 //! three (`write.rs`), shuffled by output file, adds up the tracks' partial rows
 //! (`partial.rs`), picks the titles from the spellings stage one counted in the sorted listens,
-//! and writes both tables. A count and the anchor come first, from a small query.
+//! and writes both tables. The play count and the anchor come first: from the footers of the
+//! sorted listens (every row a play), or from a small query over the events.
 
 mod by_user;
 mod fold;
@@ -43,9 +44,11 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
+use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::statistics::Statistics;
 use recsys_core::Store;
 use recsys_core::manifest::{EtlManifest, TableFiles};
-use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR};
+use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR, col};
 use recsys_core::time::MICROS_PER_DAY;
 
 pub use by_user::{UserMerge, UserMergeExec};
@@ -53,6 +56,7 @@ pub use fold::{FileRef, PlayFold, PlayFoldExec, SpellFold, SpellFoldExec};
 pub use write::{CatalogWrite, CatalogWriteExec};
 
 use crate::cluster::checked_write;
+use crate::lake::LakeFileReader;
 use crate::source::{ListenSource, event_files, sorted_files};
 use crate::worklist::work_list;
 use crate::write::run_writes;
@@ -78,36 +82,19 @@ pub async fn run_etl(
     let started = Instant::now();
     let files = files.clamp(1, 256);
     let source = source.resolve(lake).await?;
-    let ctx = cluster.planner()?;
-    source.register(&ctx, lake, "source").await?;
-    let plays = match source {
-        ListenSource::Events => {
-            "SELECT user_id, track_id, artist_id, ts, \
-                    CASE WHEN total_duration_s > 0 THEN total_duration_s END AS total \
-             FROM source WHERE action IN ('listen', 'complete')"
-        }
-        _ => "SELECT user_id, track_id, artist_id, ts, CAST(NULL AS DOUBLE) AS total FROM source",
+    let play_files = match source {
+        ListenSource::Events => event_files(lake).await?,
+        _ => sorted_files(lake).await?,
     };
-    ctx.register_table("plays", ctx.sql(plays).await?.into_view())?;
-
-    let (count, anchor) = {
-        let df = ctx
-            .sql("SELECT count(*) AS n, max(ts) AS anchor FROM plays")
-            .await?;
-        let batches = cluster.run_df(df).await?;
-        let b = batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .ok_or_else(|| JobError::NoInput("the play count returned nothing".into()))?;
-        let n = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
-        let max = b.column(1).as_primitive::<TimestampMicrosecondType>();
-        if max.is_null(0) {
-            return Err(JobError::NoInput(format!(
-                "no plays in {} (run the clean and sort steps, or stream events, first)",
-                lake.url("sorted/listens/ or events/")
-            )));
-        }
-        (n.value(0) as u64, max.value(0))
+    // Every row of the sorted listens is a play: their footers tell the count and the latest
+    // play. The events' plays (some rows are skips) take a query.
+    let footers = match source {
+        ListenSource::Events => None,
+        _ => footer_count(lake, &play_files).await?,
+    };
+    let (count, anchor) = match footers {
+        Some(known) => known,
+        None => count_plays(cluster, lake, source).await?,
     };
     let since = (anchor.div_euclid(MICROS_PER_DAY) - 6) * MICROS_PER_DAY;
     tracing::debug!(elapsed = ?started.elapsed(), plays = count, "etl: planned");
@@ -116,12 +103,8 @@ pub async fn run_etl(
     // partial rows and the spellings by output file and write.
     let parallelism = cluster.parallelism().max(1);
     let store_url = lake.base_url().to_string();
-    let play_files = match source {
-        ListenSource::Events => event_files(lake).await?,
-        _ => sorted_files(lake).await?,
-    };
     let plays = Arc::new(PlayFoldExec::new(
-        work_list(&units(play_files, 2 * parallelism))?,
+        work_list(&units(play_files.clone(), 2 * parallelism))?,
         PlayFold {
             store_url: store_url.clone(),
             events: source == ListenSource::Events,
@@ -144,7 +127,10 @@ pub async fn run_etl(
             Partitioning::Hash(vec![bucket.clone()], files),
         )?))
     };
-    let spell_files = sorted_files(lake).await?;
+    let spell_files = match source {
+        ListenSource::Events => sorted_files(lake).await?,
+        _ => play_files.clone(),
+    };
     let partials = if spell_files.is_empty() {
         by_file(by_user)?
     } else {
@@ -216,6 +202,92 @@ pub async fn run_etl(
         manifest,
         elapsed: started.elapsed(),
     })
+}
+
+/// The play count and the latest play of `source` in `lake` (its plays are `listen` and
+/// `complete` events, or every sorted listen), by a query.
+async fn count_plays(
+    cluster: &Cluster,
+    lake: &Store,
+    source: ListenSource,
+) -> Result<(u64, i64), JobError> {
+    let ctx = cluster.planner()?;
+    source.register(&ctx, lake, "source").await?;
+    let plays = match source {
+        ListenSource::Events => "source WHERE action IN ('listen', 'complete')",
+        _ => "source",
+    };
+    let df = ctx
+        .sql(&format!(
+            "SELECT count(*) AS n, max(ts) AS anchor FROM {plays}"
+        ))
+        .await?;
+    let batches = cluster.run_df(df).await?;
+    let b = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| JobError::NoInput("the play count returned nothing".into()))?;
+    let n = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+    let max = b.column(1).as_primitive::<TimestampMicrosecondType>();
+    if max.is_null(0) {
+        return Err(no_plays(lake));
+    }
+    Ok((n.value(0) as u64, max.value(0)))
+}
+
+fn no_plays(lake: &Store) -> JobError {
+    JobError::NoInput(format!(
+        "no plays in {} (run the clean and sort steps, or stream events, first)",
+        lake.url("sorted/listens/ or events/")
+    ))
+}
+
+/// The rows and the latest `ts` of `files`, from their Parquet footers alone: `None` when a
+/// row group has no exact `ts` maximum (another writer), or nulls in `ts`.
+async fn footer_count(lake: &Store, files: &[ObjectMeta]) -> Result<Option<(u64, i64)>, JobError> {
+    let store = lake.object_store();
+    let footers: Vec<_> = futures::stream::iter(files.iter().map(|o| {
+        let mut reader = LakeFileReader::new(store.clone(), o.location.clone(), o.size);
+        async move {
+            ParquetMetaDataReader::new()
+                .load_and_finish(&mut reader, o.size)
+                .await
+        }
+    }))
+    .buffered(16)
+    .try_collect()
+    .await?;
+    let (mut rows, mut latest) = (0u64, None::<i64>);
+    for meta in &footers {
+        let Some(ts) = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == col::TS)
+        else {
+            return Ok(None);
+        };
+        for group in meta.row_groups() {
+            rows += group.num_rows() as u64;
+            if group.num_rows() == 0 {
+                continue;
+            }
+            match group.column(ts).statistics() {
+                Some(Statistics::Int64(s)) if s.max_is_exact() && s.null_count_opt() == Some(0) => {
+                    let Some(&max) = s.max_opt() else {
+                        return Ok(None);
+                    };
+                    latest = Some(latest.map_or(max, |l| l.max(max)));
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+    match latest {
+        Some(latest) => Ok(Some((rows, latest))),
+        None => Err(no_plays(lake)),
+    }
 }
 
 /// The plays the written songs and users tables count (each should count every play once).
