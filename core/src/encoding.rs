@@ -17,8 +17,8 @@ use parquet::schema::types::ColumnPath;
 /// * string columns stay dictionary-encoded up to [`DICTIONARY_PAGE_LIMIT`] of distinct values per
 ///   row group. parquet-rs's default (1 MiB) made every sorted-listens row group (~40 k distinct
 ///   36-byte track ids) fall back to plain pages part way, and a reader that keeps the
-///   dictionaries (the ETL's folds) then rebuilt one per batch by hashing every row: a third of
-///   the folds' time.
+///   dictionaries (the ETL's folds) then rebuilt one per batch by hashing every row: about a
+///   fifth of the folds' time.
 pub fn lake_columns(
     mut builder: WriterPropertiesBuilder,
     schema: &Schema,
