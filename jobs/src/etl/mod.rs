@@ -44,7 +44,7 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
-use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::statistics::Statistics;
 use recsys_core::Store;
 use recsys_core::manifest::{EtlManifest, TableFiles};
@@ -248,11 +248,7 @@ async fn footer_count(lake: &Store, files: &[ObjectMeta]) -> Result<Option<(u64,
     let store = lake.object_store();
     let footers: Vec<_> = futures::stream::iter(files.iter().map(|o| {
         let mut reader = LakeFileReader::new(store.clone(), o.location.clone(), o.size);
-        async move {
-            ParquetMetaDataReader::new()
-                .load_and_finish(&mut reader, o.size)
-                .await
-        }
+        async move { reader.get_metadata(None).await }
     }))
     .buffered(16)
     .try_collect()
@@ -273,15 +269,16 @@ async fn footer_count(lake: &Store, files: &[ObjectMeta]) -> Result<Option<(u64,
             if group.num_rows() == 0 {
                 continue;
             }
-            match group.column(ts).statistics() {
+            let max = match group.column(ts).statistics() {
                 Some(Statistics::Int64(s)) if s.max_is_exact() && s.null_count_opt() == Some(0) => {
-                    let Some(&max) = s.max_opt() else {
-                        return Ok(None);
-                    };
-                    latest = Some(latest.map_or(max, |l| l.max(max)));
+                    s.max_opt().copied()
                 }
-                _ => return Ok(None),
-            }
+                _ => None,
+            };
+            let Some(max) = max else {
+                return Ok(None);
+            };
+            latest = Some(latest.map_or(max, |l| l.max(max)));
         }
     }
     match latest {
