@@ -134,6 +134,15 @@ pub async fn prepare(
     window: Option<TrainWindow>,
 ) -> Result<Prepared, JobError> {
     let ctx: SessionContext = cluster.planner()?;
+    // Every join here pairs the ratings with a small table (users; items): a hash join that
+    // broadcasts it (under Ballista's broadcast threshold) beats the sort-merge join Ballista
+    // prefers for joins of unknown size, which sorts and shuffles the ratings by the key first.
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .prefer_hash_join = true;
     let source = source.resolve(lake).await?;
     source.register(&ctx, lake, "source").await?;
     let (select, order) = source.select();
