@@ -367,9 +367,63 @@ async fn write_partition(
     )?)
 }
 
+/// A hash shuffle of `expr` (Int64 values `0..n`) into `n` partitions that sends each value to
+/// a partition of its own. Ballista's shuffle (as DataFusion's `RepartitionExec`) sends a row to
+/// `hash(key) % n`, and the values `0..n` themselves collide: with two blocks both went to one
+/// task, which wrote everything while the other idled. So each value is first mapped (a `CASE`)
+/// to a key found to land in the partition of that number.
+pub fn spread(expr: Arc<dyn PhysicalExpr>, n: usize) -> Result<Partitioning> {
+    use datafusion::physical_expr::expressions::{CaseExpr, lit};
+    let keys = spread_keys(n)?;
+    let arms = keys
+        .iter()
+        .enumerate()
+        .map(|(value, key)| (lit(value as i64), lit(*key)))
+        .collect();
+    let case = CaseExpr::try_new(Some(expr), arms, None)?;
+    Ok(Partitioning::Hash(vec![Arc::new(case)], n.max(1)))
+}
+
+/// For each partition `p` of a hash shuffle into `n`, the smallest Int64 key the shuffle's own
+/// partitioner sends there.
+fn spread_keys(n: usize) -> Result<Vec<i64>> {
+    use arrow::array::Int64Array;
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::metrics::Time;
+    use datafusion::physical_plan::repartition::BatchPartitioner;
+    const CHUNK: i64 = 1024;
+    let n = n.max(1);
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+    let mut keys: Vec<Option<i64>> = vec![None; n];
+    let mut start = 0;
+    while keys.iter().any(Option::is_none) {
+        if start > 1 << 24 {
+            return exec_err!("no key found for every one of {n} hash partitions");
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(start..start + CHUNK))],
+        )?;
+        let mut partitioner = BatchPartitioner::new_hash_partitioner(
+            vec![Arc::new(Column::new("k", 0))],
+            n,
+            Time::new(),
+        )?;
+        partitioner.partition(batch, |p, rows| {
+            if keys[p].is_none() && rows.num_rows() > 0 {
+                keys[p] = Some(rows.column(0).as_primitive::<Int64Type>().value(0));
+            }
+            Ok(())
+        })?;
+        start += CHUNK;
+    }
+    Ok(keys.into_iter().flatten().collect())
+}
+
 /// The plan that shuffles `df` by its Int64 column `column` into one file per value (named by
-/// `names`, under `dir` of `lake`), rows sorted by `column` then `order` inside each file;
-/// `column` is dropped from the files. It outputs one row per file ([`written_schema`]).
+/// `names`, whose keys are `0..names.len()`, under `dir` of `lake`), rows sorted by `column` then
+/// `order` inside each file; `column` is dropped from the files. It outputs one row per file
+/// ([`written_schema`]).
 pub async fn shuffle_write_plan(
     lake: &recsys_core::Store,
     df: datafusion::prelude::DataFrame,
@@ -388,7 +442,7 @@ pub async fn shuffle_write_plan(
     let key = Arc::new(Column::new_with_schema(column, &schema)?);
     let shuffled = Arc::new(RepartitionExec::try_new(
         plan,
-        Partitioning::Hash(vec![key.clone()], names.len().max(1)),
+        spread(key.clone(), names.len())?,
     )?);
     let mut sort = vec![PhysicalSortExpr::new_default(key as Arc<dyn PhysicalExpr>)];
     for name in order {
@@ -446,4 +500,53 @@ pub async fn shuffle_write(
 ) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
     let plan = shuffle_write_plan(lake, df, column, order, dir, names).await?;
     run_writes(cluster, plan).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use arrow::array::Int64Array;
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_plan::collect_partitioned;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn spread_sends_each_value_to_a_partition_of_its_own() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "block",
+            DataType::Int64,
+            false,
+        )]));
+        for n in [1, 2, 3, 4, 7, 16, 64] {
+            // Every value three times, in two input partitions.
+            let values = Int64Array::from_iter_values((0..3 * n as i64).map(|v| v % n as i64));
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+            let input = MemorySourceConfig::try_new_exec(
+                &[vec![batch.clone()], vec![batch]],
+                schema.clone(),
+                None,
+            )
+            .unwrap();
+            let partitioning = spread(col("block", &schema).unwrap(), n).unwrap();
+            let plan = Arc::new(RepartitionExec::try_new(input, partitioning).unwrap());
+            let parts = collect_partitioned(plan, SessionContext::new().task_ctx())
+                .await
+                .unwrap();
+            assert_eq!(parts.len(), n);
+            for (p, batches) in parts.iter().enumerate() {
+                let seen: BTreeSet<i64> = batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect();
+                assert_eq!(seen, BTreeSet::from([p as i64]), "partition {p} of {n}");
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                assert_eq!(rows, 6, "partition {p} of {n}");
+            }
+        }
+    }
 }

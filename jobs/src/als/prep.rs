@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Int32Array, RecordBatch, StringArray};
+use arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use recsys_core::Store;
@@ -134,6 +134,15 @@ pub async fn prepare(
     window: Option<TrainWindow>,
 ) -> Result<Prepared, JobError> {
     let ctx: SessionContext = cluster.planner()?;
+    // Every join here pairs the ratings with a small table (users; items): a hash join that
+    // broadcasts it (under Ballista's broadcast threshold) beats the sort-merge join Ballista
+    // prefers for joins of unknown size, which sorts and shuffles the ratings by the key first.
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .prefer_hash_join = true;
     let source = source.resolve(lake).await?;
     source.register(&ctx, lake, "source").await?;
     let (select, order) = source.select();
@@ -168,9 +177,11 @@ pub async fn prepare(
     if listens == 0 {
         return Err(nothing_to_train(0, 0, window));
     }
+    // With each user's cut: their earliest `cut` listens train, the rest test.
     let user_schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("u", DataType::Int32, false),
+        Field::new("cut", DataType::Int64, false),
     ]));
     let user_batch = RecordBatch::try_new(
         user_schema.clone(),
@@ -179,6 +190,9 @@ pub async fn prepare(
                 users.iter().map(|u| u.0.as_str()),
             )),
             Arc::new(Int32Array::from_iter_values(0..users.len() as i32)),
+            Arc::new(Int64Array::from_iter_values(
+                users.iter().map(|u| train_cut(train_fraction, u.1)),
+            )),
         ],
     )?;
     let store = lake.object_store();
@@ -201,18 +215,17 @@ pub async fn prepare(
     let user_block_size = user_blocks.first().map_or(1, |b| b.rows.max(1));
 
     // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens) and
-    //    test plays (the rest).
+    //    test plays (the rest). The users' table joins first (broadcast): the listens are then
+    //    shuffled and sorted by the user's number rather than their id, and the cut comes with it.
     let pairs_sql = format!(
-        "SELECT us.u AS u, l.track_id, \
-                CAST(SUM(CASE WHEN l.rn <= l.cut THEN l.w ELSE 0 END) AS FLOAT) AS r, \
-                CAST(SUM(CASE WHEN l.rn > l.cut THEN l.w ELSE 0 END) AS FLOAT) AS t, \
-                us.u / {user_block_size} AS block \
-         FROM (SELECT user_id, track_id, w, \
-                      ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY {order}) AS rn, \
-                      FLOOR({train_fraction} * COUNT(*) OVER (PARTITION BY user_id)) AS cut \
-               FROM listens) l \
-         JOIN users us ON l.user_id = us.user_id \
-         GROUP BY us.u, l.track_id"
+        "SELECT u, track_id, \
+                CAST(SUM(CASE WHEN rn <= cut THEN w ELSE 0 END) AS FLOAT) AS r, \
+                CAST(SUM(CASE WHEN rn > cut THEN w ELSE 0 END) AS FLOAT) AS t, \
+                u / {user_block_size} AS block \
+         FROM (SELECT us.u, l.track_id, l.w, us.cut, \
+                      ROW_NUMBER() OVER (PARTITION BY us.u ORDER BY {order}) AS rn \
+               FROM listens l JOIN users us ON l.user_id = us.user_id) \
+         GROUP BY u, track_id"
     );
     let mut pairs = 0;
     for b in cluster
@@ -339,6 +352,11 @@ pub async fn prepare(
         source,
         window,
     })
+}
+
+/// How many of a user's `listens` train: the earliest `train_fraction` of them, rounded down.
+fn train_cut(train_fraction: f64, listens: i64) -> i64 {
+    (train_fraction * listens as f64).floor() as i64
 }
 
 fn nothing_to_train(listens: u64, users: usize, window: Option<(i64, i64)>) -> JobError {

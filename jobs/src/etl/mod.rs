@@ -59,7 +59,7 @@ use crate::cluster::checked_write;
 use crate::lake::LakeFileReader;
 use crate::source::{ListenSource, event_files, sorted_files};
 use crate::worklist::work_list;
-use crate::write::run_writes;
+use crate::write::{run_writes, spread};
 use crate::{Cluster, JobError};
 
 /// Files per table when the caller does not choose.
@@ -124,7 +124,7 @@ pub async fn run_etl(
     let by_file = |plan: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>, JobError> {
         Ok(Arc::new(RepartitionExec::try_new(
             plan,
-            Partitioning::Hash(vec![bucket.clone()], files),
+            spread(bucket.clone(), files)?,
         )?))
     };
     let spell_files = match source {

@@ -239,6 +239,15 @@ pub async fn start_grpc_service_with_listener<
     let final_route =
         with_version_headers(merged).into_make_service_with_connect_info::<SocketAddr>();
 
+    // recsys patch: no Nagle on the scheduler's connections. axum sets nothing on accepted
+    // sockets, so a job's pushed status (a small HTTP/2 frame) waited for the client's delayed
+    // ACK: ~40 ms added to every job's end on loopback.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            log::warn!("cannot set TCP_NODELAY on a scheduler connection: {e}");
+        }
+    });
     axum::serve(listener, final_route)
         .await
         .map_err(BallistaError::from)
