@@ -2126,23 +2126,31 @@ fn orchestrator_keeps_play_counts_equal_to_a_recount() {
     assert_eq!(json["jobs"]["counts"]["outcome"], "ok", "{json}");
 }
 
-/// Files under `models/als/<version>/` (a removed version leaves empty folders on a local lake).
-fn model_files(lake: &Path, version: &str) -> usize {
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |entries| {
-            entries
-                .map(|e| e.unwrap())
-                .map(|e| {
-                    if e.file_type().unwrap().is_dir() {
-                        count(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
+/// Files under `models/als/<version>/` (none when the folder is gone).
+fn model_files(lake: &Path, version: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), files);
+            } else {
+                files.push(e.path());
+            }
+        }
     }
-    count(&lake.join(ALS_MODELS_DIR).join(version))
+    let mut files = Vec::new();
+    walk(&lake.join(ALS_MODELS_DIR).join(version), &mut files);
+    files
+}
+
+/// The version folders under `models/als/`.
+fn model_versions(lake: &Path) -> Vec<String> {
+    std::fs::read_dir(lake.join(ALS_MODELS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
 }
 
 fn current_version(lake: &Path) -> String {
@@ -2275,7 +2283,7 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
     });
     assert_eq!(
         model_files(&lake, &first),
-        0,
+        Vec::<PathBuf>::new(),
         "--keep-models 1 removed the old version"
     );
     // The status page shows the job that did it (the server shares the orchestrator's catalog).
@@ -2323,10 +2331,15 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
         .filter(|v| v != "CURRENT")
         .collect();
     for v in &versions {
-        assert!(v == &second || model_files(&lake, v) == 0, "{v} left files");
+        assert!(
+            v == &second || model_files(&lake, v).is_empty(),
+            "{v} left files"
+        );
     }
 
-    // kill -9 in the middle of a retrain.
+    // kill -9 in the middle of a retrain: as soon as its version has a file (the ratings'
+    // preparation has begun; training, evaluation and publication are still ahead).
+    let before: Vec<String> = model_versions(&lake);
     let mut killed = std::process::Command::new(RECSYS)
         .arg("--data-dir")
         .arg(&lake)
@@ -2340,9 +2353,28 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
         .env("RECSYS_LOG", "warn")
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let half = loop {
+        let started = model_versions(&lake)
+            .into_iter()
+            .find(|v| !before.contains(v) && !model_files(&lake, v).is_empty());
+        if let Some(v) = started {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline && killed.try_wait().unwrap().is_none(),
+            "the retrain wrote no file"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
     killed.kill().unwrap();
     killed.wait().unwrap();
+    assert!(
+        !model_files(&lake, &half)
+            .iter()
+            .any(|f| f.ends_with("metrics.json")),
+        "killed before the train was complete"
+    );
     assert_eq!(
         current_version(&lake),
         second,
@@ -2368,7 +2400,7 @@ fn orchestrator_retrains_on_a_window_behind_a_gate_and_its_server_reloads() {
         if v != "CURRENT" && v != third {
             assert_eq!(
                 model_files(&lake, &v),
-                0,
+                Vec::<PathBuf>::new(),
                 "{v} left files after the next retrain"
             );
         }

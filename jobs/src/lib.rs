@@ -56,6 +56,11 @@ pub enum JobError {
     },
     #[error("no input: {0}")]
     NoInput(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invariant broken: {0}")]
     Invariant(String),
 }

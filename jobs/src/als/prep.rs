@@ -405,12 +405,46 @@ async fn window_bounds(
 /// Removes a folder of intermediate files.
 pub async fn remove(lake: &Store, dir: &str) -> Result<(), JobError> {
     crate::lake::clear(lake.object_store().as_ref(), &lake.path(dir)).await?;
+    // On a local lake the folders stay, and so does the staging file (`name#N`, which no
+    // listing shows) of a write a kill -9 cut short: the folder goes as a whole.
+    if let Some(root) = lake.local_dir() {
+        let folder = root.join(dir);
+        match tokio::fs::remove_dir_all(&folder).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(JobError::Io {
+                    path: folder.display().to_string(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use object_store::ObjectStoreExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn remove_takes_a_local_folder_with_a_cut_short_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Store::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let rel = "models/als/v1/users.parquet";
+        lake.object_store()
+            .put(&lake.path(rel), object_store::PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
+        // What a put killed before its rename leaves: invisible to listings.
+        let staged = dir.path().join("models/als/v1/items.parquet#7");
+        std::fs::write(&staged, b"half").unwrap();
+        remove(&lake, "models/als/v1").await.unwrap();
+        assert!(!dir.path().join("models/als/v1").exists());
+        assert!(dir.path().join("models/als").exists());
+        remove(&lake, "models/als/v1").await.unwrap();
+    }
 
     #[test]
     fn blocks_cover_rows() {
