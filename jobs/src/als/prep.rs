@@ -78,7 +78,24 @@ pub fn blocks(rows: usize, blocks: usize) -> Vec<BlockTask> {
         .collect()
 }
 
-/// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]).
+/// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]); the rows written.
+async fn shuffle_blocks(
+    cluster: &Cluster,
+    lake: &Store,
+    df: DataFrame,
+    order: &[&str],
+    dir: &str,
+    count: usize,
+) -> Result<u64, JobError> {
+    let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
+    Ok(shuffle_write(cluster, lake, df, "block", order, dir, names)
+        .await?
+        .iter()
+        .map(|(_, rows)| rows)
+        .sum())
+}
+
+/// [`shuffle_blocks`], written again when it did not write `expected` rows.
 async fn write_blocks(
     cluster: &Cluster,
     lake: &Store,
@@ -88,21 +105,8 @@ async fn write_blocks(
     count: usize,
     expected: u64,
 ) -> Result<(), JobError> {
-    let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
     checked_write(dir, || async {
-        let written: u64 = shuffle_write(
-            cluster,
-            lake,
-            df.clone(),
-            "block",
-            order,
-            dir,
-            names.clone(),
-        )
-        .await?
-        .iter()
-        .map(|(_, rows)| rows)
-        .sum();
+        let written = shuffle_blocks(cluster, lake, df.clone(), order, dir, count).await?;
         Ok(if written == expected {
             Ok(())
         } else {
@@ -214,64 +218,79 @@ pub async fn prepare(
     let user_blocks = blocks(users.len(), block_count);
     let user_block_size = user_blocks.first().map_or(1, |b| b.rows.max(1));
 
-    // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens) and
-    //    test plays (the rest). The users' table joins first (broadcast): the listens are then
-    //    shuffled and sorted by the user's number rather than their id, and the cut comes with it.
+    // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens),
+    //    test plays (the rest) and the plays counted. The users' table joins first (broadcast):
+    //    the listens are then shuffled and sorted by the user's number rather than their id, and
+    //    the cut comes with it.
     let pairs_sql = format!(
         "SELECT u, track_id, \
                 CAST(SUM(CASE WHEN rn <= cut THEN w ELSE 0 END) AS FLOAT) AS r, \
                 CAST(SUM(CASE WHEN rn > cut THEN w ELSE 0 END) AS FLOAT) AS t, \
+                COUNT(*) AS n, \
                 u / {user_block_size} AS block \
          FROM (SELECT us.u, l.track_id, l.w, us.cut, \
                       ROW_NUMBER() OVER (PARTITION BY us.u ORDER BY {order}) AS rn \
                FROM listens l JOIN users us ON l.user_id = us.user_id) \
          GROUP BY u, track_id"
     );
-    let mut pairs = 0;
-    for b in cluster
-        .run_df(
-            ctx.sql("SELECT count(*) FROM (SELECT DISTINCT user_id, track_id FROM listens)")
-                .await?,
+    let pairs_df = ctx.sql(&pairs_sql).await?;
+    let pairs_dir = format!("{work}/pairs");
+    // 3. Items: tracks with training plays, by sorted id, with their distinct listeners. The
+    //    same job checks the pairs as written: their plays add up to the listens read (a file
+    //    doubled or lost by a Ballista job that lost an executor would not).
+    let (pairs, mut items) = checked_write(&pairs_dir, || async {
+        let pairs = shuffle_blocks(
+            cluster,
+            lake,
+            pairs_df.clone(),
+            &["u", "track_id"],
+            &pairs_dir,
+            user_blocks.len(),
         )
-        .await?
-    {
-        pairs += b
-            .column(0)
-            .as_primitive::<Int64Type>()
-            .iter()
-            .flatten()
-            .sum::<i64>() as u64;
-    }
-    write_blocks(
-        cluster,
-        lake,
-        ctx.sql(&pairs_sql).await?,
-        &["u", "track_id"],
-        &format!("{work}/pairs"),
-        user_blocks.len(),
-        pairs,
-    )
-    .await?;
-    ctx.register_parquet(
-        "pairs",
-        lake.url(&format!("{work}/pairs/")),
-        ParquetReadOptions::default(),
-    )
-    .await?;
-
-    // 3. Items: tracks with training plays, by sorted id, with their distinct listeners.
-    let mut items: Vec<(String, i64)> = Vec::new();
-    for b in cluster
-        .run_df(
-            ctx.sql("SELECT track_id, count(*) AS n FROM pairs WHERE r > 0 GROUP BY track_id")
-                .await?,
+        .await?;
+        ctx.deregister_table("pairs")?;
+        ctx.register_parquet(
+            "pairs",
+            lake.url(&format!("{pairs_dir}/")),
+            ParquetReadOptions::default(),
         )
-        .await?
-    {
-        let ids = b.column(0).as_string::<i32>();
-        let n = b.column(1).as_primitive::<Int64Type>();
-        items.extend((0..b.num_rows()).map(|i| (ids.value(i).to_string(), n.value(i))));
-    }
+        .await?;
+        let mut items: Vec<(String, i64)> = Vec::new();
+        let mut plays = 0;
+        for b in cluster
+            .run_df(
+                ctx.sql(
+                    "SELECT track_id, SUM(CASE WHEN r > 0 THEN 1 ELSE 0 END) AS n, \
+                            SUM(n) AS plays \
+                     FROM pairs GROUP BY track_id",
+                )
+                .await?,
+            )
+            .await?
+        {
+            let ids = b.column(0).as_string::<i32>();
+            let n = b.column(1).as_primitive::<Int64Type>();
+            plays += b
+                .column(2)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .sum::<i64>() as u64;
+            items.extend(
+                (0..b.num_rows())
+                    .filter(|&i| n.value(i) > 0)
+                    .map(|i| (ids.value(i).to_string(), n.value(i))),
+            );
+        }
+        Ok(if plays == listens {
+            Ok((pairs, items))
+        } else {
+            Err(format!(
+                "the pairs written hold {plays} plays, {listens} were read"
+            ))
+        })
+    })
+    .await?;
     items.sort();
     distinct(&items, "track")?;
     let nnz: u64 = items.iter().map(|i| i.1 as u64).sum();
