@@ -735,36 +735,39 @@ fn unreachable_mongodb_is_named() {
 }
 
 /// ALS on a trailing window (the orchestrator's retrain) reads only the plays of its last days,
-/// ending at the newest play; a window without plays is refused by name.
+/// ending at the newest play (from the footers, or by a query where the files have no
+/// statistics); a window without plays is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn als_preparation_reads_only_its_trailing_window() {
     use recsys_jobs::als::{TrainWindow, WindowEnd};
     tokio::time::timeout(Duration::from_secs(120), async {
-        let dir = tempfile::tempdir().unwrap();
-        write_sorted(dir.path(), &fixture(), true);
-        let lake: Store = local_store(dir.path());
         let cluster = Cluster::embedded(&Default::default(), 2).await.unwrap();
-        let window = |days, end| {
-            recsys_jobs::als::prep::prepare(
-                &cluster,
-                &lake,
-                "tmp/prep",
-                1.0,
-                2,
-                ListenSource::Listens,
-                Some(TrainWindow { days, end }),
-            )
-        };
-        // Three days up to the newest play (day 10, 12:00): days 8 and 9 and that play.
-        let prep = window(3, WindowEnd::NewestPlay).await.unwrap();
-        let newest = D0 + 10 * DAY + 12 * HOUR;
-        assert_eq!(prep.window, Some((newest + 1 - 3 * DAY, newest + 1)));
-        assert_eq!(prep.listens, 3);
-        assert_eq!(prep.users, ["u1", "u3"]);
-        assert_eq!(prep.items, ["t1", "t2", "t3"]);
-        // Ninety days up to now: the fixture's plays are older.
-        let err = window(90, WindowEnd::Now).await.unwrap_err().to_string();
-        assert!(err.contains("nothing to train on"), "{err}");
+        for statistics in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            write_sorted(dir.path(), &fixture(), statistics);
+            let lake: Store = local_store(dir.path());
+            let window = |days, end| {
+                recsys_jobs::als::prep::prepare(
+                    &cluster,
+                    &lake,
+                    "tmp/prep",
+                    1.0,
+                    2,
+                    ListenSource::Listens,
+                    Some(TrainWindow { days, end }),
+                )
+            };
+            // Three days up to the newest play (day 10, 12:00): days 8 and 9 and that play.
+            let prep = window(3, WindowEnd::NewestPlay).await.unwrap();
+            let newest = D0 + 10 * DAY + 12 * HOUR;
+            assert_eq!(prep.window, Some((newest + 1 - 3 * DAY, newest + 1)));
+            assert_eq!(prep.listens, 3);
+            assert_eq!(prep.users, ["u1", "u3"]);
+            assert_eq!(prep.items, ["t1", "t2", "t3"]);
+            // Ninety days up to now: the fixture's plays are older.
+            let err = window(90, WindowEnd::Now).await.unwrap_err().to_string();
+            assert!(err.contains("nothing to train on"), "{err}");
+        }
     })
     .await
     .expect("the window test finished within 120 s");

@@ -16,13 +16,17 @@ use datafusion::execution::SessionState;
 use datafusion::functions::expr_fn::to_char;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::statistics::Statistics;
 use recsys_core::Store;
 use recsys_core::event_files;
 use recsys_core::schema::{EVENTS_DIR, SORTED_DIR, col};
 use serde::{Deserialize, Serialize};
 
 use crate::JobError;
+use crate::lake::LakeFileReader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +116,56 @@ pub async fn sorted_files(lake: &Store) -> Result<Vec<ObjectMeta>, JobError> {
         crate::lake::list(lake.object_store().as_ref(), &lake.path(SORTED_DIR)).await?;
     objects.retain(|o| o.location.as_ref().ends_with(".parquet"));
     Ok(objects)
+}
+
+/// The rows and the latest `ts` of `files` (`None` when they hold no row), from their Parquet
+/// footers alone: `None` when a row group has no exact `ts` maximum (another writer), or nulls
+/// in `ts`, and a query must tell.
+pub async fn footer_stats(
+    lake: &Store,
+    files: &[ObjectMeta],
+) -> Result<Option<(u64, Option<i64>)>, JobError> {
+    let store = lake.object_store();
+    // Readers made first: a stream over a borrowing closure would not be `Send` for every
+    // lifetime, which the orchestrator's spawned jobs need.
+    let readers: Vec<LakeFileReader> = files
+        .iter()
+        .map(|o| LakeFileReader::new(store.clone(), o.location.clone(), o.size))
+        .collect();
+    let footers: Vec<_> = futures::stream::iter(readers)
+        .map(|mut reader| async move { reader.get_metadata(None).await })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let (mut rows, mut latest) = (0u64, None::<i64>);
+    for meta in &footers {
+        let Some(ts) = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == col::TS)
+        else {
+            return Ok(None);
+        };
+        for group in meta.row_groups() {
+            rows += group.num_rows() as u64;
+            if group.num_rows() == 0 {
+                continue;
+            }
+            let max = match group.column(ts).statistics() {
+                Some(Statistics::Int64(s)) if s.max_is_exact() && s.null_count_opt() == Some(0) => {
+                    s.max_opt().copied()
+                }
+                _ => None,
+            };
+            let Some(max) = max else {
+                return Ok(None);
+            };
+            latest = Some(latest.map_or(max, |l| l.max(max)));
+        }
+    }
+    Ok(Some((rows, latest)))
 }
 
 /// The streamed events as a table: the files of [`event_files()`], with their UTC `date` (the

@@ -16,6 +16,7 @@ use super::solve::BlockTask;
 use super::{TrainWindow, WindowEnd, block_file};
 use crate::cluster::checked_write;
 pub use crate::source::ListenSource as RatingsSource;
+use crate::source::{event_files, footer_stats, sorted_files};
 use crate::write::{Payload, shuffle_write, write_parquet_file};
 use crate::{Cluster, JobError};
 
@@ -151,7 +152,7 @@ pub async fn prepare(
     source.register(&ctx, lake, "source").await?;
     let (select, order) = source.select();
     let window = match window {
-        Some(w) => window_bounds(cluster, &ctx, w).await?,
+        Some(w) => window_bounds(cluster, lake, &ctx, source, w).await?,
         None => None,
     };
     let select = match window {
@@ -392,33 +393,49 @@ fn nothing_to_train(listens: u64, users: usize, window: Option<(i64, i64)>) -> J
 /// [since, end) in µs of `window` over the registered `source` (`None`: no plays to end it).
 async fn window_bounds(
     cluster: &Cluster,
+    lake: &Store,
     ctx: &SessionContext,
+    source: RatingsSource,
     window: TrainWindow,
 ) -> Result<Option<(i64, i64)>, JobError> {
     let end = match window.end {
         WindowEnd::Now => Some(recsys_core::time::now_micros()),
-        // Just after the newest play, so that it is inside.
+        // Just after the newest play, so that it is inside: from the files' footers when they
+        // tell it exactly, else a query.
         WindowEnd::NewestPlay => {
-            let mut newest = None;
-            for b in cluster
-                .run_df(
-                    ctx.sql("SELECT CAST(max(ts) AS BIGINT) FROM source")
-                        .await?,
-                )
-                .await?
-            {
-                newest = newest.max(
-                    b.column(0)
-                        .as_primitive::<Int64Type>()
-                        .iter()
-                        .flatten()
-                        .max(),
-                );
-            }
+            let files = match source {
+                RatingsSource::Events => event_files(lake).await?,
+                _ => sorted_files(lake).await?,
+            };
+            let newest = match footer_stats(lake, &files).await? {
+                Some((_, newest)) => newest,
+                None => newest_play(cluster, ctx).await?,
+            };
             newest.map(|t| t + 1)
         }
     };
     Ok(end.map(|end| (end - window.days as i64 * MICROS_PER_DAY, end)))
+}
+
+/// The newest `ts` of the registered `source`, by a query.
+async fn newest_play(cluster: &Cluster, ctx: &SessionContext) -> Result<Option<i64>, JobError> {
+    let mut newest = None;
+    for b in cluster
+        .run_df(
+            ctx.sql("SELECT CAST(max(ts) AS BIGINT) FROM source")
+                .await?,
+        )
+        .await?
+    {
+        newest = newest.max(
+            b.column(0)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .max(),
+        );
+    }
+    Ok(newest)
 }
 
 /// Removes a folder of intermediate files.

@@ -44,11 +44,9 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
-use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::file::statistics::Statistics;
 use recsys_core::Store;
 use recsys_core::manifest::{EtlManifest, TableFiles};
-use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR, col};
+use recsys_core::schema::{CATALOG_SONGS_DIR, CATALOG_USERS_DIR};
 use recsys_core::time::MICROS_PER_DAY;
 
 pub use by_user::{UserMerge, UserMergeExec};
@@ -56,8 +54,7 @@ pub use fold::{FileRef, PlayFold, PlayFoldExec, SpellFold, SpellFoldExec};
 pub use write::{CatalogWrite, CatalogWriteExec};
 
 use crate::cluster::checked_write;
-use crate::lake::LakeFileReader;
-use crate::source::{ListenSource, event_files, sorted_files};
+use crate::source::{ListenSource, event_files, footer_stats, sorted_files};
 use crate::worklist::work_list;
 use crate::write::{run_writes, spread};
 use crate::{Cluster, JobError};
@@ -90,10 +87,11 @@ pub async fn run_etl(
     // play. The events' plays (some rows are skips) take a query.
     let footers = match source {
         ListenSource::Events => None,
-        _ => footer_count(lake, &play_files).await?,
+        _ => footer_stats(lake, &play_files).await?,
     };
     let (count, anchor) = match footers {
-        Some(known) => known,
+        Some((count, Some(latest))) => (count, latest),
+        Some((_, None)) => return Err(no_plays(lake)),
         None => count_plays(cluster, lake, source).await?,
     };
     let since = (anchor.div_euclid(MICROS_PER_DAY) - 6) * MICROS_PER_DAY;
@@ -240,51 +238,6 @@ fn no_plays(lake: &Store) -> JobError {
         "no plays in {} (run the clean and sort steps, or stream events, first)",
         lake.url("sorted/listens/ or events/")
     ))
-}
-
-/// The rows and the latest `ts` of `files`, from their Parquet footers alone: `None` when a
-/// row group has no exact `ts` maximum (another writer), or nulls in `ts`.
-async fn footer_count(lake: &Store, files: &[ObjectMeta]) -> Result<Option<(u64, i64)>, JobError> {
-    let store = lake.object_store();
-    let footers: Vec<_> = futures::stream::iter(files.iter().map(|o| {
-        let mut reader = LakeFileReader::new(store.clone(), o.location.clone(), o.size);
-        async move { reader.get_metadata(None).await }
-    }))
-    .buffered(16)
-    .try_collect()
-    .await?;
-    let (mut rows, mut latest) = (0u64, None::<i64>);
-    for meta in &footers {
-        let Some(ts) = meta
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().string() == col::TS)
-        else {
-            return Ok(None);
-        };
-        for group in meta.row_groups() {
-            rows += group.num_rows() as u64;
-            if group.num_rows() == 0 {
-                continue;
-            }
-            let max = match group.column(ts).statistics() {
-                Some(Statistics::Int64(s)) if s.max_is_exact() && s.null_count_opt() == Some(0) => {
-                    s.max_opt().copied()
-                }
-                _ => None,
-            };
-            let Some(max) = max else {
-                return Ok(None);
-            };
-            latest = Some(latest.map_or(max, |l| l.max(max)));
-        }
-    }
-    match latest {
-        Some(latest) => Ok(Some((rows, latest))),
-        None => Err(no_plays(lake)),
-    }
 }
 
 /// The plays the written songs and users tables count (each should count every play once).
