@@ -118,9 +118,9 @@ pub async fn sorted_files(lake: &Store) -> Result<Vec<ObjectMeta>, JobError> {
     Ok(objects)
 }
 
-/// The rows and the latest `ts` of `files` (`None` when they hold no row), from their Parquet
-/// footers alone: `None` when a row group has no exact `ts` maximum (another writer), or nulls
-/// in `ts`, and a query must tell.
+/// The rows and the latest `ts` of `files` (no latest when they hold no row), from their
+/// Parquet footers alone; `None` when a row group has no exact `ts` maximum (another writer) or
+/// nulls in `ts`, so that a query must tell.
 pub async fn footer_stats(
     lake: &Store,
     files: &[ObjectMeta],

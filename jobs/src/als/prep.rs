@@ -440,22 +440,21 @@ async fn newest_play(cluster: &Cluster, ctx: &SessionContext) -> Result<Option<i
 
 /// Removes a folder of intermediate files.
 pub async fn remove(lake: &Store, dir: &str) -> Result<(), JobError> {
-    crate::lake::clear(lake.object_store().as_ref(), &lake.path(dir)).await?;
-    // On a local lake the folders stay, and so does the staging file (`name#N`, which no
-    // listing shows) of a write a kill -9 cut short: the folder goes as a whole.
-    if let Some(root) = lake.local_dir() {
-        let folder = root.join(dir);
-        match tokio::fs::remove_dir_all(&folder).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(JobError::Io {
-                    path: folder.display().to_string(),
-                    source: e,
-                });
-            }
-            _ => {}
-        }
+    // On a local lake, deleting the objects would leave the folders, and the staging file
+    // (`name#N`, which no listing shows) of a write a kill -9 cut short: the folder goes as a
+    // whole instead.
+    let Some(root) = lake.local_dir() else {
+        crate::lake::clear(lake.object_store().as_ref(), &lake.path(dir)).await?;
+        return Ok(());
+    };
+    let folder = root.join(dir);
+    match tokio::fs::remove_dir_all(&folder).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(JobError::Io {
+            path: folder.display().to_string(),
+            source: e,
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
