@@ -12,6 +12,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use crate::als::evaluate::{AlsEvalExec, EvalSpec};
+use crate::als::pairs::{PairFold, PairFoldExec};
 use crate::als::solve::{AlsSolveExec, SolveSpec};
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
 use crate::embed::{EmbedExec, EmbedSpec};
@@ -30,6 +31,7 @@ enum Node {
     TsvScan(TsvScanSpec),
     AlsSolve(SolveSpec),
     AlsEval(EvalSpec),
+    AlsPairFold(PairFold),
     MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
     Embed(EmbedSpec),
@@ -73,6 +75,7 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::TsvScan(spec) => Arc::new(TsvScanExec::new(input("TsvScanExec")?, spec)),
             Node::AlsSolve(spec) => Arc::new(AlsSolveExec::new(input("AlsSolveExec")?, spec)),
             Node::AlsEval(spec) => Arc::new(AlsEvalExec::new(input("AlsEvalExec")?, spec)),
+            Node::AlsPairFold(spec) => Arc::new(PairFoldExec::new(input("AlsPairFold")?, spec)),
             Node::MergeRange(spec) => Arc::new(MergeRangeExec::new(input("MergeRangeExec")?, spec)),
             Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(
                 input("ParquetWriterExec")?,
@@ -101,6 +104,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::AlsSolve(solve.spec().clone())
         } else if let Some(eval) = any.downcast_ref::<AlsEvalExec>() {
             Node::AlsEval(eval.spec().clone())
+        } else if let Some(fold) = any.downcast_ref::<PairFoldExec>() {
+            Node::AlsPairFold(fold.spec().clone())
         } else if let Some(merge) = any.downcast_ref::<MergeRangeExec>() {
             Node::MergeRange(merge.spec().clone())
         } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {

@@ -420,6 +420,44 @@ fn spread_keys(n: usize) -> Result<Vec<i64>> {
     Ok(keys.into_iter().flatten().collect())
 }
 
+/// `plan` shuffled by its Int64 column `column` (values `0..n`), each value to a partition of
+/// its own ([`spread`]).
+pub fn shuffle_by(
+    plan: Arc<dyn ExecutionPlan>,
+    column: &str,
+    n: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    let key = Arc::new(Column::new_with_schema(column, &plan.schema())?);
+    Ok(Arc::new(RepartitionExec::try_new(plan, spread(key, n)?)?))
+}
+
+/// The writer of `input`'s partitions, each already holding the rows of one value of its Int64
+/// column `column` in the order its file keeps: one file per value (named by `names`, under
+/// `dir` of `lake`) without `column`. It outputs one row per file ([`written_schema`]).
+pub fn split_writer(
+    lake: &recsys_core::Store,
+    input: Arc<dyn ExecutionPlan>,
+    column: &str,
+    dir: &str,
+    names: BTreeMap<i64, String>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(ParquetWriterExec::try_new(
+        input,
+        WriteSpec {
+            store_url: lake.base_url().to_string(),
+            dir: lake.path(dir).to_string(),
+            split: SplitSpec {
+                column: column.to_string(),
+                names,
+            },
+            sorted_runs: false,
+            payload: Payload::Records,
+        },
+    )?))
+}
+
 /// The plan that shuffles `df` by its Int64 column `column` into one file per value (named by
 /// `names`, whose keys are `0..names.len()`, under `dir` of `lake`), rows sorted by `column` then
 /// `order` inside each file; `column` is dropped from the files. It outputs one row per file
@@ -434,38 +472,21 @@ pub async fn shuffle_write_plan(
 ) -> std::result::Result<Arc<dyn ExecutionPlan>, crate::JobError> {
     use datafusion::physical_expr::expressions::Column;
     use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-    use datafusion::physical_plan::repartition::RepartitionExec;
     use datafusion::physical_plan::sorts::sort::SortExec;
 
     let plan = df.create_physical_plan().await?;
     let schema = plan.schema();
-    let key = Arc::new(Column::new_with_schema(column, &schema)?);
-    let shuffled = Arc::new(RepartitionExec::try_new(
-        plan,
-        spread(key.clone(), names.len())?,
-    )?);
-    let mut sort = vec![PhysicalSortExpr::new_default(key as Arc<dyn PhysicalExpr>)];
-    for name in order {
-        sort.push(PhysicalSortExpr::new_default(Arc::new(
-            Column::new_with_schema(name, &schema)?,
-        )));
+    let shuffled = shuffle_by(plan, column, names.len())?;
+    let mut sort = Vec::new();
+    for name in std::iter::once(&column).chain(order) {
+        sort.push(PhysicalSortExpr::new_default(
+            Arc::new(Column::new_with_schema(name, &schema)?) as Arc<dyn PhysicalExpr>,
+        ));
     }
     let ordering = LexOrdering::new(sort)
         .ok_or_else(|| crate::JobError::Invariant("empty ordering".into()))?;
     let sorted = Arc::new(SortExec::new(ordering, shuffled).with_preserve_partitioning(true));
-    Ok(Arc::new(ParquetWriterExec::try_new(
-        sorted,
-        WriteSpec {
-            store_url: lake.base_url().to_string(),
-            dir: lake.path(dir).to_string(),
-            split: SplitSpec {
-                column: column.to_string(),
-                names,
-            },
-            sorted_runs: false,
-            payload: Payload::Records,
-        },
-    )?))
+    Ok(split_writer(lake, sorted, column, dir, names)?)
 }
 
 /// Runs writer plans (one row per file written) as one job: the files with their row counts,

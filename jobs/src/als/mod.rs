@@ -24,6 +24,7 @@ pub mod evaluate;
 pub mod factors;
 pub mod metrics;
 pub mod model;
+pub mod pairs;
 pub mod prep;
 pub mod solve;
 pub mod versions;

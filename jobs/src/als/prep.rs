@@ -12,34 +12,35 @@ use recsys_core::Store;
 
 use recsys_core::time::MICROS_PER_DAY;
 
+use super::pairs::{PairFold, PairFoldExec};
 use super::solve::BlockTask;
 use super::{TrainWindow, WindowEnd, block_file};
 use crate::cluster::checked_write;
 pub use crate::source::ListenSource as RatingsSource;
 use crate::source::{event_files, footer_stats, sorted_files};
-use crate::write::{Payload, shuffle_write, write_parquet_file};
+use crate::write::{
+    Payload, run_writes, shuffle_by, shuffle_write, split_writer, write_parquet_file,
+};
 use crate::{Cluster, JobError};
 
 /// The ALS view of a listen source: every play with its weight `w`.
 trait Ratings {
-    /// The table the preparation reads (`user_id, track_id, w` and `ts` plus tie-breakers in
-    /// `order`), over the registered `source` table.
-    fn select(self) -> (&'static str, &'static str);
+    /// The table the preparation reads (`user_id, track_id, w, ts` and the `ties`), over the
+    /// registered `source` table, and the ties: columns that order a user's plays of one track
+    /// at one time. Listens weigh alike, so their order decides nothing and they have none.
+    fn select(self) -> (&'static str, &'static [&'static str]);
 }
 
 impl Ratings for RatingsSource {
-    fn select(self) -> (&'static str, &'static str) {
+    fn select(self) -> (&'static str, &'static [&'static str]) {
         match self {
             RatingsSource::Events => (
                 "SELECT user_id, track_id, ts, log_partition, log_offset, \
                         CASE action WHEN 'complete' THEN 1.0 WHEN 'listen' THEN 0.5 ELSE 0.0 END AS w \
                  FROM source",
-                "ts, track_id, log_partition, log_offset",
+                &["log_partition", "log_offset"],
             ),
-            _ => (
-                "SELECT user_id, track_id, ts, artist_id, artist_name, track_name, 1.0 AS w FROM source",
-                "ts, track_id, artist_id, artist_name, track_name",
-            ),
+            _ => ("SELECT user_id, track_id, ts, 1.0 AS w FROM source", &[]),
         }
     }
 }
@@ -79,35 +80,35 @@ pub fn blocks(rows: usize, blocks: usize) -> Vec<BlockTask> {
         .collect()
 }
 
-/// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]); the rows written.
-async fn shuffle_blocks(
-    cluster: &Cluster,
-    lake: &Store,
-    df: DataFrame,
-    order: &[&str],
-    dir: &str,
-    count: usize,
-) -> Result<u64, JobError> {
-    let names: BTreeMap<i64, String> = (0..count).map(|b| (b as i64, block_file(b))).collect();
-    Ok(shuffle_write(cluster, lake, df, "block", order, dir, names)
-        .await?
-        .iter()
-        .map(|(_, rows)| rows)
-        .sum())
+/// The names of `count` block files, by block.
+fn block_names(count: usize) -> BTreeMap<i64, String> {
+    (0..count).map(|b| (b as i64, block_file(b))).collect()
 }
 
-/// [`shuffle_blocks`], written again when it did not write `expected` rows.
+/// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]), written again when
+/// it did not write `expected` rows.
 async fn write_blocks(
     cluster: &Cluster,
     lake: &Store,
     df: DataFrame,
-    order: &[&str],
     dir: &str,
     count: usize,
     expected: u64,
 ) -> Result<(), JobError> {
     checked_write(dir, || async {
-        let written = shuffle_blocks(cluster, lake, df.clone(), order, dir, count).await?;
+        let written: u64 = shuffle_write(
+            cluster,
+            lake,
+            df.clone(),
+            "block",
+            &["row", "col"],
+            dir,
+            block_names(count),
+        )
+        .await?
+        .iter()
+        .map(|(_, rows)| rows)
+        .sum();
         Ok(if written == expected {
             Ok(())
         } else {
@@ -150,7 +151,7 @@ pub async fn prepare(
         .prefer_hash_join = true;
     let source = source.resolve(lake).await?;
     source.register(&ctx, lake, "source").await?;
-    let (select, order) = source.select();
+    let (select, ties) = source.select();
     let window = match window {
         Some(w) => window_bounds(cluster, lake, &ctx, source, w).await?,
         None => None,
@@ -219,36 +220,38 @@ pub async fn prepare(
     let user_blocks = blocks(users.len(), block_count);
     let user_block_size = user_blocks.first().map_or(1, |b| b.rows.max(1));
 
-    // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens),
-    //    test plays (the rest) and the plays counted. The users' table joins first (broadcast):
-    //    the listens are then shuffled and sorted by the user's number rather than their id, and
-    //    the cut comes with it.
-    let pairs_sql = format!(
-        "SELECT u, track_id, \
-                CAST(SUM(CASE WHEN rn <= cut THEN w ELSE 0 END) AS FLOAT) AS r, \
-                CAST(SUM(CASE WHEN rn > cut THEN w ELSE 0 END) AS FLOAT) AS t, \
-                COUNT(*) AS n, \
-                u / {user_block_size} AS block \
-         FROM (SELECT us.u, l.track_id, l.w, us.cut, \
-                      ROW_NUMBER() OVER (PARTITION BY us.u ORDER BY {order}) AS rn \
-               FROM listens l JOIN users us ON l.user_id = us.user_id) \
-         GROUP BY u, track_id"
+    // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens,
+    //    by time, track and ties), test plays (the rest) and the plays counted, by one operator
+    //    over each user block's plays ([`PairFold`]). The users' table joins first
+    //    (broadcast): the plays are then shuffled by the user's block, and the cut comes along.
+    let plays_sql = format!(
+        "SELECT us.u, us.cut, CAST(us.u AS BIGINT) / {user_block_size} AS block, l.w, l.ts, l.track_id{} \
+         FROM listens l JOIN users us ON l.user_id = us.user_id",
+        ties.iter().map(|t| format!(", l.{t}")).collect::<String>()
     );
-    let pairs_df = ctx.sql(&pairs_sql).await?;
+    let plays = ctx.sql(&plays_sql).await?.create_physical_plan().await?;
     let pairs_dir = format!("{work}/pairs");
+    let pairs_plan = split_writer(
+        lake,
+        Arc::new(PairFoldExec::new(
+            shuffle_by(plays, "block", user_blocks.len())?,
+            PairFold {
+                ties: ties.iter().map(|t| t.to_string()).collect(),
+            },
+        )),
+        "block",
+        &pairs_dir,
+        block_names(user_blocks.len()),
+    )?;
     // 3. Items: tracks with training plays, by sorted id, with their distinct listeners. The
     //    same job checks the pairs as written: their plays add up to the listens read (a file
     //    doubled or lost by a Ballista job that lost an executor would not).
     let (pairs, mut items) = checked_write(&pairs_dir, || async {
-        let pairs = shuffle_blocks(
-            cluster,
-            lake,
-            pairs_df.clone(),
-            &["u", "track_id"],
-            &pairs_dir,
-            user_blocks.len(),
-        )
-        .await?;
+        let pairs: u64 = run_writes(cluster, pairs_plan.clone())
+            .await?
+            .iter()
+            .map(|(_, rows)| rows)
+            .sum();
         ctx.deregister_table("pairs")?;
         ctx.register_parquet(
             "pairs",
@@ -340,7 +343,6 @@ pub async fn prepare(
         cluster,
         lake,
         ctx.sql(&by_user).await?,
-        &["row", "col"],
         &format!("{work}/by_user"),
         user_blocks.len(),
         pairs,
@@ -354,7 +356,6 @@ pub async fn prepare(
         cluster,
         lake,
         ctx.sql(&by_item).await?,
-        &["row", "col"],
         &format!("{work}/by_item"),
         item_blocks.len(),
         nnz,
