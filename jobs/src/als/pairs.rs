@@ -19,7 +19,8 @@ use arrow::array::{
 };
 use arrow::compute::SortOptions;
 use arrow::datatypes::{
-    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
+    ArrowPrimitiveType, DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef,
+    TimestampMicrosecondType,
 };
 use datafusion::common::{exec_datafusion_err, exec_err};
 use datafusion::error::Result;
@@ -36,9 +37,6 @@ use crate::worklist::{Operator, WorkExec};
 
 /// Rows per output batch.
 const OUT_ROWS: usize = 64 * 1024;
-
-/// The columns [`PairFold`] reads, besides its `ties`.
-pub const INPUT: [&str; 6] = ["u", "cut", "block", "w", "ts", "track_id"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairFold {
@@ -116,24 +114,32 @@ struct Plays<'a> {
     tracks: Interner,
 }
 
-/// A column of `batch`, of the type `get` asks for, without nulls.
-fn values<'a, T>(
-    batch: &'a RecordBatch,
-    name: &str,
-    get: impl FnOnce(&'a ArrayRef) -> Option<&'a [T]>,
-) -> Result<&'a [T]> {
+/// The column `name` of `batch`, without nulls.
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     let array = batch
         .column_by_name(name)
         .ok_or_else(|| exec_datafusion_err!("the plays have no column `{name}`"))?;
     if array.null_count() > 0 {
         return exec_err!("column `{name}` of the plays has nulls");
     }
-    get(array).ok_or_else(|| {
-        exec_datafusion_err!(
-            "column `{name}` of the plays has type {}",
-            array.data_type()
-        )
-    })
+    Ok(array)
+}
+
+/// The values of the primitive column `name` of `batch`, without nulls.
+fn values<'a, T: ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a [T::Native]> {
+    let array = column(batch, name)?;
+    array
+        .as_primitive_opt::<T>()
+        .map(|a| a.values().as_ref())
+        .ok_or_else(|| {
+            exec_datafusion_err!(
+                "column `{name}` of the plays has type {}",
+                array.data_type()
+            )
+        })
 }
 
 impl<'a> Plays<'a> {
@@ -142,41 +148,18 @@ impl<'a> Plays<'a> {
         let batches = batches
             .iter()
             .map(|b| {
-                let track = arrow::compute::cast(
-                    b.column_by_name("track_id").ok_or_else(|| {
-                        exec_datafusion_err!("the plays have no column `track_id`")
-                    })?,
-                    &DataType::Utf8,
-                )?;
-                if track.null_count() > 0 {
-                    return exec_err!("column `track_id` of the plays has nulls");
-                }
+                let track = arrow::compute::cast(column(b, "track_id")?, &DataType::Utf8)?;
                 let track = track
                     .as_string::<i32>()
                     .iter()
                     .map(|t| tracks.intern(t.unwrap_or_default().as_bytes()))
                     .collect();
                 Ok(Columns {
-                    u: values(b, "u", |a| {
-                        a.as_primitive_opt::<Int32Type>()
-                            .map(|a| a.values().as_ref())
-                    })?,
-                    cut: values(b, "cut", |a| {
-                        a.as_primitive_opt::<Int64Type>()
-                            .map(|a| a.values().as_ref())
-                    })?,
-                    block: values(b, "block", |a| {
-                        a.as_primitive_opt::<Int64Type>()
-                            .map(|a| a.values().as_ref())
-                    })?,
-                    w: values(b, "w", |a| {
-                        a.as_primitive_opt::<Float64Type>()
-                            .map(|a| a.values().as_ref())
-                    })?,
-                    ts: values(b, "ts", |a| {
-                        a.as_primitive_opt::<TimestampMicrosecondType>()
-                            .map(|a| a.values().as_ref())
-                    })?,
+                    u: values::<Int32Type>(b, "u")?,
+                    cut: values::<Int64Type>(b, "cut")?,
+                    block: values::<Int64Type>(b, "block")?,
+                    w: values::<Float64Type>(b, "w")?,
+                    ts: values::<TimestampMicrosecondType>(b, "ts")?,
                     track,
                     ties: ties
                         .iter()
