@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::als::evaluate::{AlsEvalExec, EvalSpec};
 use crate::als::pairs::{PairFold, PairFoldExec};
+use crate::als::plays::{PlayScan, PlayScanExec};
 use crate::als::solve::{AlsSolveExec, SolveSpec};
 use crate::clean::scan::{TsvScanExec, TsvScanSpec};
 use crate::embed::{EmbedExec, EmbedSpec};
@@ -32,6 +33,7 @@ enum Node {
     AlsSolve(SolveSpec),
     AlsEval(EvalSpec),
     AlsPairFold(PairFold),
+    AlsPlayScan(PlayScan),
     MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
     Embed(EmbedSpec),
@@ -76,6 +78,7 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::AlsSolve(spec) => Arc::new(AlsSolveExec::new(input("AlsSolveExec")?, spec)),
             Node::AlsEval(spec) => Arc::new(AlsEvalExec::new(input("AlsEvalExec")?, spec)),
             Node::AlsPairFold(spec) => Arc::new(PairFoldExec::new(input("AlsPairFold")?, spec)),
+            Node::AlsPlayScan(spec) => Arc::new(PlayScanExec::new(input("AlsPlayScan")?, spec)),
             Node::MergeRange(spec) => Arc::new(MergeRangeExec::new(input("MergeRangeExec")?, spec)),
             Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(
                 input("ParquetWriterExec")?,
@@ -106,6 +109,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::AlsEval(eval.spec().clone())
         } else if let Some(fold) = any.downcast_ref::<PairFoldExec>() {
             Node::AlsPairFold(fold.spec().clone())
+        } else if let Some(scan) = any.downcast_ref::<PlayScanExec>() {
+            Node::AlsPlayScan(scan.spec().clone())
         } else if let Some(merge) = any.downcast_ref::<MergeRangeExec>() {
             Node::MergeRange(merge.spec().clone())
         } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {

@@ -59,6 +59,14 @@ impl ListenSource {
         )
     }
 
+    /// This (resolved) source's files: [`event_files()`] or [`sorted_files()`].
+    pub async fn files(self, lake: &Store) -> Result<Vec<ObjectMeta>, JobError> {
+        match self {
+            ListenSource::Events => event_files(lake).await,
+            _ => sorted_files(lake).await,
+        }
+    }
+
     /// Registers this (resolved) source's files in `ctx` as table `name`.
     pub async fn register(
         self,
@@ -66,9 +74,23 @@ impl ListenSource {
         lake: &Store,
         name: &str,
     ) -> Result<(), JobError> {
+        let files = self.files(lake).await?;
+        self.register_files(ctx, lake, name, &files).await
+    }
+
+    /// Registers `files` of this (resolved) source (see [`ListenSource::files`]) in `ctx` as
+    /// table `name`: a job that also reads the files itself sees the events the table holds,
+    /// also while the sink adds more. The sorted listens change only when rebuilt: all of them.
+    pub async fn register_files(
+        self,
+        ctx: &SessionContext,
+        lake: &Store,
+        name: &str,
+        files: &[ObjectMeta],
+    ) -> Result<(), JobError> {
         match self {
             ListenSource::Events => {
-                ctx.register_table(name, events_table(&ctx.state(), lake).await?)?;
+                ctx.register_table(name, files_table(&ctx.state(), lake, files).await?)?;
             }
             _ => {
                 register_sorted(ctx, lake, name).await?;
@@ -174,8 +196,16 @@ pub async fn events_table(
     state: &SessionState,
     lake: &Store,
 ) -> Result<Arc<dyn TableProvider>, JobError> {
-    let urls: Vec<String> = event_files(lake)
-        .await?
+    files_table(state, lake, &event_files(lake).await?).await
+}
+
+/// The event `files` as a table, with their UTC `date` (the folder they sit in) as a column.
+async fn files_table(
+    state: &SessionState,
+    lake: &Store,
+    files: &[ObjectMeta],
+) -> Result<Arc<dyn TableProvider>, JobError> {
+    let urls: Vec<String> = files
         .iter()
         .map(|o| lake.url(&lake.relative(o.location.as_ref())))
         .collect();

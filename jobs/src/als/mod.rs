@@ -25,6 +25,7 @@ pub mod factors;
 pub mod metrics;
 pub mod model;
 pub mod pairs;
+pub mod plays;
 pub mod prep;
 pub mod solve;
 pub mod versions;

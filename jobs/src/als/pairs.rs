@@ -1,12 +1,13 @@
-//! The ratings' per-user split, as one operator: the plays of a share of the users (shuffled by
-//! user block) in, their (user, track) pairs out, with the user's earliest `cut` plays counted
-//! as training and the rest as test.
+//! The ratings' per-user split, as one operator: the plays of a share of the users (read by
+//! [`super::plays::PlayScan`], shuffled by user block) in, their (user, track) pairs out, with
+//! the user's earliest `cut` plays counted as training and the rest as test.
 //!
 //! It does what `ROW_NUMBER() OVER (PARTITION BY u ORDER BY ts, track_id, ties…)` and a
 //! `GROUP BY u, track_id` do, without their costs: a sort of every play by a row-format key of
 //! all the order's columns (strings included), a second shuffle by (user, track) and a sort of
 //! the result for the writer. Here a play's sort key is its user, its time and its track's rank
-//! among the task's tracks (an integer); the remaining tie-breakers are compared only for plays
+//! among the task's tracks (an integer; tracks arrive as 64-bit id hashes, named by the few
+//! rows that carry their id string); the remaining tie-breakers are compared only for plays
 //! equal in all three. A user's pairs come out sorted by track id, users in order, so a block's
 //! rows arrive at the writer in the order its file keeps.
 
@@ -20,7 +21,7 @@ use arrow::array::{
 use arrow::compute::SortOptions;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef,
-    TimestampMicrosecondType,
+    UInt64Type,
 };
 use datafusion::common::{exec_datafusion_err, exec_err};
 use datafusion::error::Result;
@@ -30,9 +31,10 @@ use datafusion::physical_plan::metrics::BaselineMetrics;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use hashbrown::HashMap;
+use recsys_core::schema::col;
 use serde::{Deserialize, Serialize};
 
-use crate::intern::Interner;
+use crate::etl::same_id;
 use crate::worklist::{Operator, WorkExec};
 
 /// Rows per output batch.
@@ -111,18 +113,15 @@ struct Play {
 /// A task's plays.
 struct Plays<'a> {
     batches: Vec<Columns<'a>>,
-    tracks: Interner,
+    /// Track ids, by interned track.
+    tracks: Vec<String>,
 }
 
-/// The column `name` of `batch`, without nulls.
+/// The column `name` of `batch`.
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
-    let array = batch
+    batch
         .column_by_name(name)
-        .ok_or_else(|| exec_datafusion_err!("the plays have no column `{name}`"))?;
-    if array.null_count() > 0 {
-        return exec_err!("column `{name}` of the plays has nulls");
-    }
-    Ok(array)
+        .ok_or_else(|| exec_datafusion_err!("the plays have no column `{name}`"))
 }
 
 /// The values of the primitive column `name` of `batch`, without nulls.
@@ -131,6 +130,9 @@ fn values<'a, T: ArrowPrimitiveType>(
     name: &str,
 ) -> Result<&'a [T::Native]> {
     let array = column(batch, name)?;
+    if array.null_count() > 0 {
+        return exec_err!("column `{name}` of the plays has nulls");
+    }
     array
         .as_primitive_opt::<T>()
         .map(|a| a.values().as_ref())
@@ -143,42 +145,66 @@ fn values<'a, T: ArrowPrimitiveType>(
 }
 
 impl<'a> Plays<'a> {
+    /// The plays of `batches` ([`super::plays::play_schema`]), their tracks interned by hash
+    /// and named by the rows that carry their id.
     fn new(batches: &'a [RecordBatch], ties: &[String]) -> Result<Self> {
-        let mut tracks = Interner::new();
-        let batches = batches
-            .iter()
-            .map(|b| {
-                let track = arrow::compute::cast(column(b, "track_id")?, &DataType::Utf8)?;
-                let track = track
-                    .as_string::<i32>()
+        let mut interned: HashMap<u64, u32> = HashMap::new();
+        let mut names: Vec<Option<String>> = Vec::new();
+        let mut columns = Vec::with_capacity(batches.len());
+        for b in batches {
+            let ids = column(b, col::TRACK_ID)?;
+            let Some(ids) = ids.as_string_opt::<i32>() else {
+                return exec_err!(
+                    "column `track_id` of the plays has type {}",
+                    ids.data_type()
+                );
+            };
+            let hashes = values::<UInt64Type>(b, "track_h")?;
+            let mut track = Vec::with_capacity(hashes.len());
+            for (r, h) in hashes.iter().enumerate() {
+                let t = *interned.entry(*h).or_insert_with(|| {
+                    names.push(None);
+                    names.len() as u32 - 1
+                });
+                if ids.is_valid(r) {
+                    same_id(&mut names[t as usize], ids.value(r), "track")?;
+                }
+                track.push(t);
+            }
+            columns.push(Columns {
+                u: values::<Int32Type>(b, "u")?,
+                cut: values::<Int64Type>(b, "cut")?,
+                block: values::<Int64Type>(b, "block")?,
+                w: values::<Float64Type>(b, "w")?,
+                ts: values::<Int64Type>(b, col::TS)?,
+                track,
+                ties: ties
                     .iter()
-                    .map(|t| tracks.intern(t.unwrap_or_default().as_bytes()))
-                    .collect();
-                Ok(Columns {
-                    u: values::<Int32Type>(b, "u")?,
-                    cut: values::<Int64Type>(b, "cut")?,
-                    block: values::<Int64Type>(b, "block")?,
-                    w: values::<Float64Type>(b, "w")?,
-                    ts: values::<TimestampMicrosecondType>(b, "ts")?,
-                    track,
-                    ties: ties
-                        .iter()
-                        .map(|t| {
-                            b.column_by_name(t).cloned().ok_or_else(|| {
-                                exec_datafusion_err!("the plays have no column `{t}`")
-                            })
-                        })
-                        .collect::<Result<_>>()?,
+                    .map(|t| column(b, t).cloned())
+                    .collect::<Result<_>>()?,
+            });
+        }
+        let tracks = names
+            .into_iter()
+            .map(|n| {
+                n.ok_or_else(|| {
+                    exec_datafusion_err!(
+                        "a track came to the pairs without its id (the plays' scan sends it \
+                         with the first play of each track for each block)"
+                    )
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Plays { batches, tracks })
+            .collect::<Result<_>>()?;
+        Ok(Plays {
+            batches: columns,
+            tracks,
+        })
     }
 
     /// Every track's rank by id.
     fn ranks(&self) -> Vec<u32> {
         let mut by_id: Vec<u32> = (0..self.tracks.len() as u32).collect();
-        by_id.sort_unstable_by(|&a, &b| self.tracks.get(a).cmp(self.tracks.get(b)));
+        by_id.sort_unstable_by(|&a, &b| self.tracks[a as usize].cmp(&self.tracks[b as usize]));
         let mut rank = vec![0; by_id.len()];
         for (r, &t) in by_id.iter().enumerate() {
             rank[t as usize] = r as u32;
@@ -270,7 +296,7 @@ impl<'a> Plays<'a> {
             touched.sort_unstable_by_key(|&t| rank[t as usize]);
             for t in touched.drain(..) {
                 let (r, test, n) = std::mem::take(&mut sums[t as usize]);
-                rows.push(user[0].u, self.tracks.get(t), r, test, n, block);
+                rows.push(user[0].u, &self.tracks[t as usize], r, test, n, block);
             }
             if rows.len() >= OUT_ROWS {
                 out.push(rows.finish()?);
@@ -294,11 +320,9 @@ struct PairRows {
 }
 
 impl PairRows {
-    fn push(&mut self, u: i32, track: &[u8], r: f64, t: f64, n: i64, block: i64) {
+    fn push(&mut self, u: i32, track: &str, r: f64, t: f64, n: i64, block: i64) {
         self.u.append_value(u);
-        // Interned from a UTF-8 column.
-        self.track
-            .append_value(std::str::from_utf8(track).unwrap_or_default());
+        self.track.append_value(track);
         self.r.append_value(r as f32);
         self.t.append_value(t as f32);
         self.n.append_value(n);
@@ -326,33 +350,73 @@ impl PairRows {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{
-        Float64Array, Int32Array, Int64Array, StringArray, StringViewArray,
-        TimestampMicrosecondArray,
-    };
-    use datafusion::prelude::SessionContext;
+    use std::collections::BTreeMap;
 
+    use arrow::array::{Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Float32Type, TimeUnit};
+    use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    use recsys_core::Store;
+
+    use super::super::plays::{EVENT_TIES, PlayScan};
     use super::*;
+    use crate::etl::FileRef;
+    use crate::worklist::Work;
 
-    /// Plays of 5 users over 7 tracks in 3 batches (the last with its tracks as string views),
-    /// many of them at one time on one track, told apart only by their offsets.
-    fn plays() -> Vec<RecordBatch> {
-        let schema = |track: DataType| {
+    /// Per user: their cut (0: all test; 1000: past their plays, all training).
+    const CUTS: [i64; 5] = [0, 40, 70, 100, 1000];
+
+    /// `batch` written to the file `name` of `lake` (a local folder).
+    fn write(lake: &Store, name: &str, batch: RecordBatch) -> FileRef {
+        let path = std::path::Path::new(lake.location()).join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        FileRef {
+            path: lake.path(name).to_string(),
+            size: std::fs::metadata(&path).unwrap().len(),
+        }
+    }
+
+    /// A users' table of `users` (numbers; ids `user-{u}`) with their [`CUTS`].
+    fn users(lake: &Store, name: &str, users: &[i32]) -> FileRef {
+        let batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
+                Field::new(col::USER_ID, DataType::Utf8, false),
                 Field::new("u", DataType::Int32, false),
                 Field::new("cut", DataType::Int64, false),
-                Field::new("block", DataType::Int64, false),
-                Field::new("w", DataType::Float64, false),
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
-                    false,
-                ),
-                Field::new("track_id", track, false),
-                Field::new("log_partition", DataType::Int32, false),
-                Field::new("log_offset", DataType::Int64, false),
-            ]))
-        };
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    users.iter().map(|u| format!("user-{u}")),
+                )),
+                Arc::new(Int32Array::from_iter_values(users.iter().copied())),
+                Arc::new(Int64Array::from_iter_values(
+                    users.iter().map(|&u| CUTS[u as usize]),
+                )),
+            ],
+        )
+        .unwrap();
+        write(lake, name, batch)
+    }
+
+    /// Three event files of 5 users' plays over 7 tracks, many of them at one time on one
+    /// track, told apart only by their place in the log.
+    fn lake(dir: &std::path::Path) -> (Store, Vec<FileRef>) {
+        let lake = Store::open(dir.to_str().unwrap(), &Default::default()).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(col::USER_ID, DataType::Utf8, false),
+            Field::new(col::TRACK_ID, DataType::Utf8, false),
+            Field::new(
+                col::TS,
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+            Field::new(col::ACTION, DataType::Utf8, false),
+            Field::new(col::LOG_PARTITION, DataType::Int32, false),
+            Field::new(col::LOG_OFFSET, DataType::Int64, false),
+        ]));
         let mut seed = 7u64;
         let mut next = |n: u64| {
             seed = seed
@@ -361,61 +425,102 @@ mod tests {
             (seed >> 33) % n
         };
         let mut offset = 0;
-        (0..3)
-            .map(|b| {
-                let rows: Vec<(i32, i64, f64, String, i32, i64)> = (0..400)
+        let files = (0..3)
+            .map(|f| {
+                let rows: Vec<(String, String, i64, &str, i32, i64)> = (0..400)
                     .map(|_| {
                         offset += 1;
-                        let u = next(5) as i32;
                         (
-                            u,
-                            next(6) as i64 * 1_000_000,
-                            [0.0, 0.5, 1.0][next(3) as usize],
+                            format!("user-{}", next(5)),
                             format!("track-{}", next(7)),
+                            next(6) as i64 * 1_000_000,
+                            ["complete", "listen", "skip"][next(3) as usize],
                             next(2) as i32,
-                            // Offsets out of order, so that the batches' order is not theirs.
+                            // Offsets out of order, so that the files' order is not theirs.
                             (offset * 7919) % 1201,
                         )
                     })
                     .collect();
-                let tracks = rows.iter().map(|r| r.3.as_str());
-                let track: ArrayRef = if b == 2 {
-                    Arc::new(StringViewArray::from_iter_values(tracks))
-                } else {
-                    Arc::new(StringArray::from_iter_values(tracks))
-                };
-                RecordBatch::try_new(
-                    schema(track.data_type().clone()),
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
                     vec![
-                        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
-                        // Users' cuts: 0 (all test) to well past their plays (all training).
-                        Arc::new(Int64Array::from_iter_values(
-                            rows.iter().map(|r| [0, 40, 100, 170, 1000][r.0 as usize]),
-                        )),
-                        Arc::new(Int64Array::from_iter_values(
-                            rows.iter().map(|r| i64::from(r.0 / 2)),
-                        )),
-                        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
                         Arc::new(TimestampMicrosecondArray::from_iter_values(
-                            rows.iter().map(|r| r.1),
+                            rows.iter().map(|r| r.2),
                         )),
-                        track,
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3))),
                         Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.4))),
                         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.5))),
                     ],
                 )
-                .unwrap()
+                .unwrap();
+                write(&lake, &format!("events-{f}.parquet"), batch)
             })
-            .collect()
+            .collect();
+        (lake, files)
     }
 
-    /// The pairs as (u, track, r, t, n, block).
+    /// The plays of `units` as [`PlayScan`] reads them, by block (2 users per block).
+    async fn scan(
+        lake: &Store,
+        users: &FileRef,
+        units: Vec<Vec<FileRef>>,
+        window: Option<(i64, i64)>,
+        events: bool,
+    ) -> Result<BTreeMap<i64, Vec<RecordBatch>>> {
+        let spec = Arc::new(PlayScan {
+            store_url: lake.base_url().to_string(),
+            users: users.clone(),
+            events,
+            window,
+            block_size: 2,
+        });
+        let mut blocks: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+        for unit in units {
+            let metrics = BaselineMetrics::new(&ExecutionPlanMetricsSet::new(), 0);
+            let out: Vec<RecordBatch> = spec
+                .clone()
+                .run(unit, Arc::new(TaskContext::default()), metrics)?
+                .try_collect()
+                .await?;
+            // The shuffle by block.
+            for batch in out {
+                let block = batch
+                    .column_by_name("block")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                for b in 0..3 {
+                    let mask = arrow::compute::kernels::cmp::eq(block, &Int64Array::new_scalar(b))?;
+                    let rows = arrow::compute::filter_record_batch(&batch, &mask)?;
+                    if rows.num_rows() > 0 {
+                        blocks.entry(b).or_default().push(rows);
+                    }
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// The pairs of every block, as (u, track, r, t, n, block).
+    fn pairs(
+        blocks: &BTreeMap<i64, Vec<RecordBatch>>,
+        ties: &[&str],
+    ) -> Vec<(i32, String, f32, f32, i64, i64)> {
+        let ties: Vec<String> = ties.iter().map(|t| t.to_string()).collect();
+        let batches: Vec<RecordBatch> = blocks
+            .values()
+            .flat_map(|b| Plays::new(b, &ties).unwrap().pairs().unwrap())
+            .collect();
+        rows(&batches)
+    }
+
     fn rows(batches: &[RecordBatch]) -> Vec<(i32, String, f32, f32, i64, i64)> {
         let mut out = Vec::new();
         for b in batches {
             let track = arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
             let track = track.as_string::<i32>();
-            let f = |i: usize| b.column(i).as_primitive::<arrow::datatypes::Float32Type>();
+            let f = |i: usize| b.column(i).as_primitive::<Float32Type>();
             let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
             for r in 0..b.num_rows() {
                 out.push((
@@ -433,32 +538,44 @@ mod tests {
 
     #[tokio::test]
     async fn pairs_are_what_row_number_and_group_by_give() {
-        let batches = plays();
-        // The reference: the SQL the operator replaces, over the same plays (as strings).
-        let schema = batches[0].schema();
-        let same: Vec<RecordBatch> = batches
-            .iter()
-            .map(|b| {
-                let columns = b
-                    .columns()
-                    .iter()
-                    .map(|c| match c.data_type() {
-                        DataType::Utf8View => arrow::compute::cast(c, &DataType::Utf8).unwrap(),
-                        _ => c.clone(),
-                    })
-                    .collect();
-                RecordBatch::try_new(schema.clone(), columns).unwrap()
-            })
-            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, files) = lake(dir.path());
+        let users = users(&lake, "users.parquet", &[0, 1, 2, 3, 4]);
+        // Plays at 0 s and 5 s fall outside the window.
+        let window = Some((1_000_000, 5_000_000));
+        let units = vec![files[..2].to_vec(), files[2..].to_vec()];
+        let blocks = scan(&lake, &users, units.clone(), window, true)
+            .await
+            .unwrap();
+        let got = pairs(&blocks, &EVENT_TIES);
+
+        // The reference: the SQL the operators replace, over the same files.
         let ctx = SessionContext::new();
-        ctx.register_batch(
-            "plays",
-            arrow::compute::concat_batches(&schema, &same).unwrap(),
+        let options = ParquetReadOptions::default();
+        for (i, f) in files.iter().enumerate() {
+            let url = format!("{}{}", lake.base_url(), f.path);
+            ctx.register_parquet(format!("events{i}"), url, options.clone())
+                .await
+                .unwrap();
+        }
+        ctx.register_parquet(
+            "users",
+            format!("{}{}", lake.base_url(), users.path),
+            options,
         )
+        .await
         .unwrap();
         let expected = ctx
             .sql(
-                "SELECT u, track_id, \
+                "WITH plays AS ( \
+                   SELECT us.u, us.cut, CAST(us.u AS BIGINT) / 2 AS block, l.track_id, l.ts, \
+                          l.log_partition, l.log_offset, \
+                          CASE l.action WHEN 'complete' THEN 1.0 WHEN 'listen' THEN 0.5 ELSE 0.0 END AS w \
+                   FROM (SELECT * FROM events0 UNION ALL SELECT * FROM events1 \
+                         UNION ALL SELECT * FROM events2) l \
+                   JOIN users us ON l.user_id = us.user_id \
+                   WHERE l.ts >= to_timestamp_micros(1000000) AND l.ts < to_timestamp_micros(5000000)) \
+                 SELECT u, track_id, \
                         CAST(SUM(CASE WHEN rn <= cut THEN w ELSE 0 END) AS FLOAT) AS r, \
                         CAST(SUM(CASE WHEN rn > cut THEN w ELSE 0 END) AS FLOAT) AS t, \
                         COUNT(*) AS n, block \
@@ -471,17 +588,38 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        let ties = ["log_partition".to_string(), "log_offset".to_string()];
-        let got = rows(&Plays::new(&batches, &ties).unwrap().pairs().unwrap());
         assert_eq!(got, rows(&expected));
-        assert_eq!(got.iter().map(|p| p.4).sum::<i64>(), 1200);
+        // The window kept some plays and left out others.
+        let plays: i64 = got.iter().map(|p| p.4).sum();
+        assert!(plays > 600 && plays < 1200, "{plays}");
         // User 0 trains on nothing, user 4 on everything, the others on some of their pairs.
         let user = |u: i32| got.iter().filter(move |p| p.0 == u);
         assert!(user(0).all(|p| p.2 == 0.0) && user(4).all(|p| p.3 == 0.0));
         assert!(user(2).any(|p| p.2 > 0.0) && user(2).any(|p| p.3 > 0.0));
-        // Without the ties the order of plays equal in time and track is the input's, and
-        // some users' split changes.
-        let untied = rows(&Plays::new(&batches, &[]).unwrap().pairs().unwrap());
-        assert_ne!(untied, got);
+        // Without the ties the order of plays equal in time and track is the files', and some
+        // users' split changes.
+        assert_ne!(pairs(&blocks, &[]), got);
+
+        // Sorted listens: every play weighs 1, all of them without a window.
+        let listens = scan(&lake, &users, units, None, false).await.unwrap();
+        let got = pairs(&listens, &[]);
+        assert_eq!(got.iter().map(|p| p.4).sum::<i64>(), 1200);
+        assert!(got.iter().all(|p| p.2 + p.3 == p.4 as f32));
+    }
+
+    #[tokio::test]
+    async fn a_play_of_an_unknown_user_fails_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, files) = lake(dir.path());
+        // The users' table of another preparation: without user-3.
+        let users = users(&lake, "users.parquet", &[0, 1, 2, 4]);
+        let e = scan(&lake, &users, vec![files], None, true)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("user `user-3`, who is not in the users' table"),
+            "{e}"
+        );
     }
 }

@@ -8,42 +8,24 @@ use std::sync::Arc;
 use arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use object_store::{ObjectMeta, ObjectStoreExt};
 use recsys_core::Store;
 
 use recsys_core::time::MICROS_PER_DAY;
 
 use super::pairs::{PairFold, PairFoldExec};
+use super::plays::{EVENT_TIES, PlayScan, PlayScanExec};
 use super::solve::BlockTask;
 use super::{TrainWindow, WindowEnd, block_file};
 use crate::cluster::checked_write;
+use crate::etl::{FileRef, units};
 pub use crate::source::ListenSource as RatingsSource;
-use crate::source::{event_files, footer_stats, sorted_files};
+use crate::source::footer_stats;
+use crate::worklist::work_list;
 use crate::write::{
     Payload, run_writes, shuffle_by, shuffle_write, split_writer, write_parquet_file,
 };
 use crate::{Cluster, JobError};
-
-/// The ALS view of a listen source: every play with its weight `w`.
-trait Ratings {
-    /// The table the preparation reads (`user_id, track_id, w, ts` and the `ties`), over the
-    /// registered `source` table, and the ties: columns that order a user's plays of one track
-    /// at one time. Listens weigh alike, so their order decides nothing and they have none.
-    fn select(self) -> (&'static str, &'static [&'static str]);
-}
-
-impl Ratings for RatingsSource {
-    fn select(self) -> (&'static str, &'static [&'static str]) {
-        match self {
-            RatingsSource::Events => (
-                "SELECT user_id, track_id, ts, log_partition, log_offset, \
-                        CASE action WHEN 'complete' THEN 1.0 WHEN 'listen' THEN 0.5 ELSE 0.0 END AS w \
-                 FROM source",
-                &["log_partition", "log_offset"],
-            ),
-            _ => ("SELECT user_id, track_id, ts, 1.0 AS w FROM source", &[]),
-        }
-    }
-}
 
 /// What the preparation produced.
 #[derive(Debug, Clone)]
@@ -150,17 +132,21 @@ pub async fn prepare(
         .optimizer
         .prefer_hash_join = true;
     let source = source.resolve(lake).await?;
-    source.register(&ctx, lake, "source").await?;
-    let (select, ties) = source.select();
+    // The files listed once: the users' job and the plays' scan read the same ones.
+    let files = source.files(lake).await?;
+    source.register_files(&ctx, lake, "source", &files).await?;
+    let events = source == RatingsSource::Events;
     let window = match window {
-        Some(w) => window_bounds(cluster, lake, &ctx, source, w).await?,
+        Some(w) => window_bounds(cluster, lake, &ctx, &files, w).await?,
         None => None,
     };
+    // Every row is a play: an event's action weighs it (see [`PlayScan`]), a skip included.
     let select = match window {
         Some((since, end)) => format!(
-            "{select} WHERE ts >= to_timestamp_micros({since}) AND ts < to_timestamp_micros({end})"
+            "SELECT user_id FROM source \
+             WHERE ts >= to_timestamp_micros({since}) AND ts < to_timestamp_micros({end})"
         ),
-        None => select.to_string(),
+        None => "SELECT user_id FROM source".to_string(),
     };
     ctx.register_table("listens", ctx.sql(&select).await?.into_view())?;
 
@@ -202,34 +188,39 @@ pub async fn prepare(
         ],
     )?;
     let store = lake.object_store();
+    let users_path = lake.path(&format!("{work}/users.parquet"));
     write_parquet_file(
         store.clone(),
-        &lake.path(&format!("{work}/users.parquet")),
+        &users_path,
         user_schema,
         vec![user_batch],
         Payload::Records,
         vec![],
     )
     .await?;
-    ctx.register_parquet(
-        "users",
-        lake.url(&format!("{work}/users.parquet")),
-        ParquetReadOptions::default(),
-    )
-    .await?;
+    let users_file = FileRef {
+        size: store.head(&users_path).await?.size,
+        path: users_path.to_string(),
+    };
     let user_blocks = blocks(users.len(), block_count);
     let user_block_size = user_blocks.first().map_or(1, |b| b.rows.max(1));
 
     // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens,
     //    by time, track and ties), test plays (the rest) and the plays counted, by one operator
-    //    over each user block's plays ([`PairFold`]). The users' table joins first
-    //    (broadcast): the plays are then shuffled by the user's block, and the cut comes along.
-    let plays_sql = format!(
-        "SELECT us.u, us.cut, CAST(us.u AS BIGINT) / {user_block_size} AS block, l.w, l.ts, l.track_id{} \
-         FROM listens l JOIN users us ON l.user_id = us.user_id",
-        ties.iter().map(|t| format!(", l.{t}")).collect::<String>()
-    );
-    let plays = ctx.sql(&plays_sql).await?.create_physical_plan().await?;
+    //    over each user block's plays ([`PairFold`]). The plays come from the files as
+    //    [`PlayScan`] reads them: with their user's number, cut and block, tracks as id hashes.
+    let parallelism = cluster.parallelism().max(1);
+    let plays = Arc::new(PlayScanExec::new(
+        work_list(&units(files, 2 * parallelism))?,
+        PlayScan {
+            store_url: lake.base_url().to_string(),
+            users: users_file,
+            events,
+            window,
+            block_size: user_block_size as i64,
+        },
+    ));
+    let ties: &[&str] = if events { &EVENT_TIES } else { &[] };
     let pairs_dir = format!("{work}/pairs");
     let pairs_plan = split_writer(
         lake,
@@ -391,12 +382,13 @@ fn nothing_to_train(listens: u64, users: usize, window: Option<(i64, i64)>) -> J
     ))
 }
 
-/// [since, end) in µs of `window` over the registered `source` (`None`: no plays to end it).
+/// [since, end) in µs of `window` over the registered `source`, whose `files` these are
+/// (`None`: no plays to end it).
 async fn window_bounds(
     cluster: &Cluster,
     lake: &Store,
     ctx: &SessionContext,
-    source: RatingsSource,
+    files: &[ObjectMeta],
     window: TrainWindow,
 ) -> Result<Option<(i64, i64)>, JobError> {
     let end = match window.end {
@@ -404,11 +396,7 @@ async fn window_bounds(
         // Just after the newest play, so that it is inside: from the files' footers when they
         // tell it exactly, else a query.
         WindowEnd::NewestPlay => {
-            let files = match source {
-                RatingsSource::Events => event_files(lake).await?,
-                _ => sorted_files(lake).await?,
-            };
-            let newest = match footer_stats(lake, &files).await? {
+            let newest = match footer_stats(lake, files).await? {
                 Some((_, newest)) => newest,
                 None => newest_play(cluster, ctx).await?,
             };

@@ -65,14 +65,14 @@ pub fn play_schema() -> SchemaRef {
 /// The distinct strings of one column seen by a task: a dense id each, with its hash and
 /// whether its string was sent on yet.
 #[derive(Debug, Default)]
-struct Names {
-    strings: Interner,
-    hashes: Vec<u64>,
+pub(crate) struct Names {
+    pub(crate) strings: Interner,
+    pub(crate) hashes: Vec<u64>,
     sent: Vec<bool>,
 }
 
 impl Names {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Names {
             strings: Interner::new(),
             ..Default::default()
@@ -99,7 +99,7 @@ impl Names {
 /// chunk; its values are interned once and reused while it lasts (the dictionary is kept, so
 /// the buffers compared cannot be freed and their addresses reused by another).
 #[derive(Debug, Default)]
-struct DictIds {
+pub(crate) struct DictIds {
     dict: Option<ArrayRef>,
     ids: Vec<u32>,
     /// Dictionaries interned (the reader builds one per batch of a chunk that is not
@@ -108,7 +108,7 @@ struct DictIds {
 }
 
 impl DictIds {
-    fn rows(
+    pub(crate) fn rows(
         &mut self,
         batch: &RecordBatch,
         column: &str,
@@ -155,7 +155,7 @@ impl DictIds {
 }
 
 /// The batches of `columns` of one file, strings as dictionaries (their Parquet encoding).
-async fn read_file(
+pub(crate) async fn read_file(
     store: Arc<dyn ObjectStore>,
     file: &FileRef,
     columns: &[&str],
@@ -207,7 +207,7 @@ async fn read_file(
 }
 
 /// The `ts` column of a batch of `file`: microseconds, never null.
-fn timestamps<'a>(batch: &'a RecordBatch, file: &str) -> Result<&'a [i64]> {
+pub(crate) fn timestamps<'a>(batch: &'a RecordBatch, file: &str) -> Result<&'a [i64]> {
     match batch
         .column_by_name(col::TS)
         .and_then(|ts| ts.as_primitive_opt::<TimestampMicrosecondType>())
@@ -218,7 +218,7 @@ fn timestamps<'a>(batch: &'a RecordBatch, file: &str) -> Result<&'a [i64]> {
 }
 
 /// The string `id` of `names` stands for.
-fn text(names: &Names, id: u32) -> &str {
+pub(crate) fn text(names: &Names, id: u32) -> &str {
     // Interned from a UTF-8 string column.
     std::str::from_utf8(names.strings.get(id)).unwrap_or_default()
 }

@@ -27,7 +27,7 @@
 //! sorted listens (every row a play), or from a small query over the events.
 
 mod by_user;
-mod fold;
+pub(crate) mod fold;
 mod partial;
 mod write;
 
@@ -271,7 +271,7 @@ async fn written_plays(cluster: &Cluster, lake: &Store) -> Result<(u64, u64), Jo
 
 /// `files` in at most `n` groups of about equal bytes (largest first, each to the lightest
 /// group), every group in name order.
-fn units(mut files: Vec<ObjectMeta>, n: usize) -> Vec<Vec<FileRef>> {
+pub(crate) fn units(mut files: Vec<ObjectMeta>, n: usize) -> Vec<Vec<FileRef>> {
     files.sort_by(|a, b| b.size.cmp(&a.size).then(a.location.cmp(&b.location)));
     let mut groups: Vec<(u64, Vec<ObjectMeta>)> =
         vec![(0, Vec::new()); n.clamp(1, files.len().max(1))];
@@ -301,13 +301,17 @@ fn units(mut files: Vec<ObjectMeta>, n: usize) -> Vec<Vec<FileRef>> {
 
 /// Records the string an id hash stands for in `slot`, or fails if another string had the same
 /// hash (`what`: user, track or artist).
-fn same_id(slot: &mut Option<String>, value: &str, what: &str) -> datafusion::error::Result<()> {
+pub(crate) fn same_id(
+    slot: &mut Option<String>,
+    value: &str,
+    what: &str,
+) -> datafusion::error::Result<()> {
     match slot {
         None => *slot = Some(value.to_string()),
         Some(known) if known == value => {}
         Some(known) => {
             return datafusion::common::exec_err!(
-                "the {what} ids `{known}` and `{value}` have the same 64-bit hash; the ETL \
+                "the {what} ids `{known}` and `{value}` have the same 64-bit hash; recsys \
                  cannot tell them apart"
             );
         }
@@ -317,7 +321,7 @@ fn same_id(slot: &mut Option<String>, value: &str, what: &str) -> datafusion::er
 
 /// The output of an operator that emits only once its work is done: `batches` runs when the
 /// stream is first polled, and its rows are recorded as the operator's output.
-fn emit_when_done(
+pub(crate) fn emit_when_done(
     metrics: BaselineMetrics,
     batches: impl Future<Output = datafusion::error::Result<Vec<RecordBatch>>> + Send + 'static,
 ) -> BoxStream<'static, datafusion::error::Result<RecordBatch>> {
