@@ -459,34 +459,19 @@ pub fn split_writer(
 }
 
 /// The plan that shuffles `df` by its Int64 column `column` into one file per value (named by
-/// `names`, whose keys are `0..names.len()`, under `dir` of `lake`), rows sorted by `column` then
-/// `order` inside each file; `column` is dropped from the files. It outputs one row per file
-/// ([`written_schema`]).
+/// `names`, whose keys are `0..names.len()`, under `dir` of `lake`), rows in the order they
+/// arrive (readers that need an order sort); `column` is dropped from the files. It outputs one
+/// row per file ([`written_schema`]).
 pub async fn shuffle_write_plan(
     lake: &recsys_core::Store,
     df: datafusion::prelude::DataFrame,
     column: &str,
-    order: &[&str],
     dir: &str,
     names: BTreeMap<i64, String>,
 ) -> std::result::Result<Arc<dyn ExecutionPlan>, crate::JobError> {
-    use datafusion::physical_expr::expressions::Column;
-    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-    use datafusion::physical_plan::sorts::sort::SortExec;
-
     let plan = df.create_physical_plan().await?;
-    let schema = plan.schema();
     let shuffled = shuffle_by(plan, column, names.len())?;
-    let mut sort = Vec::new();
-    for name in std::iter::once(&column).chain(order) {
-        sort.push(PhysicalSortExpr::new_default(
-            Arc::new(Column::new_with_schema(name, &schema)?) as Arc<dyn PhysicalExpr>,
-        ));
-    }
-    let ordering = LexOrdering::new(sort)
-        .ok_or_else(|| crate::JobError::Invariant("empty ordering".into()))?;
-    let sorted = Arc::new(SortExec::new(ordering, shuffled).with_preserve_partitioning(true));
-    Ok(split_writer(lake, sorted, column, dir, names)?)
+    Ok(split_writer(lake, shuffled, column, dir, names)?)
 }
 
 /// Runs writer plans (one row per file written) as one job: the files with their row counts,
@@ -515,11 +500,10 @@ pub async fn shuffle_write(
     lake: &recsys_core::Store,
     df: datafusion::prelude::DataFrame,
     column: &str,
-    order: &[&str],
     dir: &str,
     names: BTreeMap<i64, String>,
 ) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
-    let plan = shuffle_write_plan(lake, df, column, order, dir, names).await?;
+    let plan = shuffle_write_plan(lake, df, column, dir, names).await?;
     run_writes(cluster, plan).await
 }
 

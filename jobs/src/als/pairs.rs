@@ -1,24 +1,23 @@
 //! The ratings' per-user split, as one operator: the plays of a share of the users (read by
 //! [`super::plays::PlayScan`], shuffled by user block) in, their (user, track) pairs out, with
-//! the user's earliest `cut` plays counted as training and the rest as test.
+//! the user's earliest `train_fraction` of plays (rounded down) counted as training and the
+//! rest as test.
 //!
 //! It does what `ROW_NUMBER() OVER (PARTITION BY u ORDER BY ts, track_id, ties…)` and a
 //! `GROUP BY u, track_id` do, without their costs: a sort of every play by a row-format key of
 //! all the order's columns (strings included), a second shuffle by (user, track) and a sort of
-//! the result for the writer. Here a play's sort key is its user, its time and its track's rank
-//! among the task's tracks (an integer; tracks arrive as 64-bit id hashes, named by the few
-//! rows that carry their id string); the remaining tie-breakers are compared only for plays
-//! equal in all three. A user's pairs come out sorted by track id, users in order, so a block's
-//! rows arrive at the writer in the order its file keeps.
+//! the result for the writer. Here the plays are put in user order by counting, and each
+//! user's plays are sorted by integers: time, the track's rank among the task's tracks (tracks
+//! arrive as 64-bit id hashes, named by the few rows that carry their id string) and, for
+//! events, the place in the log. A user's pairs come out sorted by track id, users in order,
+//! so a block's rows arrive at the writer in the order its file keeps.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, DynComparator, Float32Builder, Int32Builder,
-    Int64Builder, RecordBatch, StringBuilder, make_comparator,
+    Array, ArrayBuilder, ArrayRef, AsArray, Float32Builder, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder,
 };
-use arrow::compute::SortOptions;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef,
     UInt64Type,
@@ -40,10 +39,18 @@ use crate::worklist::{Operator, WorkExec};
 /// Rows per output batch.
 const OUT_ROWS: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairFold {
-    /// Columns that order a user's plays of one track at one time (ascending, nulls last).
-    pub ties: Vec<String>,
+    /// Events: a user's plays of one track at one time are ordered by their place in the log
+    /// (`log_partition`, `log_offset`). Listens weigh alike: their order decides nothing.
+    pub events: bool,
+    /// The share of each user's plays, earliest first, that trains.
+    pub train_fraction: f64,
+}
+
+/// How many of a user's `plays` train: the earliest `train_fraction` of them, rounded down.
+fn train_cut(train_fraction: f64, plays: usize) -> usize {
+    (train_fraction * plays as f64).floor() as usize
 }
 
 pub type PairFoldExec = WorkExec<PairFold>;
@@ -76,7 +83,7 @@ impl Operator for PairFold {
         Ok(futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let timer = metrics.elapsed_compute().timer();
-            let out = Plays::new(&batches, &self.ties)?.pairs()?;
+            let out = Plays::new(&batches, self.events)?.pairs(self.train_fraction)?;
             timer.done();
             metrics.record_output(out.iter().map(|b| b.num_rows()).sum());
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
@@ -88,32 +95,27 @@ impl Operator for PairFold {
     }
 }
 
-/// One input batch's columns.
-struct Columns<'a> {
-    u: &'a [i32],
-    cut: &'a [i64],
-    block: &'a [i64],
-    w: &'a [f64],
-    ts: &'a [i64],
-    /// Interned track of every row.
-    track: Vec<u32>,
-    ties: Vec<ArrayRef>,
-}
-
-/// A play: sorted by user, time and track rank, then by the ties of its row.
-#[derive(Clone, Copy)]
+/// A play, as its user's plays are ordered: by time, track rank and place in the log.
+#[derive(Clone, Copy, Default)]
 struct Play {
-    u: i32,
     ts: i64,
-    rank: u32,
-    batch: u32,
-    row: u32,
+    /// The track's rank among the task's tracks (by id).
+    track: u32,
+    partition: i32,
+    offset: i64,
+    w: f64,
 }
 
-/// A task's plays.
-struct Plays<'a> {
-    batches: Vec<Columns<'a>>,
-    /// Track ids, by interned track.
+/// A task's plays, by user.
+struct Plays {
+    /// Every user's plays in order, users in order.
+    plays: Vec<Play>,
+    /// Where the plays of user `first_user + k` start; the end last.
+    starts: Vec<usize>,
+    first_user: i32,
+    /// The block of user `first_user + k`.
+    blocks: Vec<i64>,
+    /// Track ids by rank.
     tracks: Vec<String>,
 }
 
@@ -144,159 +146,155 @@ fn values<'a, T: ArrowPrimitiveType>(
         })
 }
 
-impl<'a> Plays<'a> {
-    /// The plays of `batches` ([`super::plays::play_schema`]), their tracks interned by hash
-    /// and named by the rows that carry their id.
-    fn new(batches: &'a [RecordBatch], ties: &[String]) -> Result<Self> {
-        let mut interned: HashMap<u64, u32> = HashMap::new();
-        let mut names: Vec<Option<String>> = Vec::new();
-        let mut columns = Vec::with_capacity(batches.len());
-        for b in batches {
-            let ids = column(b, col::TRACK_ID)?;
-            let Some(ids) = ids.as_string_opt::<i32>() else {
-                return exec_err!(
-                    "column `track_id` of the plays has type {}",
-                    ids.data_type()
-                );
-            };
-            let hashes = values::<UInt64Type>(b, "track_h")?;
-            let mut track = Vec::with_capacity(hashes.len());
-            for (r, h) in hashes.iter().enumerate() {
-                let t = *interned.entry(*h).or_insert_with(|| {
-                    names.push(None);
-                    names.len() as u32 - 1
-                });
-                if ids.is_valid(r) {
-                    same_id(&mut names[t as usize], ids.value(r), "track")?;
-                }
-                track.push(t);
-            }
-            columns.push(Columns {
-                u: values::<Int32Type>(b, "u")?,
-                cut: values::<Int64Type>(b, "cut")?,
-                block: values::<Int64Type>(b, "block")?,
-                w: values::<Float64Type>(b, "w")?,
-                ts: values::<Int64Type>(b, col::TS)?,
-                track,
-                ties: ties
-                    .iter()
-                    .map(|t| column(b, t).cloned())
-                    .collect::<Result<_>>()?,
+/// The tracks of `batches`: every row's track (interned by its hash), and the interned tracks'
+/// ids, from the rows that carry them.
+fn tracks(batches: &[RecordBatch]) -> Result<(Vec<Vec<u32>>, Vec<String>)> {
+    let mut interned: HashMap<u64, u32> = HashMap::new();
+    let mut names: Vec<Option<String>> = Vec::new();
+    let mut rows = Vec::with_capacity(batches.len());
+    for b in batches {
+        let ids = column(b, col::TRACK_ID)?;
+        let Some(ids) = ids.as_string_opt::<i32>() else {
+            return exec_err!(
+                "column `track_id` of the plays has type {}",
+                ids.data_type()
+            );
+        };
+        let hashes = values::<UInt64Type>(b, "track_h")?;
+        let mut track = Vec::with_capacity(hashes.len());
+        for (r, h) in hashes.iter().enumerate() {
+            let t = *interned.entry(*h).or_insert_with(|| {
+                names.push(None);
+                names.len() as u32 - 1
             });
+            if ids.is_valid(r) {
+                same_id(&mut names[t as usize], ids.value(r), "track")?;
+            }
+            track.push(t);
         }
-        let tracks = names
-            .into_iter()
-            .map(|n| {
-                n.ok_or_else(|| {
-                    exec_datafusion_err!(
-                        "a track came to the pairs without its id (the plays' scan sends it \
-                         with the first play of each track for each block)"
-                    )
-                })
+        rows.push(track);
+    }
+    let names = names
+        .into_iter()
+        .map(|n| {
+            n.ok_or_else(|| {
+                exec_datafusion_err!(
+                    "a track came to the pairs without its id (the plays' scan sends it with \
+                     the first play of each track for each block)"
+                )
             })
-            .collect::<Result<_>>()?;
+        })
+        .collect::<Result<_>>()?;
+    Ok((rows, names))
+}
+
+impl Plays {
+    /// The plays of `batches` ([`super::plays::play_schema`]).
+    fn new(batches: &[RecordBatch], events: bool) -> Result<Self> {
+        let (track_rows, mut names) = tracks(batches)?;
+        // Tracks by rank, and each interned track's rank.
+        let mut by_rank: Vec<u32> = (0..names.len() as u32).collect();
+        by_rank.sort_unstable_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+        let mut rank = vec![0; by_rank.len()];
+        for (r, &t) in by_rank.iter().enumerate() {
+            rank[t as usize] = r as u32;
+        }
+        let tracks = by_rank
+            .iter()
+            .map(|&t| std::mem::take(&mut names[t as usize]))
+            .collect();
+
+        // The users' plays placed by counting: user `first_user + k` from `starts[k]` on.
+        let us = batches
+            .iter()
+            .map(|b| values::<Int32Type>(b, "u"))
+            .collect::<Result<Vec<_>>>()?;
+        let (first_user, last_user) = us
+            .iter()
+            .flat_map(|u| u.iter())
+            .fold((i32::MAX, i32::MIN), |(lo, hi), &u| (lo.min(u), hi.max(u)));
+        let span = if first_user <= last_user {
+            (last_user - first_user) as usize + 1
+        } else {
+            0
+        };
+        let mut starts = vec![0; span + 1];
+        for &u in us.iter().flat_map(|u| u.iter()) {
+            starts[(u - first_user) as usize + 1] += 1;
+        }
+        for k in 0..span {
+            starts[k + 1] += starts[k];
+        }
+        let mut next = starts.clone();
+        let mut plays = vec![Play::default(); starts[span]];
+        let mut blocks = vec![0; span];
+        for ((b, u), track) in batches.iter().zip(&us).zip(&track_rows) {
+            let block = values::<Int64Type>(b, "block")?;
+            let (w, ts) = (
+                values::<Float64Type>(b, "w")?,
+                values::<Int64Type>(b, col::TS)?,
+            );
+            let log = if events {
+                Some((
+                    values::<Int32Type>(b, col::LOG_PARTITION)?,
+                    values::<Int64Type>(b, col::LOG_OFFSET)?,
+                ))
+            } else {
+                None
+            };
+            for r in 0..u.len() {
+                let k = (u[r] - first_user) as usize;
+                blocks[k] = block[r];
+                plays[next[k]] = Play {
+                    ts: ts[r],
+                    track: rank[track[r] as usize],
+                    partition: log.map_or(0, |l| l.0[r]),
+                    offset: log.map_or(0, |l| l.1[r]),
+                    w: w[r],
+                };
+                next[k] += 1;
+            }
+        }
+        for user in starts.windows(2) {
+            plays[user[0]..user[1]]
+                .sort_unstable_by_key(|p| (p.ts, p.track, p.partition, p.offset));
+        }
         Ok(Plays {
-            batches: columns,
+            plays,
+            starts,
+            first_user,
+            blocks,
             tracks,
         })
     }
 
-    /// Every track's rank by id.
-    fn ranks(&self) -> Vec<u32> {
-        let mut by_id: Vec<u32> = (0..self.tracks.len() as u32).collect();
-        by_id.sort_unstable_by(|&a, &b| self.tracks[a as usize].cmp(&self.tracks[b as usize]));
-        let mut rank = vec![0; by_id.len()];
-        for (r, &t) in by_id.iter().enumerate() {
-            rank[t as usize] = r as u32;
-        }
-        rank
-    }
-
-    /// The plays in order: by user, time, track, then the ties.
-    fn sorted(&self, rank: &[u32]) -> Result<Vec<Play>> {
-        let mut plays = Vec::with_capacity(self.batches.iter().map(|b| b.u.len()).sum());
-        for (b, c) in self.batches.iter().enumerate() {
-            plays.extend((0..c.u.len()).map(|r| Play {
-                u: c.u[r],
-                ts: c.ts[r],
-                rank: rank[c.track[r] as usize],
-                batch: b as u32,
-                row: r as u32,
-            }));
-        }
-        // Comparators of the ties for each pair of batches, made when first needed: plays equal
-        // in user, time and track are rare.
-        let mut comparators: HashMap<(u32, u32), Vec<DynComparator>> = HashMap::new();
-        let mut failed = None;
-        let options = SortOptions {
-            descending: false,
-            nulls_first: false,
-        };
-        plays.sort_unstable_by(|a, b| {
-            (a.u, a.ts, a.rank).cmp(&(b.u, b.ts, b.rank)).then_with(|| {
-                let pair = comparators.entry((a.batch, b.batch)).or_insert_with(|| {
-                    let (x, y) = (
-                        &self.batches[a.batch as usize],
-                        &self.batches[b.batch as usize],
-                    );
-                    x.ties
-                        .iter()
-                        .zip(&y.ties)
-                        .filter_map(|(x, y)| match make_comparator(x, y, options) {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                failed = Some(e);
-                                None
-                            }
-                        })
-                        .collect()
-                });
-                pair.iter()
-                    .map(|c| c(a.row as usize, b.row as usize))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            })
-        });
-        match failed {
-            Some(e) => exec_err!("cannot order the plays' ties: {e}"),
-            None => Ok(plays),
-        }
-    }
-
-    /// The pairs of every user, in order.
-    fn pairs(self) -> Result<Vec<RecordBatch>> {
-        let rank = self.ranks();
-        let plays = self.sorted(&rank)?;
+    /// The pairs of every user, in order, the earliest `train_fraction` of their plays training.
+    fn pairs(self, train_fraction: f64) -> Result<Vec<RecordBatch>> {
         // Per track of the current user: training and test weight, plays.
         let mut sums: Vec<(f64, f64, i64)> = vec![(0.0, 0.0, 0); self.tracks.len()];
         let mut touched: Vec<u32> = Vec::new();
         let mut out = Vec::new();
         let mut rows = PairRows::default();
-        for user in plays.chunk_by(|a, b| a.u == b.u) {
-            let first = &self.batches[user[0].batch as usize];
-            let (cut, block) = (
-                first.cut[user[0].row as usize],
-                first.block[user[0].row as usize],
-            );
-            for (n, p) in user.iter().enumerate() {
-                let c = &self.batches[p.batch as usize];
-                let track = c.track[p.row as usize];
-                let sum = &mut sums[track as usize];
+        for (k, range) in self.starts.windows(2).enumerate() {
+            let (plays, block) = (&self.plays[range[0]..range[1]], self.blocks[k]);
+            let cut = train_cut(train_fraction, plays.len());
+            for (n, p) in plays.iter().enumerate() {
+                let sum = &mut sums[p.track as usize];
                 if sum.2 == 0 {
-                    touched.push(track);
+                    touched.push(p.track);
                 }
-                let w = c.w[p.row as usize];
-                if (n as i64) < cut {
-                    sum.0 += w;
+                if n < cut {
+                    sum.0 += p.w;
                 } else {
-                    sum.1 += w;
+                    sum.1 += p.w;
                 }
                 sum.2 += 1;
             }
-            touched.sort_unstable_by_key(|&t| rank[t as usize]);
+            touched.sort_unstable();
+            let u = self.first_user + k as i32;
             for t in touched.drain(..) {
                 let (r, test, n) = std::mem::take(&mut sums[t as usize]);
-                rows.push(user[0].u, &self.tracks[t as usize], r, test, n, block);
+                rows.push(u, &self.tracks[t as usize], r, test, n, block);
             }
             if rows.len() >= OUT_ROWS {
                 out.push(rows.finish()?);
@@ -358,13 +356,10 @@ mod tests {
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use recsys_core::Store;
 
-    use super::super::plays::{EVENT_TIES, PlayScan};
+    use super::super::plays::PlayScan;
     use super::*;
     use crate::etl::FileRef;
     use crate::worklist::Work;
-
-    /// Per user: their cut (0: all test; 1000: past their plays, all training).
-    const CUTS: [i64; 5] = [0, 40, 70, 100, 1000];
 
     /// `batch` written to the file `name` of `lake` (a local folder).
     fn write(lake: &Store, name: &str, batch: RecordBatch) -> FileRef {
@@ -379,22 +374,18 @@ mod tests {
         }
     }
 
-    /// A users' table of `users` (numbers; ids `user-{u}`) with their [`CUTS`].
+    /// A users' table of `users` (numbers; ids `user-{u}`).
     fn users(lake: &Store, name: &str, users: &[i32]) -> FileRef {
         let batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new(col::USER_ID, DataType::Utf8, false),
                 Field::new("u", DataType::Int32, false),
-                Field::new("cut", DataType::Int64, false),
             ])),
             vec![
                 Arc::new(StringArray::from_iter_values(
                     users.iter().map(|u| format!("user-{u}")),
                 )),
                 Arc::new(Int32Array::from_iter_values(users.iter().copied())),
-                Arc::new(Int64Array::from_iter_values(
-                    users.iter().map(|&u| CUTS[u as usize]),
-                )),
             ],
         )
         .unwrap();
@@ -505,12 +496,17 @@ mod tests {
     /// The pairs of every block, as (u, track, r, t, n, block).
     fn pairs(
         blocks: &BTreeMap<i64, Vec<RecordBatch>>,
-        ties: &[&str],
+        events: bool,
+        train_fraction: f64,
     ) -> Vec<(i32, String, f32, f32, i64, i64)> {
-        let ties: Vec<String> = ties.iter().map(|t| t.to_string()).collect();
         let batches: Vec<RecordBatch> = blocks
             .values()
-            .flat_map(|b| Plays::new(b, &ties).unwrap().pairs().unwrap())
+            .flat_map(|b| {
+                Plays::new(b, events)
+                    .unwrap()
+                    .pairs(train_fraction)
+                    .unwrap()
+            })
             .collect();
         rows(&batches)
     }
@@ -547,8 +543,6 @@ mod tests {
         let blocks = scan(&lake, &users, units.clone(), window, true)
             .await
             .unwrap();
-        let got = pairs(&blocks, &EVENT_TIES);
-
         // The reference: the SQL the operators replace, over the same files.
         let ctx = SessionContext::new();
         let options = ParquetReadOptions::default();
@@ -565,10 +559,15 @@ mod tests {
         )
         .await
         .unwrap();
-        let expected = ctx
-            .sql(
+        // Each fraction's split against the SQL's; without their place in the log, plays equal
+        // in time and track fall in any order, and some users' split changes.
+        let mut untied_differ = false;
+        for fraction in [0.0, 0.37, 0.8, 1.0] {
+            let got = pairs(&blocks, true, fraction);
+            let expected = ctx
+            .sql(&format!(
                 "WITH plays AS ( \
-                   SELECT us.u, us.cut, CAST(us.u AS BIGINT) / 2 AS block, l.track_id, l.ts, \
+                   SELECT us.u, CAST(us.u AS BIGINT) / 2 AS block, l.track_id, l.ts, \
                           l.log_partition, l.log_offset, \
                           CASE l.action WHEN 'complete' THEN 1.0 WHEN 'listen' THEN 0.5 ELSE 0.0 END AS w \
                    FROM (SELECT * FROM events0 UNION ALL SELECT * FROM events1 \
@@ -579,30 +578,35 @@ mod tests {
                         CAST(SUM(CASE WHEN rn <= cut THEN w ELSE 0 END) AS FLOAT) AS r, \
                         CAST(SUM(CASE WHEN rn > cut THEN w ELSE 0 END) AS FLOAT) AS t, \
                         COUNT(*) AS n, block \
-                 FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY u \
-                          ORDER BY ts, track_id, log_partition, log_offset) AS rn FROM plays) \
+                 FROM (SELECT *, \
+                          ROW_NUMBER() OVER (PARTITION BY u \
+                            ORDER BY ts, track_id, log_partition, log_offset) AS rn, \
+                          FLOOR({fraction} * COUNT(*) OVER (PARTITION BY u)) AS cut \
+                       FROM plays) \
                  GROUP BY u, track_id, block ORDER BY u, track_id",
-            )
+            ))
             .await
             .unwrap()
             .collect()
             .await
             .unwrap();
-        assert_eq!(got, rows(&expected));
-        // The window kept some plays and left out others.
-        let plays: i64 = got.iter().map(|p| p.4).sum();
-        assert!(plays > 600 && plays < 1200, "{plays}");
-        // User 0 trains on nothing, user 4 on everything, the others on some of their pairs.
-        let user = |u: i32| got.iter().filter(move |p| p.0 == u);
-        assert!(user(0).all(|p| p.2 == 0.0) && user(4).all(|p| p.3 == 0.0));
-        assert!(user(2).any(|p| p.2 > 0.0) && user(2).any(|p| p.3 > 0.0));
-        // Without the ties the order of plays equal in time and track is the files', and some
-        // users' split changes.
-        assert_ne!(pairs(&blocks, &[]), got);
+            assert_eq!(got, rows(&expected), "train fraction {fraction}");
+            // The window kept some plays and left out others.
+            let plays: i64 = got.iter().map(|p| p.4).sum();
+            assert!(plays > 600 && plays < 1200, "{plays}");
+            // Nothing trains at 0, everything at 1, some of a user's pairs in between.
+            match fraction {
+                0.0 => assert!(got.iter().all(|p| p.2 == 0.0)),
+                1.0 => assert!(got.iter().all(|p| p.3 == 0.0)),
+                _ => assert!(got.iter().any(|p| p.2 > 0.0 && p.3 > 0.0)),
+            }
+            untied_differ |= pairs(&blocks, false, fraction) != got;
+        }
+        assert!(untied_differ);
 
         // Sorted listens: every play weighs 1, all of them without a window.
         let listens = scan(&lake, &users, units, None, false).await.unwrap();
-        let got = pairs(&listens, &[]);
+        let got = pairs(&listens, false, 0.8);
         assert_eq!(got.iter().map(|p| p.4).sum::<i64>(), 1200);
         assert!(got.iter().all(|p| p.2 + p.3 == p.4 as f32));
     }

@@ -1,6 +1,6 @@
 //! The plays of the ALS preparation, read from the lake's Parquet files the way the ETL reads
 //! them (strings as their dictionaries: each distinct user, track and action of a column chunk
-//! is looked up once, never once per row). Each play comes out with its user's number, cut and
+//! is looked up once, never once per row). Each play comes out with its user's number and
 //! block (from the users' table the preparation wrote), its weight and time, its track as a
 //! 64-bit id ([`crate::etl::id_hash`]) and the ties that order it. The first play of a track that a task
 //! sends to a block also carries the track's id string: [`super::pairs`] names and orders the
@@ -31,14 +31,11 @@ use crate::worklist::{Work, WorkExec, task_store};
 /// Rows per batch the scan emits.
 const OUT_ROWS: usize = 64 * 1024;
 
-/// The columns that order an event's plays of one track at one time: its place in the log.
-pub const EVENT_TIES: [&str; 2] = [col::LOG_PARTITION, col::LOG_OFFSET];
-
 /// Reads the plays of a group of files (a work list's unit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlayScan {
     pub store_url: String,
-    /// The users' table: `user_id`, their number `u` and their `cut`.
+    /// The users' table: `user_id` and their number `u`.
     pub users: FileRef,
     /// Events (weighed by action, ordered by their place in the log) or sorted listens (each
     /// weighs 1).
@@ -51,12 +48,11 @@ pub struct PlayScan {
 
 pub type PlayScanExec = WorkExec<PlayScan>;
 
-/// The plays: user number, cut and block, weight, time (µs), track id hash, the track's id on
+/// The plays: user number and block, weight, time (µs), track id hash, the track's id on
 /// the first play of it a task sends to a block (null elsewhere), and for events the ties.
 pub fn play_schema(events: bool) -> SchemaRef {
     let mut fields = vec![
         Field::new("u", DataType::Int32, false),
-        Field::new("cut", DataType::Int64, false),
         Field::new("block", DataType::Int64, false),
         Field::new("w", DataType::Float64, false),
         Field::new(col::TS, DataType::Int64, false),
@@ -80,26 +76,22 @@ fn weight(action: &[u8]) -> f64 {
     }
 }
 
-/// The users' table, by id: (number, cut).
-async fn read_users(
-    store: Arc<dyn ObjectStore>,
-    file: &FileRef,
-) -> Result<HashMap<Vec<u8>, (i32, i64)>> {
+/// The users' table: numbers by id.
+async fn read_users(store: Arc<dyn ObjectStore>, file: &FileRef) -> Result<HashMap<Vec<u8>, i32>> {
     let mut users = HashMap::new();
-    let mut batches = read_file(store, file, &[col::USER_ID, "u", "cut"]).await?;
+    let mut batches = read_file(store, file, &[col::USER_ID, "u"]).await?;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         let ids = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-        let (ids, u, cut) = (
+        let (ids, u) = (
             ids.as_string::<i32>(),
             batch.column(1).as_primitive_opt::<Int32Type>(),
-            batch.column(2).as_primitive_opt::<Int64Type>(),
         );
-        let (Some(u), Some(cut)) = (u, cut) else {
+        let Some(u) = u else {
             return exec_err!("the users' table `{}` has the wrong types", file.path);
         };
         for r in 0..batch.num_rows() {
-            users.insert(ids.value(r).as_bytes().to_vec(), (u.value(r), cut.value(r)));
+            users.insert(ids.value(r).as_bytes().to_vec(), u.value(r));
         }
     }
     Ok(users)
@@ -131,7 +123,6 @@ impl Sent {
 struct PlayRows {
     events: bool,
     u: Vec<i32>,
-    cut: Vec<i64>,
     block: Vec<i64>,
     w: Vec<f64>,
     ts: Vec<i64>,
@@ -146,7 +137,6 @@ impl PlayRows {
         PlayRows {
             events,
             u: Vec::new(),
-            cut: Vec::new(),
             block: Vec::new(),
             w: Vec::new(),
             ts: Vec::new(),
@@ -160,7 +150,6 @@ impl PlayRows {
     fn finish(&mut self) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int32Array::from(std::mem::take(&mut self.u))),
-            Arc::new(Int64Array::from(std::mem::take(&mut self.cut))),
             Arc::new(Int64Array::from(std::mem::take(&mut self.block))),
             Arc::new(Float64Array::from(std::mem::take(&mut self.w))),
             Arc::new(Int64Array::from(std::mem::take(&mut self.ts))),
@@ -216,8 +205,8 @@ impl Work for PlayScan {
             }
             let (mut user_ids, mut tracks, mut actions) =
                 (Names::new(), Names::new(), Names::new());
-            // By interned user id: (number, cut) when the users' table has them.
-            let mut user_of: Vec<Option<(i32, i64)>> = Vec::new();
+            // By interned user id: their number when the users' table has them.
+            let mut user_of: Vec<Option<i32>> = Vec::new();
             // By interned action.
             let mut weights: Vec<f64> = Vec::new();
             let mut sent = Sent::default();
@@ -258,7 +247,7 @@ impl Work for PlayScan {
                         {
                             continue;
                         }
-                        let Some((user, cut)) = user_of[us[i] as usize] else {
+                        let Some(user) = user_of[us[i] as usize] else {
                             return exec_err!(
                                 "`{path}` has a play of user `{}`, who is not in the users' \
                                  table `{}` (a file changed during the preparation?)",
@@ -269,7 +258,6 @@ impl Work for PlayScan {
                         let block = i64::from(user) / self.block_size;
                         let track = ts[i];
                         rows.u.push(user);
-                        rows.cut.push(cut);
                         rows.block.push(block);
                         rows.ts.push(time);
                         rows.track_h.push(tracks.hashes[track as usize]);

@@ -1,11 +1,12 @@
 //! Preparing ALS input on the cluster, once per training: dense indexes for users and tracks, a
 //! time-based train/test split per user, and the ratings shuffled into user blocks and item
-//! blocks (Parquet files of `row, col, r, t`, sorted by row) that every half-iteration reads.
+//! blocks (Parquet files of `row, col, r, t`, in no order: the solver sorts a block's ratings
+//! as it reads them) that every half-iteration reads.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{AsArray, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -14,7 +15,7 @@ use recsys_core::Store;
 use recsys_core::time::MICROS_PER_DAY;
 
 use super::pairs::{PairFold, PairFoldExec};
-use super::plays::{EVENT_TIES, PlayScan, PlayScanExec};
+use super::plays::{PlayScan, PlayScanExec};
 use super::solve::BlockTask;
 use super::{TrainWindow, WindowEnd, block_file};
 use crate::cluster::checked_write;
@@ -78,19 +79,12 @@ async fn write_blocks(
     expected: u64,
 ) -> Result<(), JobError> {
     checked_write(dir, || async {
-        let written: u64 = shuffle_write(
-            cluster,
-            lake,
-            df.clone(),
-            "block",
-            &["row", "col"],
-            dir,
-            block_names(count),
-        )
-        .await?
-        .iter()
-        .map(|(_, rows)| rows)
-        .sum();
+        let written: u64 =
+            shuffle_write(cluster, lake, df.clone(), "block", dir, block_names(count))
+                .await?
+                .iter()
+                .map(|(_, rows)| rows)
+                .sum();
         Ok(if written == expected {
             Ok(())
         } else {
@@ -169,11 +163,10 @@ pub async fn prepare(
     if listens == 0 {
         return Err(nothing_to_train(0, 0, window));
     }
-    // With each user's cut: their earliest `cut` listens train, the rest test.
+    // With each user's number: their dense index.
     let user_schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("u", DataType::Int32, false),
-        Field::new("cut", DataType::Int64, false),
     ]));
     let user_batch = RecordBatch::try_new(
         user_schema.clone(),
@@ -182,9 +175,6 @@ pub async fn prepare(
                 users.iter().map(|u| u.0.as_str()),
             )),
             Arc::new(Int32Array::from_iter_values(0..users.len() as i32)),
-            Arc::new(Int64Array::from_iter_values(
-                users.iter().map(|u| train_cut(train_fraction, u.1)),
-            )),
         ],
     )?;
     let store = lake.object_store();
@@ -208,7 +198,7 @@ pub async fn prepare(
     // 2. Per (user, track): training plays (the user's earliest `train_fraction` of listens,
     //    by time, track and ties), test plays (the rest) and the plays counted, by one operator
     //    over each user block's plays ([`PairFold`]). The plays come from the files as
-    //    [`PlayScan`] reads them: with their user's number, cut and block, tracks as id hashes.
+    //    [`PlayScan`] reads them: with their user's number and block, tracks as id hashes.
     let parallelism = cluster.parallelism().max(1);
     let plays = Arc::new(PlayScanExec::new(
         work_list(&units(files, 2 * parallelism))?,
@@ -220,14 +210,14 @@ pub async fn prepare(
             block_size: user_block_size as i64,
         },
     ));
-    let ties: &[&str] = if events { &EVENT_TIES } else { &[] };
     let pairs_dir = format!("{work}/pairs");
     let pairs_plan = split_writer(
         lake,
         Arc::new(PairFoldExec::new(
             shuffle_by(plays, "block", user_blocks.len())?,
             PairFold {
-                ties: ties.iter().map(|t| t.to_string()).collect(),
+                events,
+                train_fraction,
             },
         )),
         "block",
@@ -364,11 +354,6 @@ pub async fn prepare(
         source,
         window,
     })
-}
-
-/// How many of a user's `listens` train: the earliest `train_fraction` of them, rounded down.
-fn train_cut(train_fraction: f64, listens: i64) -> i64 {
-    (train_fraction * listens as f64).floor() as i64
 }
 
 fn nothing_to_train(listens: u64, users: usize, window: Option<(i64, i64)>) -> JobError {

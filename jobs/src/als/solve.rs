@@ -39,7 +39,7 @@ pub struct SolveSpec {
     pub store_url: String,
     pub side: Side,
     pub params: AlsParams,
-    /// Ratings of this side, one file per block: `row, col, r, t` sorted by `row`.
+    /// Ratings of this side, one file per block: `row, col, r, t` in any order.
     pub ratings_dir: String,
     /// The other side's factors; `None`: its seeded initial factors.
     pub other_dir: Option<String>,
