@@ -11,6 +11,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::als::by_user::{UserRatings, UserRatingsExec};
 use crate::als::evaluate::{AlsEvalExec, EvalSpec};
 use crate::als::pairs::{PairFold, PairFoldExec};
 use crate::als::plays::{PlayScan, PlayScanExec};
@@ -34,6 +35,7 @@ enum Node {
     AlsEval(EvalSpec),
     AlsPairFold(PairFold),
     AlsPlayScan(PlayScan),
+    AlsUserRatings(UserRatings),
     MergeRange(MergeRangeSpec),
     ParquetWriter(WriteSpec),
     Embed(EmbedSpec),
@@ -79,6 +81,9 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::AlsEval(spec) => Arc::new(AlsEvalExec::new(input("AlsEvalExec")?, spec)),
             Node::AlsPairFold(spec) => Arc::new(PairFoldExec::new(input("AlsPairFold")?, spec)),
             Node::AlsPlayScan(spec) => Arc::new(PlayScanExec::new(input("AlsPlayScan")?, spec)),
+            Node::AlsUserRatings(spec) => {
+                Arc::new(UserRatingsExec::new(input("AlsUserRatings")?, spec))
+            }
             Node::MergeRange(spec) => Arc::new(MergeRangeExec::new(input("MergeRangeExec")?, spec)),
             Node::ParquetWriter(spec) => Arc::new(ParquetWriterExec::try_new(
                 input("ParquetWriterExec")?,
@@ -111,6 +116,8 @@ impl PhysicalExtensionCodec for RecsysPhysicalCodec {
             Node::AlsPairFold(fold.spec().clone())
         } else if let Some(scan) = any.downcast_ref::<PlayScanExec>() {
             Node::AlsPlayScan(scan.spec().clone())
+        } else if let Some(ratings) = any.downcast_ref::<UserRatingsExec>() {
+            Node::AlsUserRatings(ratings.spec().clone())
         } else if let Some(merge) = any.downcast_ref::<MergeRangeExec>() {
             Node::MergeRange(merge.spec().clone())
         } else if let Some(writer) = any.downcast_ref::<ParquetWriterExec>() {

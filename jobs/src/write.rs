@@ -494,19 +494,6 @@ pub async fn run_writes(
     Ok(written)
 }
 
-/// [`shuffle_write_plan`], run as one job.
-pub async fn shuffle_write(
-    cluster: &crate::Cluster,
-    lake: &recsys_core::Store,
-    df: datafusion::prelude::DataFrame,
-    column: &str,
-    dir: &str,
-    names: BTreeMap<i64, String>,
-) -> std::result::Result<Vec<(String, u64)>, crate::JobError> {
-    let plan = shuffle_write_plan(lake, df, column, dir, names).await?;
-    run_writes(cluster, plan).await
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -19,6 +19,7 @@
 //! p = 1 for played pairs, c = 1 + α·r (or 1 + α·ln(1 + r/ε)), r = plays, and λ fixed (as in
 //! `implicit`) or λ·(ratings of the row) (as in Spark).
 
+pub mod by_user;
 mod cache;
 pub mod evaluate;
 pub mod factors;

@@ -359,20 +359,8 @@ mod tests {
     use super::super::plays::PlayScan;
     use super::*;
     use crate::etl::FileRef;
+    use crate::etl::fold::write_test_file;
     use crate::worklist::Work;
-
-    /// `batch` written to the file `name` of `lake` (a local folder).
-    fn write(lake: &Store, name: &str, batch: RecordBatch) -> FileRef {
-        let path = std::path::Path::new(lake.location()).join(name);
-        let file = std::fs::File::create(&path).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        FileRef {
-            path: lake.path(name).to_string(),
-            size: std::fs::metadata(&path).unwrap().len(),
-        }
-    }
 
     /// A users' table of `users` (numbers; ids `user-{u}`).
     fn users(lake: &Store, name: &str, users: &[i32]) -> FileRef {
@@ -389,7 +377,7 @@ mod tests {
             ],
         )
         .unwrap();
-        write(lake, name, batch)
+        write_test_file(lake, name, batch)
     }
 
     /// Three event files of 5 users' plays over 7 tracks, many of them at one time on one
@@ -446,7 +434,7 @@ mod tests {
                     ],
                 )
                 .unwrap();
-                write(&lake, &format!("events-{f}.parquet"), batch)
+                write_test_file(&lake, &format!("events-{f}.parquet"), batch)
             })
             .collect();
         (lake, files)

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringBuilder,
+    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringBuilder,
     UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
@@ -25,7 +25,7 @@ use recsys_core::schema::col;
 use serde::{Deserialize, Serialize};
 
 use crate::etl::emit_when_done;
-use crate::etl::fold::{DictIds, FileRef, Names, read_file, text, timestamps};
+use crate::etl::fold::{DictIds, FileRef, Names, primitive, read_file, text, timestamps};
 use crate::worklist::{Work, WorkExec, task_store};
 
 /// Rows per batch the scan emits.
@@ -166,21 +166,6 @@ impl PlayRows {
     }
 }
 
-/// The values of the primitive column `name` of `batch` of `file`, without nulls.
-fn ties<T: arrow::datatypes::ArrowPrimitiveType>(
-    batch: &RecordBatch,
-    name: &str,
-    file: &str,
-) -> Result<arrow::array::PrimitiveArray<T>> {
-    match batch
-        .column_by_name(name)
-        .and_then(|c| c.as_primitive_opt::<T>())
-    {
-        Some(c) if c.null_count() == 0 => Ok(c.clone()),
-        _ => exec_err!("column `{name}` of `{file}` is missing, has nulls or is not an integer"),
-    }
-}
-
 impl Work for PlayScan {
     type Unit = Vec<FileRef>;
     const NAME: &'static str = "AlsPlayScanExec";
@@ -233,8 +218,8 @@ impl Work for PlayScan {
                         }
                         Some((
                             acts,
-                            ties::<Int32Type>(&batch, col::LOG_PARTITION, path)?,
-                            ties::<Int64Type>(&batch, col::LOG_OFFSET, path)?,
+                            primitive::<Int32Type>(&batch, col::LOG_PARTITION, path)?,
+                            primitive::<Int64Type>(&batch, col::LOG_OFFSET, path)?,
                         ))
                     } else {
                         None
@@ -315,7 +300,7 @@ mod tests {
             vec![Arc::new(Int32Array::from(vec![1]))],
         )
         .unwrap();
-        let e = ties::<Int32Type>(&batch, col::LOG_PARTITION, "f.parquet").unwrap_err();
+        let e = primitive::<Int32Type>(&batch, col::LOG_PARTITION, "f.parquet").unwrap_err();
         assert!(
             e.to_string().contains("`log_partition` of `f.parquet`"),
             "{e}"

@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use object_store::{ObjectMeta, ObjectStoreExt};
 use recsys_core::Store;
 
 use recsys_core::time::MICROS_PER_DAY;
 
+use super::by_user::{UserRatings, UserRatingsExec};
 use super::pairs::{PairFold, PairFoldExec};
 use super::plays::{PlayScan, PlayScanExec};
 use super::solve::BlockTask;
@@ -24,7 +26,7 @@ pub use crate::source::ListenSource as RatingsSource;
 use crate::source::footer_stats;
 use crate::worklist::work_list;
 use crate::write::{
-    Payload, run_writes, shuffle_by, shuffle_write, split_writer, write_parquet_file,
+    Payload, run_writes, shuffle_by, shuffle_write_plan, split_writer, write_parquet_file,
 };
 use crate::{Cluster, JobError};
 
@@ -68,23 +70,20 @@ fn block_names(count: usize) -> BTreeMap<i64, String> {
     (0..count).map(|b| (b as i64, block_file(b))).collect()
 }
 
-/// Shuffles `df` into one file per block of `dir` (see [`shuffle_write`]), written again when
-/// it did not write `expected` rows.
+/// Runs `plan`, a writer of one file per block of `dir`, again when it did not write
+/// `expected` rows.
 async fn write_blocks(
     cluster: &Cluster,
-    lake: &Store,
-    df: DataFrame,
+    plan: Arc<dyn ExecutionPlan>,
     dir: &str,
-    count: usize,
     expected: u64,
 ) -> Result<(), JobError> {
     checked_write(dir, || async {
-        let written: u64 =
-            shuffle_write(cluster, lake, df.clone(), "block", dir, block_names(count))
-                .await?
-                .iter()
-                .map(|(_, rows)| rows)
-                .sum();
+        let written: u64 = run_writes(cluster, plan.clone())
+            .await?
+            .iter()
+            .map(|(_, rows)| rows)
+            .sum();
         Ok(if written == expected {
             Ok(())
         } else {
@@ -315,33 +314,50 @@ pub async fn prepare(
     let mut popularity: Vec<u32> = (0..items.len() as u32).collect();
     popularity.sort_by_key(|&i| (-items[i as usize].1, i));
 
-    // 4. Ratings by user block (training and test pairs) and by item block (training only).
-    let by_user = format!(
-        "SELECT p.u AS row, CAST(COALESCE(it.i, -1) AS INT) AS col, p.r, p.t, p.u / {user_block_size} AS block \
-         FROM pairs p LEFT JOIN items it ON p.track_id = it.track_id"
-    );
-    write_blocks(
-        cluster,
+    // 4. Ratings by user block (training and test pairs; map-only: the pairs already sit in
+    //    user blocks, see [`UserRatings`]) and by item block (training only).
+    let by_user_dir = format!("{work}/by_user");
+    let pair_files: Vec<FileRef> = crate::lake::list(store.as_ref(), &lake.path(&pairs_dir))
+        .await?
+        .into_iter()
+        .map(|o| FileRef {
+            path: o.location.to_string(),
+            size: o.size,
+        })
+        .collect();
+    let items_path = lake.path(&format!("{work}/items.parquet"));
+    let by_user = split_writer(
         lake,
-        ctx.sql(&by_user).await?,
-        &format!("{work}/by_user"),
-        user_blocks.len(),
-        pairs,
-    )
-    .await?;
+        Arc::new(UserRatingsExec::new(
+            work_list(&pair_files)?,
+            UserRatings {
+                store_url: lake.base_url().to_string(),
+                items: FileRef {
+                    size: store.head(&items_path).await?.size,
+                    path: items_path.to_string(),
+                },
+                block_size: user_block_size as i64,
+            },
+        )),
+        "block",
+        &by_user_dir,
+        block_names(user_blocks.len()),
+    )?;
+    write_blocks(cluster, by_user, &by_user_dir, pairs).await?;
     let by_item = format!(
         "SELECT it.i AS row, p.u AS col, p.r, p.t, it.i / {item_block_size} AS block \
          FROM pairs p JOIN items it ON p.track_id = it.track_id WHERE p.r > 0"
     );
-    write_blocks(
-        cluster,
+    let by_item_dir = format!("{work}/by_item");
+    let by_item = shuffle_write_plan(
         lake,
         ctx.sql(&by_item).await?,
-        &format!("{work}/by_item"),
-        item_blocks.len(),
-        nnz,
+        "block",
+        &by_item_dir,
+        block_names(item_blocks.len()),
     )
     .await?;
+    write_blocks(cluster, by_item, &by_item_dir, nnz).await?;
 
     Ok(Prepared {
         users: users.into_iter().map(|u| u.0).collect(),

@@ -217,6 +217,39 @@ pub(crate) fn timestamps<'a>(batch: &'a RecordBatch, file: &str) -> Result<&'a [
     }
 }
 
+/// The primitive column `name` of a batch of `file`, never null.
+pub(crate) fn primitive<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    name: &str,
+    file: &str,
+) -> Result<arrow::array::PrimitiveArray<T>> {
+    match batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<T>())
+    {
+        Some(c) if c.null_count() == 0 => Ok(c.clone()),
+        _ => exec_err!("column `{name}` of `{file}` is missing, has nulls or has the wrong type"),
+    }
+}
+
+/// `batch` written as the Parquet file `name` of `lake` (a local folder), for tests.
+#[cfg(test)]
+pub(crate) fn write_test_file(
+    lake: &recsys_core::Store,
+    name: &str,
+    batch: RecordBatch,
+) -> FileRef {
+    let path = std::path::Path::new(lake.location()).join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    FileRef {
+        path: lake.path(name).to_string(),
+        size: std::fs::metadata(&path).unwrap().len(),
+    }
+}
+
 /// The string `id` of `names` stands for.
 pub(crate) fn text(names: &Names, id: u32) -> &str {
     // Interned from a UTF-8 string column.
