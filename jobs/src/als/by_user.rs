@@ -6,19 +6,17 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch};
+use arrow::array::{Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float32Type, Int32Type, Schema, SchemaRef};
-use datafusion::common::exec_err;
 use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::BaselineMetrics;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use hashbrown::HashMap;
-use object_store::ObjectStore;
 use recsys_core::schema::col;
 use serde::{Deserialize, Serialize};
 
+use super::plays::read_numbers;
 use crate::etl::emit_when_done;
 use crate::etl::fold::{DictIds, FileRef, Names, primitive, read_file};
 use crate::worklist::{Work, WorkExec, task_store};
@@ -46,23 +44,6 @@ pub fn ratings_schema() -> SchemaRef {
     ]))
 }
 
-/// The items' table: numbers by track id.
-async fn read_items(store: Arc<dyn ObjectStore>, file: &FileRef) -> Result<HashMap<Vec<u8>, i32>> {
-    let mut items = HashMap::new();
-    let mut batches = read_file(store, file, &[col::TRACK_ID, "i"]).await?;
-    while let Some(batch) = batches.next().await {
-        let batch = batch?;
-        let ids = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-        let Some(i) = batch.column(1).as_primitive_opt::<Int32Type>() else {
-            return exec_err!("the items' table `{}` has the wrong types", file.path);
-        };
-        for (id, i) in ids.as_string::<i32>().iter().zip(i.values()) {
-            items.insert(id.unwrap_or_default().as_bytes().to_vec(), *i);
-        }
-    }
-    Ok(items)
-}
-
 impl Work for UserRatings {
     type Unit = FileRef;
     const NAME: &'static str = "AlsUserRatingsExec";
@@ -80,7 +61,7 @@ impl Work for UserRatings {
         let store = task_store(&context, &self.store_url)?;
         let output = metrics.clone();
         let batches = async move {
-            let items = read_items(store.clone(), &self.items).await?;
+            let items = read_numbers(store.clone(), &self.items, col::TRACK_ID, "i").await?;
             let path = file.path.as_str();
             let mut tracks = Names::new();
             let mut dict = DictIds::default();
@@ -121,7 +102,7 @@ impl Work for UserRatings {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Float32Array, StringArray};
+    use arrow::array::{AsArray, Float32Array, StringArray};
     use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
     use futures::TryStreamExt;
     use recsys_core::Store;

@@ -76,25 +76,25 @@ fn weight(action: &[u8]) -> f64 {
     }
 }
 
-/// The users' table: numbers by id.
-async fn read_users(store: Arc<dyn ObjectStore>, file: &FileRef) -> Result<HashMap<Vec<u8>, i32>> {
-    let mut users = HashMap::new();
-    let mut batches = read_file(store, file, &[col::USER_ID, "u"]).await?;
+/// A table the preparation wrote (users, items): its Int32 column `number` by its string
+/// column `id`.
+pub(crate) async fn read_numbers(
+    store: Arc<dyn ObjectStore>,
+    file: &FileRef,
+    id: &str,
+    number: &str,
+) -> Result<HashMap<Vec<u8>, i32>> {
+    let mut numbers = HashMap::new();
+    let mut batches = read_file(store, file, &[id, number]).await?;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         let ids = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-        let (ids, u) = (
-            ids.as_string::<i32>(),
-            batch.column(1).as_primitive_opt::<Int32Type>(),
-        );
-        let Some(u) = u else {
-            return exec_err!("the users' table `{}` has the wrong types", file.path);
-        };
-        for r in 0..batch.num_rows() {
-            users.insert(ids.value(r).as_bytes().to_vec(), u.value(r));
+        let n = primitive::<Int32Type>(&batch, number, &file.path)?;
+        for (id, n) in ids.as_string::<i32>().iter().zip(n.values()) {
+            numbers.insert(id.unwrap_or_default().as_bytes().to_vec(), *n);
         }
     }
-    Ok(users)
+    Ok(numbers)
 }
 
 /// The (track, block) pairs a task has sent the track's id string to: a bit per track, per
@@ -183,7 +183,7 @@ impl Work for PlayScan {
         let store = task_store(&context, &self.store_url)?;
         let output = metrics.clone();
         let batches = async move {
-            let users = read_users(store.clone(), &self.users).await?;
+            let users = read_numbers(store.clone(), &self.users, col::USER_ID, "u").await?;
             let mut columns = vec![col::USER_ID, col::TRACK_ID, col::TS];
             if self.events {
                 columns.extend([col::ACTION, col::LOG_PARTITION, col::LOG_OFFSET]);

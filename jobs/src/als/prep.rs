@@ -187,10 +187,7 @@ pub async fn prepare(
         vec![],
     )
     .await?;
-    let users_file = FileRef {
-        size: store.head(&users_path).await?.size,
-        path: users_path.to_string(),
-    };
+    let users_file = FileRef::from(&store.head(&users_path).await?);
     let user_blocks = blocks(users.len(), block_count);
     let user_block_size = user_blocks.first().map_or(1, |b| b.rows.max(1));
 
@@ -319,11 +316,8 @@ pub async fn prepare(
     let by_user_dir = format!("{work}/by_user");
     let pair_files: Vec<FileRef> = crate::lake::list(store.as_ref(), &lake.path(&pairs_dir))
         .await?
-        .into_iter()
-        .map(|o| FileRef {
-            path: o.location.to_string(),
-            size: o.size,
-        })
+        .iter()
+        .map(FileRef::from)
         .collect();
     let items_path = lake.path(&format!("{work}/items.parquet"));
     let by_user = split_writer(
@@ -332,10 +326,7 @@ pub async fn prepare(
             work_list(&pair_files)?,
             UserRatings {
                 store_url: lake.base_url().to_string(),
-                items: FileRef {
-                    size: store.head(&items_path).await?.size,
-                    path: items_path.to_string(),
-                },
+                items: FileRef::from(&store.head(&items_path).await?),
                 block_size: user_block_size as i64,
             },
         )),

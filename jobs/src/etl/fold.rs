@@ -23,8 +23,8 @@ use datafusion::physical_plan::metrics::BaselineMetrics;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use hashbrown::HashMap;
-use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use recsys_core::schema::col;
@@ -44,6 +44,15 @@ const OUT_ROWS: usize = 64 * 1024;
 pub struct FileRef {
     pub path: String,
     pub size: u64,
+}
+
+impl From<&ObjectMeta> for FileRef {
+    fn from(o: &ObjectMeta) -> Self {
+        FileRef {
+            path: o.location.to_string(),
+            size: o.size,
+        }
+    }
 }
 
 /// The rows [`PlayFold`] emits: one per play. The id columns are [`id_hash`]es; `user_id`,

@@ -288,13 +288,7 @@ pub(crate) fn units(mut files: Vec<ObjectMeta>, n: usize) -> Vec<Vec<FileRef>> {
         .filter(|g| !g.1.is_empty())
         .map(|(_, mut group)| {
             group.sort_by(|a, b| a.location.cmp(&b.location));
-            group
-                .into_iter()
-                .map(|o| FileRef {
-                    path: o.location.to_string(),
-                    size: o.size,
-                })
-                .collect()
+            group.iter().map(FileRef::from).collect()
         })
         .collect()
 }
