@@ -115,15 +115,6 @@ pub async fn prepare(
     window: Option<TrainWindow>,
 ) -> Result<Prepared, JobError> {
     let ctx: SessionContext = cluster.planner()?;
-    // Every join here pairs the ratings with a small table (users; items): a hash join that
-    // broadcasts it (under Ballista's broadcast threshold) beats the sort-merge join Ballista
-    // prefers for joins of unknown size, which sorts and shuffles the ratings by the key first.
-    ctx.state_ref()
-        .write()
-        .config_mut()
-        .options_mut()
-        .optimizer
-        .prefer_hash_join = true;
     let source = source.resolve(lake).await?;
     // The files listed once: the users' job and the plays' scan read the same ones.
     let files = source.files(lake).await?;
@@ -219,6 +210,7 @@ pub async fn prepare(
         "block",
         &pairs_dir,
         block_names(user_blocks.len()),
+        Payload::Runs,
     )?;
     // 3. Items: tracks with training plays, by sorted id, with their distinct listeners. The
     //    same job checks the pairs as written: their plays add up to the listens read (a file
@@ -291,19 +283,14 @@ pub async fn prepare(
             Arc::new(Int32Array::from_iter_values(0..items.len() as i32)),
         ],
     )?;
+    let items_path = lake.path(&format!("{work}/items.parquet"));
     write_parquet_file(
         store.clone(),
-        &lake.path(&format!("{work}/items.parquet")),
+        &items_path,
         item_schema,
         vec![item_batch],
         Payload::Records,
         vec![],
-    )
-    .await?;
-    ctx.register_parquet(
-        "items",
-        lake.url(&format!("{work}/items.parquet")),
-        ParquetReadOptions::default(),
     )
     .await?;
     let item_blocks = blocks(items.len(), block_count);
@@ -319,7 +306,6 @@ pub async fn prepare(
         .iter()
         .map(FileRef::from)
         .collect();
-    let items_path = lake.path(&format!("{work}/items.parquet"));
     let by_user = split_writer(
         lake,
         Arc::new(UserRatingsExec::new(
@@ -333,11 +319,21 @@ pub async fn prepare(
         "block",
         &by_user_dir,
         block_names(user_blocks.len()),
+        // Kept: the model's history of plays ([`super::model::store`]).
+        Payload::Records,
     )?;
     write_blocks(cluster, by_user, &by_user_dir, pairs).await?;
+    // The by-item blocks from the by-user ones, transposed: integers only, no join (a pair
+    // with training plays always has an item number).
+    ctx.register_parquet(
+        "by_user",
+        lake.url(&format!("{by_user_dir}/")),
+        ParquetReadOptions::default(),
+    )
+    .await?;
     let by_item = format!(
-        "SELECT it.i AS row, p.u AS col, p.r, p.t, it.i / {item_block_size} AS block \
-         FROM pairs p JOIN items it ON p.track_id = it.track_id WHERE p.r > 0"
+        "SELECT col AS row, row AS col, r, t, CAST(col / {item_block_size} AS BIGINT) AS block \
+         FROM by_user WHERE r > 0"
     );
     let by_item_dir = format!("{work}/by_item");
     let by_item = shuffle_write_plan(
@@ -346,6 +342,7 @@ pub async fn prepare(
         "block",
         &by_item_dir,
         block_names(item_blocks.len()),
+        Payload::Runs,
     )
     .await?;
     write_blocks(cluster, by_item, &by_item_dir, nnz).await?;
