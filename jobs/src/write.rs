@@ -190,7 +190,7 @@ pub enum Payload {
     /// dictionaries without compression. Their string columns are dictionary ids already, which
     /// zstd shrinks by a quarter; measured at 20 M rows, skipping it made clean 15 % faster and
     /// the sort job that reads the runs 3 % faster; the ALS preparation's by-item job went from
-    /// 58–80 ms to 43–59 ms at 2 M events.
+    /// 58–80 ms to 43–75 ms at 2 M events.
     Runs,
     /// Dense float vectors (factors): plain and uncompressed, as dictionaries and compression
     /// only cost time on random floats.
